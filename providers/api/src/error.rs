@@ -1,0 +1,165 @@
+use std::time::Duration;
+
+/// Why a provider call failed, phrased as what the controller should do next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProviderError {
+    /// A temporary failure (network, 5xx, eventual consistency): retry with backoff.
+    #[error("transient provider error: {message}")]
+    Transient {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The cloud asked us to slow down; retry no sooner than `retry_after` when given.
+    #[error("throttled by the provider{}", retry_after.map(|d| format!(", retry after {}ms", d.as_millis())).unwrap_or_default())]
+    Throttled { retry_after: Option<Duration> },
+    /// The Service asks for something this provider cannot build. Retrying is
+    /// pointless until the Service changes; `field` names what to fix.
+    #[error("invalid load balancer spec: {field}: {reason}")]
+    InvalidSpec { field: String, reason: String },
+    /// An account limit stops the change; retry slowly, an operator must act.
+    #[error("quota exceeded for {resource}: {message}")]
+    QuotaExceeded { resource: String, message: String },
+    /// The cloud state changed under us (concurrent writer, object in a
+    /// transitional state): re-read and retry soon.
+    #[error("conflict: {message}")]
+    Conflict { message: String },
+    /// Something the spec refers to (a balancer id to reuse, a subnet) does not exist.
+    #[error("not found: {what}")]
+    NotFound { what: String },
+    /// The provider does not support what the spec asks (e.g. a protocol).
+    #[error("unsupported by this provider: {what}")]
+    Unsupported { what: String },
+}
+
+/// How the controller should schedule the next attempt after an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryHint {
+    /// Exponential backoff with jitter.
+    Backoff,
+    /// Not before this long (the cloud said so).
+    After(Duration),
+    /// Do not retry until the Service (or its nodes) change.
+    UntilChanged,
+}
+
+impl ProviderError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::Transient {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub fn transient_from(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Transient {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidSpec {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// What the controller should do about this error.
+    pub fn retry_hint(&self) -> RetryHint {
+        match self {
+            Self::Transient { .. } | Self::Conflict { .. } | Self::QuotaExceeded { .. } => {
+                RetryHint::Backoff
+            }
+            Self::Throttled {
+                retry_after: Some(d),
+            } => RetryHint::After(*d),
+            Self::Throttled { retry_after: None } => RetryHint::Backoff,
+            Self::InvalidSpec { .. } | Self::Unsupported { .. } | Self::NotFound { .. } => {
+                RetryHint::UntilChanged
+            }
+        }
+    }
+
+    /// A short, stable label for metrics and Service conditions.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Transient { .. } => "transient",
+            Self::Throttled { .. } => "throttled",
+            Self::InvalidSpec { .. } => "invalid_spec",
+            Self::QuotaExceeded { .. } => "quota_exceeded",
+            Self::Conflict { .. } => "conflict",
+            Self::NotFound { .. } => "not_found",
+            Self::Unsupported { .. } => "unsupported",
+        }
+    }
+
+    /// The CamelCase reason used in Kubernetes conditions.
+    pub fn condition_reason(&self) -> &'static str {
+        match self {
+            Self::Transient { .. } => "ProviderError",
+            Self::Throttled { .. } => "Throttled",
+            Self::InvalidSpec { .. } => "InvalidSpec",
+            Self::QuotaExceeded { .. } => "QuotaExceeded",
+            Self::Conflict { .. } => "Conflict",
+            Self::NotFound { .. } => "NotFound",
+            Self::Unsupported { .. } => "Unsupported",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hints_follow_the_variant() {
+        let cases = [
+            (
+                "transient retries with backoff",
+                ProviderError::transient("x"),
+                RetryHint::Backoff,
+            ),
+            (
+                "throttled with a hint waits that long",
+                ProviderError::Throttled {
+                    retry_after: Some(Duration::from_secs(3)),
+                },
+                RetryHint::After(Duration::from_secs(3)),
+            ),
+            (
+                "throttled without a hint backs off",
+                ProviderError::Throttled { retry_after: None },
+                RetryHint::Backoff,
+            ),
+            (
+                "invalid waits for a change",
+                ProviderError::invalid("f", "r"),
+                RetryHint::UntilChanged,
+            ),
+        ];
+        for (desc, err, hint) in cases {
+            assert_eq!(err.retry_hint(), hint, "{desc}");
+        }
+    }
+
+    #[test]
+    fn messages_name_the_field() {
+        let err = ProviderError::invalid("metadata.annotations[x]", "not a number");
+        assert_eq!(
+            err.to_string(),
+            "invalid load balancer spec: metadata.annotations[x]: not a number"
+        );
+        let throttled = ProviderError::Throttled {
+            retry_after: Some(Duration::from_millis(1500)),
+        };
+        assert_eq!(
+            throttled.to_string(),
+            "throttled by the provider, retry after 1500ms"
+        );
+    }
+}
