@@ -1,0 +1,354 @@
+//! Service defaulting, allocation and (partial) validation.
+//!
+//! What is done: `spec.type`, `sessionAffinity`, `internalTrafficPolicy`,
+//! `externalTrafficPolicy`, `allocateLoadBalancerNodePorts`, IP family
+//! fields, port `protocol`/`targetPort` defaults; ClusterIP allocation from
+//! 10.96.0.0/12; NodePort (30000-32767) and `healthCheckNodePort` allocation
+//! with clash detection; on update, allocated values the client omitted are
+//! kept (as upstream's `patchAllocatedValues`), and type-dependent fields are
+//! dropped when the type changes to ClusterIP/ExternalName.
+//!
+//! What is not validated: names of ports, selectors, `loadBalancerSourceRanges`
+//! syntax, `externalIPs`, dual-stack settings, `loadBalancerClass`
+//! immutability, `clusterIP` immutability (a changed value is accepted).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use serde_json::{Value, json};
+
+use crate::StandinError;
+
+/// First NodePort.
+pub const NODE_PORT_MIN: u64 = 30000;
+/// Last NodePort.
+pub const NODE_PORT_MAX: u64 = 32767;
+const CLUSTER_IP_BASE: u32 = u32::from_be_bytes([10, 96, 0, 0]);
+const CLUSTER_IP_SIZE: u32 = 1 << 20;
+
+fn invalid(obj: &Value, field: &str, msg: String) -> StandinError {
+    StandinError::Invalid {
+        kind: "Service".into(),
+        name: obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
+        causes: vec![(field.to_string(), msg)],
+    }
+}
+
+fn set_default(map: &mut Value, key: &str, v: Value) {
+    if map.get(key).is_none_or(Value::is_null) {
+        map[key] = v;
+    }
+}
+
+/// Values already allocated by other services.
+#[derive(Debug, Default)]
+pub struct Allocated {
+    /// Cluster IPs in use.
+    pub cluster_ips: BTreeSet<String>,
+    /// Node ports (including health-check node ports) in use.
+    pub node_ports: BTreeSet<u64>,
+}
+
+impl Allocated {
+    /// Collect the allocations of `services`.
+    pub fn from_services<'a>(services: impl IntoIterator<Item = &'a Value>) -> Allocated {
+        let mut a = Allocated::default();
+        for s in services {
+            if let Some(ip) = s["spec"]["clusterIP"].as_str() {
+                a.cluster_ips.insert(ip.to_string());
+            }
+            for p in s["spec"]["ports"].as_array().into_iter().flatten() {
+                if let Some(np) = p["nodePort"].as_u64() {
+                    a.node_ports.insert(np);
+                }
+            }
+            if let Some(hc) = s["spec"]["healthCheckNodePort"].as_u64() {
+                a.node_ports.insert(hc);
+            }
+        }
+        a
+    }
+
+    fn next_cluster_ip(&mut self) -> Option<String> {
+        // skip .0 (network) and .1 (the `kubernetes` service upstream)
+        (10..CLUSTER_IP_SIZE - 1)
+            .map(|off| Ipv4Addr::from(CLUSTER_IP_BASE + off).to_string())
+            .find(|ip| !self.cluster_ips.contains(ip))
+            .inspect(|ip| {
+                self.cluster_ips.insert(ip.clone());
+            })
+    }
+
+    fn next_node_port(&mut self) -> Option<u64> {
+        (NODE_PORT_MIN..=NODE_PORT_MAX)
+            .find(|p| !self.node_ports.contains(p))
+            .inspect(|p| {
+                self.node_ports.insert(*p);
+            })
+    }
+}
+
+/// Default, allocate and validate a Service being created (`old` is `None`)
+/// or updated. `others` are the allocations of every other Service.
+pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> Result<(), StandinError> {
+    if !obj["spec"].is_object() {
+        obj["spec"] = json!({});
+    }
+    let snapshot = obj.clone();
+    let spec = &mut obj["spec"];
+    set_default(spec, "type", json!("ClusterIP"));
+    let ty = spec["type"].as_str().unwrap_or("").to_string();
+    if !["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"].contains(&ty.as_str()) {
+        return Err(invalid(
+            &snapshot,
+            "spec.type",
+            format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+        ));
+    }
+    let old_spec = old.map(|o| &o["spec"]);
+    let external_name = ty == "ExternalName";
+    let node_ports = ty == "NodePort" || ty == "LoadBalancer";
+
+    // ports: defaults and validation
+    let mut seen = BTreeSet::new();
+    let allocate_lb_ports = ty != "LoadBalancer" || spec["allocateLoadBalancerNodePorts"].as_bool() != Some(false);
+    let ports = spec["ports"].as_array_mut().map(std::mem::take).unwrap_or_default();
+    let mut out_ports = Vec::with_capacity(ports.len());
+    for (i, mut p) in ports.into_iter().enumerate() {
+        let port = p["port"].as_u64().unwrap_or(0);
+        if port == 0 || port > 65535 {
+            return Err(invalid(
+                &snapshot,
+                &format!("spec.ports[{i}].port"),
+                format!("Invalid value: {}: must be between 1 and 65535, inclusive", p["port"]),
+            ));
+        }
+        set_default(&mut p, "protocol", json!("TCP"));
+        let proto = p["protocol"].as_str().unwrap_or("").to_string();
+        if !["TCP", "UDP", "SCTP"].contains(&proto.as_str()) {
+            return Err(invalid(
+                &snapshot,
+                &format!("spec.ports[{i}].protocol"),
+                format!("Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
+            ));
+        }
+        if !seen.insert((port, proto.clone())) {
+            return Err(invalid(
+                &snapshot,
+                &format!("spec.ports[{i}]"),
+                format!("Duplicate value: {{port: {port}, protocol: {proto}}}"),
+            ));
+        }
+        if !external_name {
+            set_default(&mut p, "targetPort", json!(port));
+        }
+        if node_ports {
+            match p["nodePort"].as_u64() {
+                Some(np) if np != 0 => {
+                    let kept = old_spec.is_some_and(|os| {
+                        os["ports"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|op| op["nodePort"].as_u64() == Some(np))
+                    });
+                    if !(NODE_PORT_MIN..=NODE_PORT_MAX).contains(&np) {
+                        return Err(invalid(
+                            &snapshot,
+                            &format!("spec.ports[{i}].nodePort"),
+                            format!("Invalid value: {np}: provided port is not in the valid range. The range of valid ports is {NODE_PORT_MIN}-{NODE_PORT_MAX}"),
+                        ));
+                    }
+                    if !kept && !others.node_ports.insert(np) {
+                        return Err(invalid(
+                            &snapshot,
+                            &format!("spec.ports[{i}].nodePort"),
+                            format!("Invalid value: {np}: provided port is already allocated"),
+                        ));
+                    }
+                    others.node_ports.insert(np);
+                }
+                _ => {
+                    let reuse = old_spec.and_then(|os| {
+                        os["ports"].as_array().into_iter().flatten().find_map(|op| {
+                            let same = op["port"].as_u64() == Some(port)
+                                && op["protocol"].as_str().unwrap_or("TCP") == proto;
+                            if same { op["nodePort"].as_u64() } else { None }
+                        })
+                    });
+                    let np = match reuse {
+                        Some(np) => Some(np),
+                        None if allocate_lb_ports => Some(others.next_node_port().ok_or_else(|| {
+                            invalid(&snapshot, &format!("spec.ports[{i}].nodePort"), "no node ports left".into())
+                        })?),
+                        None => None,
+                    };
+                    if let Some(np) = np {
+                        others.node_ports.insert(np);
+                        p["nodePort"] = json!(np);
+                    }
+                }
+            }
+        } else if let Some(m) = p.as_object_mut() {
+            m.remove("nodePort");
+        }
+        out_ports.push(p);
+    }
+    let headless = spec["clusterIP"].as_str() == Some("None")
+        || old_spec.is_some_and(|os| os["clusterIP"].as_str() == Some("None") && spec["clusterIP"].is_null());
+    if out_ports.is_empty() && !external_name && !headless {
+        return Err(invalid(&snapshot, "spec.ports", "Required value".into()));
+    }
+    spec["ports"] = Value::Array(out_ports);
+    if external_name && spec["ports"].as_array().is_some_and(Vec::is_empty) {
+        if let Some(m) = spec.as_object_mut() {
+            m.remove("ports");
+        }
+    }
+
+    set_default(spec, "sessionAffinity", json!("None"));
+    if external_name {
+        if spec["externalName"].as_str().unwrap_or("").is_empty() {
+            return Err(invalid(&snapshot, "spec.externalName", "Required value".into()));
+        }
+    } else {
+        // cluster IP: keep, reuse the old one, or allocate
+        let requested = spec["clusterIP"].as_str().unwrap_or("").to_string();
+        let old_ip = old_spec.and_then(|os| os["clusterIP"].as_str()).map(str::to_string);
+        let ip = if !requested.is_empty() {
+            if requested != "None" && old_ip.as_deref() != Some(requested.as_str()) {
+                if requested.parse::<Ipv4Addr>().is_err() {
+                    return Err(invalid(
+                        &snapshot,
+                        "spec.clusterIPs[0]",
+                        format!("Invalid value: {requested:?}: must be a valid IP address"),
+                    ));
+                }
+                if others.cluster_ips.contains(&requested) {
+                    return Err(invalid(
+                        &snapshot,
+                        "spec.clusterIPs",
+                        format!("Invalid value: [{requested:?}]: failed to allocate IP {requested}: provided IP is already allocated"),
+                    ));
+                }
+            }
+            requested
+        } else if let Some(old_ip) = old_ip.filter(|s| !s.is_empty()) {
+            old_ip
+        } else {
+            others
+                .next_cluster_ip()
+                .ok_or_else(|| invalid(&snapshot, "spec.clusterIP", "no cluster IPs left".into()))?
+        };
+        spec["clusterIP"] = json!(ip);
+        spec["clusterIPs"] = json!([ip]);
+        set_default(spec, "ipFamilies", json!(["IPv4"]));
+        set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+        set_default(spec, "internalTrafficPolicy", json!("Cluster"));
+    }
+
+    if node_ports {
+        set_default(spec, "externalTrafficPolicy", json!("Cluster"));
+    } else if let Some(m) = spec.as_object_mut() {
+        m.remove("externalTrafficPolicy");
+        m.remove("healthCheckNodePort");
+        m.remove("allocateLoadBalancerNodePorts");
+    }
+    if ty == "LoadBalancer" {
+        set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
+        if spec["externalTrafficPolicy"].as_str() == Some("Local") {
+            let hc = match spec["healthCheckNodePort"].as_u64() {
+                Some(hc) if hc != 0 => hc,
+                _ => match old_spec.and_then(|os| os["healthCheckNodePort"].as_u64()) {
+                    Some(hc) => hc,
+                    None => others.next_node_port().ok_or_else(|| {
+                        invalid(&snapshot, "spec.healthCheckNodePort", "no node ports left".into())
+                    })?,
+                },
+            };
+            spec["healthCheckNodePort"] = json!(hc);
+        } else if let Some(m) = spec.as_object_mut() {
+            m.remove("healthCheckNodePort");
+        }
+    } else if let Some(m) = spec.as_object_mut() {
+        m.remove("healthCheckNodePort");
+        m.remove("allocateLoadBalancerNodePorts");
+        m.remove("loadBalancerClass");
+    }
+    if !obj["status"].is_object() {
+        obj["status"] = json!({"loadBalancer": {}});
+    } else if obj["status"]["loadBalancer"].is_null() {
+        obj["status"]["loadBalancer"] = json!({});
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lb(ports: Value) -> Value {
+        json!({"metadata": {"name": "s"}, "spec": {"type": "LoadBalancer", "ports": ports}})
+    }
+
+    #[test]
+    fn create_defaults() {
+        let mut s = lb(json!([{"port": 80}]));
+        service(&mut s, None, Allocated::default()).expect("valid");
+        let spec = &s["spec"];
+        assert_eq!(spec["clusterIP"], "10.96.0.10");
+        assert_eq!(spec["clusterIPs"], json!(["10.96.0.10"]));
+        assert_eq!(spec["ports"][0]["protocol"], "TCP");
+        assert_eq!(spec["ports"][0]["targetPort"], 80);
+        assert_eq!(spec["ports"][0]["nodePort"], 30000);
+        assert_eq!(spec["externalTrafficPolicy"], "Cluster");
+        assert_eq!(spec["sessionAffinity"], "None");
+        assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
+        assert_eq!(s["status"], json!({"loadBalancer": {}}));
+    }
+
+    #[test]
+    fn validation_table() {
+        let taken = || {
+            let mut a = Allocated::default();
+            a.node_ports.insert(30080);
+            a
+        };
+        let cases = [
+            ("port 0", lb(json!([{"port": 0}])), "spec.ports[0].port"),
+            ("port too big", lb(json!([{"port": 70000}])), "spec.ports[0].port"),
+            ("nodePort clash", lb(json!([{"port": 80, "nodePort": 30080}])), "spec.ports[0].nodePort"),
+            ("nodePort range", lb(json!([{"port": 80, "nodePort": 80}])), "spec.ports[0].nodePort"),
+            ("duplicate", lb(json!([{"port": 80}, {"port": 80}])), "spec.ports[1]"),
+            ("no ports", lb(json!([])), "spec.ports"),
+            ("bad type", json!({"spec": {"type": "Foo", "ports": [{"port": 1}]}}), "spec.type"),
+        ];
+        for (desc, mut s, field) in cases {
+            match service(&mut s, None, taken()) {
+                Err(StandinError::Invalid { causes, .. }) => assert_eq!(causes[0].0, field, "{desc}"),
+                other => panic!("{desc}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn update_keeps_allocations_and_local_gets_health_port() {
+        let mut s = lb(json!([{"port": 80}]));
+        service(&mut s, None, Allocated::default()).expect("valid");
+        let mut upd = lb(json!([{"port": 80}, {"port": 443}]));
+        upd["spec"]["externalTrafficPolicy"] = json!("Local");
+        let mut others = Allocated::default();
+        others.cluster_ips.insert("10.96.0.99".into());
+        service(&mut upd, Some(&s), others).expect("valid");
+        assert_eq!(upd["spec"]["clusterIP"], s["spec"]["clusterIP"]);
+        assert_eq!(upd["spec"]["ports"][0]["nodePort"], s["spec"]["ports"][0]["nodePort"]);
+        assert!(upd["spec"]["ports"][1]["nodePort"].as_u64().is_some());
+        assert!(upd["spec"]["healthCheckNodePort"].as_u64().is_some());
+        // back to ClusterIP drops node ports
+        let mut cip = upd.clone();
+        cip["spec"]["type"] = json!("ClusterIP");
+        service(&mut cip, Some(&upd), Allocated::default()).expect("valid");
+        assert!(cip["spec"]["ports"][0].get("nodePort").is_none());
+        assert!(cip["spec"].get("externalTrafficPolicy").is_none());
+    }
+}
