@@ -1,1 +1,532 @@
-//! The data plane (being written).
+//! The data plane: real TCP and UDP forwarding from each balancer's
+//! `vip:port` to its backends, with active health checks, access control,
+//! draining and metrics. [`DataPlane`] is the [`ForwardingSink`] the cloud
+//! drives.
+//!
+//! # Forwarding
+//! - **TCP**: accept, check the source against the listener's
+//!   [`AccessControl`](crate::forwarding::AccessControl) (refused = reset at
+//!   once), pick a backend, connect within
+//!   [`DataPlaneConfig::connect_timeout`] (on failure the next backend is
+//!   tried, up to [`DataPlaneConfig::connect_attempts`], and the failure is
+//!   counted), then copy bytes both ways with
+//!   [`DataPlaneConfig::buffer_size`] buffers, passing a half-close on.
+//!   `TCP_NODELAY` is set on both sides.
+//! - **UDP**: one session per client `ip:port`, with its own connected
+//!   socket to the backend picked for it; replies leave from the VIP socket.
+//!   Sessions end after [`DataPlaneConfig::udp_idle_timeout`] without
+//!   traffic. The access control list is checked on every datagram.
+//! - **Scheduling**: smooth weighted round robin (`Wrr`, as nginx) or
+//!   weighted least connections (`Wlc`). Weight 0 never gets a new
+//!   connection. With `sticky_timeout`, a client IP keeps its backend while
+//!   it stays eligible and comes back within the timeout.
+//!
+//! # Health
+//! - A backend starts **unknown** and takes the verdict of its first probe
+//!   (the first probe runs as soon as the backend is added). After that a
+//!   healthy backend turns unhealthy after `unhealthy_threshold` failed
+//!   probes in a row, and an unhealthy one healthy after
+//!   `healthy_threshold` good probes in a row.
+//! - New connections go to **healthy** backends. When no backend (with
+//!   weight > 0) is healthy the listener **fails open** and uses all of
+//!   them, whatever their state. So a fresh balancer serves at once (all
+//!   unknown), and a backend added to a serving listener gets traffic only
+//!   after its first good probe.
+//! - `Disabled` probes: every backend is healthy. A **UDP** listener with a
+//!   `TcpConnect` probe runs no check (a TCP connect says nothing about a
+//!   UDP port) and counts every backend healthy; an `Http` probe (e.g.
+//!   `healthCheckNodePort` `/healthz`) is run for UDP listeners too.
+//!
+//! # Reconfiguration
+//! [`ForwardingSink::apply`] is idempotent. A listener whose port and
+//! transport stay keeps its socket and task; its backends, access list,
+//! scheduler, stickiness and health check are swapped in place. Backends
+//! that stay keep their connections and health state. Removed backends get
+//! no new connections and are drained: open connections may finish until
+//! `drain_timeout`, then are closed. A backend added back while draining
+//! is revived as it was. A removed TCP listener stops accepting at once and
+//! drains its connections the same way; a removed UDP listener closes its
+//! socket and sessions at once (UDP has nothing to finish). A changed VIP
+//! rebinds every listener. All new sockets are bound before anything
+//! changes, so a bind error leaves the balancer as it was.
+
+mod acl;
+mod backend;
+mod health;
+mod listener;
+mod metrics;
+mod scheduler;
+mod tcp;
+mod udp;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span};
+
+pub use backend::HealthState;
+
+use crate::forwarding::{
+    BalancerForwarding, ForwardingError, ForwardingSink, ListenerConfig, Transport,
+};
+use listener::{ListenerKey, ListenerShared};
+use metrics::Metrics;
+
+/// Tunables of the data plane as a whole (per-listener settings come with
+/// each [`ListenerConfig`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataPlaneConfig {
+    /// How long a connect to a backend may take before the next is tried.
+    pub connect_timeout: Duration,
+    /// How many backends a new TCP connection tries before giving up.
+    pub connect_attempts: usize,
+    /// A UDP session without traffic either way for this long is closed.
+    pub udp_idle_timeout: Duration,
+    /// Size of each of the two copy buffers of a TCP connection.
+    pub buffer_size: usize,
+}
+
+impl Default for DataPlaneConfig {
+    fn default() -> Self {
+        DataPlaneConfig {
+            connect_timeout: Duration::from_secs(2),
+            connect_attempts: 3,
+            udp_idle_timeout: Duration::from_secs(30),
+            buffer_size: 64 * 1024,
+        }
+    }
+}
+
+/// What a balancer forwards right now (for tests, the demo and debugging).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BalancerSnapshot {
+    pub balancer_id: String,
+    pub vip: IpAddr,
+    /// Ordered by port, then transport.
+    pub listeners: Vec<ListenerSnapshot>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ListenerSnapshot {
+    pub port: u16,
+    pub transport: Transport,
+    /// The bound socket address (`vip:port`).
+    pub local_addr: SocketAddr,
+    /// Configured backends in config order, then draining ones.
+    pub backends: Vec<BackendSnapshot>,
+    /// Open UDP sessions (0 for TCP).
+    pub udp_sessions: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendSnapshot {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub health: HealthState,
+    /// Removed from the config; open connections are finishing.
+    pub draining: bool,
+    /// Open TCP connections or UDP sessions.
+    pub active_connections: u64,
+}
+
+/// The forwarding data plane. Cheap to clone (all clones share one state);
+/// when the last clone is dropped every listener and connection ends.
+#[derive(Debug, Clone)]
+pub struct DataPlane {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Arc<DataPlaneConfig>,
+    metrics: Metrics,
+    balancers: Mutex<HashMap<String, Balancer>>,
+    root: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.root.cancel();
+    }
+}
+
+#[derive(Debug)]
+struct Balancer {
+    vip: IpAddr,
+    listeners: BTreeMap<ListenerKey, Arc<ListenerShared>>,
+}
+
+impl DataPlane {
+    pub fn new(config: DataPlaneConfig) -> DataPlane {
+        DataPlane {
+            inner: Arc::new(Inner {
+                settings: Arc::new(config),
+                metrics: Metrics::default(),
+                balancers: Mutex::new(HashMap::new()),
+                root: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Register the data plane's metrics (`slb_dataplane_*`) in `registry`.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        self.inner.metrics.register(registry);
+    }
+
+    /// What `balancer_id` forwards right now, or `None` if it is unknown.
+    pub fn snapshot(&self, balancer_id: &str) -> Option<BalancerSnapshot> {
+        let balancers = self.balancers();
+        let b = balancers.get(balancer_id)?;
+        Some(BalancerSnapshot {
+            balancer_id: balancer_id.to_owned(),
+            vip: b.vip,
+            listeners: b.listeners.values().map(|l| l.snapshot()).collect(),
+        })
+    }
+
+    fn balancers(&self) -> MutexGuard<'_, HashMap<String, Balancer>> {
+        self.inner
+            .balancers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn converge(&self, desired: BalancerForwarding) -> Result<(), ForwardingError> {
+        let mut balancers = self.balancers();
+        let current = balancers.get(&desired.balancer_id);
+        let plan = plan(
+            current.map(|b| {
+                (
+                    b.vip,
+                    b.listeners
+                        .iter()
+                        .map(|(k, l)| (*k, l.config()))
+                        .collect::<BTreeMap<_, _>>(),
+                )
+            }),
+            &desired,
+        );
+        if plan.is_noop() && current.is_some() {
+            return Ok(());
+        }
+
+        // Bind everything new first: an error leaves the balancer untouched.
+        let mut bound = Vec::with_capacity(plan.add.len());
+        for config in plan.add {
+            let socket = Bound::bind(SocketAddr::new(desired.vip, config.port), config.transport)?;
+            bound.push((config, socket));
+        }
+
+        let balancer = balancers
+            .entry(desired.balancer_id.clone())
+            .or_insert_with(|| Balancer {
+                vip: desired.vip,
+                listeners: BTreeMap::new(),
+            });
+        balancer.vip = desired.vip;
+        for key in plan.remove {
+            if let Some(l) = balancer.listeners.remove(&key) {
+                let _e = l.span.enter();
+                info!("listener removed");
+                l.shutdown();
+            }
+        }
+        for config in plan.update {
+            if let Some(l) = balancer.listeners.get(&ListenerKey::of(&config)) {
+                let _e = l.span.enter();
+                info!("listener reconfigured");
+                l.reconfigure(config);
+            }
+        }
+        for (config, socket) in bound {
+            let key = ListenerKey::of(&config);
+            let span = info_span!(
+                "listener",
+                balancer = %desired.balancer_id,
+                listener = %key.label(),
+                vip = %desired.vip,
+            );
+            let shared = {
+                let _e = span.enter();
+                info!(addr = %socket.local_addr, "listener added");
+                ListenerShared::start(
+                    &desired.balancer_id,
+                    config,
+                    socket.local_addr,
+                    Arc::clone(&self.inner.settings),
+                    self.inner.metrics.clone(),
+                    self.inner.root.child_token(),
+                    span.clone(),
+                )
+            };
+            match socket.socket {
+                Socket::Tcp(l) => {
+                    tokio::spawn(tcp::serve(Arc::clone(&shared), l).instrument(span));
+                }
+                Socket::Udp(s) => {
+                    tokio::spawn(udp::serve(Arc::clone(&shared), Arc::new(s)).instrument(span));
+                }
+            }
+            balancer.listeners.insert(key, shared);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ForwardingSink for DataPlane {
+    async fn apply(&self, config: BalancerForwarding) -> Result<(), ForwardingError> {
+        // Binding is synchronous (std sockets handed to tokio), so the whole
+        // convergence runs under one lock without awaiting.
+        self.converge(config)
+    }
+
+    async fn remove(&self, balancer_id: &str) {
+        let removed = self.balancers().remove(balancer_id);
+        if let Some(b) = removed {
+            for l in b.listeners.values() {
+                let _e = l.span.enter();
+                info!("listener removed with its balancer");
+                l.shutdown();
+            }
+        }
+    }
+}
+
+/// How one balancer's listeners change (no I/O).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Sockets to bind.
+    add: Vec<ListenerConfig>,
+    /// Listeners whose socket stays but whose settings change.
+    update: Vec<ListenerConfig>,
+    /// Listeners to close and drain.
+    remove: Vec<ListenerKey>,
+}
+
+impl Plan {
+    fn is_noop(&self) -> bool {
+        self.add.is_empty() && self.update.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Compare what runs (`current`: VIP and listener configs) with `desired`.
+/// A changed VIP replaces every listener. Of two listeners with the same
+/// port and transport the first wins.
+fn plan(
+    current: Option<(IpAddr, BTreeMap<ListenerKey, ListenerConfig>)>,
+    desired: &BalancerForwarding,
+) -> Plan {
+    let mut wanted: BTreeMap<ListenerKey, &ListenerConfig> = BTreeMap::new();
+    for l in &desired.listeners {
+        wanted.entry(ListenerKey::of(l)).or_insert(l);
+    }
+    let running = match current {
+        Some((vip, running)) if vip == desired.vip => running,
+        Some((_, running)) => {
+            return Plan {
+                add: wanted.into_values().cloned().collect(),
+                update: Vec::new(),
+                remove: running.into_keys().collect(),
+            };
+        }
+        None => BTreeMap::new(),
+    };
+    let mut plan = Plan::default();
+    for (key, want) in &wanted {
+        match running.get(key) {
+            None => plan.add.push((*want).clone()),
+            Some(have) if have != *want => plan.update.push((*want).clone()),
+            Some(_) => {}
+        }
+    }
+    plan.remove = running
+        .into_keys()
+        .filter(|k| !wanted.contains_key(k))
+        .collect();
+    plan
+}
+
+#[derive(Debug)]
+enum Socket {
+    Tcp(tokio::net::TcpListener),
+    Udp(tokio::net::UdpSocket),
+}
+
+#[derive(Debug)]
+struct Bound {
+    socket: Socket,
+    local_addr: SocketAddr,
+}
+
+impl Bound {
+    fn bind(addr: SocketAddr, transport: Transport) -> Result<Bound, ForwardingError> {
+        let err = |source| ForwardingError::Bind {
+            addr,
+            transport,
+            source,
+        };
+        let socket = match transport {
+            Transport::Tcp => {
+                let l = std::net::TcpListener::bind(addr).map_err(err)?;
+                l.set_nonblocking(true).map_err(err)?;
+                Socket::Tcp(tokio::net::TcpListener::from_std(l).map_err(err)?)
+            }
+            Transport::Udp => {
+                let s = std::net::UdpSocket::bind(addr).map_err(err)?;
+                s.set_nonblocking(true).map_err(err)?;
+                Socket::Udp(tokio::net::UdpSocket::from_std(s).map_err(err)?)
+            }
+        };
+        let local_addr = match &socket {
+            Socket::Tcp(l) => l.local_addr(),
+            Socket::Udp(s) => s.local_addr(),
+        }
+        .map_err(err)?;
+        Ok(Bound { socket, local_addr })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forwarding::{
+        AccessControl, BackendConfig, HealthCheckConfig, ProbeKind, Scheduler,
+    };
+
+    fn listener(port: u16, transport: Transport, backends: &[u16]) -> ListenerConfig {
+        ListenerConfig {
+            port,
+            transport,
+            backends: backends
+                .iter()
+                .map(|p| BackendConfig {
+                    addr: SocketAddr::from(([127, 0, 0, 1], *p)),
+                    weight: 1,
+                })
+                .collect(),
+            health_check: HealthCheckConfig {
+                probe: ProbeKind::TcpConnect,
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                healthy_threshold: 2,
+                unhealthy_threshold: 2,
+            },
+            access: AccessControl::AllowAll,
+            scheduler: Scheduler::Wrr,
+            drain_timeout: Duration::from_secs(5),
+            sticky_timeout: None,
+        }
+    }
+
+    fn desired(vip: [u8; 4], listeners: Vec<ListenerConfig>) -> BalancerForwarding {
+        BalancerForwarding {
+            balancer_id: "lb-1".into(),
+            vip: IpAddr::from(vip),
+            listeners,
+        }
+    }
+
+    fn running(
+        vip: [u8; 4],
+        ls: &[ListenerConfig],
+    ) -> Option<(IpAddr, BTreeMap<ListenerKey, ListenerConfig>)> {
+        Some((
+            IpAddr::from(vip),
+            ls.iter().map(|l| (ListenerKey::of(l), l.clone())).collect(),
+        ))
+    }
+
+    #[test]
+    fn plan_table() {
+        let tcp80 = listener(80, Transport::Tcp, &[1, 2]);
+        let tcp80b = listener(80, Transport::Tcp, &[2, 3]);
+        let udp53 = listener(53, Transport::Udp, &[1]);
+        let tcp53 = listener(53, Transport::Tcp, &[1]);
+        let key = |l: &ListenerConfig| ListenerKey::of(l);
+        struct Case {
+            desc: &'static str,
+            current: Option<(IpAddr, BTreeMap<ListenerKey, ListenerConfig>)>,
+            desired: BalancerForwarding,
+            want: Plan,
+        }
+        let cases = [
+            Case {
+                desc: "new balancer binds everything",
+                current: None,
+                desired: desired([127, 240, 0, 1], vec![tcp80.clone(), udp53.clone()]),
+                want: Plan {
+                    add: vec![udp53.clone(), tcp80.clone()],
+                    ..Plan::default()
+                },
+            },
+            Case {
+                desc: "same config changes nothing",
+                current: running([127, 240, 0, 1], &[tcp80.clone(), udp53.clone()]),
+                desired: desired([127, 240, 0, 1], vec![tcp80.clone(), udp53.clone()]),
+                want: Plan::default(),
+            },
+            Case {
+                desc: "backend change updates in place",
+                current: running([127, 240, 0, 1], &[tcp80.clone()]),
+                desired: desired([127, 240, 0, 1], vec![tcp80b.clone()]),
+                want: Plan {
+                    update: vec![tcp80b.clone()],
+                    ..Plan::default()
+                },
+            },
+            Case {
+                desc: "transport change is a different listener",
+                current: running([127, 240, 0, 1], &[udp53.clone()]),
+                desired: desired([127, 240, 0, 1], vec![tcp53.clone()]),
+                want: Plan {
+                    add: vec![tcp53.clone()],
+                    remove: vec![key(&udp53)],
+                    ..Plan::default()
+                },
+            },
+            Case {
+                desc: "vip change rebinds everything",
+                current: running([127, 240, 0, 1], &[tcp80.clone()]),
+                desired: desired([127, 240, 0, 2], vec![tcp80.clone()]),
+                want: Plan {
+                    add: vec![tcp80.clone()],
+                    remove: vec![key(&tcp80)],
+                    ..Plan::default()
+                },
+            },
+            Case {
+                desc: "duplicate listener: the first wins",
+                current: None,
+                desired: desired([127, 240, 0, 1], vec![tcp80.clone(), tcp80b.clone()]),
+                want: Plan {
+                    add: vec![tcp80.clone()],
+                    ..Plan::default()
+                },
+            },
+            Case {
+                desc: "no listeners left removes all",
+                current: running([127, 240, 0, 1], &[tcp80.clone()]),
+                desired: desired([127, 240, 0, 1], vec![]),
+                want: Plan {
+                    remove: vec![key(&tcp80)],
+                    ..Plan::default()
+                },
+            },
+        ];
+        for case in cases {
+            assert_eq!(
+                plan(case.current, &case.desired),
+                case.want,
+                "{}",
+                case.desc
+            );
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! One backend of one listener: its address, weight, health verdict, open
+//! connections, metric series, and the token that ends its connections when
+//! a drain runs out.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::BackendMetrics;
+
+/// Health-check verdict of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthState {
+    /// Not probed yet. Takes traffic only while no backend of the listener
+    /// is [`Healthy`](HealthState::Healthy) (see the module docs).
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl HealthState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => HealthState::Healthy,
+            2 => HealthState::Unhealthy,
+            _ => HealthState::Unknown,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            HealthState::Unknown => 0,
+            HealthState::Healthy => 1,
+            HealthState::Unhealthy => 2,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub addr: SocketAddr,
+    weight: AtomicU32,
+    health: AtomicU8,
+    active: AtomicU64,
+    pub metrics: BackendMetrics,
+    /// Cancelled when the backend's drain time is over: every connection to
+    /// it closes.
+    pub retired: CancellationToken,
+    /// The running health-check task, if any.
+    pub health_task: Mutex<Option<CancellationToken>>,
+}
+
+impl Backend {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        weight: u32,
+        health: HealthState,
+        metrics: BackendMetrics,
+    ) -> Self {
+        let b = Backend {
+            addr,
+            weight: AtomicU32::new(weight),
+            health: AtomicU8::new(HealthState::Unknown.as_u8()),
+            active: AtomicU64::new(0),
+            metrics,
+            retired: CancellationToken::new(),
+            health_task: Mutex::new(None),
+        };
+        b.set_health(health);
+        b
+    }
+
+    pub(crate) fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    pub(crate) fn health(&self) -> HealthState {
+        HealthState::from_u8(self.health.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn set_health(&self, state: HealthState) {
+        self.health.store(state.as_u8(), Ordering::Relaxed);
+        self.metrics
+            .healthy
+            .set(i64::from(state == HealthState::Healthy));
+    }
+
+    pub(crate) fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Stop the health-check task (if any) and install `next` in its place.
+    pub(crate) fn replace_health_task(&self, next: Option<CancellationToken>) {
+        let mut slot = self
+            .health_task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = slot.take() {
+            old.cancel();
+        }
+        *slot = next;
+    }
+}
+
+/// Counts one open connection (or UDP session) to a backend for as long as
+/// it lives, in the scheduler's count and in the metrics. Taken as soon as
+/// the backend is picked, so a burst of accepts sees the connections being
+/// set up (weighted least connections).
+#[derive(Debug)]
+pub(crate) struct ActiveGuard {
+    backend: Arc<Backend>,
+    udp: bool,
+}
+
+impl ActiveGuard {
+    pub(crate) fn tcp(backend: Arc<Backend>) -> Self {
+        Self::new(backend, false)
+    }
+
+    pub(crate) fn udp(backend: Arc<Backend>) -> Self {
+        Self::new(backend, true)
+    }
+
+    pub(crate) fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    fn new(backend: Arc<Backend>, udp: bool) -> Self {
+        backend.active.fetch_add(1, Ordering::Relaxed);
+        backend.metrics.active_connections.inc();
+        if udp {
+            backend.metrics.udp_sessions.inc();
+        }
+        ActiveGuard { backend, udp }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+        self.backend.metrics.active_connections.dec();
+        if self.udp {
+            self.backend.metrics.udp_sessions.dec();
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! UDP listener: one session per client address, each with its own
+//! connected socket to the chosen backend; replies go back to the client
+//! from the VIP socket. Sessions end after `udp_idle_timeout` without
+//! traffic either way, when their backend's drain ends, or when the backend
+//! refuses (ICMP port unreachable).
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, trace};
+
+use super::backend::{ActiveGuard, Backend};
+use super::listener::ListenerShared;
+
+/// Largest UDP payload.
+const DATAGRAM: usize = 65_536;
+
+#[derive(Debug)]
+struct Session {
+    id: u64,
+    upstream: Arc<UdpSocket>,
+    backend: Arc<Backend>,
+    /// Milliseconds since the listener's epoch of the last datagram.
+    last: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+/// Milliseconds since the listener started, shared by the listener loop
+/// (client→backend traffic) and the reply tasks (backend→client).
+#[derive(Debug, Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now_ms(self) -> u64 {
+        millis(self.0.elapsed())
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(crate) async fn serve(shared: Arc<ListenerShared>, socket: Arc<UdpSocket>) {
+    let idle = shared.settings.udp_idle_timeout;
+    let idle_ms = millis(idle);
+    let clock = Clock(Instant::now());
+    let now_ms = move || clock.now_ms();
+    let mut sessions: HashMap<SocketAddr, Session> = HashMap::new();
+    let (ended_tx, mut ended_rx) = mpsc::unbounded_channel::<(SocketAddr, u64)>();
+    let mut next_id = 0u64;
+    let sweep_every = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let mut sweep = tokio::time::interval(sweep_every);
+    let mut buf = vec![0u8; DATAGRAM];
+
+    loop {
+        tokio::select! {
+            _ = shared.stop.cancelled() => break,
+            _ = sweep.tick() => {
+                let now = now_ms();
+                sessions.retain(|client, s| {
+                    let alive = now.saturating_sub(s.last.load(Ordering::Relaxed)) < idle_ms;
+                    if !alive {
+                        trace!(%client, backend = %s.backend.addr, "udp session idle, closed");
+                        s.stop.cancel();
+                    }
+                    alive
+                });
+            }
+            Some((client, id)) = ended_rx.recv() => {
+                if sessions.get(&client).is_some_and(|s| s.id == id) {
+                    sessions.remove(&client);
+                }
+            }
+            received = socket.recv_from(&mut buf) => {
+                let (n, client) = match received {
+                    Ok(r) => r,
+                    Err(e) => {
+                        debug!(error = %e, "udp receive failed");
+                        continue;
+                    }
+                };
+                if !shared.permits(client.ip()) {
+                    shared.metrics.rejected.inc();
+                    trace!(%client, "datagram refused by access control");
+                    continue;
+                }
+                let session = match sessions.entry(client) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(v) => {
+                        next_id += 1;
+                        match open(&shared, &socket, client, next_id, &ended_tx, clock) {
+                            Some(s) => v.insert(s),
+                            None => continue,
+                        }
+                    }
+                };
+                session.last.store(now_ms(), Ordering::Relaxed);
+                match session.upstream.send(&buf[..n]).await {
+                    Ok(sent) => {
+                        session.backend.metrics.bytes_in.inc_by(sent as u64);
+                    }
+                    Err(e) => {
+                        debug!(%client, backend = %session.backend.addr, error = %e, "udp send to backend failed");
+                        session.backend.metrics.connect_failures.inc();
+                        session.stop.cancel();
+                        sessions.remove(&client);
+                    }
+                }
+            }
+        }
+        shared.udp_sessions.store(sessions.len(), Ordering::Relaxed);
+    }
+    for s in sessions.values() {
+        s.stop.cancel();
+    }
+    shared.udp_sessions.store(0, Ordering::Relaxed);
+    debug!("udp listener closed");
+}
+
+/// Pick a backend for a new client and start its session.
+fn open(
+    shared: &Arc<ListenerShared>,
+    vip: &Arc<UdpSocket>,
+    client: SocketAddr,
+    id: u64,
+    ended: &mpsc::UnboundedSender<(SocketAddr, u64)>,
+    clock: Clock,
+) -> Option<Session> {
+    let Some(backend) = shared.pick(client.ip(), &[]) else {
+        shared.metrics.no_backend.inc();
+        debug!(%client, "no backend for a new udp session");
+        return None;
+    };
+    let upstream = match connect(backend.addr) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            debug!(%client, backend = %backend.addr, error = %e, "cannot open a udp socket to the backend");
+            backend.metrics.connect_failures.inc();
+            return None;
+        }
+    };
+    let session = Session {
+        id,
+        upstream: Arc::clone(&upstream),
+        backend: Arc::clone(&backend),
+        last: Arc::new(AtomicU64::new(clock.now_ms())),
+        stop: shared.hard_stop.child_token(),
+    };
+    backend.metrics.connections.inc();
+    let active = ActiveGuard::udp(backend);
+    let task = Replies {
+        active,
+        upstream,
+        vip: Arc::clone(vip),
+        client,
+        last: Arc::clone(&session.last),
+        stop: session.stop.clone(),
+        ended: ended.clone(),
+        id,
+        clock,
+    }
+    .run();
+    let span = tracing::debug_span!("udp_session", %client);
+    tokio::spawn(task.instrument(span));
+    trace!(%client, backend = %session.backend.addr, "udp session opened");
+    Some(session)
+}
+
+fn connect(backend: SocketAddr) -> io::Result<UdpSocket> {
+    let any: SocketAddr = match backend {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = std::net::UdpSocket::bind(any)?;
+    socket.connect(backend)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// The reply half of a session: carries the backend's datagrams back to the
+/// client from the VIP socket.
+#[derive(Debug)]
+struct Replies {
+    active: ActiveGuard,
+    upstream: Arc<UdpSocket>,
+    vip: Arc<UdpSocket>,
+    client: SocketAddr,
+    last: Arc<AtomicU64>,
+    stop: CancellationToken,
+    ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
+    id: u64,
+    clock: Clock,
+}
+
+impl Replies {
+    async fn run(self) {
+        let Replies {
+            active,
+            upstream,
+            vip,
+            client,
+            last,
+            stop,
+            ended,
+            id,
+            clock,
+        } = self;
+        let backend = Arc::clone(active.backend());
+        let mut buf = vec![0u8; DATAGRAM];
+        loop {
+            let received = tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = backend.retired.cancelled() => {
+                    debug!(backend = %backend.addr, "udp session closed at the end of the drain");
+                    break;
+                }
+                r = upstream.recv(&mut buf) => r,
+            };
+            match received {
+                Ok(n) => {
+                    last.store(clock.now_ms(), Ordering::Relaxed);
+                    match vip.send_to(&buf[..n], client).await {
+                        Ok(sent) => {
+                            backend.metrics.bytes_out.inc_by(sent as u64);
+                        }
+                        Err(e) => debug!(error = %e, "udp reply to client failed"),
+                    }
+                }
+                Err(e) => {
+                    // ICMP port unreachable shows up here as ConnectionRefused.
+                    debug!(backend = %backend.addr, error = %e, "udp backend unreachable");
+                    backend.metrics.connect_failures.inc();
+                    break;
+                }
+            }
+        }
+        drop(active);
+        // The listener may be gone already; then there is nobody to tell.
+        let _ = ended.send((client, id));
+    }
+}
