@@ -1,0 +1,689 @@
+//! The Service controller: watches, the reconcile executor that carries out
+//! a [`Plan`], and the node-change fan-out.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::channel::mpsc;
+use kube::Resource;
+use kube::runtime::controller::{Action, Config as RuntimeConfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::utils::PredicateConfig;
+use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
+use portico_provider::{LoadBalancerProvider, LoadBalancerSpec, ProviderError, RetryHint, Target};
+use rand::Rng;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::config::ControllerConfig;
+use crate::k8s::{
+    Api, Client, LAST_APPLIED_ANNOTATION, LB_FINALIZER, Node, ObjectRef, Patch, PatchParams,
+    ResourceExt, Service, Store, Timestamp, WatchStreamExt, reflector,
+};
+use crate::metrics::Metrics;
+use crate::nodes::{Change, NodeIndex};
+use crate::plan::{self, CleanupPlan, EnsurePlan, Plan, Rejection};
+use crate::status::{self, Readiness, StatusUpdate};
+
+/// Why a reconcile could not finish; the controller retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API call failed: {context}")]
+    Kube {
+        context: &'static str,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("cleaning up the balancer failed")]
+    Cleanup(#[source] ProviderError),
+    #[error("the node watch ended before listing nodes")]
+    NodesUnavailable,
+}
+
+impl Error {
+    fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube {
+            context,
+            source: Box::new(source),
+        }
+    }
+
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "kubernetes",
+            Self::Cleanup(e) => e.metric_label(),
+            Self::NodesUnavailable => "nodes_unavailable",
+        }
+    }
+}
+
+/// What the executor remembers between reconciles of a Service.
+#[derive(Debug, Default)]
+struct Memory {
+    /// Failed attempts in a row, for exponential backoff.
+    failures: HashMap<ObjectRef<Service>, u32>,
+    /// Hashes of the last spec ensured (whole, and without targets), so a
+    /// resync of an unchanged Service emits no events.
+    ensured: HashMap<ObjectRef<Service>, (u64, u64)>,
+}
+
+/// Shared state of one controller run.
+pub struct Context {
+    client: Client,
+    provider: Arc<dyn LoadBalancerProvider>,
+    config: ControllerConfig,
+    targets: watch::Receiver<Option<Arc<Vec<Target>>>>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    memory: Mutex<Memory>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("provider", &self.provider.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Exponential backoff with full jitter, at least `floor`.
+    fn backoff(&self, obj: &ObjectRef<Service>, floor: Duration) -> Duration {
+        let failures = {
+            let mut memory = self.memory();
+            let n = memory.failures.entry(obj.clone()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        };
+        let exp = self
+            .config
+            .backoff_base
+            .saturating_mul(1u32 << failures.min(16).saturating_sub(1));
+        let capped = exp.min(self.config.backoff_max);
+        let jittered = capped.mul_f64(rand::rng().random_range(0.5..=1.0));
+        jittered.max(floor)
+    }
+
+    fn succeeded(&self, obj: &ObjectRef<Service>) {
+        self.memory().failures.remove(obj);
+    }
+
+    fn forget(&self, obj: &ObjectRef<Service>) {
+        let mut memory = self.memory();
+        memory.failures.remove(obj);
+        memory.ensured.remove(obj);
+    }
+
+    async fn event(&self, svc: &Service, type_: EventType, reason: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Sync".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&ev, &svc.object_ref(&())).await {
+            warn!(error = %err, reason, "could not publish event");
+        }
+    }
+
+    /// Run a provider call with a span, timing and a metric.
+    async fn provider_call<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let start = Instant::now();
+        let span = info_span!("provider", provider = self.provider.name(), op);
+        let result = fut.instrument(span).await;
+        self.metrics.provider_call(
+            self.provider.name(),
+            op,
+            result.as_ref().map(|_| ()).map_err(|e| e.metric_label()),
+            start,
+        );
+        result
+    }
+
+    async fn patch_status(
+        &self,
+        api: &Api<Service>,
+        svc: &Service,
+        update: StatusUpdate,
+    ) -> Result<(), Error> {
+        if let Some(patch) = status::status_patch(svc, &update, Timestamp::now()) {
+            api.patch_status(
+                &svc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(Error::kube("patching Service status"))?;
+        }
+        Ok(())
+    }
+
+    /// Wait for the first node list, then hand out the eligible targets.
+    async fn eligible_targets(&self) -> Result<Arc<Vec<Target>>, Error> {
+        let mut rx = self.targets.clone();
+        let ready = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::NodesUnavailable)?;
+        ready.clone().ok_or(Error::NodesUnavailable)
+    }
+}
+
+fn spec_hashes(spec: &LoadBalancerSpec) -> (u64, u64) {
+    let hash = |s: &LoadBalancerSpec| {
+        let mut h = DefaultHasher::new();
+        serde_json::to_vec(s).unwrap_or_default().hash(&mut h);
+        h.finish()
+    };
+    let mut without_targets = spec.clone();
+    without_targets.targets.clear();
+    (hash(spec), hash(&without_targets))
+}
+
+/// Reconcile one Service: plan, then carry the plan out.
+pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!("reconcile", service = %format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()));
+    async move {
+        let _timer = ctx.metrics.reconcile_timer();
+        let targets = ctx.eligible_targets().await?;
+        let provider = ctx.provider.clone();
+        let plan = plan::plan(&svc, &targets, &ctx.config, &|spec| provider.validate(spec));
+        let result = match plan {
+            Plan::Ignore(reason) => {
+                debug!(?reason, "not ours");
+                ctx.metrics.reconciled("ignored");
+                Ok(Action::await_change())
+            }
+            Plan::Reject(rejection) => reject(&svc, &ctx, rejection).await,
+            Plan::Ensure(ensure_plan) => ensure(&svc, &ctx, *ensure_plan).await,
+            Plan::Cleanup(cleanup_plan) => cleanup(&svc, &ctx, cleanup_plan).await,
+        };
+        if let Err(err) = &result {
+            ctx.metrics.reconciled("error");
+            ctx.metrics.error(err.metric_label());
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+async fn reject(svc: &Service, ctx: &Context, rejection: Rejection) -> Result<Action, Error> {
+    let message = rejection.message();
+    warn!(field = %rejection.field, reason = %rejection.reason, "invalid Service; no cloud change made");
+    ctx.event(
+        svc,
+        EventType::Warning,
+        "SyncLoadBalancerFailed",
+        format!("Error syncing load balancer: {message}"),
+    )
+    .await;
+    let api: Api<Service> =
+        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    ctx.patch_status(
+        &api,
+        svc,
+        StatusUpdate {
+            ingress: None,
+            condition: Some(Some(Readiness::invalid(message, rejection.unsupported))),
+        },
+    )
+    .await?;
+    ctx.metrics.reconciled("invalid");
+    ctx.metrics.error(if rejection.unsupported {
+        "unsupported"
+    } else {
+        "invalid_spec"
+    });
+    // Nothing to retry until the Service (or the node set) changes.
+    Ok(Action::await_change())
+}
+
+async fn ensure(svc: &Service, ctx: &Context, plan: EnsurePlan) -> Result<Action, Error> {
+    let obj = ObjectRef::from_obj(svc);
+    let api: Api<Service> =
+        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    if plan.add_finalizer {
+        add_finalizer(&api, svc).await?;
+    }
+    let hashes = spec_hashes(&plan.spec);
+    let previous = ctx.memory().ensured.get(&obj).copied();
+    let quiet = previous == Some(hashes);
+    let only_targets_changed =
+        previous.is_some_and(|(full, rest)| full != hashes.0 && rest == hashes.1);
+    if !quiet && !only_targets_changed {
+        ctx.event(
+            svc,
+            EventType::Normal,
+            "EnsuringLoadBalancer",
+            "Ensuring load balancer".into(),
+        )
+        .await;
+    }
+    match ctx
+        .provider_call("ensure", ctx.provider.ensure(&plan.spec))
+        .await
+    {
+        Ok(lb_status) => {
+            ctx.succeeded(&obj);
+            ctx.memory().ensured.insert(obj, hashes);
+            let readiness = if plan.no_eligible_nodes() {
+                ctx.event(
+                    svc,
+                    EventType::Warning,
+                    "UnAvailableLoadBalancer",
+                    "There are no available nodes for LoadBalancer".into(),
+                )
+                .await;
+                Readiness::no_eligible_nodes()
+            } else {
+                Readiness::ready()
+            };
+            let ingress = status::ingress_of(&lb_status);
+            ctx.patch_status(
+                &api,
+                svc,
+                StatusUpdate {
+                    ingress: Some(ingress),
+                    condition: Some(Some(readiness)),
+                },
+            )
+            .await?;
+            if only_targets_changed {
+                let hosts = plan.spec.targets.len();
+                ctx.event(
+                    svc,
+                    EventType::Normal,
+                    "UpdatedLoadBalancer",
+                    format!("Updated load balancer with new hosts ({hosts} eligible)"),
+                )
+                .await;
+            } else if !quiet {
+                ctx.event(
+                    svc,
+                    EventType::Normal,
+                    "EnsuredLoadBalancer",
+                    "Ensured load balancer".into(),
+                )
+                .await;
+            }
+            info!(
+                targets = plan.spec.targets.len(),
+                quiet, "load balancer ensured"
+            );
+            ctx.metrics.reconciled("ensured");
+            Ok(Action::requeue(ctx.config.resync))
+        }
+        Err(err) => {
+            ctx.memory().ensured.remove(&obj);
+            warn!(error = %err, kind = err.metric_label(), "ensuring the load balancer failed");
+            ctx.event(
+                svc,
+                EventType::Warning,
+                "SyncLoadBalancerFailed",
+                format!("Error syncing load balancer: {err}"),
+            )
+            .await;
+            ctx.patch_status(
+                &api,
+                svc,
+                StatusUpdate {
+                    ingress: None,
+                    condition: Some(Some(Readiness::failed(&err))),
+                },
+            )
+            .await?;
+            ctx.metrics.reconciled("failed");
+            ctx.metrics.error(err.metric_label());
+            Ok(match err.retry_hint() {
+                RetryHint::Backoff => Action::requeue(ctx.backoff(&obj, Duration::ZERO)),
+                RetryHint::After(wait) => Action::requeue(ctx.backoff(&obj, wait)),
+                RetryHint::UntilChanged => Action::await_change(),
+            })
+        }
+    }
+}
+
+async fn cleanup(svc: &Service, ctx: &Context, plan: CleanupPlan) -> Result<Action, Error> {
+    let obj = ObjectRef::from_obj(svc);
+    let api: Api<Service> =
+        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    ctx.event(
+        svc,
+        EventType::Normal,
+        "DeletingLoadBalancer",
+        "Deleting load balancer".into(),
+    )
+    .await;
+    if let Err(err) = ctx
+        .provider_call("delete", ctx.provider.delete(&plan.key))
+        .await
+    {
+        warn!(error = %err, "deleting the load balancer failed; the finalizer stays");
+        ctx.event(
+            svc,
+            EventType::Warning,
+            "SyncLoadBalancerFailed",
+            format!("Error deleting load balancer: {err}"),
+        )
+        .await;
+        ctx.metrics.reconciled("failed");
+        let floor = match err.retry_hint() {
+            RetryHint::After(wait) => wait,
+            _ => Duration::ZERO,
+        };
+        ctx.metrics.error(err.metric_label());
+        return Ok(Action::requeue(ctx.backoff(&obj, floor)));
+    }
+    if plan.clear_status {
+        ctx.patch_status(
+            &api,
+            svc,
+            StatusUpdate {
+                ingress: Some(Vec::new()),
+                condition: Some(None),
+            },
+        )
+        .await?;
+    }
+    remove_finalizer(&api, svc).await?;
+    ctx.event(
+        svc,
+        EventType::Normal,
+        "DeletedLoadBalancer",
+        "Deleted load balancer".into(),
+    )
+    .await;
+    info!(reason = ?plan.reason, "load balancer deleted");
+    ctx.forget(&obj);
+    ctx.metrics.reconciled("deleted");
+    Ok(Action::await_change())
+}
+
+/// JSON patch guarded by a `test` of the current list, so a concurrent
+/// writer's finalizer is never lost (as kube-runtime's finalizer helper does).
+async fn add_finalizer(api: &Api<Service>, svc: &Service) -> Result<(), Error> {
+    let ops = match svc.metadata.finalizers.as_ref() {
+        None => json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": null },
+            { "op": "add", "path": "/metadata/finalizers", "value": [LB_FINALIZER] },
+        ]),
+        Some(list) => json!([
+            { "op": "test", "path": "/metadata/finalizers", "value": list },
+            { "op": "add", "path": "/metadata/finalizers/-", "value": LB_FINALIZER },
+        ]),
+    };
+    json_patch_service(api, svc, ops, "adding the finalizer").await
+}
+
+async fn remove_finalizer(api: &Api<Service>, svc: &Service) -> Result<(), Error> {
+    let Some(index) = svc.finalizers().iter().position(|f| f == LB_FINALIZER) else {
+        return Ok(());
+    };
+    let path = format!("/metadata/finalizers/{index}");
+    let ops = json!([
+        { "op": "test", "path": path, "value": LB_FINALIZER },
+        { "op": "remove", "path": path },
+    ]);
+    match json_patch_service(api, svc, ops, "removing the finalizer").await {
+        // Already gone (deleted once the last finalizer went).
+        Err(Error::Kube { source, .. }) if matches!(*source, kube::Error::Api(ref s) if s.code == 404) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+async fn json_patch_service(
+    api: &Api<Service>,
+    svc: &Service,
+    ops: serde_json::Value,
+    context: &'static str,
+) -> Result<(), Error> {
+    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| Error::Kube {
+        context,
+        source: Box::new(kube::Error::SerdeError(e)),
+    })?;
+    api.patch(
+        &svc.name_any(),
+        &PatchParams::default(),
+        &Patch::<()>::Json(patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(Error::kube(context))
+}
+
+/// Failed reconciles (Kubernetes API errors) back off per Service.
+pub fn error_policy(svc: Arc<Service>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff(&ObjectRef::from_obj(svc.as_ref()), Duration::ZERO);
+    warn!(service = %format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()), error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Keep only what the controller reads: managedFields and kubectl's copy of
+/// the object are the bulk of a Service and never used.
+fn trim_service(svc: &mut Service) {
+    svc.metadata.managed_fields = None;
+    if let Some(annotations) = svc.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+    }
+}
+
+/// Whether a Service picks its targets by node label (those need a
+/// reconcile when only labels change).
+fn selects_nodes_by_label(svc: &Service) -> bool {
+    svc.annotations()
+        .keys()
+        .any(|k| k.ends_with("target-node-labels"))
+}
+
+/// Everything the controller needs to run.
+pub struct ControllerParts {
+    pub client: Client,
+    pub provider: Arc<dyn LoadBalancerProvider>,
+    pub config: ControllerConfig,
+    pub metrics: Arc<Metrics>,
+    /// Event reporter instance (the replica's identity).
+    pub identity: String,
+}
+
+impl std::fmt::Debug for ControllerParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControllerParts")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Run the Service controller until `shutdown`; in-flight reconciles finish first.
+pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken) {
+    let ControllerParts {
+        client,
+        provider,
+        config,
+        metrics,
+        identity,
+    } = parts;
+    let services: Api<Service> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let service_stream = watcher(services, watcher::Config::default())
+        .default_backoff()
+        .modify(trim_service)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            |svc: &Service| Some(plan::sync_fingerprint(svc)),
+            PredicateConfig::default(),
+        );
+
+    let (targets_tx, targets_rx) = watch::channel(None);
+    let (trigger_tx, trigger_rx) = mpsc::unbounded();
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        provider: provider.clone(),
+        config: config.clone(),
+        targets: targets_rx,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "portico".into(),
+                instance: Some(identity),
+            },
+        ),
+        metrics: metrics.clone(),
+        memory: Mutex::default(),
+    });
+
+    let node_task = tokio::spawn(
+        watch_nodes(
+            nodes,
+            reader.clone(),
+            config.clone(),
+            targets_tx,
+            trigger_tx,
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .instrument(info_span!("nodes")),
+    );
+    let gc_task = tokio::spawn(
+        crate::gc::run_gc(
+            reader.clone(),
+            provider.clone(),
+            config.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .instrument(info_span!("orphan-gc")),
+    );
+
+    let runtime_config = RuntimeConfig::default().concurrency(config.workers);
+    kube::runtime::Controller::for_stream(service_stream, reader)
+        .with_config(runtime_config)
+        .reconcile_on(trigger_rx)
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                debug!(error = %err, "controller event");
+            }
+        })
+        .await;
+    shutdown.cancel();
+    let _ = node_task.await;
+    let _ = gc_task.await;
+    info!("controller stopped");
+}
+
+/// Keep the eligible-node index, publish target snapshots, and re-enqueue
+/// exactly the Services a node change affects, debounced.
+async fn watch_nodes(
+    nodes: Api<Node>,
+    services: Store<Service>,
+    config: ControllerConfig,
+    targets_tx: watch::Sender<Option<Arc<Vec<Target>>>>,
+    trigger_tx: mpsc::UnboundedSender<ObjectRef<Service>>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut index = NodeIndex::default();
+    let mut relist: Vec<Node> = Vec::new();
+    let mut pending = Change::default();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut published = false;
+    let mut stream = std::pin::pin!(watcher(nodes, watcher::Config::default()).default_backoff());
+    loop {
+        let sleep_until =
+            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
+                deadline = None;
+                metrics.pending_node_changes.set(0);
+                publish(&index, &mut published, &targets_tx, &metrics);
+                enqueue_affected(&services, &config, pending, &trigger_tx);
+                pending = Change::default();
+            }
+            event = stream.next() => {
+                let change = match event {
+                    None => return,
+                    Some(Err(err)) => { warn!(error = %err, "node watch error"); continue; }
+                    Some(Ok(WatchEvent::Apply(node))) => index.apply(&node),
+                    Some(Ok(WatchEvent::Delete(node))) => index.remove(&node.name_any()),
+                    Some(Ok(WatchEvent::Init)) => { relist.clear(); Change::default() }
+                    Some(Ok(WatchEvent::InitApply(node))) => { relist.push(node); Change::default() }
+                    Some(Ok(WatchEvent::InitDone)) => {
+                        let change = index.replace_all(relist.iter());
+                        relist = Vec::new();
+                        if !published {
+                            // The first list gates every reconcile: publish at once.
+                            publish(&index, &mut published, &targets_tx, &metrics);
+                            continue;
+                        }
+                        change
+                    }
+                };
+                if change.any() && published {
+                    pending = pending.merge(change);
+                    metrics.pending_node_changes.inc();
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.node_debounce);
+                }
+            }
+        }
+    }
+}
+
+fn publish(
+    index: &NodeIndex,
+    published: &mut bool,
+    targets_tx: &watch::Sender<Option<Arc<Vec<Target>>>>,
+    metrics: &Metrics,
+) {
+    *published = true;
+    metrics.eligible_nodes.set(index.len() as i64);
+    targets_tx.send_replace(Some(index.snapshot()));
+    info!(eligible = index.len(), "eligible nodes updated");
+}
+
+fn enqueue_affected(
+    services: &Store<Service>,
+    config: &ControllerConfig,
+    change: Change,
+    trigger_tx: &mpsc::UnboundedSender<ObjectRef<Service>>,
+) {
+    let mut count = 0usize;
+    for svc in services.state() {
+        let affected =
+            plan::is_ours(&svc, config) && (change.targets || selects_nodes_by_label(&svc));
+        if affected
+            && trigger_tx
+                .unbounded_send(ObjectRef::from_obj(svc.as_ref()))
+                .is_ok()
+        {
+            count += 1;
+        }
+    }
+    debug!(
+        services = count,
+        ?change,
+        "node change re-enqueued Services"
+    );
+}

@@ -1,0 +1,773 @@
+//! Decide, without I/O, what one Service needs: a balancer built to a spec,
+//! a balancer torn down, a complaint about the Service, or nothing.
+
+use std::collections::{BTreeMap, BTreeSet, hash_map::DefaultHasher};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use portico_provider::{
+    Annotations, HealthCheck, IpFamily, Listener, LoadBalancerKey, LoadBalancerSpec, Protocol,
+    ProviderError, SessionAffinity, Target, TrafficPolicy,
+};
+
+use crate::config::ControllerConfig;
+use crate::k8s::{
+    LAST_APPLIED_ANNOTATION, LB_FINALIZER, ResourceExt, SOURCE_RANGES_ANNOTATION, Service,
+    ServiceSpec,
+};
+
+/// Services with this `aws-load-balancer-type` belong to the AWS Load Balancer Controller.
+const AWS_LBC_TYPE_ANNOTATION: &str = "service.beta.kubernetes.io/aws-load-balancer-type";
+
+/// What to do about one Service.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    /// Not ours and holding nothing of ours.
+    Ignore(IgnoreReason),
+    /// Converge the balancer to this spec.
+    Ensure(Box<EnsurePlan>),
+    /// The Service asks for something that cannot be built; touch no cloud
+    /// state (an existing balancer is left as it is) and tell the user.
+    Reject(Rejection),
+    /// Remove the balancer and release the Service.
+    Cleanup(CleanupPlan),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IgnoreReason {
+    NotLoadBalancer,
+    OtherClass,
+    BeingDeletedWithoutFinalizer,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnsurePlan {
+    pub spec: LoadBalancerSpec,
+    /// The cleanup finalizer must be added before the first cloud call.
+    pub add_finalizer: bool,
+}
+
+impl EnsurePlan {
+    /// No node can receive traffic (upstream's `UnAvailableLoadBalancer`).
+    pub fn no_eligible_nodes(&self) -> bool {
+        self.spec.targets.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The Kubernetes field path to fix, e.g. `spec.ports[1].protocol`.
+    pub field: String,
+    pub reason: String,
+    /// Provider errors of kind Unsupported are reported as such.
+    pub unsupported: bool,
+}
+
+impl Rejection {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+            unsupported: false,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        format!("{}: {}", self.field, self.reason)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CleanupReason {
+    ServiceDeleted,
+    NoLongerLoadBalancer,
+    ClassChanged,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CleanupPlan {
+    pub key: LoadBalancerKey,
+    pub reason: CleanupReason,
+    /// Clear `status.loadBalancer` (not when the Service is going away, nor
+    /// when another controller now owns its status).
+    pub clear_status: bool,
+}
+
+/// Whether portico answers for this Service's balancer.
+pub fn is_ours(svc: &Service, config: &ControllerConfig) -> bool {
+    let Some(spec) = svc.spec.as_ref() else {
+        return false;
+    };
+    if spec.type_.as_deref() != Some("LoadBalancer") {
+        return false;
+    }
+    match spec.load_balancer_class.as_deref() {
+        Some(class) => class == config.class,
+        None => {
+            let aws_lbc = svc
+                .annotations()
+                .get(AWS_LBC_TYPE_ANNOTATION)
+                .is_some_and(|t| t == "external" || t == "nlb-ip");
+            config.claim_classless && !aws_lbc
+        }
+    }
+}
+
+pub fn has_finalizer(svc: &Service) -> bool {
+    svc.finalizers().iter().any(|f| f == LB_FINALIZER)
+}
+
+/// The key of the Service's balancer.
+pub fn key_of(svc: &Service, config: &ControllerConfig) -> LoadBalancerKey {
+    LoadBalancerKey::new(
+        config.cluster.clone(),
+        svc.namespace().unwrap_or_default(),
+        svc.name_any(),
+        svc.uid().unwrap_or_default(),
+    )
+}
+
+/// Decide what `svc` needs. `validate` is the provider's pure check of its
+/// own options (annotations); `targets` the eligible nodes.
+pub fn plan(
+    svc: &Service,
+    targets: &[Target],
+    config: &ControllerConfig,
+    validate: &dyn Fn(&LoadBalancerSpec) -> Result<(), ProviderError>,
+) -> Plan {
+    let finalized = has_finalizer(svc);
+    if svc.metadata.deletion_timestamp.is_some() {
+        return if finalized {
+            Plan::Cleanup(CleanupPlan {
+                key: key_of(svc, config),
+                reason: CleanupReason::ServiceDeleted,
+                clear_status: false,
+            })
+        } else {
+            Plan::Ignore(IgnoreReason::BeingDeletedWithoutFinalizer)
+        };
+    }
+    if !is_ours(svc, config) {
+        let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
+        return match (finalized, is_lb) {
+            (true, false) => Plan::Cleanup(CleanupPlan {
+                key: key_of(svc, config),
+                reason: CleanupReason::NoLongerLoadBalancer,
+                clear_status: true,
+            }),
+            (true, true) => Plan::Cleanup(CleanupPlan {
+                key: key_of(svc, config),
+                reason: CleanupReason::ClassChanged,
+                clear_status: false,
+            }),
+            (false, false) => Plan::Ignore(IgnoreReason::NotLoadBalancer),
+            (false, true) => Plan::Ignore(IgnoreReason::OtherClass),
+        };
+    }
+    match build_spec(svc, targets, config) {
+        Err(rejection) => Plan::Reject(rejection),
+        Ok(spec) => match validate(&spec) {
+            Err(err) => Plan::Reject(rejection_from(err)),
+            Ok(()) => Plan::Ensure(Box::new(EnsurePlan {
+                spec,
+                add_finalizer: !finalized,
+            })),
+        },
+    }
+}
+
+fn rejection_from(err: ProviderError) -> Rejection {
+    match err {
+        ProviderError::InvalidSpec { field, reason } => Rejection::new(field, reason),
+        ProviderError::Unsupported { what } => Rejection {
+            field: "spec".into(),
+            reason: format!("not supported by this provider: {what}"),
+            unsupported: true,
+        },
+        other => Rejection::new("spec", other.to_string()),
+    }
+}
+
+/// Turn the Service into the provider's spec, naming the field of any problem.
+pub fn build_spec(
+    svc: &Service,
+    targets: &[Target],
+    config: &ControllerConfig,
+) -> Result<LoadBalancerSpec, Rejection> {
+    let spec = svc
+        .spec
+        .as_ref()
+        .ok_or_else(|| Rejection::new("spec", "missing"))?;
+    if svc.uid().is_none() {
+        return Err(Rejection::new(
+            "metadata.uid",
+            "missing; the API server sets it",
+        ));
+    }
+    let listeners = listeners(spec)?;
+    let health_check = health_check(spec)?;
+    let mut out = LoadBalancerSpec::new(key_of(svc, config));
+    out.traffic_policy = match health_check {
+        HealthCheck::TrafficPort => TrafficPolicy::Cluster,
+        HealthCheck::Http { .. } => TrafficPolicy::Local,
+    };
+    out.listeners = listeners;
+    out.targets = targets.to_vec();
+    out.health_check = health_check;
+    out.source_ranges = source_ranges(svc, spec)?;
+    out.requested_ips = requested_ips(spec)?;
+    out.ip_families = ip_families(spec)?;
+    out.session_affinity = session_affinity(spec)?;
+    out.annotations = Annotations::new(
+        svc.annotations()
+            .iter()
+            .filter(|(k, _)| k.as_str() != LAST_APPLIED_ANNOTATION)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    );
+    Ok(out)
+}
+
+fn port_number(value: i32, field: &str) -> Result<u16, Rejection> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| Rejection::new(field, format!("{value} is not a port number (1-65535)")))
+}
+
+fn listeners(spec: &ServiceSpec) -> Result<Vec<Listener>, Rejection> {
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    if ports.is_empty() {
+        return Err(Rejection::new(
+            "spec.ports",
+            "a LoadBalancer Service needs at least one port",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(ports.len());
+    for (i, p) in ports.iter().enumerate() {
+        let protocol: Protocol = p
+            .protocol
+            .as_deref()
+            .unwrap_or("TCP")
+            .parse()
+            .map_err(|e: String| Rejection::new(format!("spec.ports[{i}].protocol"), e))?;
+        let port = port_number(p.port, &format!("spec.ports[{i}].port"))?;
+        let node_port = match p.node_port {
+            Some(np) => port_number(np, &format!("spec.ports[{i}].nodePort"))?,
+            None => {
+                return Err(Rejection::new(
+                    format!("spec.ports[{i}].nodePort"),
+                    "missing; portico forwards to NodePorts, so allocateLoadBalancerNodePorts must not be false",
+                ));
+            }
+        };
+        if !seen.insert((port, protocol)) {
+            return Err(Rejection::new(
+                format!("spec.ports[{i}]"),
+                format!("port {port}/{protocol} is listed twice"),
+            ));
+        }
+        out.push(Listener {
+            port,
+            protocol,
+            node_port,
+            name: p.name.clone(),
+        });
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn health_check(spec: &ServiceSpec) -> Result<HealthCheck, Rejection> {
+    match spec.external_traffic_policy.as_deref() {
+        None | Some("Cluster") => Ok(HealthCheck::TrafficPort),
+        Some("Local") => match spec.health_check_node_port {
+            Some(port) => Ok(HealthCheck::Http {
+                port: port_number(port, "spec.healthCheckNodePort")?,
+                path: "/healthz".into(),
+            }),
+            None => Err(Rejection::new(
+                "spec.healthCheckNodePort",
+                "missing for externalTrafficPolicy: Local",
+            )),
+        },
+        Some(other) => Err(Rejection::new(
+            "spec.externalTrafficPolicy",
+            format!("{other:?} is neither Cluster nor Local"),
+        )),
+    }
+}
+
+fn source_ranges(svc: &Service, spec: &ServiceSpec) -> Result<Vec<IpNet>, Rejection> {
+    let parse = |raw: &str, field: String| {
+        raw.trim()
+            .parse::<IpNet>()
+            .map(|net| net.trunc())
+            .map_err(|_| Rejection::new(field, format!("{raw:?} is not a CIDR such as 10.0.0.0/8")))
+    };
+    let mut out = match spec.load_balancer_source_ranges.as_deref() {
+        Some(ranges) if !ranges.is_empty() => ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| parse(r, format!("spec.loadBalancerSourceRanges[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?,
+        // Upstream honours the annotation when the field is empty.
+        _ => match svc.annotations().get(SOURCE_RANGES_ANNOTATION) {
+            Some(raw) => raw
+                .split(',')
+                .filter(|r| !r.trim().is_empty())
+                .map(|r| parse(r, Annotations::field(SOURCE_RANGES_ANNOTATION)))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        },
+    };
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn requested_ips(spec: &ServiceSpec) -> Result<Vec<IpAddr>, Rejection> {
+    match spec.load_balancer_ip.as_deref().map(str::trim) {
+        None | Some("") => Ok(Vec::new()),
+        Some(raw) => raw.parse().map(|ip| vec![ip]).map_err(|_| {
+            Rejection::new(
+                "spec.loadBalancerIP",
+                format!("{raw:?} is not an IP address"),
+            )
+        }),
+    }
+}
+
+fn ip_families(spec: &ServiceSpec) -> Result<Vec<IpFamily>, Rejection> {
+    let Some(families) = spec.ip_families.as_deref().filter(|f| !f.is_empty()) else {
+        return Ok(vec![IpFamily::V4]);
+    };
+    families
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match f.as_str() {
+            "IPv4" => Ok(IpFamily::V4),
+            "IPv6" => Ok(IpFamily::V6),
+            other => Err(Rejection::new(
+                format!("spec.ipFamilies[{i}]"),
+                format!("{other:?} is neither IPv4 nor IPv6"),
+            )),
+        })
+        .collect()
+}
+
+fn session_affinity(spec: &ServiceSpec) -> Result<SessionAffinity, Rejection> {
+    match spec.session_affinity.as_deref() {
+        None | Some("None") => Ok(SessionAffinity::None),
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .unwrap_or(10_800);
+            let timeout_seconds = u32::try_from(timeout)
+                .ok()
+                .filter(|t| (1..=86_400).contains(t))
+                .ok_or_else(|| {
+                    Rejection::new(
+                        "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+                        format!("{timeout} is outside 1..=86400"),
+                    )
+                })?;
+            Ok(SessionAffinity::ClientIp { timeout_seconds })
+        }
+        Some(other) => Err(Rejection::new(
+            "spec.sessionAffinity",
+            format!("{other:?} is neither None nor ClientIP"),
+        )),
+    }
+}
+
+/// A hash of exactly the Service fields a sync depends on (upstream's
+/// `needsUpdate` list). Watch events that leave it unchanged (our own status
+/// writes, selector edits, unrelated metadata) trigger no reconcile.
+pub fn sync_fingerprint(svc: &Service) -> u64 {
+    let mut h = DefaultHasher::new();
+    let spec = svc.spec.as_ref();
+    spec.map(|s| &s.type_).hash(&mut h);
+    spec.map(|s| &s.load_balancer_class).hash(&mut h);
+    for p in spec.and_then(|s| s.ports.as_deref()).unwrap_or_default() {
+        (&p.name, &p.protocol, p.port, p.node_port, &p.app_protocol).hash(&mut h);
+        serde_json::to_string(&p.target_port)
+            .unwrap_or_default()
+            .hash(&mut h);
+    }
+    spec.map(|s| &s.load_balancer_source_ranges).hash(&mut h);
+    spec.map(|s| &s.load_balancer_ip).hash(&mut h);
+    spec.map(|s| &s.session_affinity).hash(&mut h);
+    spec.and_then(|s| s.session_affinity_config.as_ref())
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .hash(&mut h);
+    spec.map(|s| &s.external_ips).hash(&mut h);
+    spec.map(|s| &s.external_traffic_policy).hash(&mut h);
+    spec.map(|s| s.health_check_node_port).hash(&mut h);
+    spec.map(|s| &s.ip_families).hash(&mut h);
+    for (k, v) in svc
+        .annotations()
+        .iter()
+        .filter(|(k, _)| k.as_str() != LAST_APPLIED_ANNOTATION)
+    {
+        (k, v).hash(&mut h);
+    }
+    svc.metadata.uid.hash(&mut h);
+    svc.metadata.deletion_timestamp.is_some().hash(&mut h);
+    has_finalizer(svc).hash(&mut h);
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::{node, svc};
+    use crate::nodes::node_target;
+    use portico_provider::ClusterName;
+
+    fn config() -> ControllerConfig {
+        ControllerConfig {
+            cluster: ClusterName::new("test"),
+            ..Default::default()
+        }
+    }
+
+    fn targets() -> Vec<Target> {
+        ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                node_target(&node(n).ip(&format!("10.0.0.{}", i + 1)).build()).expect("eligible")
+            })
+            .collect()
+    }
+
+    fn accept(_: &LoadBalancerSpec) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    fn plan_of(s: &Service) -> Plan {
+        plan(s, &targets(), &config(), &accept)
+    }
+
+    fn kind(p: &Plan) -> String {
+        match p {
+            Plan::Ignore(r) => format!("ignore:{r:?}"),
+            Plan::Ensure(e) => format!("ensure:finalizer={}", e.add_finalizer),
+            Plan::Reject(r) => format!("reject:{}", r.field),
+            Plan::Cleanup(c) => format!("cleanup:{:?}:clear={}", c.reason, c.clear_status),
+        }
+    }
+
+    #[test]
+    fn ownership_and_lifecycle() {
+        let lb = || svc("default", "web").lb().port(80, 30080);
+        let cases = [
+            (
+                "ClusterIP Service is ignored",
+                svc("default", "web").port(80, 30080).build(),
+                "ignore:NotLoadBalancer",
+            ),
+            (
+                "NodePort Service is ignored",
+                svc("d", "w").type_("NodePort").port(80, 30080).build(),
+                "ignore:NotLoadBalancer",
+            ),
+            (
+                "new LB Service gets the finalizer first",
+                lb().build(),
+                "ensure:finalizer=true",
+            ),
+            (
+                "finalized LB Service is ensured",
+                lb().finalizer(LB_FINALIZER).build(),
+                "ensure:finalizer=false",
+            ),
+            (
+                "our class is ours",
+                lb().class(crate::config::DEFAULT_CLASS).build(),
+                "ensure:finalizer=true",
+            ),
+            (
+                "another class is not ours",
+                lb().class("example.com/lb").build(),
+                "ignore:OtherClass",
+            ),
+            (
+                "AWS LB Controller's Services are left alone",
+                lb().annotation(AWS_LBC_TYPE_ANNOTATION, "external").build(),
+                "ignore:OtherClass",
+            ),
+            (
+                "deleted with finalizer is cleaned up, status kept",
+                lb().finalizer(LB_FINALIZER).deleting().build(),
+                "cleanup:ServiceDeleted:clear=false",
+            ),
+            (
+                "deleted without finalizer is ignored",
+                lb().deleting().build(),
+                "ignore:BeingDeletedWithoutFinalizer",
+            ),
+            (
+                "type changed away from LB cleans up and clears status",
+                svc("default", "web")
+                    .type_("ClusterIP")
+                    .port(80, 30080)
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+                "cleanup:NoLongerLoadBalancer:clear=true",
+            ),
+            (
+                "class changed away cleans up, leaves status to the new owner",
+                lb().class("example.com/lb").finalizer(LB_FINALIZER).build(),
+                "cleanup:ClassChanged:clear=false",
+            ),
+        ];
+        for (desc, s, want) in cases {
+            assert_eq!(kind(&plan_of(&s)), want, "{desc}");
+        }
+    }
+
+    #[test]
+    fn classless_services_only_when_configured() {
+        let s = svc("default", "web").lb().port(80, 30080).build();
+        let cfg = ControllerConfig {
+            claim_classless: false,
+            ..config()
+        };
+        assert_eq!(
+            kind(&plan(&s, &targets(), &cfg, &accept)),
+            "ignore:OtherClass"
+        );
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let lb = || svc("default", "web").lb();
+        let cases = [
+            ("no ports", lb().build(), "spec.ports"),
+            (
+                "bad protocol",
+                lb().port(80, 30080).port_proto(81, 30081, "QUIC").build(),
+                "spec.ports[1].protocol",
+            ),
+            (
+                "port out of range",
+                lb().port(70000, 30080).build(),
+                "spec.ports[0].port",
+            ),
+            (
+                "node port zero",
+                lb().port(80, 0).build(),
+                "spec.ports[0].nodePort",
+            ),
+            (
+                "no node port",
+                lb().port_without_node_port(80).build(),
+                "spec.ports[0].nodePort",
+            ),
+            (
+                "duplicate port",
+                lb().port(80, 30080).port(80, 30081).build(),
+                "spec.ports[1]",
+            ),
+            (
+                "bad source range",
+                lb().port(80, 30080).source_range("10.0.0.0/33").build(),
+                "spec.loadBalancerSourceRanges[0]",
+            ),
+            (
+                "bad loadBalancerIP",
+                lb().port(80, 30080).load_balancer_ip("1.2.3").build(),
+                "spec.loadBalancerIP",
+            ),
+            (
+                "bad source range annotation",
+                lb().port(80, 30080)
+                    .annotation(SOURCE_RANGES_ANNOTATION, "10.0.0.0/8,nope")
+                    .build(),
+                "metadata.annotations[service.beta.kubernetes.io/load-balancer-source-ranges]",
+            ),
+        ];
+        for (desc, s, field) in cases {
+            assert_eq!(kind(&plan_of(&s)), format!("reject:{field}"), "{desc}");
+        }
+    }
+
+    #[test]
+    fn provider_validation_rejects_before_any_cloud_call() {
+        let s = svc("default", "web")
+            .lb()
+            .port(80, 30080)
+            .annotation("x/weight", "heavy")
+            .build();
+        let validate =
+            |spec: &LoadBalancerSpec| spec.annotations.parse::<u8>("x/weight").map(|_| ());
+        match plan(&s, &targets(), &config(), &validate) {
+            Plan::Reject(r) => {
+                assert_eq!(r.field, "metadata.annotations[x/weight]");
+                assert!(r.reason.contains("heavy"), "{}", r.reason);
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn spec_carries_what_the_service_says() {
+        let s = svc("default", "web")
+            .lb()
+            .port_proto(53, 30053, "UDP")
+            .port(80, 30080)
+            .local(32000)
+            .source_range(" 10.1.2.3/8")
+            .load_balancer_ip("192.0.2.10")
+            .annotation(LAST_APPLIED_ANNOTATION, "{...}")
+            .annotation("a/b", "c")
+            .build();
+        let Plan::Ensure(e) = plan_of(&s) else {
+            panic!("expected ensure")
+        };
+        let spec = e.spec;
+        assert_eq!(spec.key.cluster.as_str(), "test");
+        assert_eq!(
+            spec.listeners
+                .iter()
+                .map(|l| (l.port, l.protocol, l.node_port))
+                .collect::<Vec<_>>(),
+            [(53, Protocol::Udp, 30053), (80, Protocol::Tcp, 30080)],
+            "listeners sorted by port"
+        );
+        assert_eq!(
+            spec.health_check,
+            HealthCheck::Http {
+                port: 32000,
+                path: "/healthz".into()
+            }
+        );
+        assert_eq!(spec.traffic_policy, TrafficPolicy::Local);
+        assert_eq!(
+            spec.source_ranges,
+            vec!["10.0.0.0/8".parse::<IpNet>().expect("cidr")],
+            "host bits truncated"
+        );
+        assert_eq!(
+            spec.requested_ips,
+            vec!["192.0.2.10".parse::<IpAddr>().expect("ip")]
+        );
+        assert_eq!(spec.targets.len(), 2);
+        assert_eq!(spec.annotations.get("a/b"), Some("c"));
+        assert_eq!(
+            spec.annotations.get(LAST_APPLIED_ANNOTATION),
+            None,
+            "large kubectl annotation dropped"
+        );
+    }
+
+    #[test]
+    fn local_policy_needs_health_check_port() {
+        let mut s = svc("default", "web").lb().port(80, 30080).build();
+        if let Some(spec) = s.spec.as_mut() {
+            spec.external_traffic_policy = Some("Local".into());
+        }
+        assert_eq!(kind(&plan_of(&s)), "reject:spec.healthCheckNodePort");
+    }
+
+    #[test]
+    fn no_eligible_nodes_still_ensures() {
+        let s = svc("default", "web").lb().port(80, 30080).build();
+        let Plan::Ensure(e) = plan(&s, &[], &config(), &accept) else {
+            panic!("expected ensure")
+        };
+        assert!(e.no_eligible_nodes());
+    }
+
+    #[test]
+    fn fingerprint_tracks_exactly_the_sync_fields() {
+        let base = svc("default", "web").lb().port(80, 30080).build();
+        let fp = sync_fingerprint(&base);
+        let mut status_only = base.clone();
+        status_only.status = Some(Default::default());
+        status_only.metadata.resource_version = Some("42".into());
+        assert_eq!(
+            sync_fingerprint(&status_only),
+            fp,
+            "status and resourceVersion do not matter"
+        );
+        let mut selector = base.clone();
+        if let Some(spec) = selector.spec.as_mut() {
+            spec.selector = Some([("app".to_string(), "x".to_string())].into());
+        }
+        assert_eq!(
+            sync_fingerprint(&selector),
+            fp,
+            "selector does not matter to the balancer"
+        );
+        let changed = [
+            ("port", svc("default", "web").lb().port(81, 30080).build()),
+            (
+                "annotation",
+                svc("default", "web")
+                    .lb()
+                    .port(80, 30080)
+                    .annotation("k", "v")
+                    .build(),
+            ),
+            (
+                "type",
+                svc("default", "web")
+                    .type_("NodePort")
+                    .port(80, 30080)
+                    .build(),
+            ),
+            (
+                "uid",
+                svc("default", "web")
+                    .lb()
+                    .port(80, 30080)
+                    .uid("other")
+                    .build(),
+            ),
+            (
+                "source ranges",
+                svc("default", "web")
+                    .lb()
+                    .port(80, 30080)
+                    .source_range("10.0.0.0/8")
+                    .build(),
+            ),
+            (
+                "traffic policy",
+                svc("default", "web")
+                    .lb()
+                    .port(80, 30080)
+                    .local(32000)
+                    .build(),
+            ),
+            (
+                "finalizer",
+                svc("default", "web")
+                    .lb()
+                    .port(80, 30080)
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+            ),
+            (
+                "deleting",
+                svc("default", "web")
+                    .lb()
+                    .port(80, 30080)
+                    .deleting()
+                    .build(),
+            ),
+        ];
+        for (desc, s) in changed {
+            assert_ne!(sync_fingerprint(&s), fp, "{desc} changes the fingerprint");
+        }
+    }
+}

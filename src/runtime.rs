@@ -1,0 +1,120 @@
+//! Running the controller as a replica: reach the API server, serve health
+//! and metrics, take part in leader election, and run the Service
+//! controller only while leading.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use portico_provider::LoadBalancerProvider;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::Error;
+use crate::config::ControllerConfig;
+use crate::controller::{ControllerParts, run_controller};
+use crate::k8s::Client;
+use crate::leader::{LeaseConfig, run_election};
+use crate::metrics::Metrics;
+use crate::server::{self, Health};
+
+/// How this replica runs.
+#[derive(Debug, Clone)]
+pub struct ReplicaOptions {
+    pub config: ControllerConfig,
+    /// `None` runs without leader election (a single replica).
+    pub lease: Option<LeaseConfig>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub http_addr: Option<SocketAddr>,
+    pub identity: String,
+}
+
+/// Run until `shutdown` is cancelled (SIGTERM in `main`): in-flight
+/// reconciles finish, then the lease is released.
+pub async fn run_replica(
+    client: Client,
+    provider: Arc<dyn LoadBalancerProvider>,
+    options: ReplicaOptions,
+    mut registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let metrics = Metrics::register(&mut registry);
+    let health = Health::new(registry);
+    let http_task = match options.http_addr {
+        Some(addr) => {
+            let listener = server::bind(addr).await?;
+            info!(%addr, "serving /metrics, /healthz and /readyz");
+            let (health, shutdown) = (health.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                if let Err(err) = server::serve(listener, health, shutdown).await {
+                    warn!(error = %err, "health server stopped");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(|source| Error::ApiUnreachable {
+            source: Box::new(source),
+        })?;
+    info!(kubernetes = %version.git_version, provider = provider.name(), workers = options.config.workers, "connected");
+    health.set_ready(true);
+
+    let parts = || ControllerParts {
+        client: client.clone(),
+        provider: provider.clone(),
+        config: options.config.clone(),
+        metrics: metrics.clone(),
+        identity: options.identity.clone(),
+    };
+
+    match options.lease.clone() {
+        None => {
+            metrics.is_leader.set(1);
+            run_controller(parts(), shutdown.clone()).await;
+            metrics.is_leader.set(0);
+        }
+        Some(lease) => {
+            let (leading_tx, mut leading) = watch::channel(false);
+            let election = tokio::spawn(run_election(
+                client.clone(),
+                lease,
+                leading_tx,
+                shutdown.clone(),
+            ));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
+                }
+                metrics.is_leader.set(1);
+                let term = shutdown.child_token();
+                let lost = {
+                    let (term, mut leading) = (term.clone(), leading.clone());
+                    tokio::spawn(async move {
+                        let _ = leading.wait_for(|l| !*l).await;
+                        term.cancel();
+                    })
+                };
+                run_controller(parts(), term).await;
+                lost.abort();
+                metrics.is_leader.set(0);
+                if shutdown.is_cancelled() {
+                    break;
+                }
+                warn!("lost leadership; standing by");
+            }
+            // The election task releases the lease once shutdown is cancelled.
+            shutdown.cancel();
+            let _ = election.await;
+        }
+    }
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    Ok(())
+}
