@@ -127,6 +127,11 @@ impl Backend {
         Self::start(Kind::Name(name.into()), SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
 
+    /// Like [`Backend::name`], listening on `ip` (e.g. 127.0.0.3).
+    pub async fn name_on(ip: IpAddr, name: &str) -> Backend {
+        Self::start(Kind::Name(name.into()), SocketAddr::new(ip, 0)).await
+    }
+
     pub async fn echo() -> Backend {
         Self::start(Kind::Echo, SocketAddr::from(([127, 0, 0, 1], 0))).await
     }
@@ -249,7 +254,11 @@ pub struct Healthz {
 
 impl Healthz {
     pub async fn start(ok: bool) -> Healthz {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind healthz");
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), ok).await
+    }
+
+    pub async fn start_on(addr: SocketAddr, ok: bool) -> Healthz {
+        let l = TcpListener::bind(addr).await.expect("bind healthz");
         let addr = l.local_addr().expect("healthz address");
         let flag = Arc::new(AtomicBool::new(ok));
         let f = Arc::clone(&flag);
