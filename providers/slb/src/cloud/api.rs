@@ -28,7 +28,7 @@ use super::error::ApiError;
 use super::faults::{FaultConfig, FaultOutcome, FaultState};
 use super::model::*;
 use super::sink::ApplierMsg;
-use super::state::{Effects, MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE, PageRequest, Store};
+use super::state::{DEFAULT_PAGE_SIZE, Effects, MAX_PAGE_SIZE, PageRequest, Store};
 
 /// Counts of API calls, served at `GET /admin/stats`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,7 +230,10 @@ struct Call {
 impl FromRequestParts<AppState> for Call {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let request_id = parts
             .extensions
             .get::<RequestId>()
@@ -356,7 +359,11 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." { "body".to_string() } else { path };
+        let field = if path == "." {
+            "body".to_string()
+        } else {
+            path
+        };
         ApiError::invalid(field, e.into_inner().to_string())
     })?;
     de.end()
@@ -454,7 +461,10 @@ async fn list_balancers(call: Call, query: ListQuery) -> Response {
     let s = call.state.clone();
     call.run(read("DescribeLoadBalancers"), async move {
         let (page, tags) = list_params(query, true)?;
-        json(StatusCode::OK, &s.read(|st| st.list_balancers(&tags, &page)))
+        json(
+            StatusCode::OK,
+            &s.read(|st| st.list_balancers(&tags, &page)),
+        )
     })
     .await
 }
@@ -472,7 +482,10 @@ async fn update_balancer(call: Call, Path(id): Path<String>, body: Bytes) -> Res
     call.run(write("ModifyLoadBalancer"), async move {
         let req: UpdateLoadBalancerRequest = parse(&body)?;
         let lb = s
-            .mutate(|st| st.update_balancer(&id, req).map(|lb| (lb, Effects::default())))
+            .mutate(|st| {
+                st.update_balancer(&id, req)
+                    .map(|lb| (lb, Effects::default()))
+            })
             .await?;
         json(StatusCode::OK, &lb)
     })
@@ -521,7 +534,10 @@ async fn list_listeners(call: Call, Path(lb): Path<String>, query: ListQuery) ->
 async fn describe_listener(call: Call, Path((lb, id)): Path<(String, String)>) -> Response {
     let s = call.state.clone();
     call.run(read("DescribeListener"), async move {
-        json(StatusCode::OK, &s.read(|st| st.describe_listener(&lb, &id))?)
+        json(
+            StatusCode::OK,
+            &s.read(|st| st.describe_listener(&lb, &id))?,
+        )
     })
     .await
 }
@@ -637,19 +653,11 @@ async fn change_servers(
     .await
 }
 
-async fn set_servers(
-    call: Call,
-    Path((lb, id)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
+async fn set_servers(call: Call, Path((lb, id)): Path<(String, String)>, body: Bytes) -> Response {
     change_servers(call, lb, id, body, ServersChange::Set).await
 }
 
-async fn add_servers(
-    call: Call,
-    Path((lb, id)): Path<(String, String)>,
-    body: Bytes,
-) -> Response {
+async fn add_servers(call: Call, Path((lb, id)): Path<(String, String)>, body: Bytes) -> Response {
     change_servers(call, lb, id, body, ServersChange::Add).await
 }
 

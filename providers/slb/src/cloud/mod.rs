@@ -115,10 +115,11 @@ fn load_state(config: &CloudConfig) -> Result<Store, CloudError> {
             });
         }
     };
-    let store: Store = serde_json::from_slice(&bytes).map_err(|source| CloudError::CorruptState {
-        path: path.clone(),
-        source,
-    })?;
+    let store: Store =
+        serde_json::from_slice(&bytes).map_err(|source| CloudError::CorruptState {
+            path: path.clone(),
+            source,
+        })?;
     if store.version != STORE_VERSION {
         return Err(CloudError::InconsistentState {
             path: path.clone(),
@@ -182,12 +183,10 @@ impl CloudServer {
                 addr: listen,
                 source,
             })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| CloudError::Bind {
-                addr: listen,
-                source,
-            })?;
+        let addr = listener.local_addr().map_err(|source| CloudError::Bind {
+            addr: listen,
+            source,
+        })?;
         let (router, inner, applier) = build(config, sink)?;
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {

@@ -14,8 +14,8 @@ use super::error::ApiError;
 use super::model::*;
 use super::{CloudConfig, Quotas};
 use crate::forwarding::{
-    AccessControl, BackendConfig, BalancerForwarding, HealthCheckConfig, ListenerConfig,
-    ProbeKind, Scheduler, Transport,
+    AccessControl, BackendConfig, BalancerForwarding, HealthCheckConfig, ListenerConfig, ProbeKind,
+    Scheduler, Transport,
 };
 
 const MAX_TAGS: usize = 20;
@@ -208,11 +208,15 @@ fn check_health(field: &str, hc: &HealthCheck) -> Result<(), ApiError> {
                 Some(_) => {}
             }
             if let Some(path) = &hc.path
-                && (!path.starts_with('/') || path.len() > 200 || path.contains(char::is_whitespace))
+                && (!path.starts_with('/')
+                    || path.len() > 200
+                    || path.contains(char::is_whitespace))
             {
                 return Err(ApiError::invalid(
                     format!("{field}.path"),
-                    format!("{path:?} must start with / and have no spaces (at most 200 characters)"),
+                    format!(
+                        "{path:?} must start with / and have no spaces (at most 200 characters)"
+                    ),
                 ));
             }
         }
@@ -320,7 +324,10 @@ impl Store {
                     l.id, l.load_balancer_id
                 ));
             }
-            if !self.groups.contains_key(&l.settings.backend_server_group_id) {
+            if !self
+                .groups
+                .contains_key(&l.settings.backend_server_group_id)
+            {
                 return Err(format!(
                     "listener {} refers to missing group {}",
                     l.id, l.settings.backend_server_group_id
@@ -653,7 +660,9 @@ impl Store {
     pub fn list_listeners(&self, lb: &str, page: &PageRequest) -> Result<Page<Listener>, ApiError> {
         self.balancer(lb)?;
         Ok(paginate(
-            self.listeners.iter().filter(|(_, l)| l.load_balancer_id == lb),
+            self.listeners
+                .iter()
+                .filter(|(_, l)| l.load_balancer_id == lb),
             page,
         ))
     }
@@ -1022,7 +1031,12 @@ impl Store {
                 let nets: Vec<IpNet> = self
                     .acls
                     .get(&acl_ref.acl_id)
-                    .map(|a| a.entries.iter().filter_map(|e| e.cidr.parse().ok()).collect())
+                    .map(|a| {
+                        a.entries
+                            .iter()
+                            .filter_map(|e| e.cidr.parse().ok())
+                            .collect()
+                    })
                     .unwrap_or_default();
                 match acl_ref.mode {
                     AclMode::White => AccessControl::AllowOnly(nets),
