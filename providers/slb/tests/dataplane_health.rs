@@ -34,11 +34,18 @@ async fn stopped_backend_is_taken_out_and_comes_back() {
         let c = Backend::name("c").await;
         let dp = dataplane();
         let vip = vip(FILE, 1);
-        let l = listener(8000, Transport::Tcp).backends(&[a.addr, b.addr, c.addr]).build();
-        dp.apply(balancer("lb-fail", vip, vec![l])).await.expect("apply");
+        let l = listener(8000, Transport::Tcp)
+            .backends(&[a.addr, b.addr, c.addr])
+            .build();
+        dp.apply(balancer("lb-fail", vip, vec![l]))
+            .await
+            .expect("apply");
         let addr = SocketAddr::new(vip, 8000);
         wait_for(&dp, "lb-fail", 5, "all healthy", |s| {
-            s.listeners[0].backends.iter().all(|b| b.health == HealthState::Healthy)
+            s.listeners[0]
+                .backends
+                .iter()
+                .all(|b| b.health == HealthState::Healthy)
         })
         .await;
         let (counts, failed) = tally(addr, 30).await;
@@ -55,7 +62,10 @@ async fn stopped_backend_is_taken_out_and_comes_back() {
         .await;
         let (counts, failed) = tally(addr, 60).await;
         assert_eq!(failed, 0);
-        assert_eq!((counts.get("a"), counts.get("c"), counts.get("b")), (Some(&30), Some(&30), None));
+        assert_eq!(
+            (counts.get("a"), counts.get("c"), counts.get("b")),
+            (Some(&30), Some(&30), None)
+        );
 
         b.restart().await;
         wait_for(&dp, "lb-fail", 5, "b healthy again", |s| {
@@ -92,7 +102,9 @@ async fn http_healthz_on_a_separate_port_excludes_a_503_backend() {
                 path: "/healthz".into(),
             })
             .build();
-        dp.apply(balancer("lb-http", vip, vec![l])).await.expect("apply");
+        dp.apply(balancer("lb-http", vip, vec![l]))
+            .await
+            .expect("apply");
         let addr = SocketAddr::new(vip, 8000);
         wait_for(&dp, "lb-http", 5, "verdicts", |s| {
             health_of(s, n1.addr) == Some(HealthState::Healthy)
@@ -133,13 +145,21 @@ async fn nothing_healthy_fails_open() {
                 path: "/healthz".into(),
             })
             .build();
-        dp.apply(balancer("lb-open", vip, vec![l])).await.expect("apply");
+        dp.apply(balancer("lb-open", vip, vec![l]))
+            .await
+            .expect("apply");
         wait_for(&dp, "lb-open", 5, "both unhealthy", |s| {
-            s.listeners[0].backends.iter().all(|b| b.health == HealthState::Unhealthy)
+            s.listeners[0]
+                .backends
+                .iter()
+                .all(|b| b.health == HealthState::Unhealthy)
         })
         .await;
         let (counts, failed) = tally(SocketAddr::new(vip, 8000), 10).await;
-        assert_eq!((counts.get("a"), counts.get("b"), failed), (Some(&5), Some(&5), 0));
+        assert_eq!(
+            (counts.get("a"), counts.get("b"), failed),
+            (Some(&5), Some(&5), 0)
+        );
     })
     .await;
 }
@@ -161,14 +181,30 @@ async fn a_new_backend_waits_for_its_first_good_probe() {
             port: h.addr.port(),
             path: "/healthz".into(),
         };
-        let one = listener(8000, Transport::Tcp).backends(&[a.addr]).probe(probe.clone()).build();
-        dp.apply(balancer("lb-new", vip, vec![one])).await.expect("apply");
-        wait_for(&dp, "lb-new", 5, "a healthy", |s| health_of(s, a.addr) == Some(HealthState::Healthy)).await;
-        let two = listener(8000, Transport::Tcp).backends(&[a.addr, b.addr]).probe(probe).build();
-        dp.apply(balancer("lb-new", vip, vec![two])).await.expect("apply");
+        let one = listener(8000, Transport::Tcp)
+            .backends(&[a.addr])
+            .probe(probe.clone())
+            .build();
+        dp.apply(balancer("lb-new", vip, vec![one]))
+            .await
+            .expect("apply");
+        wait_for(&dp, "lb-new", 5, "a healthy", |s| {
+            health_of(s, a.addr) == Some(HealthState::Healthy)
+        })
+        .await;
+        let two = listener(8000, Transport::Tcp)
+            .backends(&[a.addr, b.addr])
+            .probe(probe)
+            .build();
+        dp.apply(balancer("lb-new", vip, vec![two]))
+            .await
+            .expect("apply");
         let (counts, failed) = tally(SocketAddr::new(vip, 8000), 20).await;
         assert_eq!((counts.get("a"), failed), (Some(&20), 0), "{counts:?}");
-        assert_ne!(health_of(&dp.snapshot("lb-new").expect("snapshot"), b.addr), Some(HealthState::Healthy));
+        assert_ne!(
+            health_of(&dp.snapshot("lb-new").expect("snapshot"), b.addr),
+            Some(HealthState::Healthy)
+        );
     })
     .await;
 }

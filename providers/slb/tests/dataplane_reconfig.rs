@@ -15,7 +15,11 @@ use tokio::net::TcpStream;
 
 const FILE: u8 = 4;
 
-fn active(dp: &portico_slb::dataplane::DataPlane, id: &str, backend: SocketAddr) -> Option<(u64, bool)> {
+fn active(
+    dp: &portico_slb::dataplane::DataPlane,
+    id: &str,
+    backend: SocketAddr,
+) -> Option<(u64, bool)> {
     dp.snapshot(id)?
         .listeners
         .iter()
@@ -32,28 +36,53 @@ async fn removed_backend_drains_until_the_timeout() {
         let vip = vip(FILE, 1);
         let drain = Duration::from_millis(1500);
         let cfg = |b: SocketAddr| {
-            listener(8000, Transport::Tcp).backends(&[b]).probe(ProbeKind::Disabled).drain(drain).build()
+            listener(8000, Transport::Tcp)
+                .backends(&[b])
+                .probe(ProbeKind::Disabled)
+                .drain(drain)
+                .build()
         };
-        dp.apply(balancer("lb-drain", vip, vec![cfg(e1.addr)])).await.expect("apply");
+        dp.apply(balancer("lb-drain", vip, vec![cfg(e1.addr)]))
+            .await
+            .expect("apply");
         let addr = SocketAddr::new(vip, 8000);
         let mut old = TcpStream::connect(addr).await.expect("connect");
         echo_once(&mut old, b"before").await.expect("echo");
 
-        dp.apply(balancer("lb-drain", vip, vec![cfg(e2.addr)])).await.expect("apply");
+        dp.apply(balancer("lb-drain", vip, vec![cfg(e2.addr)]))
+            .await
+            .expect("apply");
         let removed_at = tokio::time::Instant::now();
-        assert_eq!(active(&dp, "lb-drain", e1.addr), Some((1, true)), "e1 draining with its connection");
-        echo_once(&mut old, b"during the drain").await.expect("old connection still works");
+        assert_eq!(
+            active(&dp, "lb-drain", e1.addr),
+            Some((1, true)),
+            "e1 draining with its connection"
+        );
+        echo_once(&mut old, b"during the drain")
+            .await
+            .expect("old connection still works");
         let mut new = TcpStream::connect(addr).await.expect("connect");
         echo_once(&mut new, b"new").await.expect("echo");
-        assert_eq!(active(&dp, "lb-drain", e2.addr), Some((1, false)), "new connection went to e2");
+        assert_eq!(
+            active(&dp, "lb-drain", e2.addr),
+            Some((1, false)),
+            "new connection went to e2"
+        );
         assert_eq!(active(&dp, "lb-drain", e1.addr), Some((1, true)));
 
         tokio::time::sleep_until(removed_at + Duration::from_millis(1000)).await;
-        echo_once(&mut old, b"still").await.expect("old connection works until the timeout");
+        echo_once(&mut old, b"still")
+            .await
+            .expect("old connection works until the timeout");
         tokio::time::sleep_until(removed_at + drain + Duration::from_millis(300)).await;
-        assert!(echo_once(&mut old, b"after").await.is_err(), "closed at the end of the drain");
+        assert!(
+            echo_once(&mut old, b"after").await.is_err(),
+            "closed at the end of the drain"
+        );
         assert_eq!(active(&dp, "lb-drain", e1.addr), None, "e1 gone");
-        echo_once(&mut new, b"unaffected").await.expect("e2 connection untouched");
+        echo_once(&mut new, b"unaffected")
+            .await
+            .expect("e2 connection untouched");
     })
     .await;
 }
@@ -64,8 +93,12 @@ async fn reconfiguring_other_settings_leaves_connections_alone() {
         let (e1, e2) = (Backend::echo().await, Backend::echo().await);
         let dp = dataplane();
         let vip = vip(FILE, 2);
-        let base = listener(8000, Transport::Tcp).backends(&[e1.addr]).drain(Duration::from_millis(200));
-        dp.apply(balancer("lb-same", vip, vec![base.clone().build()])).await.expect("apply");
+        let base = listener(8000, Transport::Tcp)
+            .backends(&[e1.addr])
+            .drain(Duration::from_millis(200));
+        dp.apply(balancer("lb-same", vip, vec![base.clone().build()]))
+            .await
+            .expect("apply");
         let addr = SocketAddr::new(vip, 8000);
         let mut conn = TcpStream::connect(addr).await.expect("connect");
         echo_once(&mut conn, b"one").await.expect("echo");
@@ -73,21 +106,31 @@ async fn reconfiguring_other_settings_leaves_connections_alone() {
 
         // Identical config, then a new backend, new ACL, new health check,
         // another listener: the socket and the connection stay.
-        dp.apply(balancer("lb-same", vip, vec![base.clone().build()])).await.expect("apply");
+        dp.apply(balancer("lb-same", vip, vec![base.clone().build()]))
+            .await
+            .expect("apply");
         let changed = base
             .clone()
             .backend(e2.addr, 5)
-            .access(AccessControl::Deny(vec!["10.0.0.0/8".parse().expect("net")]))
+            .access(AccessControl::Deny(vec![
+                "10.0.0.0/8".parse().expect("net"),
+            ]))
             .probe(ProbeKind::Disabled)
             .build();
         let extra = listener(8001, Transport::Tcp).backends(&[e2.addr]).build();
-        dp.apply(balancer("lb-same", vip, vec![changed, extra])).await.expect("apply");
+        dp.apply(balancer("lb-same", vip, vec![changed, extra]))
+            .await
+            .expect("apply");
         tokio::time::sleep(Duration::from_millis(400)).await;
-        echo_once(&mut conn, b"two").await.expect("same connection still echoes");
+        echo_once(&mut conn, b"two")
+            .await
+            .expect("same connection still echoes");
         assert_eq!(conn.local_addr().expect("addr"), local);
         assert_eq!(active(&dp, "lb-same", e1.addr), Some((1, false)));
         // Removing only the other listener does not touch this one either.
-        dp.apply(balancer("lb-same", vip, vec![base.build()])).await.expect("apply");
+        dp.apply(balancer("lb-same", vip, vec![base.build()]))
+            .await
+            .expect("apply");
         tokio::time::sleep(Duration::from_millis(400)).await;
         echo_once(&mut conn, b"three").await.expect("still echoes");
     })
@@ -100,16 +143,27 @@ async fn removed_listener_stops_accepting_and_drains() {
         let e1 = Backend::echo().await;
         let dp = dataplane();
         let vip = vip(FILE, 3);
-        let l = listener(8000, Transport::Tcp).backends(&[e1.addr]).drain(Duration::from_millis(800)).build();
-        dp.apply(balancer("lb-l", vip, vec![l])).await.expect("apply");
+        let l = listener(8000, Transport::Tcp)
+            .backends(&[e1.addr])
+            .drain(Duration::from_millis(800))
+            .build();
+        dp.apply(balancer("lb-l", vip, vec![l]))
+            .await
+            .expect("apply");
         let addr = SocketAddr::new(vip, 8000);
         let mut conn = TcpStream::connect(addr).await.expect("connect");
         echo_once(&mut conn, b"one").await.expect("echo");
         dp.remove("lb-l").await;
-        assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no longer listening"
+        );
         echo_once(&mut conn, b"two").await.expect("drains");
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert!(echo_once(&mut conn, b"three").await.is_err(), "closed after the drain");
+        assert!(
+            echo_once(&mut conn, b"three").await.is_err(),
+            "closed after the drain"
+        );
     })
     .await;
 }
@@ -122,10 +176,19 @@ async fn backends_replaced_under_load_fail_no_request() {
         let addr = SocketAddr::new(vip, 8000);
         let cfg = |bs: &[&Backend]| {
             let addrs: Vec<SocketAddr> = bs.iter().map(|b| b.addr).collect();
-            listener(8000, Transport::Tcp).backends(&addrs).drain(Duration::from_secs(2)).build()
+            listener(8000, Transport::Tcp)
+                .backends(&addrs)
+                .drain(Duration::from_secs(2))
+                .build()
         };
         let mut live = vec![Backend::name("gen0-a").await, Backend::name("gen0-b").await];
-        dp.apply(balancer("lb-zero", vip, vec![cfg(&live.iter().collect::<Vec<_>>())])).await.expect("apply");
+        dp.apply(balancer(
+            "lb-zero",
+            vip,
+            vec![cfg(&live.iter().collect::<Vec<_>>())],
+        ))
+        .await
+        .expect("apply");
 
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
@@ -154,13 +217,19 @@ async fn backends_replaced_under_load_fail_no_request() {
                 let fresh = Backend::name(&format!("gen{generation}-{slot}")).await;
                 let mut with_new: Vec<&Backend> = live.iter().collect();
                 with_new.push(&fresh);
-                dp.apply(balancer("lb-zero", vip, vec![cfg(&with_new)])).await.expect("add");
+                dp.apply(balancer("lb-zero", vip, vec![cfg(&with_new)]))
+                    .await
+                    .expect("add");
                 tokio::time::sleep(Duration::from_millis(150)).await;
                 let mut old = live.remove(0);
                 live.push(fresh);
-                dp.apply(balancer("lb-zero", vip, vec![cfg(&live.iter().collect::<Vec<_>>())]))
-                    .await
-                    .expect("remove");
+                dp.apply(balancer(
+                    "lb-zero",
+                    vip,
+                    vec![cfg(&live.iter().collect::<Vec<_>>())],
+                ))
+                .await
+                .expect("remove");
                 let gone = old.addr;
                 wait_for(&dp, "lb-zero", 5, "old backend drained", |s| {
                     s.listeners[0].backends.iter().all(|b| b.addr != gone)

@@ -8,7 +8,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use dataplane_support::*;
-use portico_slb::forwarding::{AccessControl, ForwardingError, ForwardingSink, ProbeKind, Scheduler, Transport};
+use portico_slb::forwarding::{
+    AccessControl, ForwardingError, ForwardingSink, ProbeKind, Scheduler, Transport,
+};
 use prometheus_client::registry::Registry;
 
 const FILE: u8 = 1;
@@ -39,17 +41,26 @@ async fn wrr_spreads_by_weight_and_weight_zero_gets_none() {
             .backend(c.addr, 3)
             .backend(z.addr, 0)
             .build();
-        dp.apply(balancer("lb-wrr", vip, vec![l])).await.expect("apply");
+        dp.apply(balancer("lb-wrr", vip, vec![l]))
+            .await
+            .expect("apply");
         // Let the first probes settle so the set is stable.
         wait_for(&dp, "lb-wrr", 5, "probes", |s| {
-            s.listeners[0].backends.iter().all(|b| b.health == portico_slb::dataplane::HealthState::Healthy)
+            s.listeners[0]
+                .backends
+                .iter()
+                .all(|b| b.health == portico_slb::dataplane::HealthState::Healthy)
         })
         .await;
 
         let counts = tally(SocketAddr::new(vip, 8000), 300).await;
         let got = |n: &str| counts.get(n).copied().unwrap_or(0);
         // Smooth WRR is exact over whole rounds of 6.
-        assert_eq!((got("a"), got("b"), got("c"), got("z")), (50, 100, 150, 0), "{counts:?}");
+        assert_eq!(
+            (got("a"), got("b"), got("c"), got("z")),
+            (50, 100, 150, 0),
+            "{counts:?}"
+        );
     })
     .await;
 }
@@ -65,7 +76,9 @@ async fn wlc_prefers_the_least_loaded_backend() {
             .probe(ProbeKind::Disabled)
             .scheduler(Scheduler::Wlc)
             .build();
-        dp.apply(balancer("lb-wlc", vip, vec![l])).await.expect("apply");
+        dp.apply(balancer("lb-wlc", vip, vec![l]))
+            .await
+            .expect("apply");
         let addr = SocketAddr::new(vip, 8000);
 
         // First connection lands somewhere; pin three long-lived ones and see
@@ -77,9 +90,15 @@ async fn wlc_prefers_the_least_loaded_backend() {
                 held.push(s);
             }
         }
-        assert!(!held.is_empty(), "some connections reached the echo backend");
+        assert!(
+            !held.is_empty(),
+            "some connections reached the echo backend"
+        );
         wait_for(&dp, "lb-wlc", 5, "held connections counted", |s| {
-            s.listeners[0].backends.iter().any(|b| b.addr == busy.addr && b.active_connections as usize == held.len())
+            s.listeners[0]
+                .backends
+                .iter()
+                .any(|b| b.addr == busy.addr && b.active_connections as usize == held.len())
         })
         .await;
         let counts = tally(addr, 20).await;
@@ -99,13 +118,18 @@ async fn sticky_sessions_keep_a_client_on_its_backend() {
             .probe(ProbeKind::Disabled)
             .sticky(Duration::from_secs(60))
             .build();
-        dp.apply(balancer("lb-sticky", vip, vec![l])).await.expect("apply");
+        dp.apply(balancer("lb-sticky", vip, vec![l]))
+            .await
+            .expect("apply");
         let addr = SocketAddr::new(vip, 8000);
         let one: IpAddr = "127.0.0.1".parse().expect("ip");
         let two: IpAddr = "127.0.0.2".parse().expect("ip");
         let first = ask_from(one, addr).await.expect("request");
         let second = ask_from(two, addr).await.expect("request");
-        assert_ne!(first, second, "round robin gives the second client the other backend");
+        assert_ne!(
+            first, second,
+            "round robin gives the second client the other backend"
+        );
         for _ in 0..10 {
             assert_eq!(ask_from(one, addr).await.expect("request"), first);
             assert_eq!(ask_from(two, addr).await.expect("request"), second);
@@ -126,22 +150,31 @@ async fn access_control_allows_and_refuses_by_source() {
             .probe(ProbeKind::Disabled)
             .access(allow_only)
             .build();
-        dp.apply(balancer("lb-acl", vip, vec![l.clone()])).await.expect("apply");
+        dp.apply(balancer("lb-acl", vip, vec![l.clone()]))
+            .await
+            .expect("apply");
         let addr = SocketAddr::new(vip, 8000);
         let inside: IpAddr = "127.0.0.1".parse().expect("ip");
         let outside: IpAddr = "127.0.0.2".parse().expect("ip");
 
         assert_eq!(ask_from(inside, addr).await.expect("allowed source"), "a");
         let refused = ask_from(outside, addr).await;
-        assert!(refused.is_err(), "a source outside the list gets nothing: {refused:?}");
+        assert!(
+            refused.is_err(),
+            "a source outside the list gets nothing: {refused:?}"
+        );
 
         // Deny list: the reverse, swapped in place on the same socket.
         let deny = listener(8000, Transport::Tcp)
             .backends(&[a.addr])
             .probe(ProbeKind::Disabled)
-            .access(AccessControl::Deny(vec!["127.0.0.1/32".parse().expect("net")]))
+            .access(AccessControl::Deny(vec![
+                "127.0.0.1/32".parse().expect("net"),
+            ]))
             .build();
-        dp.apply(balancer("lb-acl", vip, vec![deny])).await.expect("apply");
+        dp.apply(balancer("lb-acl", vip, vec![deny]))
+            .await
+            .expect("apply");
         assert!(ask_from(inside, addr).await.is_err(), "denied source");
         assert_eq!(ask_from(outside, addr).await.expect("not denied"), "a");
     })
@@ -161,26 +194,52 @@ async fn apply_is_idempotent_and_bind_conflicts_are_errors() {
         for _ in 0..3 {
             dp.apply(cfg.clone()).await.expect("same apply again");
         }
-        assert_eq!(dp.snapshot("lb-idem").expect("snapshot").listeners.len(), before.listeners.len());
-        assert_eq!(ask(SocketAddr::new(vip, 8000)).await.expect("still serving"), "a");
+        assert_eq!(
+            dp.snapshot("lb-idem").expect("snapshot").listeners.len(),
+            before.listeners.len()
+        );
+        assert_eq!(
+            ask(SocketAddr::new(vip, 8000))
+                .await
+                .expect("still serving"),
+            "a"
+        );
 
         // Something else holds vip:8001: the listener cannot be added and
         // the balancer is left as it was.
         let squatter = std::net::TcpListener::bind(SocketAddr::new(vip, 8001)).expect("squat");
-        let both = vec![l.clone(), listener(8001, Transport::Tcp).backends(&[a.addr]).build()];
-        let err = dp.apply(balancer("lb-idem", vip, both)).await.expect_err("port in use");
+        let both = vec![
+            l.clone(),
+            listener(8001, Transport::Tcp).backends(&[a.addr]).build(),
+        ];
+        let err = dp
+            .apply(balancer("lb-idem", vip, both))
+            .await
+            .expect_err("port in use");
         match err {
-            ForwardingError::Bind { addr, transport, .. } => {
+            ForwardingError::Bind {
+                addr, transport, ..
+            } => {
                 assert_eq!(addr, SocketAddr::new(vip, 8001));
                 assert_eq!(transport, Transport::Tcp);
             }
         }
         assert_eq!(dp.snapshot("lb-idem").expect("snapshot").listeners.len(), 1);
-        assert_eq!(ask(SocketAddr::new(vip, 8000)).await.expect("still serving"), "a");
+        assert_eq!(
+            ask(SocketAddr::new(vip, 8000))
+                .await
+                .expect("still serving"),
+            "a"
+        );
 
         // Another data plane (or balancer) on the same vip:port is a conflict too.
         let other = dataplane();
-        assert!(other.apply(balancer("lb-other", vip, vec![l])).await.is_err());
+        assert!(
+            other
+                .apply(balancer("lb-other", vip, vec![l]))
+                .await
+                .is_err()
+        );
         drop(squatter);
     })
     .await;
@@ -193,14 +252,21 @@ async fn removed_balancer_stops_listening() {
         let dp = dataplane();
         let vip = vip(FILE, 6);
         let l = listener(8000, Transport::Tcp).backends(&[a.addr]).build();
-        dp.apply(balancer("lb-rm", vip, vec![l.clone()])).await.expect("apply");
+        dp.apply(balancer("lb-rm", vip, vec![l.clone()]))
+            .await
+            .expect("apply");
         assert_eq!(ask(SocketAddr::new(vip, 8000)).await.expect("serving"), "a");
         dp.remove("lb-rm").await;
         dp.remove("lb-rm").await;
         assert!(dp.snapshot("lb-rm").is_none());
-        assert!(ask(SocketAddr::new(vip, 8000)).await.is_err(), "nobody listens");
+        assert!(
+            ask(SocketAddr::new(vip, 8000)).await.is_err(),
+            "nobody listens"
+        );
         // The port is free again at once.
-        dp.apply(balancer("lb-rm", vip, vec![l])).await.expect("apply again");
+        dp.apply(balancer("lb-rm", vip, vec![l]))
+            .await
+            .expect("apply again");
         assert_eq!(ask(SocketAddr::new(vip, 8000)).await.expect("serving"), "a");
     })
     .await;
@@ -214,8 +280,13 @@ async fn metrics_count_connections_and_bytes() {
         let mut registry = Registry::default();
         dp.register_metrics(&mut registry);
         let vip = vip(FILE, 7);
-        let l = listener(8000, Transport::Tcp).backends(&[a.addr]).probe(ProbeKind::Disabled).build();
-        dp.apply(balancer("lb-metrics", vip, vec![l])).await.expect("apply");
+        let l = listener(8000, Transport::Tcp)
+            .backends(&[a.addr])
+            .probe(ProbeKind::Disabled)
+            .build();
+        dp.apply(balancer("lb-metrics", vip, vec![l]))
+            .await
+            .expect("apply");
         for _ in 0..3 {
             ask(SocketAddr::new(vip, 8000)).await.expect("request");
         }
@@ -223,7 +294,10 @@ async fn metrics_count_connections_and_bytes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
-        let labels = format!("balancer=\"lb-metrics\",listener=\"8000/tcp\",backend=\"{}\"", a.addr);
+        let labels = format!(
+            "balancer=\"lb-metrics\",listener=\"8000/tcp\",backend=\"{}\"",
+            a.addr
+        );
         for (metric, want) in [
             ("slb_dataplane_connections_total", "3"),
             ("slb_dataplane_active_connections", "0"),
@@ -235,7 +309,10 @@ async fn metrics_count_connections_and_bytes() {
             let line = format!("{metric}{{{labels}}} {want}");
             assert!(text.contains(&line), "missing {line:?} in\n{text}");
         }
-        assert!(text.contains("# HELP slb_dataplane_bytes_in "), "help text present");
+        assert!(
+            text.contains("# HELP slb_dataplane_bytes_in "),
+            "help text present"
+        );
     })
     .await;
 }

@@ -13,7 +13,9 @@ use tokio::net::UdpSocket;
 const FILE: u8 = 2;
 
 async fn client(source: &str) -> UdpSocket {
-    UdpSocket::bind(format!("{source}:0")).await.expect("bind client")
+    UdpSocket::bind(format!("{source}:0"))
+        .await
+        .expect("bind client")
 }
 
 /// Send `msg` to `to` and return the reply and where it came from.
@@ -33,8 +35,12 @@ async fn udp_forwards_both_ways_for_many_clients() {
         let dp = dataplane();
         let vip = vip(FILE, 1);
         // TcpConnect on UDP runs no check: both backends count healthy.
-        let l = listener(5300, Transport::Udp).backends(&[a.addr, b.addr]).build();
-        dp.apply(balancer("lb-udp", vip, vec![l])).await.expect("apply");
+        let l = listener(5300, Transport::Udp)
+            .backends(&[a.addr, b.addr])
+            .build();
+        dp.apply(balancer("lb-udp", vip, vec![l]))
+            .await
+            .expect("apply");
         let to = SocketAddr::new(vip, 5300);
 
         let mut clients = Vec::new();
@@ -66,8 +72,13 @@ async fn udp_forwards_both_ways_for_many_clients() {
         }
 
         // Idle sessions expire (2 s in the test data plane).
-        wait_for(&dp, "lb-udp", 10, "sessions to expire", |s| s.listeners[0].udp_sessions == 0).await;
-        let (reply, _) = round_trip(&clients[0], to, "back").await.expect("a new session");
+        wait_for(&dp, "lb-udp", 10, "sessions to expire", |s| {
+            s.listeners[0].udp_sessions == 0
+        })
+        .await;
+        let (reply, _) = round_trip(&clients[0], to, "back")
+            .await
+            .expect("a new session");
         assert!(reply.ends_with(":back"));
     })
     .await;
@@ -81,15 +92,24 @@ async fn udp_access_control_drops_foreign_sources() {
         let vip = vip(FILE, 2);
         let l = listener(5300, Transport::Udp)
             .backends(&[a.addr])
-            .access(AccessControl::AllowOnly(vec!["127.0.0.2/32".parse().expect("net")]))
+            .access(AccessControl::AllowOnly(vec![
+                "127.0.0.2/32".parse().expect("net"),
+            ]))
             .build();
-        dp.apply(balancer("lb-udp-acl", vip, vec![l])).await.expect("apply");
+        dp.apply(balancer("lb-udp-acl", vip, vec![l]))
+            .await
+            .expect("apply");
         let to = SocketAddr::new(vip, 5300);
         let allowed = client("127.0.0.2").await;
         let denied = client("127.0.0.1").await;
-        let (reply, from) = round_trip(&allowed, to, "hi").await.expect("allowed source gets a reply");
+        let (reply, from) = round_trip(&allowed, to, "hi")
+            .await
+            .expect("allowed source gets a reply");
         assert_eq!((reply.as_str(), from), ("a:hi", to));
-        assert!(round_trip(&denied, to, "hi").await.is_none(), "denied source gets nothing");
+        assert!(
+            round_trip(&denied, to, "hi").await.is_none(),
+            "denied source gets nothing"
+        );
         let _: IpAddr = vip;
     })
     .await;
@@ -106,8 +126,12 @@ async fn udp_session_to_a_dead_backend_moves_on() {
         };
         let dp = dataplane();
         let vip = vip(FILE, 3);
-        let l = listener(5300, Transport::Udp).backends(&[dead, a.addr]).build();
-        dp.apply(balancer("lb-udp-dead", vip, vec![l])).await.expect("apply");
+        let l = listener(5300, Transport::Udp)
+            .backends(&[dead, a.addr])
+            .build();
+        dp.apply(balancer("lb-udp-dead", vip, vec![l]))
+            .await
+            .expect("apply");
         let to = SocketAddr::new(vip, 5300);
         let c = client("127.0.0.1").await;
         // Without a health check the first session may go to the dead one;

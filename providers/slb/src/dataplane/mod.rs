@@ -435,11 +435,11 @@ mod tests {
 
     fn running(
         vip: [u8; 4],
-        ls: &[ListenerConfig],
+        ls: Vec<ListenerConfig>,
     ) -> Option<(IpAddr, BTreeMap<ListenerKey, ListenerConfig>)> {
         Some((
             IpAddr::from(vip),
-            ls.iter().map(|l| (ListenerKey::of(l), l.clone())).collect(),
+            ls.into_iter().map(|l| (ListenerKey::of(&l), l)).collect(),
         ))
     }
 
@@ -468,13 +468,13 @@ mod tests {
             },
             Case {
                 desc: "same config changes nothing",
-                current: running([127, 240, 0, 1], &[tcp80.clone(), udp53.clone()]),
+                current: running([127, 240, 0, 1], vec![tcp80.clone(), udp53.clone()]),
                 desired: desired([127, 240, 0, 1], vec![tcp80.clone(), udp53.clone()]),
                 want: Plan::default(),
             },
             Case {
                 desc: "backend change updates in place",
-                current: running([127, 240, 0, 1], &[tcp80.clone()]),
+                current: running([127, 240, 0, 1], vec![tcp80.clone()]),
                 desired: desired([127, 240, 0, 1], vec![tcp80b.clone()]),
                 want: Plan {
                     update: vec![tcp80b.clone()],
@@ -483,7 +483,7 @@ mod tests {
             },
             Case {
                 desc: "transport change is a different listener",
-                current: running([127, 240, 0, 1], &[udp53.clone()]),
+                current: running([127, 240, 0, 1], vec![udp53.clone()]),
                 desired: desired([127, 240, 0, 1], vec![tcp53.clone()]),
                 want: Plan {
                     add: vec![tcp53.clone()],
@@ -493,7 +493,7 @@ mod tests {
             },
             Case {
                 desc: "vip change rebinds everything",
-                current: running([127, 240, 0, 1], &[tcp80.clone()]),
+                current: running([127, 240, 0, 1], vec![tcp80.clone()]),
                 desired: desired([127, 240, 0, 2], vec![tcp80.clone()]),
                 want: Plan {
                     add: vec![tcp80.clone()],
@@ -512,7 +512,7 @@ mod tests {
             },
             Case {
                 desc: "no listeners left removes all",
-                current: running([127, 240, 0, 1], &[tcp80.clone()]),
+                current: running([127, 240, 0, 1], vec![tcp80.clone()]),
                 desired: desired([127, 240, 0, 1], vec![]),
                 want: Plan {
                     remove: vec![key(&tcp80)],

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use portico_slb::dataplane::{BalancerSnapshot, DataPlane, DataPlaneConfig, HealthState};
 use portico_slb::forwarding::{
-    AccessControl, BackendConfig, BalancerForwarding, HealthCheckConfig, ListenerConfig,
-    ProbeKind, Scheduler, Transport,
+    AccessControl, BackendConfig, BalancerForwarding, HealthCheckConfig, ListenerConfig, ProbeKind,
+    Scheduler, Transport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
@@ -124,7 +124,11 @@ enum Kind {
 
 impl Backend {
     pub async fn name(name: &str) -> Backend {
-        Self::start(Kind::Name(name.into()), SocketAddr::from(([127, 0, 0, 1], 0))).await
+        Self::start(
+            Kind::Name(name.into()),
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+        )
+        .await
     }
 
     /// Like [`Backend::name`], listening on `ip` (e.g. 127.0.0.3).
@@ -264,7 +268,9 @@ impl Healthz {
         let f = Arc::clone(&flag);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = l.accept().await else { return };
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
                 let f = Arc::clone(&f);
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 1024];
@@ -310,13 +316,17 @@ pub struct UdpBackend {
 
 impl UdpBackend {
     pub async fn start(name: &str) -> UdpBackend {
-        let s = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp backend");
+        let s = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind udp backend");
         let addr = s.local_addr().expect("udp backend address");
         let name = name.to_owned();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
-                let Ok((n, from)) = s.recv_from(&mut buf).await else { return };
+                let Ok((n, from)) = s.recv_from(&mut buf).await else {
+                    return;
+                };
                 let mut reply = format!("{name}:").into_bytes();
                 reply.extend_from_slice(&buf[..n]);
                 let _ = s.send_to(&reply, from).await;
