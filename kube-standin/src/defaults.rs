@@ -90,7 +90,11 @@ impl Allocated {
 
 /// Default, allocate and validate a Service being created (`old` is `None`)
 /// or updated. `others` are the allocations of every other Service.
-pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> Result<(), StandinError> {
+pub fn service(
+    obj: &mut Value,
+    old: Option<&Value>,
+    mut others: Allocated,
+) -> Result<(), StandinError> {
     if !obj["spec"].is_object() {
         obj["spec"] = json!({});
     }
@@ -102,7 +106,9 @@ pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> R
         return Err(invalid(
             &snapshot,
             "spec.type",
-            format!("Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""),
+            format!(
+                "Unsupported value: {ty:?}: supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""
+            ),
         ));
     }
     let old_spec = old.map(|o| &o["spec"]);
@@ -111,8 +117,12 @@ pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> R
 
     // ports: defaults and validation
     let mut seen = BTreeSet::new();
-    let allocate_lb_ports = ty != "LoadBalancer" || spec["allocateLoadBalancerNodePorts"].as_bool() != Some(false);
-    let ports = spec["ports"].as_array_mut().map(std::mem::take).unwrap_or_default();
+    let allocate_lb_ports =
+        ty != "LoadBalancer" || spec["allocateLoadBalancerNodePorts"].as_bool() != Some(false);
+    let ports = spec["ports"]
+        .as_array_mut()
+        .map(std::mem::take)
+        .unwrap_or_default();
     let mut out_ports = Vec::with_capacity(ports.len());
     for (i, mut p) in ports.into_iter().enumerate() {
         let port = p["port"].as_u64().unwrap_or(0);
@@ -120,7 +130,10 @@ pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> R
             return Err(invalid(
                 &snapshot,
                 &format!("spec.ports[{i}].port"),
-                format!("Invalid value: {}: must be between 1 and 65535, inclusive", p["port"]),
+                format!(
+                    "Invalid value: {}: must be between 1 and 65535, inclusive",
+                    p["port"]
+                ),
             ));
         }
         set_default(&mut p, "protocol", json!("TCP"));
@@ -129,7 +142,9 @@ pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> R
             return Err(invalid(
                 &snapshot,
                 &format!("spec.ports[{i}].protocol"),
-                format!("Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""),
+                format!(
+                    "Unsupported value: {proto:?}: supported values: \"SCTP\", \"TCP\", \"UDP\""
+                ),
             ));
         }
         if !seen.insert((port, proto.clone())) {
@@ -156,7 +171,9 @@ pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> R
                         return Err(invalid(
                             &snapshot,
                             &format!("spec.ports[{i}].nodePort"),
-                            format!("Invalid value: {np}: provided port is not in the valid range. The range of valid ports is {NODE_PORT_MIN}-{NODE_PORT_MAX}"),
+                            format!(
+                                "Invalid value: {np}: provided port is not in the valid range. The range of valid ports is {NODE_PORT_MIN}-{NODE_PORT_MAX}"
+                            ),
                         ));
                     }
                     if !kept && !others.node_ports.insert(np) {
@@ -178,9 +195,15 @@ pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> R
                     });
                     let np = match reuse {
                         Some(np) => Some(np),
-                        None if allocate_lb_ports => Some(others.next_node_port().ok_or_else(|| {
-                            invalid(&snapshot, &format!("spec.ports[{i}].nodePort"), "no node ports left".into())
-                        })?),
+                        None if allocate_lb_ports => {
+                            Some(others.next_node_port().ok_or_else(|| {
+                                invalid(
+                                    &snapshot,
+                                    &format!("spec.ports[{i}].nodePort"),
+                                    "no node ports left".into(),
+                                )
+                            })?)
+                        }
                         None => None,
                     };
                     if let Some(np) = np {
@@ -195,26 +218,35 @@ pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> R
         out_ports.push(p);
     }
     let headless = spec["clusterIP"].as_str() == Some("None")
-        || old_spec.is_some_and(|os| os["clusterIP"].as_str() == Some("None") && spec["clusterIP"].is_null());
+        || old_spec.is_some_and(|os| {
+            os["clusterIP"].as_str() == Some("None") && spec["clusterIP"].is_null()
+        });
     if out_ports.is_empty() && !external_name && !headless {
         return Err(invalid(&snapshot, "spec.ports", "Required value".into()));
     }
     spec["ports"] = Value::Array(out_ports);
-    if external_name && spec["ports"].as_array().is_some_and(Vec::is_empty) {
-        if let Some(m) = spec.as_object_mut() {
-            m.remove("ports");
-        }
+    if external_name
+        && spec["ports"].as_array().is_some_and(Vec::is_empty)
+        && let Some(m) = spec.as_object_mut()
+    {
+        m.remove("ports");
     }
 
     set_default(spec, "sessionAffinity", json!("None"));
     if external_name {
         if spec["externalName"].as_str().unwrap_or("").is_empty() {
-            return Err(invalid(&snapshot, "spec.externalName", "Required value".into()));
+            return Err(invalid(
+                &snapshot,
+                "spec.externalName",
+                "Required value".into(),
+            ));
         }
     } else {
         // cluster IP: keep, reuse the old one, or allocate
         let requested = spec["clusterIP"].as_str().unwrap_or("").to_string();
-        let old_ip = old_spec.and_then(|os| os["clusterIP"].as_str()).map(str::to_string);
+        let old_ip = old_spec
+            .and_then(|os| os["clusterIP"].as_str())
+            .map(str::to_string);
         let ip = if !requested.is_empty() {
             if requested != "None" && old_ip.as_deref() != Some(requested.as_str()) {
                 if requested.parse::<Ipv4Addr>().is_err() {
@@ -228,7 +260,9 @@ pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> R
                     return Err(invalid(
                         &snapshot,
                         "spec.clusterIPs",
-                        format!("Invalid value: [{requested:?}]: failed to allocate IP {requested}: provided IP is already allocated"),
+                        format!(
+                            "Invalid value: [{requested:?}]: failed to allocate IP {requested}: provided IP is already allocated"
+                        ),
                     ));
                 }
             }
@@ -262,7 +296,11 @@ pub fn service(obj: &mut Value, old: Option<&Value>, mut others: Allocated) -> R
                 _ => match old_spec.and_then(|os| os["healthCheckNodePort"].as_u64()) {
                     Some(hc) => hc,
                     None => others.next_node_port().ok_or_else(|| {
-                        invalid(&snapshot, "spec.healthCheckNodePort", "no node ports left".into())
+                        invalid(
+                            &snapshot,
+                            "spec.healthCheckNodePort",
+                            "no node ports left".into(),
+                        )
                     })?,
                 },
             };
@@ -316,16 +354,38 @@ mod tests {
         };
         let cases = [
             ("port 0", lb(json!([{"port": 0}])), "spec.ports[0].port"),
-            ("port too big", lb(json!([{"port": 70000}])), "spec.ports[0].port"),
-            ("nodePort clash", lb(json!([{"port": 80, "nodePort": 30080}])), "spec.ports[0].nodePort"),
-            ("nodePort range", lb(json!([{"port": 80, "nodePort": 80}])), "spec.ports[0].nodePort"),
-            ("duplicate", lb(json!([{"port": 80}, {"port": 80}])), "spec.ports[1]"),
+            (
+                "port too big",
+                lb(json!([{"port": 70000}])),
+                "spec.ports[0].port",
+            ),
+            (
+                "nodePort clash",
+                lb(json!([{"port": 80, "nodePort": 30080}])),
+                "spec.ports[0].nodePort",
+            ),
+            (
+                "nodePort range",
+                lb(json!([{"port": 80, "nodePort": 80}])),
+                "spec.ports[0].nodePort",
+            ),
+            (
+                "duplicate",
+                lb(json!([{"port": 80}, {"port": 80}])),
+                "spec.ports[1]",
+            ),
             ("no ports", lb(json!([])), "spec.ports"),
-            ("bad type", json!({"spec": {"type": "Foo", "ports": [{"port": 1}]}}), "spec.type"),
+            (
+                "bad type",
+                json!({"spec": {"type": "Foo", "ports": [{"port": 1}]}}),
+                "spec.type",
+            ),
         ];
         for (desc, mut s, field) in cases {
             match service(&mut s, None, taken()) {
-                Err(StandinError::Invalid { causes, .. }) => assert_eq!(causes[0].0, field, "{desc}"),
+                Err(StandinError::Invalid { causes, .. }) => {
+                    assert_eq!(causes[0].0, field, "{desc}")
+                }
                 other => panic!("{desc}: {other:?}"),
             }
         }
@@ -341,7 +401,10 @@ mod tests {
         others.cluster_ips.insert("10.96.0.99".into());
         service(&mut upd, Some(&s), others).expect("valid");
         assert_eq!(upd["spec"]["clusterIP"], s["spec"]["clusterIP"]);
-        assert_eq!(upd["spec"]["ports"][0]["nodePort"], s["spec"]["ports"][0]["nodePort"]);
+        assert_eq!(
+            upd["spec"]["ports"][0]["nodePort"],
+            s["spec"]["ports"][0]["nodePort"]
+        );
         assert!(upd["spec"]["ports"][1]["nodePort"].as_u64().is_some());
         assert!(upd["spec"]["healthCheckNodePort"].as_u64().is_some());
         // back to ClusterIP drops node ports

@@ -60,7 +60,11 @@ enum Target {
 }
 
 fn parse_target(path: &str, store: &Store) -> Target {
-    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match segs.as_slice() {
         ["version"] => Target::Version,
         ["healthz"] | ["readyz"] | ["livez"] => Target::Health,
@@ -84,7 +88,9 @@ fn resource_path(group: &str, version: &str, rest: &[&str], store: &Store) -> Ta
     };
     let namespaced_here = rest.len() >= 3
         && rest[0] == "namespaces"
-        && reg.find(group, version, rest[2]).is_some_and(|t| t.namespaced);
+        && reg
+            .find(group, version, rest[2])
+            .is_some_and(|t| t.namespaced);
     let tail = if namespaced_here {
         rp.namespace = Some(rest[1].to_string());
         &rest[2..]
@@ -104,8 +110,10 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = code;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -119,7 +127,10 @@ fn not_found_path() -> StandinError {
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
 }
 
 async fn handle(
@@ -190,16 +201,23 @@ async fn handle(
             *r.status_mut() = StatusCode::OK;
             r
         }
-        Target::ApiVersions => json_response(StatusCode::OK, &discovery::api_versions(&st.server_address)),
-        Target::GroupList => json_response(StatusCode::OK, &discovery::api_group_list(&st.store.registry())),
+        Target::ApiVersions => {
+            json_response(StatusCode::OK, &discovery::api_versions(&st.server_address))
+        }
+        Target::GroupList => json_response(
+            StatusCode::OK,
+            &discovery::api_group_list(&st.store.registry()),
+        ),
         Target::Group(g) => match discovery::api_group(&st.store.registry(), &g) {
             Some(v) => json_response(StatusCode::OK, &v),
             None => error_response(&not_found_path()),
         },
-        Target::ResourceList(g, v) => match discovery::api_resource_list(&st.store.registry(), &g, &v) {
-            Some(v) => json_response(StatusCode::OK, &v),
-            None => error_response(&not_found_path()),
-        },
+        Target::ResourceList(g, v) => {
+            match discovery::api_resource_list(&st.store.registry(), &g, &v) {
+                Some(v) => json_response(StatusCode::OK, &v),
+                None => error_response(&not_found_path()),
+            }
+        }
         Target::NotFound => error_response(&not_found_path()),
     };
     rec.status = resp.status().as_u16();
@@ -216,7 +234,10 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn q(&self, k: &str) -> Option<&str> {
-        self.query.get(k).map(String::as_str).filter(|s| !s.is_empty())
+        self.query
+            .get(k)
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
     }
 
     fn flag(&self, k: &str) -> bool {
@@ -293,7 +314,10 @@ async fn resource_request(
     if rp.namespace.is_some() && !rt.namespaced {
         return Err(not_found_path());
     }
-    if rt.namespaced && rp.namespace.is_none() && (rp.name.is_some() || *method != Method::GET && *method != Method::DELETE) {
+    if rt.namespaced
+        && rp.namespace.is_none()
+        && (rp.name.is_some() || *method != Method::GET && *method != Method::DELETE)
+    {
         return Err(not_found_path());
     }
     let status = match rp.subresource.as_deref() {
@@ -316,7 +340,10 @@ async fn resource_request(
             let obj = present(&rt, store.get_typed(&rt, &ns, name)?);
             if ctx.wants_table() {
                 let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
-                return Ok(json_response(StatusCode::OK, &table::table(&rt, &[obj], meta, ctx.include())));
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::table(&rt, &[obj], meta, ctx.include()),
+                ));
             }
             Ok(json_response(StatusCode::OK, &obj))
         }
@@ -337,7 +364,10 @@ async fn resource_request(
                 if let Some(c) = &page.continue_token {
                     meta["continue"] = json!(c);
                 }
-                return Ok(json_response(StatusCode::OK, &table::table(&rt, &page.items, meta, ctx.include())));
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &table::table(&rt, &page.items, meta, ctx.include()),
+                ));
             }
             Ok(json_response(StatusCode::OK, &store::list_body(&rt, page)))
         }
@@ -360,18 +390,25 @@ async fn resource_request(
             })?;
             let patch_body = patch::parse_body(ty, body)?;
             let (out, created) = store.patch_typed(&rt, &ns, name, ty, &patch_body, &write)?;
-            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok(json_response(code, &present(&rt, out)))
         }
         (&Method::DELETE, Some(name)) => {
             let opts: Value = if body.is_empty() {
                 json!({})
             } else {
-                serde_json::from_slice(body).map_err(|e| StandinError::BadRequest(format!("invalid delete options: {e}")))?
+                serde_json::from_slice(body)
+                    .map_err(|e| StandinError::BadRequest(format!("invalid delete options: {e}")))?
             };
             let pre = Preconditions {
                 uid: opts["preconditions"]["uid"].as_str().map(str::to_string),
-                resource_version: opts["preconditions"]["resourceVersion"].as_str().map(str::to_string),
+                resource_version: opts["preconditions"]["resourceVersion"]
+                    .as_str()
+                    .map(str::to_string),
             };
             let dry_run = ctx.dry_run() || opts["dryRun"].as_array().is_some_and(|a| !a.is_empty());
             let out = store.delete_typed(&rt, &ns, name, &pre, dry_run)?;
@@ -389,9 +426,18 @@ async fn resource_request(
             let page = store.list_typed(&rt, &params)?;
             let mut items = Vec::new();
             for o in page.items {
-                let ons = o["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+                let ons = o["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
                 let oname = o["metadata"]["name"].as_str().unwrap_or("").to_string();
-                match store.delete_typed(&rt, &ons, &oname, &Preconditions::default(), ctx.dry_run()) {
+                match store.delete_typed(
+                    &rt,
+                    &ons,
+                    &oname,
+                    &Preconditions::default(),
+                    ctx.dry_run(),
+                ) {
                     Ok(d) => items.push(present(&rt, d)),
                     Err(StandinError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -442,26 +488,36 @@ fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Value {
 }
 
 fn streaming(rx: mpsc::Receiver<Result<Bytes, Infallible>>) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
-fn start_watch(ctx: &Ctx<'_>, rt: &ResourceType, namespace: Option<String>) -> Result<Response, StandinError> {
+fn start_watch(
+    ctx: &Ctx<'_>,
+    rt: &ResourceType,
+    namespace: Option<String>,
+) -> Result<Response, StandinError> {
     let selectors = ctx.selectors()?;
     let send_initial = ctx.flag("sendInitialEvents");
     let bookmarks = ctx.flag("allowWatchBookmarks");
-    let from = match ctx.q("resourceVersion") {
-        _ if send_initial => WatchFrom::Current,
-        None | Some("0") => WatchFrom::Current,
-        Some(rv) => WatchFrom::Rv(
-            rv.parse()
-                .map_err(|_| StandinError::BadRequest(format!("invalid resource version {rv:?}")))?,
-        ),
-    };
-    let timeout = ctx.q("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
+    let from =
+        match ctx.q("resourceVersion") {
+            _ if send_initial => WatchFrom::Current,
+            None | Some("0") => WatchFrom::Current,
+            Some(rv) => WatchFrom::Rv(rv.parse().map_err(|_| {
+                StandinError::BadRequest(format!("invalid resource version {rv:?}"))
+            })?),
+        };
+    let timeout = ctx
+        .q("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs);
     let as_table = ctx.wants_table();
     let include = ctx.include();
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
@@ -489,7 +545,10 @@ fn start_watch(ctx: &Ctx<'_>, rt: &ResourceType, namespace: Option<String>) -> R
             };
             json!({"type": kind, "object": obj})
         };
-        let send = |ev: &StoredEvent| ev.project(ns, &selectors).map(|(k, o)| line(&render(k.as_str(), o)));
+        let send = |ev: &StoredEvent| {
+            ev.project(ns, &selectors)
+                .map(|(k, o)| line(&render(k.as_str(), o)))
+        };
         for ev in &start.initial {
             if let Some(l) = send(ev)
                 && tx.send(l).await.is_err()

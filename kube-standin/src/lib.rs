@@ -208,7 +208,8 @@ impl StandinError {
             "code": self.code(),
         });
         match self {
-            StandinError::NotFound { resource, name } | StandinError::AlreadyExists { resource, name } => {
+            StandinError::NotFound { resource, name }
+            | StandinError::AlreadyExists { resource, name } => {
                 let (kind, group) = resource.split_once('.').unwrap_or((resource.as_str(), ""));
                 s["details"] = json!({"name": name, "group": group, "kind": kind});
             }
@@ -275,10 +276,14 @@ impl ApiServer {
     pub async fn start_with(opts: ApiServerOptions) -> Result<ApiServer, StandinError> {
         let listener = tokio::net::TcpListener::bind(opts.addr)
             .await
-            .map_err(|source| StandinError::Bind { addr: opts.addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StandinError::Bind { addr: opts.addr, source })?;
+            .map_err(|source| StandinError::Bind {
+                addr: opts.addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StandinError::Bind {
+            addr: opts.addr,
+            source,
+        })?;
         let store = Store::new();
         let recorder = record::Recorder::default();
         let state = Arc::new(http::AppState {
@@ -348,9 +353,10 @@ preferences: {{}}
     pub async fn client(&self) -> Result<kube::Client, StandinError> {
         let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())
             .map_err(|e| StandinError::Kubeconfig(Box::new(e)))?;
-        let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
-            .await
-            .map_err(|e| StandinError::Kubeconfig(Box::new(e)))?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| StandinError::Kubeconfig(Box::new(e)))?;
         kube::Client::try_from(config).map_err(|e| StandinError::Client(Box::new(e)))
     }
 

@@ -352,7 +352,10 @@ pub fn apply_config(
         }
         for (m, owned) in owners.iter() {
             if m != manager && owned.contains(p) {
-                conflicts.push(format!("{m}: {}", p.trim_start_matches('/').replace('/', ".")));
+                conflicts.push(format!(
+                    "{m}: {}",
+                    p.trim_start_matches('/').replace('/', ".")
+                ));
             }
         }
     }

@@ -142,7 +142,11 @@ impl ResourceType {
             .unwrap_or_else(|| kind.to_lowercase());
         let strings = |v: &Value| -> Vec<String> {
             v.as_array()
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let namespaced = spec["scope"].as_str() != Some("Cluster");
@@ -174,18 +178,90 @@ impl ResourceType {
 pub fn builtin() -> Vec<ResourceType> {
     use ResourceType as R;
     vec![
-        R::row("", "v1", "Namespace", "namespaces", false, true, &["ns"], &[]),
-        R::row("", "v1", "Service", "services", true, true, &["svc"], &["all"]),
+        R::row(
+            "",
+            "v1",
+            "Namespace",
+            "namespaces",
+            false,
+            true,
+            &["ns"],
+            &[],
+        ),
+        R::row(
+            "",
+            "v1",
+            "Service",
+            "services",
+            true,
+            true,
+            &["svc"],
+            &["all"],
+        ),
         R::row("", "v1", "Node", "nodes", false, true, &["no"], &[]),
-        R::row("", "v1", "Endpoints", "endpoints", true, false, &["ep"], &[]),
+        R::row(
+            "",
+            "v1",
+            "Endpoints",
+            "endpoints",
+            true,
+            false,
+            &["ep"],
+            &[],
+        ),
         R::row("", "v1", "Event", "events", true, false, &["ev"], &[]),
-        R::row("", "v1", "ConfigMap", "configmaps", true, false, &["cm"], &[]),
+        R::row(
+            "",
+            "v1",
+            "ConfigMap",
+            "configmaps",
+            true,
+            false,
+            &["cm"],
+            &[],
+        ),
         R::row("", "v1", "Secret", "secrets", true, false, &[], &[]),
-        R::row("", "v1", "ServiceAccount", "serviceaccounts", true, false, &["sa"], &[]),
+        R::row(
+            "",
+            "v1",
+            "ServiceAccount",
+            "serviceaccounts",
+            true,
+            false,
+            &["sa"],
+            &[],
+        ),
         R::row("", "v1", "Pod", "pods", true, true, &["po"], &["all"]),
-        R::row("coordination.k8s.io", "v1", "Lease", "leases", true, false, &[], &[]),
-        R::row("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", true, false, &[], &[]),
-        R::row("events.k8s.io", "v1", "Event", "events", true, false, &["ev"], &[]),
+        R::row(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+            "leases",
+            true,
+            false,
+            &[],
+            &[],
+        ),
+        R::row(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            true,
+            false,
+            &[],
+            &[],
+        ),
+        R::row(
+            "events.k8s.io",
+            "v1",
+            "Event",
+            "events",
+            true,
+            false,
+            &["ev"],
+            &[],
+        ),
         R::row(
             "apiextensions.k8s.io",
             "v1",
@@ -276,9 +352,8 @@ impl Registry {
     /// Remove the rows registered for the CRD named `crd_name`.
     pub fn remove_crd(&mut self, crd_name: &str) {
         let builtin = builtin();
-        self.types.retain(|t| {
-            builtin.contains(t) || format!("{}.{}", t.plural, t.group) != crd_name
-        });
+        self.types
+            .retain(|t| builtin.contains(t) || format!("{}.{}", t.plural, t.group) != crd_name);
     }
 }
 
@@ -294,12 +369,19 @@ mod tests {
             ("plural", "services", "Service", ""),
             ("short name", "svc", "Service", ""),
             ("core preferred for events", "events", "Event", ""),
-            ("qualified", "events.events.k8s.io", "Event", "events.k8s.io"),
+            (
+                "qualified",
+                "events.events.k8s.io",
+                "Event",
+                "events.k8s.io",
+            ),
             ("lease", "leases", "Lease", "coordination.k8s.io"),
             ("kind", "Node", "Node", ""),
         ];
         for (desc, name, kind, group) in cases {
-            let t = r.resolve(name).unwrap_or_else(|| panic!("{desc}: not found"));
+            let t = r
+                .resolve(name)
+                .unwrap_or_else(|| panic!("{desc}: not found"));
             assert_eq!((t.kind.as_str(), t.group.as_str()), (kind, group), "{desc}");
         }
         assert!(r.resolve("widgets").is_none());

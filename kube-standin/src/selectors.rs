@@ -38,7 +38,10 @@ fn split_top(s: &str) -> Vec<&str> {
         }
     }
     out.push(&s[start..]);
-    out.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+    out.into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 fn bad(sel: &str, why: &str) -> StandinError {
@@ -218,11 +221,16 @@ mod tests {
 
     #[test]
     fn field_selectors() {
-        let obj = json!({"metadata": {"name": "a", "namespace": "ns"}, "spec": {"type": "LoadBalancer"}});
+        let obj =
+            json!({"metadata": {"name": "a", "namespace": "ns"}, "spec": {"type": "LoadBalancer"}});
         let cases = [
             ("name", "metadata.name=a", true),
             ("name miss", "metadata.name=b", false),
-            ("namespace and type", "metadata.namespace=ns,spec.type!=ClusterIP", true),
+            (
+                "namespace and type",
+                "metadata.namespace=ns,spec.type!=ClusterIP",
+                true,
+            ),
             ("missing field equals empty", "spec.nodeName=", true),
         ];
         for (desc, sel, want) in cases {

@@ -19,7 +19,8 @@ pub const HISTORY_LIMIT: usize = 10_000;
 /// disconnected (it must re-list, as with a real server).
 pub const WATCH_BUFFER: usize = 1_024;
 /// Namespaces that exist from the start.
-pub const INITIAL_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const INITIAL_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// The type of a watch event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +64,8 @@ impl StoredEvent {
     /// changes that make an object start or stop matching become ADDED or
     /// DELETED, changes of objects that never match are skipped.
     pub fn project(&self, ns: Option<&str>, selectors: &Selectors) -> Option<(EventType, &Value)> {
-        let in_ns = |o: &Value| ns.is_none_or(|n| o["metadata"]["namespace"].as_str().unwrap_or("") == n);
+        let in_ns =
+            |o: &Value| ns.is_none_or(|n| o["metadata"]["namespace"].as_str().unwrap_or("") == n);
         let now = in_ns(&self.object) && selectors.matches(&self.object);
         let before = self
             .previous
@@ -194,7 +196,9 @@ fn now() -> String {
 }
 
 fn rv_of(obj: &Value) -> Option<&str> {
-    obj["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty())
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|s| !s.is_empty())
 }
 
 fn parse_rv(s: &str) -> Result<u64, StandinError> {
@@ -207,7 +211,7 @@ fn hex(s: &str) -> String {
 }
 
 fn unhex(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = (0..s.len())
@@ -306,7 +310,13 @@ impl Inner {
             .and_then(|b| b.get(&(ns.to_string(), name.to_string())))
     }
 
-    fn emit(&mut self, kind: EventType, resource: ResourceKey, object: Value, previous: Option<Value>) {
+    fn emit(
+        &mut self,
+        kind: EventType,
+        resource: ResourceKey,
+        object: Value,
+        previous: Option<Value>,
+    ) {
         let ev = Arc::new(StoredEvent {
             rv: self.rv,
             kind,
@@ -374,9 +384,17 @@ impl Inner {
         }
     }
 
-    fn create(&mut self, rt: &ResourceType, ns: &str, mut obj: Value, opts: &WriteOptions) -> Result<Value, StandinError> {
+    fn create(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, StandinError> {
         if !obj.is_object() {
-            return Err(StandinError::BadRequest("the object must be a JSON object".into()));
+            return Err(StandinError::BadRequest(
+                "the object must be a JSON object".into(),
+            ));
         }
         if !obj["metadata"].is_object() {
             obj["metadata"] = json!({});
@@ -404,10 +422,23 @@ impl Inner {
         }
         let mut name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
         if name.is_empty() {
-            let Some(prefix) = obj["metadata"]["generateName"].as_str().filter(|s| !s.is_empty()) else {
-                return Err(meta_invalid(rt, "", "metadata.name", "Required value: name or generateName is required"));
+            let Some(prefix) = obj["metadata"]["generateName"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+            else {
+                return Err(meta_invalid(
+                    rt,
+                    "",
+                    "metadata.name",
+                    "Required value: name or generateName is required",
+                ));
             };
-            let suffix: String = uuid::Uuid::new_v4().simple().to_string().chars().take(5).collect();
+            let suffix: String = uuid::Uuid::new_v4()
+                .simple()
+                .to_string()
+                .chars()
+                .take(5)
+                .collect();
             name = format!("{prefix}{suffix}");
             obj["metadata"]["name"] = json!(name);
         }
@@ -416,7 +447,9 @@ impl Inner {
                 rt,
                 &name,
                 "metadata.name",
-                &format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+                &format!(
+                    "Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"
+                ),
             ));
         }
         if self.lookup(rt, ns, &name).is_some() {
@@ -439,7 +472,10 @@ impl Inner {
                 m.remove("generation");
             }
         }
-        if rt.has_status && opts.reset_status_on_create && rt.plural != "nodes" && rt.plural != "namespaces"
+        if rt.has_status
+            && opts.reset_status_on_create
+            && rt.plural != "nodes"
+            && rt.plural != "namespaces"
             && let Some(m) = obj.as_object_mut()
         {
             m.remove("status");
@@ -469,9 +505,19 @@ impl Inner {
     }
 
     /// Store `new` as the next state of the existing `old` object.
-    fn write(&mut self, rt: &ResourceType, ns: &str, name: &str, old: Value, mut new: Value, opts: &WriteOptions) -> Result<Value, StandinError> {
+    fn write(
+        &mut self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        old: Value,
+        mut new: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, StandinError> {
         if !new.is_object() {
-            return Err(StandinError::BadRequest("the object must be a JSON object".into()));
+            return Err(StandinError::BadRequest(
+                "the object must be a JSON object".into(),
+            ));
         }
         if let Some(want) = rv_of(&new)
             && Some(want) != rv_of(&old)
@@ -531,7 +577,10 @@ impl Inner {
         new["kind"] = old["kind"].clone();
         normalise(&mut new);
         if old["metadata"]["deletionTimestamp"].is_string() {
-            let before: Vec<&Value> = old["metadata"]["finalizers"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+            let before: Vec<&Value> = old["metadata"]["finalizers"]
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
             let added = new["metadata"]["finalizers"]
                 .as_array()
                 .into_iter()
@@ -551,7 +600,10 @@ impl Inner {
             let alloc = self.services_allocated(Some(&key));
             defaults::service(&mut new, Some(&old), alloc)?;
         }
-        if rt.group == "apiextensions.k8s.io" && rt.plural == "customresourcedefinitions" && !opts.status {
+        if rt.group == "apiextensions.k8s.io"
+            && rt.plural == "customresourcedefinitions"
+            && !opts.status
+        {
             crd_status(&mut new);
         }
         if !differs(&old, &new) {
@@ -567,10 +619,13 @@ impl Inner {
         self.rv += 1;
         new["metadata"]["resourceVersion"] = json!(self.rv.to_string());
         let finalizing = new["metadata"]["deletionTimestamp"].is_string()
-            && new["metadata"]["finalizers"].as_array().is_none_or(Vec::is_empty);
+            && new["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(Vec::is_empty);
         if finalizing {
             self.bucket(&rt.key()).remove(&key);
-            self.owners.remove(&(rt.key(), ns.to_string(), name.to_string()));
+            self.owners
+                .remove(&(rt.key(), ns.to_string(), name.to_string()));
             self.emit(EventType::Deleted, rt.key(), new.clone(), None);
             self.after_write(rt, None, name);
         } else {
@@ -671,7 +726,12 @@ impl Store {
     // ---- direct access for tests (kubectl-style resource names) ----
 
     /// Create an object (status is kept as given).
-    pub fn create(&self, resource: &str, namespace: &str, obj: Value) -> Result<Value, StandinError> {
+    pub fn create(
+        &self,
+        resource: &str,
+        namespace: &str,
+        obj: Value,
+    ) -> Result<Value, StandinError> {
         let rt = self.resolve(resource)?;
         self.create_typed(&rt, namespace, obj, &WriteOptions::default())
     }
@@ -691,18 +751,32 @@ impl Store {
             namespace: namespace.map(str::to_string),
             ..ListParams::default()
         };
-        self.list_typed(&rt, &params).map(|p| p.items).unwrap_or_default()
+        self.list_typed(&rt, &params)
+            .map(|p| p.items)
+            .unwrap_or_default()
     }
 
     /// Replace an object (its `.status` is ignored for resources with a
     /// status subresource; use [`Store::update_status`]).
-    pub fn update(&self, resource: &str, namespace: &str, name: &str, obj: Value) -> Result<Value, StandinError> {
+    pub fn update(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        obj: Value,
+    ) -> Result<Value, StandinError> {
         let rt = self.resolve(resource)?;
         self.replace_typed(&rt, namespace, name, obj, &WriteOptions::default())
     }
 
     /// Replace an object's `.status`.
-    pub fn update_status(&self, resource: &str, namespace: &str, name: &str, obj: Value) -> Result<Value, StandinError> {
+    pub fn update_status(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        obj: Value,
+    ) -> Result<Value, StandinError> {
         let rt = self.resolve(resource)?;
         let opts = WriteOptions {
             status: true,
@@ -712,14 +786,32 @@ impl Store {
     }
 
     /// Merge-patch an object (RFC 7386).
-    pub fn merge_patch(&self, resource: &str, namespace: &str, name: &str, patch: Value) -> Result<Value, StandinError> {
+    pub fn merge_patch(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value, StandinError> {
         let rt = self.resolve(resource)?;
-        self.patch_typed(&rt, namespace, name, PatchType::Merge, &patch, &WriteOptions::default())
-            .map(|(v, _)| v)
+        self.patch_typed(
+            &rt,
+            namespace,
+            name,
+            PatchType::Merge,
+            &patch,
+            &WriteOptions::default(),
+        )
+        .map(|(v, _)| v)
     }
 
     /// Delete an object (sets `deletionTimestamp` if it has finalizers).
-    pub fn delete(&self, resource: &str, namespace: &str, name: &str) -> Result<Value, StandinError> {
+    pub fn delete(
+        &self,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Value, StandinError> {
         let rt = self.resolve(resource)?;
         self.delete_typed(&rt, namespace, name, &Preconditions::default(), false)
     }
@@ -727,12 +819,23 @@ impl Store {
     // ---- typed API used by the HTTP layer ----
 
     /// Create.
-    pub fn create_typed(&self, rt: &ResourceType, ns: &str, obj: Value, opts: &WriteOptions) -> Result<Value, StandinError> {
+    pub fn create_typed(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, StandinError> {
         self.lock().create(rt, ns, obj, opts)
     }
 
     /// Get.
-    pub fn get_typed(&self, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, StandinError> {
+    pub fn get_typed(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+    ) -> Result<Value, StandinError> {
         let ns = if rt.namespaced { ns } else { "" };
         self.lock()
             .lookup(rt, ns, name)
@@ -745,9 +848,11 @@ impl Store {
         let inner = self.lock();
         let (rv, after) = match &p.continue_token {
             Some(tok) if !tok.is_empty() => {
-                let decoded = unhex(tok).ok_or_else(|| StandinError::BadRequest("invalid continue token".into()))?;
+                let decoded = unhex(tok)
+                    .ok_or_else(|| StandinError::BadRequest("invalid continue token".into()))?;
                 let mut parts = decoded.splitn(3, '/');
-                let (Some(rv), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+                let (Some(rv), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next())
+                else {
                     return Err(StandinError::BadRequest("invalid continue token".into()));
                 };
                 let rv = parse_rv(rv)?;
@@ -771,7 +876,11 @@ impl Store {
                 (inner.rv, None)
             }
         };
-        let ns = if rt.namespaced { p.namespace.as_deref() } else { None };
+        let ns = if rt.namespaced {
+            p.namespace.as_deref()
+        } else {
+            None
+        };
         let limit = p.limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
         let mut items = Vec::new();
         let mut more = None;
@@ -805,10 +914,20 @@ impl Store {
     }
 
     /// Replace (PUT) an object or its status.
-    pub fn replace_typed(&self, rt: &ResourceType, ns: &str, name: &str, obj: Value, opts: &WriteOptions) -> Result<Value, StandinError> {
+    pub fn replace_typed(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value, StandinError> {
         let ns = if rt.namespaced { ns } else { "" };
         let mut inner = self.lock();
-        let old = inner.lookup(rt, ns, name).cloned().ok_or_else(|| not_found(rt, name))?;
+        let old = inner
+            .lookup(rt, ns, name)
+            .cloned()
+            .ok_or_else(|| not_found(rt, name))?;
         if rt.namespaced
             && let Some(n) = obj["metadata"]["namespace"].as_str()
             && !n.is_empty()
@@ -821,7 +940,9 @@ impl Store {
         let before = old.clone();
         let out = inner.write(rt, ns, name, old, obj, opts)?;
         if !opts.dry_run
-            && let Some(o) = inner.owners.get_mut(&(rt.key(), ns.to_string(), name.to_string()))
+            && let Some(o) = inner
+                .owners
+                .get_mut(&(rt.key(), ns.to_string(), name.to_string()))
         {
             patch::disown_changed(o, &before, &out);
         }
@@ -830,7 +951,15 @@ impl Store {
 
     /// Patch an object or its status. Returns the object and whether it was
     /// created (server-side apply of a missing object).
-    pub fn patch_typed(&self, rt: &ResourceType, ns: &str, name: &str, ty: PatchType, body: &Value, opts: &WriteOptions) -> Result<(Value, bool), StandinError> {
+    pub fn patch_typed(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        ty: PatchType,
+        body: &Value,
+        opts: &WriteOptions,
+    ) -> Result<(Value, bool), StandinError> {
         let ns = if rt.namespaced { ns } else { "" };
         let mut inner = self.lock();
         let okey = (rt.key(), ns.to_string(), name.to_string());
@@ -840,7 +969,9 @@ impl Store {
             }
             let mut obj = body.clone();
             if !obj.is_object() {
-                return Err(StandinError::BadRequest("apply configuration must be an object".into()));
+                return Err(StandinError::BadRequest(
+                    "apply configuration must be an object".into(),
+                ));
             }
             obj["metadata"]["name"] = json!(name);
             let mut owners = Owners::new();
@@ -861,9 +992,14 @@ impl Store {
                 .clone()
                 .filter(|m| !m.is_empty())
                 .ok_or_else(|| StandinError::BadRequest("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into()))?;
-            for (field, want) in [("apiVersion", body.get("apiVersion")), ("kind", body.get("kind"))] {
+            for (field, want) in [
+                ("apiVersion", body.get("apiVersion")),
+                ("kind", body.get("kind")),
+            ] {
                 if want.is_none_or(|v| v.as_str().is_none_or(str::is_empty)) {
-                    return Err(StandinError::BadRequest(format!("{field} must be set in an apply configuration")));
+                    return Err(StandinError::BadRequest(format!(
+                        "{field} must be set in an apply configuration"
+                    )));
                 }
             }
             let conflicts = patch::apply_config(&mut new, &mut owners, body, &manager, opts.force);
@@ -887,10 +1023,20 @@ impl Store {
 
     /// Delete an object; with finalizers it is only marked. Returns the
     /// object's last (or current) state.
-    pub fn delete_typed(&self, rt: &ResourceType, ns: &str, name: &str, pre: &Preconditions, dry_run: bool) -> Result<Value, StandinError> {
+    pub fn delete_typed(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: &str,
+        pre: &Preconditions,
+        dry_run: bool,
+    ) -> Result<Value, StandinError> {
         let ns = if rt.namespaced { ns } else { "" };
         let mut inner = self.lock();
-        let old = inner.lookup(rt, ns, name).cloned().ok_or_else(|| not_found(rt, name))?;
+        let old = inner
+            .lookup(rt, ns, name)
+            .cloned()
+            .ok_or_else(|| not_found(rt, name))?;
         if let Some(uid) = pre.uid.as_deref()
             && old["metadata"]["uid"].as_str() != Some(uid)
         {
@@ -905,7 +1051,9 @@ impl Store {
         {
             return Err(conflict(rt, name));
         }
-        let has_finalizers = old["metadata"]["finalizers"].as_array().is_some_and(|a| !a.is_empty());
+        let has_finalizers = old["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty());
         if has_finalizers {
             if old["metadata"]["deletionTimestamp"].is_string() || dry_run {
                 return Ok(old);
@@ -915,7 +1063,9 @@ impl Store {
             new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
             inner.rv += 1;
             new["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-            inner.bucket(&rt.key()).insert((ns.to_string(), name.to_string()), new.clone());
+            inner
+                .bucket(&rt.key())
+                .insert((ns.to_string(), name.to_string()), new.clone());
             inner.emit(EventType::Modified, rt.key(), new.clone(), Some(old));
             return Ok(new);
         }
@@ -925,8 +1075,12 @@ impl Store {
         let mut gone = old;
         inner.rv += 1;
         gone["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-        inner.bucket(&rt.key()).remove(&(ns.to_string(), name.to_string()));
-        inner.owners.remove(&(rt.key(), ns.to_string(), name.to_string()));
+        inner
+            .bucket(&rt.key())
+            .remove(&(ns.to_string(), name.to_string()));
+        inner
+            .owners
+            .remove(&(rt.key(), ns.to_string(), name.to_string()));
         inner.emit(EventType::Deleted, rt.key(), gone.clone(), None);
         inner.after_write(rt, None, name);
         Ok(gone)
@@ -934,7 +1088,11 @@ impl Store {
 
     /// Open a watch on a resource. Filtering by namespace and selectors is
     /// the caller's job ([`StoredEvent::project`]).
-    pub fn watch_typed(&self, rt: &ResourceType, from: WatchFrom) -> Result<WatchStart, StandinError> {
+    pub fn watch_typed(
+        &self,
+        rt: &ResourceType,
+        from: WatchFrom,
+    ) -> Result<WatchStart, StandinError> {
         let mut inner = self.lock();
         let key = rt.key();
         let initial: Vec<Arc<StoredEvent>> = match from {
@@ -1007,26 +1165,61 @@ mod tests {
         let s = Store::new();
         let created = s.create("services", "default", svc("a")).expect("create");
         let rv0 = s.resource_version();
-        assert_eq!(created["metadata"]["resourceVersion"], json!(rv0.to_string()));
+        assert_eq!(
+            created["metadata"]["resourceVersion"],
+            json!(rv0.to_string())
+        );
         // same content: no bump
-        let same = s.update("services", "default", "a", created.clone()).expect("update");
-        assert_eq!(same["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+        let same = s
+            .update("services", "default", "a", created.clone())
+            .expect("update");
+        assert_eq!(
+            same["metadata"]["resourceVersion"],
+            created["metadata"]["resourceVersion"]
+        );
         assert_eq!(s.resource_version(), rv0);
-        let p = s.merge_patch("services", "default", "a", json!({"metadata": {"labels": {"x": "y"}}})).expect("patch");
+        let p = s
+            .merge_patch(
+                "services",
+                "default",
+                "a",
+                json!({"metadata": {"labels": {"x": "y"}}}),
+            )
+            .expect("patch");
         assert_eq!(s.resource_version(), rv0 + 1);
-        assert_eq!(p["metadata"]["generation"], 1, "labels don't bump generation");
-        let p = s.merge_patch("services", "default", "a", json!({"spec": {"sessionAffinity": "ClientIP"}})).expect("patch");
+        assert_eq!(
+            p["metadata"]["generation"], 1,
+            "labels don't bump generation"
+        );
+        let p = s
+            .merge_patch(
+                "services",
+                "default",
+                "a",
+                json!({"spec": {"sessionAffinity": "ClientIP"}}),
+            )
+            .expect("patch");
         assert_eq!(p["metadata"]["generation"], 2);
     }
 
     #[test]
     fn stale_rv_conflicts() {
         let s = Store::new();
-        let created = s.create("configmaps", "default", json!({"metadata": {"name": "c"}, "data": {"a": "1"}})).expect("create");
+        let created = s
+            .create(
+                "configmaps",
+                "default",
+                json!({"metadata": {"name": "c"}, "data": {"a": "1"}}),
+            )
+            .expect("create");
         let mut upd = created.clone();
         upd["data"]["a"] = json!("2");
-        s.update("configmaps", "default", "c", upd.clone()).expect("first update");
-        assert!(matches!(s.update("configmaps", "default", "c", upd), Err(StandinError::Conflict(_))));
+        s.update("configmaps", "default", "c", upd.clone())
+            .expect("first update");
+        assert!(matches!(
+            s.update("configmaps", "default", "c", upd),
+            Err(StandinError::Conflict(_))
+        ));
     }
 
     #[test]
@@ -1039,8 +1232,22 @@ mod tests {
         assert!(d["metadata"]["deletionTimestamp"].is_string());
         assert!(s.get("services", "default", "f").is_some());
         // adding a finalizer now is forbidden
-        assert!(s.merge_patch("services", "default", "f", json!({"metadata": {"finalizers": ["x/y", "z"]}})).is_err());
-        s.merge_patch("services", "default", "f", json!({"metadata": {"finalizers": null}})).expect("patch");
+        assert!(
+            s.merge_patch(
+                "services",
+                "default",
+                "f",
+                json!({"metadata": {"finalizers": ["x/y", "z"]}})
+            )
+            .is_err()
+        );
+        s.merge_patch(
+            "services",
+            "default",
+            "f",
+            json!({"metadata": {"finalizers": null}}),
+        )
+        .expect("patch");
         assert!(s.get("services", "default", "f").is_none());
     }
 
@@ -1048,7 +1255,12 @@ mod tests {
     fn pagination_and_continue() {
         let s = Store::new();
         for i in 0..7 {
-            s.create("configmaps", "default", json!({"metadata": {"name": format!("c{i}")}})).expect("create");
+            s.create(
+                "configmaps",
+                "default",
+                json!({"metadata": {"name": format!("c{i}")}}),
+            )
+            .expect("create");
         }
         let rt = s.resolve("cm").expect("rt");
         let mut params = ListParams {
@@ -1062,9 +1274,18 @@ mod tests {
             let page = s.list_typed(&rt, &params).expect("list");
             first_rv.get_or_insert(page.rv);
             assert_eq!(Some(page.rv), first_rv);
-            names.extend(page.items.iter().map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string()));
+            names.extend(
+                page.items
+                    .iter()
+                    .map(|i| i["metadata"]["name"].as_str().unwrap_or("").to_string()),
+            );
             // a change between pages does not change the list RV
-            s.create("configmaps", "other", json!({"metadata": {"name": format!("x{}", names.len())}})).ok();
+            s.create(
+                "configmaps",
+                "other",
+                json!({"metadata": {"name": format!("x{}", names.len())}}),
+            )
+            .ok();
             match page.continue_token {
                 Some(c) => params.continue_token = Some(c),
                 None => break,
@@ -1078,31 +1299,60 @@ mod tests {
         let s = Store::new();
         let rt = s.resolve("svc").expect("rt");
         let a = s.create("services", "default", svc("a")).expect("create");
-        let rv_a: u64 = a["metadata"]["resourceVersion"].as_str().and_then(|r| r.parse().ok()).unwrap_or(0);
+        let rv_a: u64 = a["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
         s.create("services", "default", svc("b")).expect("create");
         s.delete("services", "default", "a").expect("delete");
         let w = s.watch_typed(&rt, WatchFrom::Rv(rv_a)).expect("watch");
-        let kinds: Vec<_> = w.initial.iter().map(|e| (e.kind, e.object["metadata"]["name"].clone())).collect();
-        assert_eq!(kinds, vec![(EventType::Added, json!("b")), (EventType::Deleted, json!("a"))]);
+        let kinds: Vec<_> = w
+            .initial
+            .iter()
+            .map(|e| (e.kind, e.object["metadata"]["name"].clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (EventType::Added, json!("b")),
+                (EventType::Deleted, json!("a"))
+            ]
+        );
         s.compact();
-        assert!(matches!(s.watch_typed(&rt, WatchFrom::Rv(rv_a)), Err(StandinError::Expired(_))));
-        assert!(s.watch_typed(&rt, WatchFrom::Rv(s.resource_version())).is_ok());
+        assert!(matches!(
+            s.watch_typed(&rt, WatchFrom::Rv(rv_a)),
+            Err(StandinError::Expired(_))
+        ));
+        assert!(
+            s.watch_typed(&rt, WatchFrom::Rv(s.resource_version()))
+                .is_ok()
+        );
     }
 
     #[test]
     fn lagging_watcher_is_disconnected() {
         let s = Store::new();
         let rt = s.resolve("cm").expect("rt");
-        let mut w = s.watch_typed(&rt, WatchFrom::Rv(s.resource_version())).expect("watch");
+        let mut w = s
+            .watch_typed(&rt, WatchFrom::Rv(s.resource_version()))
+            .expect("watch");
         for i in 0..(WATCH_BUFFER + 5) {
-            s.create("configmaps", "default", json!({"metadata": {"name": format!("c{i}")}})).expect("create");
+            s.create(
+                "configmaps",
+                "default",
+                json!({"metadata": {"name": format!("c{i}")}}),
+            )
+            .expect("create");
         }
         let mut n = 0;
         while w.live.try_recv().is_ok() {
             n += 1;
         }
         assert_eq!(n, WATCH_BUFFER);
-        assert!(matches!(w.live.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)));
+        assert!(matches!(
+            w.live.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
     }
 
     #[test]
@@ -1113,21 +1363,49 @@ mod tests {
         let ev = |kind, object: &Value, previous: Option<&Value>| StoredEvent {
             rv: 1,
             kind,
-            resource: ResourceKey { group: String::new(), plural: "services".into() },
+            resource: ResourceKey {
+                group: String::new(),
+                plural: "services".into(),
+            },
             object: object.clone(),
             previous: previous.cloned(),
         };
         let cases = [
-            ("stays matching", ev(EventType::Modified, &a, Some(&a)), Some(EventType::Modified)),
-            ("starts matching", ev(EventType::Modified, &a, Some(&b)), Some(EventType::Added)),
-            ("stops matching", ev(EventType::Modified, &b, Some(&a)), Some(EventType::Deleted)),
+            (
+                "stays matching",
+                ev(EventType::Modified, &a, Some(&a)),
+                Some(EventType::Modified),
+            ),
+            (
+                "starts matching",
+                ev(EventType::Modified, &a, Some(&b)),
+                Some(EventType::Added),
+            ),
+            (
+                "stops matching",
+                ev(EventType::Modified, &b, Some(&a)),
+                Some(EventType::Deleted),
+            ),
             ("never matches", ev(EventType::Modified, &b, Some(&b)), None),
-            ("added", ev(EventType::Added, &a, None), Some(EventType::Added)),
+            (
+                "added",
+                ev(EventType::Added, &a, None),
+                Some(EventType::Added),
+            ),
             ("deleted other", ev(EventType::Deleted, &b, None), None),
         ];
         for (desc, e, want) in cases {
-            assert_eq!(e.project(Some("default"), &sel).map(|(k, _)| k), want, "{desc}");
-            assert_eq!(e.project(Some("other"), &Selectors::default()).map(|(k, _)| k), None, "{desc}: namespace");
+            assert_eq!(
+                e.project(Some("default"), &sel).map(|(k, _)| k),
+                want,
+                "{desc}"
+            );
+            assert_eq!(
+                e.project(Some("other"), &Selectors::default())
+                    .map(|(k, _)| k),
+                None,
+                "{desc}: namespace"
+            );
         }
     }
 }

@@ -79,19 +79,35 @@ pub fn service_external_ip(svc: &Value) -> String {
     let spec = &svc["spec"];
     let mut ips = strs(&spec["externalIPs"]);
     match spec["type"].as_str() {
-        Some("ExternalName") => spec["externalName"].as_str().unwrap_or("<none>").to_string(),
+        Some("ExternalName") => spec["externalName"]
+            .as_str()
+            .unwrap_or("<none>")
+            .to_string(),
         Some("LoadBalancer") => {
             let ingress: Vec<String> = svc["status"]["loadBalancer"]["ingress"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()).map(str::to_string))
+                .filter_map(|i| {
+                    i["ip"]
+                        .as_str()
+                        .or(i["hostname"].as_str())
+                        .map(str::to_string)
+                })
                 .collect();
             ips.extend(ingress);
-            if ips.is_empty() { "<pending>".into() } else { ips.join(",") }
+            if ips.is_empty() {
+                "<pending>".into()
+            } else {
+                ips.join(",")
+            }
         }
         _ => {
-            if ips.is_empty() { "<none>".into() } else { ips.join(",") }
+            if ips.is_empty() {
+                "<none>".into()
+            } else {
+                ips.join(",")
+            }
         }
     }
 }
@@ -109,7 +125,11 @@ fn service_ports(svc: &Value) -> String {
             }
         })
         .collect();
-    if ports.is_empty() { "<none>".into() } else { ports.join(",") }
+    if ports.is_empty() {
+        "<none>".into()
+    } else {
+        ports.join(",")
+    }
 }
 
 fn service_selector(svc: &Value) -> String {
@@ -119,7 +139,11 @@ fn service_selector(svc: &Value) -> String {
         .flatten()
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
         .collect();
-    if sel.is_empty() { "<none>".into() } else { sel.join(",") }
+    if sel.is_empty() {
+        "<none>".into()
+    } else {
+        sel.join(",")
+    }
 }
 
 fn node_status(node: &Value) -> String {
@@ -145,10 +169,17 @@ fn node_roles(node: &Value) -> String {
         .as_object()
         .into_iter()
         .flatten()
-        .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(str::to_string))
+        .filter_map(|(k, _)| {
+            k.strip_prefix("node-role.kubernetes.io/")
+                .map(str::to_string)
+        })
         .filter(|r| !r.is_empty())
         .collect();
-    if roles.is_empty() { "<none>".into() } else { roles.join(",") }
+    if roles.is_empty() {
+        "<none>".into()
+    } else {
+        roles.join(",")
+    }
 }
 
 fn columns(rt: &ResourceType) -> Vec<Value> {
@@ -179,7 +210,12 @@ fn cells(rt: &ResourceType, obj: &Value) -> Vec<Value> {
         ("", "services") => vec![
             name,
             json!(obj["spec"]["type"].as_str().unwrap_or("ClusterIP")),
-            json!(obj["spec"]["clusterIP"].as_str().filter(|s| !s.is_empty()).unwrap_or("<none>")),
+            json!(
+                obj["spec"]["clusterIP"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("<none>")
+            ),
             json!(service_external_ip(obj)),
             json!(service_ports(obj)),
             json!(age(obj)),
@@ -190,7 +226,11 @@ fn cells(rt: &ResourceType, obj: &Value) -> Vec<Value> {
             json!(node_status(obj)),
             json!(node_roles(obj)),
             json!(age(obj)),
-            json!(obj["status"]["nodeInfo"]["kubeletVersion"].as_str().unwrap_or("")),
+            json!(
+                obj["status"]["nodeInfo"]["kubeletVersion"]
+                    .as_str()
+                    .unwrap_or("")
+            ),
         ],
         _ => vec![name, json!(age(obj))],
     }
@@ -251,14 +291,26 @@ mod tests {
     #[test]
     fn external_ip_cells() {
         let cases = [
-            ("pending LB", json!({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {}}}), "<pending>"),
+            (
+                "pending LB",
+                json!({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {}}}),
+                "<pending>",
+            ),
             (
                 "LB with ingress",
                 json!({"spec": {"type": "LoadBalancer"}, "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}, {"hostname": "lb.example"}]}}}),
                 "1.2.3.4,lb.example",
             ),
-            ("ClusterIP", json!({"spec": {"type": "ClusterIP"}}), "<none>"),
-            ("externalIPs", json!({"spec": {"type": "ClusterIP", "externalIPs": ["5.5.5.5"]}}), "5.5.5.5"),
+            (
+                "ClusterIP",
+                json!({"spec": {"type": "ClusterIP"}}),
+                "<none>",
+            ),
+            (
+                "externalIPs",
+                json!({"spec": {"type": "ClusterIP", "externalIPs": ["5.5.5.5"]}}),
+                "5.5.5.5",
+            ),
         ];
         for (desc, svc, want) in cases {
             assert_eq!(service_external_ip(&svc), want, "{desc}");
@@ -267,7 +319,16 @@ mod tests {
 
     #[test]
     fn durations() {
-        let cases = [(5, "5s"), (119, "119s"), (150, "2m30s"), (600, "10m"), (3 * 3600 + 60, "3h1m"), (30 * 3600, "30h"), (3 * 86400, "3d"), (-1, "<invalid>")];
+        let cases = [
+            (5, "5s"),
+            (119, "119s"),
+            (150, "2m30s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (30 * 3600, "30h"),
+            (3 * 86400, "3d"),
+            (-1, "<invalid>"),
+        ];
         for (secs, want) in cases {
             assert_eq!(human_duration(secs), want, "{secs}");
         }
@@ -275,7 +336,9 @@ mod tests {
 
     #[test]
     fn accept_header() {
-        assert!(wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"));
+        assert!(wants_table(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+        ));
         assert!(!wants_table("application/json"));
     }
 }

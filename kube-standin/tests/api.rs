@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use common::{client, lb_service, rv, timed};
 use futures::{StreamExt, TryStreamExt};
-use kube::runtime::WatchStreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::runtime::WatchStreamExt;
 use kube_standin::ApiServer;
 use serde_json::json;
 
@@ -25,43 +27,79 @@ async fn service_crud_and_defaults() {
     timed(30, async {
         let server = ApiServer::start().await.expect("start");
         let svcs: Api<Service> = Api::default_namespaced(client(&server).await);
-        let created = svcs.create(&PostParams::default(), &lb_service("web", &[80, 443])).await.expect("create");
+        let created = svcs
+            .create(&PostParams::default(), &lb_service("web", &[80, 443]))
+            .await
+            .expect("create");
         let spec = created.spec.clone().expect("spec");
         assert_eq!(created.metadata.namespace.as_deref(), Some("default"));
         assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
         assert_eq!(created.metadata.generation, Some(1));
-        assert!(spec.cluster_ip.as_deref().is_some_and(|ip| ip.starts_with("10.96.")));
+        assert!(
+            spec.cluster_ip
+                .as_deref()
+                .is_some_and(|ip| ip.starts_with("10.96."))
+        );
         assert_eq!(spec.external_traffic_policy.as_deref(), Some("Cluster"));
         let ports = spec.ports.clone().expect("ports");
-        assert!(ports.iter().all(|p| p.node_port.is_some_and(|n| (30000..=32767).contains(&n))));
+        assert!(
+            ports
+                .iter()
+                .all(|p| p.node_port.is_some_and(|n| (30000..=32767).contains(&n)))
+        );
         assert_ne!(ports[0].node_port, ports[1].node_port);
         assert_eq!(ports[0].protocol.as_deref(), Some("TCP"));
 
         // 409 AlreadyExists
-        let e = svcs.create(&PostParams::default(), &lb_service("web", &[80])).await.expect_err("dup");
+        let e = svcs
+            .create(&PostParams::default(), &lb_service("web", &[80]))
+            .await
+            .expect_err("dup");
         assert_eq!(api_err(e), (409, "AlreadyExists".into()));
 
         // get / list
         let got = svcs.get("web").await.expect("get");
         assert_eq!(got.metadata.uid, created.metadata.uid);
-        assert_eq!(svcs.list(&ListParams::default()).await.expect("list").items.len(), 1);
+        assert_eq!(
+            svcs.list(&ListParams::default())
+                .await
+                .expect("list")
+                .items
+                .len(),
+            1
+        );
 
         // replace keeps allocations, ignores status
         let mut upd = got.clone();
         upd.spec.as_mut().expect("spec").session_affinity = Some("ClientIP".into());
-        upd.status = Some(serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}})).expect("status"));
-        let replaced = svcs.replace("web", &PostParams::default(), &upd).await.expect("replace");
+        upd.status = Some(
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}))
+                .expect("status"),
+        );
+        let replaced = svcs
+            .replace("web", &PostParams::default(), &upd)
+            .await
+            .expect("replace");
         assert_eq!(replaced.metadata.generation, Some(2));
         assert!(rv(&replaced.metadata) > rv(&got.metadata));
-        let lb = replaced.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress);
+        let lb = replaced
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|l| l.ingress);
         assert!(lb.is_none(), "status is ignored on the main resource");
 
         // stale RV → 409 Conflict
-        let e = svcs.replace("web", &PostParams::default(), &upd).await.expect_err("stale");
+        let e = svcs
+            .replace("web", &PostParams::default(), &upd)
+            .await
+            .expect_err("stale");
         assert_eq!(api_err(e), (409, "Conflict".into()));
 
         // invalid port → 422 naming the field
-        let e = svcs.create(&PostParams::default(), &lb_service("bad", &[0])).await.expect_err("invalid");
+        let e = svcs
+            .create(&PostParams::default(), &lb_service("bad", &[0]))
+            .await
+            .expect_err("invalid");
         match e {
             kube::Error::Api(s) => {
                 assert_eq!((s.code, s.reason.as_str()), (422, "Invalid"));
@@ -71,7 +109,9 @@ async fn service_crud_and_defaults() {
         }
 
         // delete → gone → 404
-        svcs.delete("web", &DeleteParams::default()).await.expect("delete");
+        svcs.delete("web", &DeleteParams::default())
+            .await
+            .expect("delete");
         let e = svcs.get("web").await.expect_err("gone");
         assert_eq!(api_err(e), (404, "NotFound".into()));
     })
@@ -119,22 +159,35 @@ async fn finalizer_flow_with_json_patch() {
     timed(30, async {
         let server = ApiServer::start().await.expect("start");
         let svcs: Api<Service> = Api::default_namespaced(client(&server).await);
-        svcs.create(&PostParams::default(), &lb_service("web", &[80])).await.expect("create");
+        svcs.create(&PostParams::default(), &lb_service("web", &[80]))
+            .await
+            .expect("create");
         // kube-runtime's finalizer helper: test null on the absent list, then add
         let add = json!([
             {"op": "test", "path": "/metadata/finalizers", "value": null},
             {"op": "add", "path": "/metadata/finalizers", "value": ["example.com/cleanup"]}
         ]);
         let p: json_patch::Patch = serde_json::from_value(add.clone()).expect("patch");
-        let with = svcs.patch("web", &PatchParams::default(), &Patch::<()>::Json(p)).await.expect("add finalizer");
-        assert_eq!(with.metadata.finalizers, Some(vec!["example.com/cleanup".to_string()]));
+        let with = svcs
+            .patch("web", &PatchParams::default(), &Patch::<()>::Json(p))
+            .await
+            .expect("add finalizer");
+        assert_eq!(
+            with.metadata.finalizers,
+            Some(vec!["example.com/cleanup".to_string()])
+        );
         // the same patch again fails the test op
         let p: json_patch::Patch = serde_json::from_value(add).expect("patch");
-        let e = svcs.patch("web", &PatchParams::default(), &Patch::<()>::Json(p)).await.expect_err("test fails");
+        let e = svcs
+            .patch("web", &PatchParams::default(), &Patch::<()>::Json(p))
+            .await
+            .expect_err("test fails");
         assert!(matches!(e, kube::Error::Api(_)));
 
         // delete keeps it with a deletionTimestamp
-        svcs.delete("web", &DeleteParams::default()).await.expect("delete");
+        svcs.delete("web", &DeleteParams::default())
+            .await
+            .expect("delete");
         let deleting = svcs.get("web").await.expect("still there");
         assert!(deleting.metadata.deletion_timestamp.is_some());
         // removing the finalizer (test on index 0) deletes it
@@ -143,7 +196,9 @@ async fn finalizer_flow_with_json_patch() {
             {"op": "remove", "path": "/metadata/finalizers/0"}
         ]);
         let p: json_patch::Patch = serde_json::from_value(remove).expect("patch");
-        svcs.patch("web", &PatchParams::default(), &Patch::<()>::Json(p)).await.expect("remove finalizer");
+        svcs.patch("web", &PatchParams::default(), &Patch::<()>::Json(p))
+            .await
+            .expect("remove finalizer");
         assert!(svcs.get_opt("web").await.expect("get").is_none());
     })
     .await;
@@ -201,22 +256,50 @@ async fn noop_patch_keeps_rv_and_emits_no_event() {
     timed(30, async {
         let server = ApiServer::start().await.expect("start");
         let svcs: Api<Service> = Api::default_namespaced(client(&server).await);
-        let created = svcs.create(&PostParams::default(), &lb_service("web", &[80])).await.expect("create");
+        let created = svcs
+            .create(&PostParams::default(), &lb_service("web", &[80]))
+            .await
+            .expect("create");
         let start = created.metadata.resource_version.clone().expect("rv");
-        let mut stream = svcs.watch(&WatchParams::default(), &start).await.expect("watch").boxed();
-        let same = json!({"metadata": {"labels": {"app": "web"}}, "spec": {"type": "LoadBalancer"}});
+        let mut stream = svcs
+            .watch(&WatchParams::default(), &start)
+            .await
+            .expect("watch")
+            .boxed();
+        let same =
+            json!({"metadata": {"labels": {"app": "web"}}, "spec": {"type": "LoadBalancer"}});
         for patch in [Patch::Merge(same.clone()), Patch::Strategic(same.clone())] {
-            let out = svcs.patch("web", &PatchParams::default(), &patch).await.expect("patch");
-            assert_eq!(out.metadata.resource_version.as_deref(), Some(start.as_str()));
+            let out = svcs
+                .patch("web", &PatchParams::default(), &patch)
+                .await
+                .expect("patch");
+            assert_eq!(
+                out.metadata.resource_version.as_deref(),
+                Some(start.as_str())
+            );
         }
-        let out = svcs.replace("web", &PostParams::default(), &created).await.expect("replace");
-        assert_eq!(out.metadata.resource_version.as_deref(), Some(start.as_str()));
+        let out = svcs
+            .replace("web", &PostParams::default(), &created)
+            .await
+            .expect("replace");
+        assert_eq!(
+            out.metadata.resource_version.as_deref(),
+            Some(start.as_str())
+        );
         // a real change arrives as the first event
         let change = json!({"metadata": {"labels": {"x": "y"}}});
-        svcs.patch("web", &PatchParams::default(), &Patch::Merge(&change)).await.expect("patch");
+        svcs.patch("web", &PatchParams::default(), &Patch::Merge(&change))
+            .await
+            .expect("patch");
         match stream.try_next().await.expect("event") {
             Some(WatchEvent::Modified(s)) => {
-                assert_eq!(s.metadata.labels.and_then(|l| l.get("x").cloned()).as_deref(), Some("y"));
+                assert_eq!(
+                    s.metadata
+                        .labels
+                        .and_then(|l| l.get("x").cloned())
+                        .as_deref(),
+                    Some("y")
+                );
             }
             other => panic!("expected the label change first, got {other:?}"),
         }
@@ -230,8 +313,12 @@ async fn list_pagination() {
         let server = ApiServer::start().await.expect("start");
         let cms: Api<ConfigMap> = Api::default_namespaced(client(&server).await);
         for i in 0..12 {
-            let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": format!("cm-{i:02}")}})).expect("cm");
-            cms.create(&PostParams::default(), &cm).await.expect("create");
+            let cm: ConfigMap =
+                serde_json::from_value(json!({"metadata": {"name": format!("cm-{i:02}")}}))
+                    .expect("cm");
+            cms.create(&PostParams::default(), &cm)
+                .await
+                .expect("create");
         }
         let mut lp = ListParams::default().limit(5);
         let mut names = Vec::new();
@@ -257,31 +344,61 @@ async fn watch_replays_in_order_and_410_after_compaction() {
     timed(30, async {
         let server = ApiServer::start().await.expect("start");
         let svcs: Api<Service> = Api::default_namespaced(client(&server).await);
-        let a = svcs.create(&PostParams::default(), &lb_service("a", &[80])).await.expect("create");
+        let a = svcs
+            .create(&PostParams::default(), &lb_service("a", &[80]))
+            .await
+            .expect("create");
         let from = a.metadata.resource_version.clone().expect("rv");
-        svcs.create(&PostParams::default(), &lb_service("b", &[80])).await.expect("create");
-        svcs.patch("a", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"v": "2"}}}))).await.expect("patch");
-        svcs.delete("b", &DeleteParams::default()).await.expect("delete");
-        let mut stream = svcs.watch(&WatchParams::default(), &from).await.expect("watch").boxed();
+        svcs.create(&PostParams::default(), &lb_service("b", &[80]))
+            .await
+            .expect("create");
+        svcs.patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"v": "2"}}})),
+        )
+        .await
+        .expect("patch");
+        svcs.delete("b", &DeleteParams::default())
+            .await
+            .expect("delete");
+        let mut stream = svcs
+            .watch(&WatchParams::default(), &from)
+            .await
+            .expect("watch")
+            .boxed();
         let mut seen = Vec::new();
         for _ in 0..3 {
             match stream.try_next().await.expect("event") {
-                Some(WatchEvent::Added(s)) => seen.push(format!("ADDED {}", s.metadata.name.unwrap_or_default())),
-                Some(WatchEvent::Modified(s)) => seen.push(format!("MODIFIED {}", s.metadata.name.unwrap_or_default())),
-                Some(WatchEvent::Deleted(s)) => seen.push(format!("DELETED {}", s.metadata.name.unwrap_or_default())),
+                Some(WatchEvent::Added(s)) => {
+                    seen.push(format!("ADDED {}", s.metadata.name.unwrap_or_default()))
+                }
+                Some(WatchEvent::Modified(s)) => {
+                    seen.push(format!("MODIFIED {}", s.metadata.name.unwrap_or_default()))
+                }
+                Some(WatchEvent::Deleted(s)) => {
+                    seen.push(format!("DELETED {}", s.metadata.name.unwrap_or_default()))
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
         assert_eq!(seen, ["ADDED b", "MODIFIED a", "DELETED b"]);
 
         server.compact();
-        let mut stream = svcs.watch(&WatchParams::default(), &from).await.expect("watch").boxed();
+        let mut stream = svcs
+            .watch(&WatchParams::default(), &from)
+            .await
+            .expect("watch")
+            .boxed();
         match stream.try_next().await.expect("event") {
             Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
             other => panic!("expected 410, got {other:?}"),
         }
         // list with an old continue token is 410 too
-        let page = svcs.list(&ListParams::default().limit(1)).await.expect("list");
+        let page = svcs
+            .list(&ListParams::default().limit(1))
+            .await
+            .expect("list");
         assert!(page.metadata.continue_.is_none(), "one service left");
     })
     .await;
@@ -294,11 +411,19 @@ async fn label_and_field_selectors() {
         let svcs: Api<Service> = Api::default_namespaced(client(&server).await);
         for (name, tier) in [("a", "fe"), ("b", "be"), ("c", "fe")] {
             let mut s = lb_service(name, &[80]);
-            s.metadata.labels.get_or_insert_default().insert("tier".into(), tier.into());
-            svcs.create(&PostParams::default(), &s).await.expect("create");
+            s.metadata
+                .labels
+                .get_or_insert_default()
+                .insert("tier".into(), tier.into());
+            svcs.create(&PostParams::default(), &s)
+                .await
+                .expect("create");
         }
         let names = |l: kube::api::ObjectList<Service>| -> Vec<String> {
-            l.items.into_iter().filter_map(|s| s.metadata.name).collect()
+            l.items
+                .into_iter()
+                .filter_map(|s| s.metadata.name)
+                .collect()
         };
         let cases = [
             ("equality", "tier=fe", vec!["a", "c"]),
@@ -309,10 +434,18 @@ async fn label_and_field_selectors() {
             ("not exists", "!tier", vec![]),
         ];
         for (desc, sel, want) in cases {
-            let got = names(svcs.list(&ListParams::default().labels(sel)).await.expect("list"));
+            let got = names(
+                svcs.list(&ListParams::default().labels(sel))
+                    .await
+                    .expect("list"),
+            );
             assert_eq!(got, want, "{desc}");
         }
-        let got = names(svcs.list(&ListParams::default().fields("metadata.name=b")).await.expect("list"));
+        let got = names(
+            svcs.list(&ListParams::default().fields("metadata.name=b"))
+                .await
+                .expect("list"),
+        );
         assert_eq!(got, ["b"]);
     })
     .await;
@@ -355,9 +488,10 @@ async fn watcher_survives_disconnects() {
     timed(60, async {
         let server = ApiServer::start().await.expect("start");
         let svcs: Api<Service> = Api::default_namespaced(client(&server).await);
-        let stream = kube::runtime::watcher(svcs.clone(), kube::runtime::watcher::Config::default())
-            .applied_objects()
-            .boxed();
+        let stream =
+            kube::runtime::watcher(svcs.clone(), kube::runtime::watcher::Config::default())
+                .applied_objects()
+                .boxed();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
             let mut stream = stream;
@@ -367,14 +501,18 @@ async fn watcher_survives_disconnects() {
                 }
             }
         });
-        svcs.create(&PostParams::default(), &lb_service("a", &[80])).await.expect("create");
+        svcs.create(&PostParams::default(), &lb_service("a", &[80]))
+            .await
+            .expect("create");
         assert_eq!(rx.recv().await.as_deref(), Some("a"));
         // wait for the watch to be open, then cut it
         while server.store().watch_count() == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         server.disconnect_watches();
-        svcs.create(&PostParams::default(), &lb_service("b", &[80])).await.expect("create");
+        svcs.create(&PostParams::default(), &lb_service("b", &[80]))
+            .await
+            .expect("create");
         assert_eq!(rx.recv().await.as_deref(), Some("b"));
         // compaction forces a re-list, which still finds everything
         while server.store().watch_count() == 0 {
@@ -382,12 +520,18 @@ async fn watcher_survives_disconnects() {
         }
         server.compact();
         server.disconnect_watches();
-        svcs.create(&PostParams::default(), &lb_service("c", &[80])).await.expect("create");
+        svcs.create(&PostParams::default(), &lb_service("c", &[80]))
+            .await
+            .expect("create");
         let mut got = Vec::new();
         while !got.contains(&"c".to_string()) {
             got.push(rx.recv().await.expect("watcher alive"));
         }
-        let watches = server.requests().iter().filter(|r| r.verb == "watch").count();
+        let watches = server
+            .requests()
+            .iter()
+            .filter(|r| r.verb == "watch")
+            .count();
         assert!(watches >= 2, "re-watched after disconnect ({watches})");
         task.abort();
     })
@@ -399,19 +543,27 @@ async fn streaming_list_initial_events() {
     timed(30, async {
         let server = ApiServer::start().await.expect("start");
         let svcs: Api<Service> = Api::default_namespaced(client(&server).await);
-        svcs.create(&PostParams::default(), &lb_service("a", &[80])).await.expect("create");
+        svcs.create(&PostParams::default(), &lb_service("a", &[80]))
+            .await
+            .expect("create");
         let cfg = kube::runtime::watcher::Config::default().streaming_lists();
         let mut stream = kube::runtime::watcher(svcs.clone(), cfg).boxed();
         let mut events = Vec::new();
         loop {
             match stream.try_next().await.expect("ok").expect("event") {
-                kube::runtime::watcher::Event::InitApply(s) => events.push(s.metadata.name.unwrap_or_default()),
+                kube::runtime::watcher::Event::InitApply(s) => {
+                    events.push(s.metadata.name.unwrap_or_default())
+                }
                 kube::runtime::watcher::Event::InitDone => break,
                 _ => {}
             }
         }
         assert_eq!(events, ["a"]);
-        let w = server.requests().into_iter().find(|r| r.verb == "watch").expect("watch");
+        let w = server
+            .requests()
+            .into_iter()
+            .find(|r| r.verb == "watch")
+            .expect("watch");
         assert!(w.query.contains("sendInitialEvents=true"), "{}", w.query);
     })
     .await;
@@ -425,28 +577,64 @@ async fn discovery_and_tables_over_plain_http() {
         let v = c.apiserver_version().await.expect("version");
         assert_eq!(v.major, "1");
         let groups = c.list_api_groups().await.expect("groups");
-        assert!(groups.groups.iter().any(|g| g.name == "coordination.k8s.io"));
+        assert!(
+            groups
+                .groups
+                .iter()
+                .any(|g| g.name == "coordination.k8s.io")
+        );
         let core = c.list_core_api_resources("v1").await.expect("core");
-        let svc = core.resources.iter().find(|r| r.name == "services").expect("services");
+        let svc = core
+            .resources
+            .iter()
+            .find(|r| r.name == "services")
+            .expect("services");
         assert_eq!(svc.short_names, Some(vec!["svc".to_string()]));
         assert!(core.resources.iter().any(|r| r.name == "services/status"));
         // kube's discovery works end to end
-        let disc = kube::discovery::Discovery::new(c.clone()).run().await.expect("discovery");
+        let disc = kube::discovery::Discovery::new(c.clone())
+            .run()
+            .await
+            .expect("discovery");
         assert!(disc.has_group("discovery.k8s.io"));
 
         // a Table, as kubectl asks for it
         let svcs: Api<Service> = Api::default_namespaced(c.clone());
-        svcs.create(&PostParams::default(), &lb_service("web", &[80])).await.expect("create");
+        svcs.create(&PostParams::default(), &lb_service("web", &[80]))
+            .await
+            .expect("create");
         let req = http::Request::get("/api/v1/namespaces/default/services?limit=500")
-            .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+            .header(
+                "Accept",
+                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+            )
             .body(Vec::new())
             .expect("request");
         let table: serde_json::Value = c.request(req).await.expect("table");
         assert_eq!(table["kind"], "Table");
-        let cols: Vec<&str> = table["columnDefinitions"].as_array().expect("cols").iter().filter_map(|c| c["name"].as_str()).collect();
-        assert_eq!(&cols[..6], ["Name", "Type", "Cluster-IP", "External-IP", "Port(s)", "Age"]);
+        let cols: Vec<&str> = table["columnDefinitions"]
+            .as_array()
+            .expect("cols")
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(
+            &cols[..6],
+            [
+                "Name",
+                "Type",
+                "Cluster-IP",
+                "External-IP",
+                "Port(s)",
+                "Age"
+            ]
+        );
         assert_eq!(table["rows"][0]["cells"][3], "<pending>");
-        assert!(table["rows"][0]["cells"][4].as_str().is_some_and(|p| p.starts_with("80:3")));
+        assert!(
+            table["rows"][0]["cells"][4]
+                .as_str()
+                .is_some_and(|p| p.starts_with("80:3"))
+        );
     })
     .await;
 }

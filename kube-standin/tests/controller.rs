@@ -38,9 +38,13 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
                 let have = serde_json::to_value(svc.status.clone()).unwrap_or_default();
                 if have != want {
                     let name = svc.metadata.name.clone().unwrap_or_default();
-                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": want})))
-                        .await
-                        .map_err(|e| ReconcileError(Box::new(e)))?;
+                    api.patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": want})),
+                    )
+                    .await
+                    .map_err(|e| ReconcileError(Box::new(e)))?;
                 }
                 Ok::<_, ReconcileError>(Action::await_change())
             }
@@ -74,11 +78,17 @@ async fn controller_reconciles_without_looping() {
             .for_each(|_| async {});
         let handle = tokio::spawn(controller);
 
-        svcs.create(&PostParams::default(), &lb_service("web", &[80])).await.expect("create");
+        svcs.create(&PostParams::default(), &lb_service("web", &[80]))
+            .await
+            .expect("create");
         // wait until the status is written
         loop {
             let s = svcs.get("web").await.expect("get");
-            let ip = s.status.and_then(|s| s.load_balancer).and_then(|l| l.ingress).and_then(|i| i[0].ip.clone());
+            let ip = s
+                .status
+                .and_then(|s| s.load_balancer)
+                .and_then(|l| l.ingress)
+                .and_then(|i| i[0].ip.clone());
             if ip.is_some() {
                 assert_eq!(s.metadata.finalizers, Some(vec![FINALIZER.to_string()]));
                 break;
@@ -90,11 +100,17 @@ async fn controller_reconciles_without_looping() {
         let settled = ctx.reconciles.load(Ordering::SeqCst);
         assert!(settled <= 4, "{settled} reconciles for one create");
         tokio::time::sleep(Duration::from_millis(700)).await;
-        assert_eq!(ctx.reconciles.load(Ordering::SeqCst), settled, "reconciling in a loop");
+        assert_eq!(
+            ctx.reconciles.load(Ordering::SeqCst),
+            settled,
+            "reconciling in a loop"
+        );
         let writes = server.requests().iter().filter(|r| r.is_write()).count();
         assert_eq!(writes, 3, "create, add finalizer, status");
 
-        svcs.delete("web", &DeleteParams::default()).await.expect("delete");
+        svcs.delete("web", &DeleteParams::default())
+            .await
+            .expect("delete");
         loop {
             if svcs.get_opt("web").await.expect("get").is_none() {
                 break;
@@ -113,14 +129,17 @@ async fn lease_manager_elects_one_leader() {
         let server = ApiServer::start().await.expect("start");
         let mut managers = Vec::new();
         for id in ["a", "b"] {
-            let m = kube_lease_manager::LeaseManagerBuilder::new(client(&server).await, "portico-leader")
-                .with_namespace("kube-system")
-                .with_identity(id)
-                .with_duration(3)
-                .with_grace(1)
-                .build()
-                .await
-                .expect("lease manager");
+            let m = kube_lease_manager::LeaseManagerBuilder::new(
+                client(&server).await,
+                "portico-leader",
+            )
+            .with_namespace("kube-system")
+            .with_identity(id)
+            .with_duration(3)
+            .with_grace(1)
+            .build()
+            .await
+            .expect("lease manager");
             managers.push(m);
         }
         let b = managers.pop().expect("b");
@@ -132,13 +151,19 @@ async fn lease_manager_elects_one_leader() {
         }
         let (mut b_rx, b_task) = b.watch().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert!(!*b_rx.borrow_and_update(), "b must not lead while a holds the lease");
+        assert!(
+            !*b_rx.borrow_and_update(),
+            "b must not lead while a holds the lease"
+        );
         // a crashes (no release); b takes over after expiry
         a_task.abort();
         while !*b_rx.borrow_and_update() {
             b_rx.changed().await.expect("b alive");
         }
-        let lease = server.store().get("leases", "kube-system", "portico-leader").expect("lease");
+        let lease = server
+            .store()
+            .get("leases", "kube-system", "portico-leader")
+            .expect("lease");
         assert_eq!(lease["spec"]["holderIdentity"], "b");
         drop(b_rx);
         let _ = b_task.await;
