@@ -3,10 +3,11 @@
 //! by hand, or re-created under a new UID) are deleted.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use portico_provider::{LoadBalancerKey, LoadBalancerProvider};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::ControllerConfig;
 use crate::k8s::{ObjectRef, ResourceExt, Service, Store};
@@ -46,6 +47,7 @@ pub async fn collect_once(
             return 0;
         }
     };
+    debug!(owned = owned.len(), "looking for orphaned balancers");
     let mut deleted = 0;
     for key in owned.iter().filter(|k| is_orphan(k, services, config)) {
         match provider.delete(key).await {
@@ -68,9 +70,17 @@ pub async fn run_gc(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    tokio::select! {
-        () = shutdown.cancelled() => return,
-        ready = services.wait_until_ready() => if ready.is_err() { return },
+    // Re-poll with a timeout: kube-runtime's readiness future wakes only its
+    // latest waiter, and the Controller waits on the same store.
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            ready = tokio::time::timeout(Duration::from_millis(500), services.wait_until_ready()) => match ready {
+                Ok(Ok(())) => break,
+                Ok(Err(_)) => return,
+                Err(_) => continue,
+            },
+        }
     }
     loop {
         collect_once(&services, provider.as_ref(), &config, &metrics).await;

@@ -1,0 +1,238 @@
+//! Shared set-up for controller tests: a Kubernetes API stand-in over real
+//! HTTP, a real kube::Client, the real controller, a recording provider.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use kube_standin::ApiServer;
+use portico::config::ControllerConfig;
+use portico::leader::LeaseConfig;
+use portico::runtime::{ReplicaOptions, run_replica};
+use portico_provider::ClusterName;
+use portico_provider::testing::RecordingProvider;
+use prometheus_client::registry::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const CLASS: &str = "portico.io/test";
+
+/// Fast timings so tests run in seconds.
+pub fn test_config() -> ControllerConfig {
+    ControllerConfig {
+        cluster: ClusterName::new("test-cluster"),
+        class: CLASS.into(),
+        claim_classless: true,
+        workers: 4,
+        resync: Duration::from_secs(60),
+        node_debounce: Duration::from_millis(100),
+        gc_interval: Duration::from_millis(300),
+        backoff_base: Duration::from_millis(50),
+        backoff_max: Duration::from_secs(2),
+    }
+}
+
+/// One controller replica running in this process.
+pub struct Replica {
+    pub provider: RecordingProvider,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), portico::Error>>,
+}
+
+impl Replica {
+    pub fn start(
+        client: Client,
+        provider: RecordingProvider,
+        config: ControllerConfig,
+        lease: Option<LeaseConfig>,
+    ) -> Self {
+        let shutdown = CancellationToken::new();
+        let identity = lease
+            .as_ref()
+            .map(|l| l.identity.clone())
+            .unwrap_or_else(|| "test".into());
+        let options = ReplicaOptions {
+            config,
+            lease,
+            http_addr: None,
+            identity,
+        };
+        let task = tokio::spawn(run_replica(
+            client,
+            Arc::new(provider.clone()),
+            options,
+            Registry::default(),
+            shutdown.clone(),
+        ));
+        Self {
+            provider,
+            shutdown,
+            task,
+        }
+    }
+
+    /// SIGTERM: finish in-flight work, release the lease.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+
+    /// A crash: no graceful shutdown, no lease release.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+pub struct Env {
+    pub server: ApiServer,
+    pub client: Client,
+    pub replica: Option<Replica>,
+}
+
+impl Env {
+    /// API server with `nodes` nodes (node-0 ... at 10.0.0.x), no controller yet.
+    pub async fn api_only(nodes: usize) -> Env {
+        let server = ApiServer::start().await.expect("stand-in starts");
+        let client = server.client().await.expect("client");
+        let env = Env {
+            server,
+            client,
+            replica: None,
+        };
+        for i in 0..nodes {
+            env.add_node(&format!("node-{i}"), &format!("10.0.0.{}", i + 1))
+                .await;
+        }
+        env
+    }
+
+    /// API server, nodes and one controller replica with a recording provider.
+    pub async fn start(nodes: usize) -> Env {
+        let mut env = Env::api_only(nodes).await;
+        env.replica = Some(Replica::start(
+            env.client.clone(),
+            RecordingProvider::new(),
+            test_config(),
+            None,
+        ));
+        env
+    }
+
+    pub fn provider(&self) -> &RecordingProvider {
+        &self.replica.as_ref().expect("replica running").provider
+    }
+
+    pub fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    pub fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+
+    pub async fn add_node(&self, name: &str, ip: &str) {
+        let node = portico::builders::node(name).ip(ip).build();
+        self.nodes()
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+    }
+
+    pub async fn create(&self, svc: Service) -> Service {
+        self.services()
+            .create(&PostParams::default(), &svc)
+            .await
+            .expect("create service")
+    }
+
+    pub async fn get(&self, name: &str) -> Option<Service> {
+        self.services().get_opt(name).await.expect("get service")
+    }
+
+    pub async fn delete(&self, name: &str) {
+        self.services()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete service");
+    }
+
+    /// Events about Service `name` (events.k8s.io/v1), as (type, reason, note).
+    pub async fn events(&self, name: &str) -> Vec<(String, String, String)> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        let list = api.list(&ListParams::default()).await.expect("list events");
+        list.items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .map(|e| {
+                (
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn has_event(&self, name: &str, reason: &str) -> bool {
+        self.events(name).await.iter().any(|(_, r, _)| r == reason)
+    }
+}
+
+/// The external address the Service shows, if any.
+pub fn ingress_ip(svc: &Service) -> Option<String> {
+    svc.status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?
+        .first()?
+        .ip
+        .clone()
+}
+
+pub fn condition(svc: &Service, type_: &str) -> Option<(String, String)> {
+    svc.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+pub fn has_finalizer(svc: &Service) -> bool {
+    svc.finalizers()
+        .iter()
+        .any(|f| f == "service.kubernetes.io/load-balancer-cleanup")
+}
+
+/// Poll `check` until it returns `Some`, or panic after `secs` seconds.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {secs}s waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Run a test body under a timeout.
+pub async fn within<F: Future<Output = ()>>(secs: u64, body: F) {
+    tokio::time::timeout(Duration::from_secs(secs), body)
+        .await
+        .expect("test timed out");
+}

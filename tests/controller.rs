@@ -1,0 +1,631 @@
+//! The controller through a real kube::Client over HTTP against the API
+//! stand-in, with a recording provider.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use kube::api::{Patch, PatchParams};
+use portico::builders::{node, svc};
+use portico::status::CONDITION_TYPE;
+use portico_provider::testing::{Effect, Op, RecordingProvider};
+use portico_provider::{ClusterName, LoadBalancerKey, LoadBalancerSpec, ProviderError};
+
+#[tokio::test]
+async fn create_update_delete() {
+    within(60, async {
+        let env = Env::start(2).await;
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+
+        let ready = eventually("EXTERNAL-IP", 20, || async {
+            env.get("web").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        assert!(
+            has_finalizer(&ready),
+            "finalizer added before the cloud call"
+        );
+        assert_eq!(
+            condition(&ready, CONDITION_TYPE),
+            Some(("True".into(), "Ready".into()))
+        );
+        let spec = env
+            .provider()
+            .spec_for("default", "web")
+            .expect("balancer exists");
+        assert_eq!(spec.targets.len(), 2, "both nodes are targets");
+        assert_eq!(spec.key.cluster.as_str(), "test-cluster");
+        eventually("events", 10, || async {
+            (env.has_event("web", "EnsuringLoadBalancer").await
+                && env.has_event("web", "EnsuredLoadBalancer").await)
+                .then_some(())
+        })
+        .await;
+
+        // A port change reaches the provider.
+        let patch = serde_json::json!({"spec": {"ports": [
+            {"name": "http", "port": 80, "nodePort": 30080, "protocol": "TCP"},
+            {"name": "https", "port": 443, "nodePort": 30443, "protocol": "TCP"}]}});
+        env.services()
+            .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch");
+        eventually("two listeners", 20, || async {
+            env.provider()
+                .spec_for("default", "web")
+                .filter(|s| s.listeners.len() == 2)
+        })
+        .await;
+
+        env.delete("web").await;
+        eventually("Service gone", 20, || async {
+            env.get("web").await.is_none().then_some(())
+        })
+        .await;
+        assert!(
+            env.provider().spec_for("default", "web").is_none(),
+            "balancer deleted before the finalizer went"
+        );
+        assert!(env.provider().balancers().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn steady_state_makes_no_writes_and_few_calls() {
+    within(60, async {
+        let env = Env::start(2).await;
+        env.create(svc("default", "quiet").lb().port(80, 30080).build())
+            .await;
+        eventually("ready", 20, || async {
+            env.get("quiet")
+                .await
+                .filter(|s| condition(s, CONDITION_TYPE).is_some() && ingress_ip(s).is_some())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ensures = env
+            .provider()
+            .calls()
+            .iter()
+            .filter(|c| c.op == Op::Ensure)
+            .count();
+        assert!(
+            ensures <= 2,
+            "one create should need at most 2 ensures (no reconcile loop), saw {ensures}"
+        );
+
+        env.server.clear_requests();
+        env.provider().clear_calls();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let writes: Vec<_> = env
+            .server
+            .requests()
+            .into_iter()
+            .filter(|r| r.is_write())
+            .collect();
+        assert!(
+            writes.is_empty(),
+            "steady state wrote to the API: {writes:?}"
+        );
+        // Only the periodic orphan scan (list_owned) runs at rest.
+        let calls: Vec<_> = env
+            .provider()
+            .calls()
+            .into_iter()
+            .filter(|c| c.op != Op::ListOwned)
+            .collect();
+        assert!(
+            calls.is_empty(),
+            "steady state called the provider: {calls:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn node_changes_follow_and_heartbeats_do_nothing() {
+    within(60, async {
+        let env = Env::start(2).await;
+        env.create(svc("default", "web").lb().port(80, 30080).build()).await;
+        env.create(svc("default", "other").type_("ClusterIP").port(80, 30081).build()).await;
+        eventually("ready", 20, || async { env.get("web").await.filter(|s| ingress_ip(s).is_some()) }).await;
+
+        env.add_node("node-9", "10.0.0.99").await;
+        eventually("new node is a target", 20, || async {
+            env.provider().spec_for("default", "web").filter(|s| s.targets.len() == 3)
+        })
+        .await;
+
+        // Heartbeat-like changes (conditions, readiness) change nothing.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        env.provider().clear_calls();
+        let flapping = node("node-9").ip("10.0.0.99").not_ready().build();
+        env.nodes()
+            .patch_status("node-9", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": flapping.status})))
+            .await
+            .expect("status patch");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let reconciles: Vec<_> = env.provider().calls().into_iter().filter(|c| c.op != Op::ListOwned).collect();
+        assert!(reconciles.is_empty(), "a readiness flap reconciled: {reconciles:?}");
+
+        // Excluding a node removes it; only the LB Service is reconciled.
+        let label = serde_json::json!({"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": "true"}}});
+        env.nodes().patch("node-0", &PatchParams::default(), &Patch::Merge(&label)).await.expect("label");
+        let spec = eventually("excluded node leaves", 20, || async {
+            env.provider().spec_for("default", "web").filter(|s| s.targets.len() == 2)
+        })
+        .await;
+        assert!(spec.targets.iter().all(|t| t.node_name != "node-0"));
+        eventually("UpdatedLoadBalancer event", 10, || async {
+            env.has_event("web", "UpdatedLoadBalancer").await.then_some(())
+        })
+        .await;
+        let keys: Vec<_> = env.provider().calls().into_iter().filter_map(|c| c.key).map(|k| k.name).collect();
+        assert!(keys.iter().all(|k| k == "web"), "only the LB Service is touched: {keys:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn class_filtering() {
+    within(60, async {
+        let env = Env::start(1).await;
+        env.create(
+            svc("default", "mine")
+                .lb()
+                .class(CLASS)
+                .port(80, 30080)
+                .build(),
+        )
+        .await;
+        env.create(
+            svc("default", "theirs")
+                .lb()
+                .class("example.com/other")
+                .port(80, 30081)
+                .build(),
+        )
+        .await;
+        env.create(svc("default", "classless").lb().port(80, 30082).build())
+            .await;
+        eventually("ours ready", 20, || async {
+            env.get("mine").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        eventually("class-less ready", 20, || async {
+            env.get("classless")
+                .await
+                .filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let theirs = env.get("theirs").await.expect("exists");
+        assert!(
+            !has_finalizer(&theirs),
+            "no finalizer on another class's Service"
+        );
+        assert!(ingress_ip(&theirs).is_none());
+        assert!(
+            env.provider().spec_for("default", "theirs").is_none(),
+            "no balancer for another class"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn classless_services_left_alone_when_not_default() {
+    within(60, async {
+        let env = Env::api_only(1).await;
+        let config = portico::config::ControllerConfig {
+            claim_classless: false,
+            ..test_config()
+        };
+        let replica = Replica::start(env.client.clone(), RecordingProvider::new(), config, None);
+        env.create(
+            svc("default", "mine")
+                .lb()
+                .class(CLASS)
+                .port(80, 30080)
+                .build(),
+        )
+        .await;
+        env.create(svc("default", "classless").lb().port(80, 30082).build())
+            .await;
+        eventually("ours ready", 20, || async {
+            env.get("mine").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(replica.provider.spec_for("default", "classless").is_none());
+        replica.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn type_change_cleans_up() {
+    within(60, async {
+        let env = Env::start(1).await;
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        eventually("ready", 20, || async {
+            env.get("web").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        let patch = serde_json::json!({"spec": {"type": "ClusterIP"}});
+        env.services()
+            .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch");
+        let svc = eventually("released", 20, || async {
+            env.get("web")
+                .await
+                .filter(|s| !has_finalizer(s) && ingress_ip(s).is_none())
+        })
+        .await;
+        assert!(env.provider().balancers().is_empty(), "balancer deleted");
+        assert_eq!(condition(&svc, CONDITION_TYPE), None, "condition removed");
+        assert!(env.has_event("web", "DeletedLoadBalancer").await);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_input_is_reported_and_others_keep_working() {
+    within(60, async {
+        let env = Env::start(1).await;
+        env.create(
+            svc("default", "bad")
+                .lb()
+                .port(80, 30080)
+                .annotation("test.portico.io/weight", "heavy")
+                .build(),
+        )
+        .await;
+        env.create(
+            svc("default", "ranges")
+                .lb()
+                .port(80, 30081)
+                .source_range("10.0.0.0/33")
+                .build(),
+        )
+        .await;
+        env.create(svc("default", "good").lb().port(80, 30082).build())
+            .await;
+
+        eventually("good served", 20, || async {
+            env.get("good").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        let bad = eventually("bad has a condition", 20, || async {
+            env.get("bad")
+                .await
+                .filter(|s| condition(s, CONDITION_TYPE).is_some())
+        })
+        .await;
+        assert_eq!(
+            condition(&bad, CONDITION_TYPE),
+            Some(("False".into(), "InvalidSpec".into()))
+        );
+        let events = env.events("bad").await;
+        let warning = events
+            .iter()
+            .find(|(t, r, _)| t == "Warning" && r == "SyncLoadBalancerFailed")
+            .expect("warning event");
+        assert!(
+            warning
+                .2
+                .contains("metadata.annotations[test.portico.io/weight]"),
+            "event names the field: {}",
+            warning.2
+        );
+        eventually("ranges rejected", 20, || async {
+            let events = env.events("ranges").await;
+            events
+                .iter()
+                .any(|(_, _, n)| n.contains("spec.loadBalancerSourceRanges[0]"))
+                .then_some(())
+        })
+        .await;
+        assert!(
+            env.provider().spec_for("default", "bad").is_none(),
+            "no cloud state for a bad Service"
+        );
+        assert!(env.provider().spec_for("default", "ranges").is_none());
+        assert!(
+            !env.provider()
+                .calls()
+                .iter()
+                .any(|c| c.key.as_ref().is_some_and(|k| k.name == "bad"))
+        );
+
+        // Fixing the annotation makes it work.
+        let fix = serde_json::json!({"metadata": {"annotations": {"test.portico.io/weight": "5"}}});
+        env.services()
+            .patch("bad", &PatchParams::default(), &Patch::Merge(&fix))
+            .await
+            .expect("patch");
+        let fixed = eventually("fixed", 20, || async {
+            env.get("bad").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        assert_eq!(
+            condition(&fixed, CONDITION_TYPE),
+            Some(("True".into(), "Ready".into()))
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn provider_errors_back_off_and_recover() {
+    within(60, async {
+        let env = Env::api_only(1).await;
+        let provider = RecordingProvider::new();
+        provider.fail_next([
+            ProviderError::Throttled {
+                retry_after: Some(Duration::from_millis(100)),
+            },
+            ProviderError::transient("cloud hiccup"),
+        ]);
+        let replica = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        let svc = eventually("recovered", 20, || async {
+            env.get("web").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        assert_eq!(
+            condition(&svc, CONDITION_TYPE),
+            Some(("True".into(), "Ready".into()))
+        );
+        assert!(
+            env.has_event("web", "SyncLoadBalancerFailed").await,
+            "failures were reported"
+        );
+        let failed = provider.calls().iter().filter(|c| c.failed).count();
+        assert_eq!(failed, 2);
+        assert_eq!(provider.creates(), 1);
+        replica.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_eligible_nodes_is_reported() {
+    within(60, async {
+        let env = Env::start(0).await;
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        let svc = eventually("condition", 20, || async {
+            env.get("web")
+                .await
+                .filter(|s| condition(s, CONDITION_TYPE).is_some())
+        })
+        .await;
+        assert_eq!(
+            condition(&svc, CONDITION_TYPE),
+            Some(("False".into(), "NoEligibleNodes".into()))
+        );
+        assert!(env.has_event("web", "UnAvailableLoadBalancer").await);
+        env.add_node("late", "10.0.0.50").await;
+        eventually("ready once a node joins", 20, || async {
+            env.get("web")
+                .await
+                .filter(|s| condition(s, CONDITION_TYPE) == Some(("True".into(), "Ready".into())))
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn watch_disconnects_are_survived() {
+    within(60, async {
+        let env = Env::start(1).await;
+        env.create(svc("default", "before").lb().port(80, 30080).build())
+            .await;
+        eventually("first", 20, || async {
+            env.get("before").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        env.server.disconnect_watches();
+        env.create(svc("default", "after").lb().port(80, 30081).build())
+            .await;
+        env.server.disconnect_watches();
+        env.add_node("node-new", "10.0.0.77").await;
+        eventually("after disconnects", 20, || async {
+            env.get("after").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        eventually("node seen after disconnect", 20, || async {
+            env.provider()
+                .spec_for("default", "after")
+                .filter(|s| s.targets.len() == 2)
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn restart_between_cloud_create_and_status_makes_no_second_balancer() {
+    within(60, async {
+        let env = Env::api_only(1).await;
+        let provider = RecordingProvider::new();
+        // Slow status writes are not needed: kill the replica the moment the cloud call returns.
+        let ensured = provider.ensured();
+        let first = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
+        let waiter = ensured.notified();
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        waiter.await;
+        first.kill();
+        assert_eq!(provider.creates(), 1);
+
+        let second = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
+        eventually("status written by the restarted controller", 20, || async {
+            env.get("web").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        assert_eq!(provider.creates(), 1, "restart made a second balancer");
+        assert_eq!(provider.balancers().len(), 1);
+        second.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn balancer_made_before_a_crash_is_adopted() {
+    within(60, async {
+        let env = Env::api_only(1).await;
+        let created = env
+            .create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        // As if a previous controller made the balancer and died before writing status.
+        let provider = RecordingProvider::new();
+        let key = LoadBalancerKey::new(
+            ClusterName::new("test-cluster"),
+            "default",
+            "web",
+            created.metadata.uid.clone().expect("uid"),
+        );
+        let mut spec = LoadBalancerSpec::new(key);
+        spec.listeners = vec![portico_provider::Listener {
+            port: 80,
+            protocol: portico_provider::Protocol::Tcp,
+            node_port: 30080,
+            name: Some("tcp-80".into()),
+        }];
+        provider.insert(spec);
+        let replica = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
+        eventually("adopted", 20, || async {
+            env.get("web").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        assert_eq!(
+            provider.creates(),
+            0,
+            "existing balancer adopted, not re-created"
+        );
+        assert!(
+            provider
+                .calls()
+                .iter()
+                .any(|c| c.op == Op::Ensure && c.effect == Effect::Updated),
+            "targets converged"
+        );
+        replica.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn orphans_are_collected() {
+    within(60, async {
+        let env = Env::api_only(1).await;
+        let kept = env
+            .create(svc("default", "kept").lb().port(80, 30080).build())
+            .await;
+        let provider = RecordingProvider::new();
+        let cluster = ClusterName::new("test-cluster");
+        let orphan = LoadBalancerKey::new(cluster.clone(), "default", "gone", "uid-gone");
+        let recreated = LoadBalancerKey::new(cluster.clone(), "default", "kept", "old-uid");
+        let foreign = LoadBalancerKey::new(
+            ClusterName::new("other-cluster"),
+            "default",
+            "gone",
+            "uid-x",
+        );
+        for key in [&orphan, &recreated, &foreign] {
+            provider.insert(LoadBalancerSpec::new(key.clone()));
+        }
+        let replica = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
+        eventually("orphans deleted", 20, || async {
+            let left = provider.balancers();
+            (!left.contains(&orphan) && !left.contains(&recreated)).then_some(())
+        })
+        .await;
+        eventually("live Service served", 20, || async {
+            env.get("kept").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        let left = provider.balancers();
+        assert!(
+            left.contains(&foreign),
+            "another cluster's balancer is never touched"
+        );
+        assert!(
+            left.iter()
+                .any(|k| k.uid == kept.metadata.uid.clone().expect("uid"))
+        );
+        replica.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn leader_election_one_acts_other_takes_over() {
+    within(90, async {
+        let env = Env::api_only(1).await;
+        let lease = |id: &str| {
+            let mut l = portico::leader::LeaseConfig::new("kube-system", id.into());
+            l.duration = Duration::from_secs(3);
+            l.retry_period = Duration::from_millis(200);
+            l
+        };
+        let a = Replica::start(
+            env.client.clone(),
+            RecordingProvider::new(),
+            test_config(),
+            Some(lease("replica-a")),
+        );
+        eventually("a leads", 10, || async {
+            let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+                kube::Api::namespaced(env.client.clone(), "kube-system");
+            leases
+                .get_opt("portico-controller")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec?.holder_identity)
+                .filter(|h| h == "replica-a")
+        })
+        .await;
+        let b = Replica::start(
+            env.client.clone(),
+            RecordingProvider::new(),
+            test_config(),
+            Some(lease("replica-b")),
+        );
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        eventually("served by a", 20, || async {
+            env.get("web").await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(a.provider.creates() == 1, "leader acts");
+        assert!(
+            b.provider.calls().is_empty(),
+            "standby made cloud calls (even list_owned): {:?}",
+            b.provider.calls()
+        );
+
+        // The leader stops (SIGTERM): it releases the lease and b takes over.
+        let b_provider = b.provider.clone();
+        a.stop().await;
+        env.create(svc("default", "second").lb().port(81, 30081).build())
+            .await;
+        eventually("b serves after takeover", 20, || async {
+            b_provider.spec_for("default", "second")
+        })
+        .await;
+        b.stop().await;
+    })
+    .await;
+}
