@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Every check and test of portico, on a fresh machine: installs what the
+# tests need (cargo-nextest, kubectl + helm, the moto AWS emulator), starts
+# the emulator, then runs fmt, clippy, all tests and the demo end to end.
+#
+#   ./scripts/test.sh
+#
+# Builds go to $CARGO_TARGET_DIR (default ~/.cache/portico-target, outside the
+# clone, so later runs reuse it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/portico-target}"
+export PORTICO_TOOLS="${PORTICO_TOOLS:-$HOME/.cache/portico-tools}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+step() { printf '\n=== %s (%s)\n' "$*" "$(date +%T)"; }
+
+step "tools"
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+fi
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+export PATH="$(scripts/tools.sh):$PATH"
+kubectl version --client | head -n 1
+helm version --short
+
+step "moto (AWS emulator)"
+eval "$(scripts/moto.sh start)"
+export AWS_ENDPOINT_URL
+trap 'scripts/moto.sh stop >/dev/null 2>&1 || true' EXIT
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "tests"
+cargo nextest run --workspace --all-features --locked --no-fail-fast
+cargo test --workspace --all-features --locked --doc
+
+step "demo, end to end"
+cargo build --locked --bin portico
+"$CARGO_TARGET_DIR/debug/portico" demo --nodes 3
+
+step "all green"
