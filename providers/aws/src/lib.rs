@@ -1,0 +1,35 @@
+//! The AWS provider of portico: one Network Load Balancer per Service of
+//! type LoadBalancer, with an instance target group per Service port on the
+//! NodePort, converged by diff so that re-ensuring an unchanged Service makes
+//! no mutating AWS call.
+//!
+//! - [`AwsProvider`] implements [`portico_provider::LoadBalancerProvider`].
+//! - [`AwsOptions`] is the typed form of the
+//!   `service.beta.kubernetes.io/aws-load-balancer-*` annotations.
+//! - [`is_owned_by_aws_lb_controller`] tells the controller which Services
+//!   the AWS Load Balancer Controller owns, so portico leaves them alone.
+//! - [`CallCounter`] counts AWS calls by operation and injects faults; tests
+//!   and benchmarks read it through [`AwsProvider::calls`].
+//!
+//! The module split follows "decide, then act": [`options`], `names`,
+//! `subnets` and `plan` are pure; `provider` reads AWS, calls `plan`, and
+//! carries the steps out.
+
+mod counter;
+mod errors;
+mod names;
+pub mod options;
+mod plan;
+mod provider;
+mod subnets;
+
+pub use counter::{CallCounter, CallStats, FaultInjection, FaultKind, is_read_only};
+pub use errors::classify as classify_aws_error;
+pub use names::{load_balancer_name, ownership_tags, target_group_name};
+pub use options::{AwsOptions, is_owned_by_aws_lb_controller};
+pub use provider::{AwsProvider, AwsProviderConfig};
+
+const _: () = {
+    const fn assert_provider<P: portico_provider::LoadBalancerProvider>() {}
+    assert_provider::<AwsProvider>();
+};

@@ -1,0 +1,159 @@
+//! Deterministic AWS names and ownership tags, so a balancer is always found
+//! again from its key.
+
+use std::collections::BTreeMap;
+
+use portico_provider::{ClusterName, LoadBalancerKey, short_hash};
+
+/// AWS's limit for load balancer and target group names.
+pub const MAX_NAME: usize = 32;
+
+pub const TAG_SERVICE_NAME: &str = "kubernetes.io/service-name";
+pub const TAG_CLUSTER: &str = "portico.io/cluster";
+pub const TAG_NAMESPACE: &str = "portico.io/service-namespace";
+pub const TAG_NAME: &str = "portico.io/service-name";
+pub const TAG_UID: &str = "portico.io/service-uid";
+/// The keys of `additional-resource-tags` portico applied, comma-separated,
+/// so that removing one from the annotation removes the tag too, while tags
+/// someone else put on the resources are left alone.
+pub const TAG_ADDITIONAL_KEYS: &str = "portico.io/additional-tag-keys";
+
+/// Every name portico gives starts with this.
+pub const NAME_PREFIX: &str = "k8s-";
+
+/// `kubernetes.io/cluster/<cluster>`, valued `owned` on what portico creates.
+pub fn cluster_tag(cluster: &ClusterName) -> String {
+    format!("kubernetes.io/cluster/{cluster}")
+}
+
+/// The NLB's name: `k8s-<28 hex>`.
+pub fn load_balancer_name(key: &LoadBalancerKey) -> String {
+    key.cloud_name("k8s", MAX_NAME)
+}
+
+/// The part of every target group name of `key`: `k8s-<8 hex>-`, so the
+/// target groups of one Service can be found by name prefix alone.
+pub fn target_group_prefix(key: &LoadBalancerKey) -> String {
+    let h = short_hash(
+        &[key.cluster.as_str(), &key.namespace, &key.name, &key.uid],
+        8,
+    );
+    format!("{NAME_PREFIX}{h}-")
+}
+
+/// A target group name: `k8s-<8 hex of key>-<19 hex of port/protocol/nodePort>`,
+/// exactly 32 characters. Port, protocol and nodePort are what AWS cannot
+/// change on a target group, so a change of any of them is a new name.
+pub fn target_group_name(
+    key: &LoadBalancerKey,
+    port: u16,
+    protocol: &str,
+    node_port: u16,
+) -> String {
+    let prefix = target_group_prefix(key);
+    let rest = short_hash(
+        &[&port.to_string(), protocol, &node_port.to_string()],
+        MAX_NAME - prefix.len(),
+    );
+    format!("{prefix}{rest}")
+}
+
+/// The ownership tags of every resource of `key`.
+pub fn ownership_tags(key: &LoadBalancerKey) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            TAG_SERVICE_NAME.to_string(),
+            format!("{}/{}", key.namespace, key.name),
+        ),
+        (cluster_tag(&key.cluster), "owned".to_string()),
+        (TAG_CLUSTER.to_string(), key.cluster.to_string()),
+        (TAG_NAMESPACE.to_string(), key.namespace.clone()),
+        (TAG_NAME.to_string(), key.name.clone()),
+        (TAG_UID.to_string(), key.uid.clone()),
+    ])
+}
+
+/// The key that tags say owns a resource, if they are this cluster's.
+pub fn key_from_tags(
+    cluster: &ClusterName,
+    tags: &BTreeMap<String, String>,
+) -> Option<LoadBalancerKey> {
+    if tags.get(&cluster_tag(cluster)).map(String::as_str) != Some("owned")
+        || tags.get(TAG_CLUSTER).map(String::as_str) != Some(cluster.as_str())
+    {
+        return None;
+    }
+    Some(LoadBalancerKey::new(
+        cluster.clone(),
+        tags.get(TAG_NAMESPACE)?.clone(),
+        tags.get(TAG_NAME)?.clone(),
+        tags.get(TAG_UID)?.clone(),
+    ))
+}
+
+/// Whether `tags` mark the resource as `key`'s.
+pub fn owned_by(key: &LoadBalancerKey, tags: &BTreeMap<String, String>) -> bool {
+    key_from_tags(&key.cluster, tags).as_ref() == Some(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(uid: &str) -> LoadBalancerKey {
+        LoadBalancerKey::new(ClusterName::new("prod-1"), "team-a", "web", uid)
+    }
+
+    #[test]
+    fn names_are_bounded_deterministic_and_distinct() {
+        let cases = [
+            ("nlb", load_balancer_name(&key("u1")), load_balancer_name(&key("u2"))),
+            (
+                "target group",
+                target_group_name(&key("u1"), 80, "TCP", 30080),
+                target_group_name(&key("u2"), 80, "TCP", 30080),
+            ),
+            (
+                "target group by node port",
+                target_group_name(&key("u1"), 80, "TCP", 30080),
+                target_group_name(&key("u1"), 80, "TCP", 30081),
+            ),
+            (
+                "target group by protocol",
+                target_group_name(&key("u1"), 53, "UDP", 30053),
+                target_group_name(&key("u1"), 53, "TCP_UDP", 30053),
+            ),
+        ];
+        for (desc, a, b) in cases {
+            assert!(a.len() <= MAX_NAME, "{desc}: {a} is {} long", a.len());
+            assert!(a.starts_with(NAME_PREFIX), "{desc}: {a}");
+            assert!(
+                a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !a.ends_with('-'),
+                "{desc}: {a} uses only what AWS allows"
+            );
+            assert_ne!(a, b, "{desc}: differs");
+        }
+        assert_eq!(load_balancer_name(&key("u1")), load_balancer_name(&key("u1")));
+        let tg = target_group_name(&key("u1"), 80, "TCP", 30080);
+        assert_eq!(tg.len(), MAX_NAME);
+        assert!(tg.starts_with(&target_group_prefix(&key("u1"))));
+    }
+
+    #[test]
+    fn tags_round_trip_to_the_key() {
+        let k = key("u1");
+        let tags = ownership_tags(&k);
+        assert_eq!(
+            tags.get("kubernetes.io/service-name").map(String::as_str),
+            Some("team-a/web")
+        );
+        assert_eq!(
+            tags.get("kubernetes.io/cluster/prod-1").map(String::as_str),
+            Some("owned")
+        );
+        assert_eq!(key_from_tags(&k.cluster, &tags), Some(k.clone()));
+        assert!(owned_by(&k, &tags));
+        assert!(!owned_by(&key("u2"), &tags));
+        assert_eq!(key_from_tags(&ClusterName::new("other"), &tags), None);
+    }
+}

@@ -1,0 +1,594 @@
+//! The `service.beta.kubernetes.io/aws-load-balancer-*` annotations, parsed
+//! once into typed [`AwsOptions`] (no raw strings past this module).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use portico_provider::{Annotations, LoadBalancerSpec, ProviderError};
+
+/// The annotation prefix every option here shares.
+pub const PREFIX: &str = "service.beta.kubernetes.io/aws-load-balancer-";
+
+/// The `loadBalancerClass` of the AWS Load Balancer Controller.
+pub const AWS_LB_CONTROLLER_CLASS: &str = "service.k8s.aws/nlb";
+
+fn key(suffix: &str) -> String {
+    format!("{PREFIX}{suffix}")
+}
+
+/// Whether the AWS Load Balancer Controller, not portico, owns this Service:
+/// `aws-load-balancer-type: external` (or `nlb-ip`), or the class
+/// `service.k8s.aws/nlb`. The controller skips such Services entirely.
+pub fn is_owned_by_aws_lb_controller(
+    annotations: &Annotations,
+    load_balancer_class: Option<&str>,
+) -> bool {
+    if load_balancer_class == Some(AWS_LB_CONTROLLER_CLASS) {
+        return true;
+    }
+    matches!(
+        annotations
+            .get(&key("type"))
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("external" | "nlb-ip")
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    InternetFacing,
+    Internal,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InternetFacing => "internet-facing",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpAddressType {
+    Ipv4,
+    Dualstack,
+}
+
+impl IpAddressType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ipv4 => "ipv4",
+            Self::Dualstack => "dualstack",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthProtocol {
+    Tcp,
+    Http,
+    Https,
+}
+
+impl HealthProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Http => "HTTP",
+            Self::Https => "HTTPS",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthPort {
+    TrafficPort,
+    Port(u16),
+}
+
+/// How subnets are chosen for a new NLB.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubnetSelector {
+    /// Discover by `kubernetes.io/role/(internal-)elb` and cluster tags.
+    Discover,
+    /// Subnet ids (`subnet-...`) or `Name` tag values, as listed.
+    Listed(Vec<String>),
+}
+
+/// Health-check overrides from annotations; `None` keeps the default that
+/// follows from the Service's traffic policy.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HealthOverrides {
+    pub protocol: Option<HealthProtocol>,
+    pub port: Option<HealthPort>,
+    pub path: Option<String>,
+    pub interval: Option<i32>,
+    pub timeout: Option<i32>,
+    pub healthy_threshold: Option<i32>,
+    pub unhealthy_threshold: Option<i32>,
+}
+
+/// Every AWS-specific option of one Service, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsOptions {
+    pub scheme: Scheme,
+    pub subnets: SubnetSelector,
+    /// `None`: leave the attribute as AWS has it.
+    pub cross_zone: Option<bool>,
+    pub health: HealthOverrides,
+    pub additional_tags: BTreeMap<String, String>,
+    pub target_node_labels: BTreeMap<String, String>,
+    pub eip_allocations: Vec<String>,
+    pub private_ipv4_addresses: Vec<Ipv4Addr>,
+    pub ip_address_type: IpAddressType,
+}
+
+fn invalid(suffix: &str, reason: impl Into<String>) -> ProviderError {
+    ProviderError::invalid(Annotations::field(&key(suffix)), reason)
+}
+
+/// Tag keys portico reserves for ownership; users may not set them.
+const RESERVED_TAG_PREFIXES: &[&str] = &["kubernetes.io/", "portico.io/", "aws:"];
+
+impl AwsOptions {
+    /// Parse the annotations of `spec`. Pure: no I/O.
+    ///
+    /// # Errors
+    /// [`ProviderError::InvalidSpec`] naming the annotation, or
+    /// [`ProviderError::Unsupported`] for a load balancer type other than NLB.
+    pub fn parse(spec: &LoadBalancerSpec) -> Result<Self, ProviderError> {
+        let a = &spec.annotations;
+
+        if let Some(raw) = a.get(&key("type")) {
+            match raw.to_ascii_lowercase().as_str() {
+                "nlb" => {}
+                "external" | "nlb-ip" => {
+                    return Err(ProviderError::Unsupported {
+                        what: format!(
+                            "{}={raw}: this Service belongs to the AWS Load Balancer Controller",
+                            key("type")
+                        ),
+                    });
+                }
+                _ => {
+                    return Err(invalid(
+                        "type",
+                        format!("{raw:?}: portico builds only Network Load Balancers (nlb)"),
+                    ));
+                }
+            }
+        }
+
+        let internal = a.parse_bool(&key("internal"))?;
+        let scheme_annotation = match a.get(&key("scheme")) {
+            None => None,
+            Some("internet-facing") => Some(Scheme::InternetFacing),
+            Some("internal") => Some(Scheme::Internal),
+            Some(raw) => {
+                return Err(invalid(
+                    "scheme",
+                    format!("{raw:?} is neither internet-facing nor internal"),
+                ));
+            }
+        };
+        let scheme = match (internal, scheme_annotation) {
+            (Some(true), Some(Scheme::InternetFacing)) => {
+                return Err(invalid(
+                    "scheme",
+                    format!("internet-facing contradicts {}=true", key("internal")),
+                ));
+            }
+            (_, Some(s)) => s,
+            (Some(true), None) => Scheme::Internal,
+            _ => Scheme::InternetFacing,
+        };
+
+        let subnets = match a.list(&key("subnets")) {
+            None => SubnetSelector::Discover,
+            Some(items) if items.is_empty() => {
+                return Err(invalid("subnets", "lists no subnet"));
+            }
+            Some(items) => SubnetSelector::Listed(items),
+        };
+
+        let cross_zone = a.parse_bool(&key("cross-zone-load-balancing-enabled"))?;
+
+        let protocol = match a
+            .get(&key("healthcheck-protocol"))
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None => None,
+            Some("tcp") => Some(HealthProtocol::Tcp),
+            Some("http") => Some(HealthProtocol::Http),
+            Some("https") => Some(HealthProtocol::Https),
+            Some(other) => {
+                return Err(invalid(
+                    "healthcheck-protocol",
+                    format!("{other:?} is not tcp, http or https"),
+                ));
+            }
+        };
+        let port = match a.get(&key("healthcheck-port")) {
+            None => None,
+            Some("traffic-port") => Some(HealthPort::TrafficPort),
+            Some(raw) => match raw.parse::<u16>() {
+                Ok(p) if p > 0 => Some(HealthPort::Port(p)),
+                _ => {
+                    return Err(invalid(
+                        "healthcheck-port",
+                        format!("{raw:?} is neither a port (1..=65535) nor traffic-port"),
+                    ));
+                }
+            },
+        };
+        let path = match a.get(&key("healthcheck-path")) {
+            None => None,
+            Some(p) if p.starts_with('/') && p.len() <= 1024 => Some(p.to_string()),
+            Some(p) => {
+                return Err(invalid(
+                    "healthcheck-path",
+                    format!("{p:?} must start with / and be at most 1024 characters"),
+                ));
+            }
+        };
+        let range = |suffix: &str, min: i64, max: i64| -> Result<Option<i32>, ProviderError> {
+            Ok(a.parse_in_range(&key(suffix), min, max)?
+                .and_then(|v| i32::try_from(v).ok()))
+        };
+        let health = HealthOverrides {
+            protocol,
+            port,
+            path,
+            interval: range("healthcheck-interval", 5, 300)?,
+            timeout: range("healthcheck-timeout", 2, 120)?,
+            healthy_threshold: range("healthcheck-healthy-threshold", 2, 10)?,
+            unhealthy_threshold: range("healthcheck-unhealthy-threshold", 2, 10)?,
+        };
+        if let (Some(interval), Some(timeout)) = (health.interval, health.timeout)
+            && timeout >= interval
+        {
+            return Err(invalid(
+                "healthcheck-timeout",
+                format!("{timeout}s must be shorter than the interval ({interval}s)"),
+            ));
+        }
+        if health.path.is_some() && health.protocol == Some(HealthProtocol::Tcp) {
+            return Err(invalid(
+                "healthcheck-path",
+                "a path needs healthcheck-protocol http or https, not tcp",
+            ));
+        }
+
+        let additional_tags = a
+            .key_values(&key("additional-resource-tags"))?
+            .unwrap_or_default();
+        for (k, v) in &additional_tags {
+            if RESERVED_TAG_PREFIXES.iter().any(|p| k.starts_with(p)) {
+                return Err(invalid(
+                    "additional-resource-tags",
+                    format!("tag key {k:?} is reserved for ownership tags"),
+                ));
+            }
+            if k.len() > 128 || v.len() > 256 {
+                return Err(invalid(
+                    "additional-resource-tags",
+                    format!("tag {k:?} is too long (keys up to 128, values up to 256 characters)"),
+                ));
+            }
+        }
+        let target_node_labels = a
+            .key_values(&key("target-node-labels"))?
+            .unwrap_or_default();
+
+        let eip_allocations = a.list(&key("eip-allocations")).unwrap_or_default();
+        if let Some(bad) = eip_allocations.iter().find(|e| !e.starts_with("eipalloc-")) {
+            return Err(invalid(
+                "eip-allocations",
+                format!("{bad:?} is not an allocation id (eipalloc-...)"),
+            ));
+        }
+        if !eip_allocations.is_empty() && scheme == Scheme::Internal {
+            return Err(invalid(
+                "eip-allocations",
+                "elastic IPs need an internet-facing load balancer",
+            ));
+        }
+        let mut private_ipv4_addresses = Vec::new();
+        for raw in a.list(&key("private-ipv4-addresses")).unwrap_or_default() {
+            let ip: Ipv4Addr = raw.parse().map_err(|_| {
+                invalid(
+                    "private-ipv4-addresses",
+                    format!("{raw:?} is not an IPv4 address"),
+                )
+            })?;
+            private_ipv4_addresses.push(ip);
+        }
+        if !private_ipv4_addresses.is_empty() && scheme != Scheme::Internal {
+            return Err(invalid(
+                "private-ipv4-addresses",
+                "private addresses need an internal load balancer",
+            ));
+        }
+        if let SubnetSelector::Listed(subnets) = &subnets {
+            for (suffix, n) in [
+                ("eip-allocations", eip_allocations.len()),
+                ("private-ipv4-addresses", private_ipv4_addresses.len()),
+            ] {
+                if n > 0 && n != subnets.len() {
+                    return Err(invalid(
+                        suffix,
+                        format!(
+                            "{n} given for {} subnets: one per subnet is required",
+                            subnets.len()
+                        ),
+                    ));
+                }
+            }
+        }
+
+        let ip_address_type = match a
+            .get(&key("ip-address-type"))
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("ipv4") => IpAddressType::Ipv4,
+            Some("dualstack") => IpAddressType::Dualstack,
+            Some(other) => {
+                return Err(invalid(
+                    "ip-address-type",
+                    format!("{other:?} is neither ipv4 nor dualstack"),
+                ));
+            }
+        };
+
+        Ok(Self {
+            scheme,
+            subnets,
+            cross_zone,
+            health,
+            additional_tags,
+            target_node_labels,
+            eip_allocations,
+            private_ipv4_addresses,
+            ip_address_type,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_provider::{ClusterName, LoadBalancerKey};
+
+    fn spec(pairs: &[(&str, &str)]) -> LoadBalancerSpec {
+        let mut spec = LoadBalancerSpec::new(LoadBalancerKey::new(
+            ClusterName::new("c"),
+            "ns",
+            "svc",
+            "uid",
+        ));
+        spec.annotations = Annotations::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (key(k), v.to_string()))
+                .collect(),
+        );
+        spec
+    }
+
+    #[test]
+    fn defaults_without_annotations() {
+        let o = AwsOptions::parse(&spec(&[])).expect("no annotations is valid");
+        assert_eq!(o.scheme, Scheme::InternetFacing);
+        assert_eq!(o.subnets, SubnetSelector::Discover);
+        assert_eq!(o.cross_zone, None);
+        assert_eq!(o.health, HealthOverrides::default());
+        assert_eq!(o.ip_address_type, IpAddressType::Ipv4);
+    }
+
+    #[test]
+    fn good_annotations_parse() {
+        type Check = fn(&AwsOptions) -> bool;
+        let cases: &[(&str, &[(&str, &str)], Check)] = &[
+            ("type nlb", &[("type", "nlb")], |_| true),
+            ("internal", &[("internal", "true")], |o| {
+                o.scheme == Scheme::Internal
+            }),
+            ("internal false", &[("internal", "false")], |o| {
+                o.scheme == Scheme::InternetFacing
+            }),
+            ("scheme internal", &[("scheme", "internal")], |o| {
+                o.scheme == Scheme::Internal
+            }),
+            ("subnets", &[("subnets", "subnet-1, public-a")], |o| {
+                o.subnets == SubnetSelector::Listed(vec!["subnet-1".into(), "public-a".into()])
+            }),
+            (
+                "cross zone",
+                &[("cross-zone-load-balancing-enabled", "true")],
+                |o| o.cross_zone == Some(true),
+            ),
+            ("hc protocol", &[("healthcheck-protocol", "HTTP")], |o| {
+                o.health.protocol == Some(HealthProtocol::Http)
+            }),
+            ("hc port", &[("healthcheck-port", "8080")], |o| {
+                o.health.port == Some(HealthPort::Port(8080))
+            }),
+            ("hc traffic-port", &[("healthcheck-port", "traffic-port")], |o| {
+                o.health.port == Some(HealthPort::TrafficPort)
+            }),
+            ("hc path", &[("healthcheck-path", "/ready")], |o| {
+                o.health.path.as_deref() == Some("/ready")
+            }),
+            ("hc interval", &[("healthcheck-interval", "30")], |o| {
+                o.health.interval == Some(30)
+            }),
+            ("hc timeout", &[("healthcheck-timeout", "4")], |o| {
+                o.health.timeout == Some(4)
+            }),
+            ("hc healthy", &[("healthcheck-healthy-threshold", "2")], |o| {
+                o.health.healthy_threshold == Some(2)
+            }),
+            (
+                "hc unhealthy",
+                &[("healthcheck-unhealthy-threshold", "10")],
+                |o| o.health.unhealthy_threshold == Some(10),
+            ),
+            (
+                "tags",
+                &[("additional-resource-tags", "team=web, env=prod")],
+                |o| o.additional_tags.get("env").map(String::as_str) == Some("prod"),
+            ),
+            (
+                "node labels",
+                &[("target-node-labels", "pool=edge")],
+                |o| o.target_node_labels.len() == 1,
+            ),
+            (
+                "eips",
+                &[
+                    ("subnets", "subnet-a,subnet-b"),
+                    ("eip-allocations", "eipalloc-1,eipalloc-2"),
+                ],
+                |o| o.eip_allocations.len() == 2,
+            ),
+            (
+                "private ips",
+                &[
+                    ("internal", "true"),
+                    ("subnets", "subnet-a"),
+                    ("private-ipv4-addresses", "10.0.1.10"),
+                ],
+                |o| o.private_ipv4_addresses == vec![Ipv4Addr::new(10, 0, 1, 10)],
+            ),
+            ("dualstack", &[("ip-address-type", "dualstack")], |o| {
+                o.ip_address_type == IpAddressType::Dualstack
+            }),
+        ];
+        for (desc, pairs, check) in cases {
+            let o = AwsOptions::parse(&spec(pairs)).unwrap_or_else(|e| panic!("{desc}: {e}"));
+            assert!(check(&o), "{desc}: {o:?}");
+        }
+    }
+
+    #[test]
+    fn bad_annotations_name_the_annotation() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("type alb", &[("type", "alb")], "type"),
+            ("internal yes", &[("internal", "yes")], "internal"),
+            ("scheme bogus", &[("scheme", "public")], "scheme"),
+            (
+                "scheme contradicts internal",
+                &[("internal", "true"), ("scheme", "internet-facing")],
+                "scheme",
+            ),
+            ("empty subnets", &[("subnets", " , ")], "subnets"),
+            (
+                "cross zone",
+                &[("cross-zone-load-balancing-enabled", "maybe")],
+                "cross-zone-load-balancing-enabled",
+            ),
+            (
+                "hc protocol",
+                &[("healthcheck-protocol", "udp")],
+                "healthcheck-protocol",
+            ),
+            ("hc port", &[("healthcheck-port", "0")], "healthcheck-port"),
+            ("hc port word", &[("healthcheck-port", "http")], "healthcheck-port"),
+            ("hc path", &[("healthcheck-path", "healthz")], "healthcheck-path"),
+            (
+                "hc path with tcp",
+                &[("healthcheck-protocol", "tcp"), ("healthcheck-path", "/x")],
+                "healthcheck-path",
+            ),
+            ("hc interval low", &[("healthcheck-interval", "4")], "healthcheck-interval"),
+            ("hc interval high", &[("healthcheck-interval", "301")], "healthcheck-interval"),
+            ("hc timeout", &[("healthcheck-timeout", "1")], "healthcheck-timeout"),
+            (
+                "hc timeout over interval",
+                &[("healthcheck-interval", "10"), ("healthcheck-timeout", "10")],
+                "healthcheck-timeout",
+            ),
+            (
+                "hc healthy",
+                &[("healthcheck-healthy-threshold", "11")],
+                "healthcheck-healthy-threshold",
+            ),
+            (
+                "hc unhealthy",
+                &[("healthcheck-unhealthy-threshold", "1")],
+                "healthcheck-unhealthy-threshold",
+            ),
+            (
+                "tags not kv",
+                &[("additional-resource-tags", "team")],
+                "additional-resource-tags",
+            ),
+            (
+                "tags reserved",
+                &[("additional-resource-tags", "kubernetes.io/x=1")],
+                "additional-resource-tags",
+            ),
+            (
+                "labels not kv",
+                &[("target-node-labels", "=x")],
+                "target-node-labels",
+            ),
+            ("eip id", &[("eip-allocations", "1.2.3.4")], "eip-allocations"),
+            (
+                "eip count",
+                &[("subnets", "subnet-a,subnet-b"), ("eip-allocations", "eipalloc-1")],
+                "eip-allocations",
+            ),
+            (
+                "eip internal",
+                &[("internal", "true"), ("eip-allocations", "eipalloc-1")],
+                "eip-allocations",
+            ),
+            (
+                "private ip bad",
+                &[("internal", "true"), ("private-ipv4-addresses", "10.0.0")],
+                "private-ipv4-addresses",
+            ),
+            (
+                "private ip public",
+                &[("private-ipv4-addresses", "10.0.0.1")],
+                "private-ipv4-addresses",
+            ),
+            ("ip type", &[("ip-address-type", "ipv6")], "ip-address-type"),
+        ];
+        for (desc, pairs, suffix) in cases {
+            let err = AwsOptions::parse(&spec(pairs)).expect_err(desc);
+            let want = format!("metadata.annotations[{}]", key(suffix));
+            match &err {
+                ProviderError::InvalidSpec { field, .. } => {
+                    assert_eq!(field, &want, "{desc}: {err}");
+                }
+                other => panic!("{desc}: expected InvalidSpec, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn external_type_is_unsupported_and_detected() {
+        let s = spec(&[("type", "external")]);
+        assert!(matches!(
+            AwsOptions::parse(&s),
+            Err(ProviderError::Unsupported { .. })
+        ));
+        assert!(is_owned_by_aws_lb_controller(&s.annotations, None));
+        let plain = spec(&[]);
+        assert!(!is_owned_by_aws_lb_controller(&plain.annotations, None));
+        assert!(is_owned_by_aws_lb_controller(
+            &plain.annotations,
+            Some("service.k8s.aws/nlb")
+        ));
+        assert!(!is_owned_by_aws_lb_controller(
+            &spec(&[("type", "nlb")]).annotations,
+            Some("portico.io/lb")
+        ));
+    }
+}

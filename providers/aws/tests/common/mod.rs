@@ -1,0 +1,260 @@
+//! Test setup against an AWS endpoint (moto by default; see `scripts/moto.sh`):
+//! a VPC with role-tagged subnets in two zones and EC2 instances to use as
+//! targets, all unique to one harness so tests can share the emulator.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ec2 as ec2;
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_elasticloadbalancingv2 as elb;
+use portico_aws::{AwsProvider, AwsProviderConfig, FaultInjection, FaultKind};
+use portico_provider::conformance::{Faults, Harness};
+use portico_provider::{ClusterName, Target};
+use tokio::sync::Mutex;
+
+pub const REGION: &str = "us-east-1";
+pub const ZONES: [&str; 2] = ["us-east-1a", "us-east-1b"];
+
+/// The emulator's URL, or `None` (after saying so) when tests must skip.
+pub fn endpoint() -> Option<String> {
+    match std::env::var("AWS_ENDPOINT_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipped: AWS_ENDPOINT_URL not set (run scripts/moto.sh start)");
+            None
+        }
+    }
+}
+
+pub fn skip() -> bool {
+    endpoint().is_none()
+}
+
+/// Static test credentials and a short retry backoff: never the instance
+/// metadata service, never real credentials.
+pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(elb::config::Credentials::new(
+            "testing", "testing", None, None, "portico-tests",
+        ))
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(5)
+                .with_initial_backoff(Duration::from_millis(10))
+                .with_max_backoff(Duration::from_millis(200)),
+        )
+        .load()
+        .await
+}
+
+pub struct Instance {
+    pub id: String,
+    pub zone: String,
+}
+
+pub struct AwsHarness {
+    pub provider: AwsProvider,
+    pub cluster: ClusterName,
+    pub ec2: ec2::Client,
+    pub elb: elb::Client,
+    pub vpc_id: String,
+    pub subnets: Vec<(String, String)>,
+    instances: Mutex<Vec<Instance>>,
+}
+
+fn tag(k: &str, v: &str) -> Tag {
+    Tag::builder().key(k).value(v).build()
+}
+
+impl AwsHarness {
+    pub async fn start() -> Self {
+        Self::with_options(true).await
+    }
+
+    /// `discoverable`: tag the subnets for discovery (else tests must name them).
+    pub async fn with_options(discoverable: bool) -> Self {
+        let endpoint = endpoint().expect("AWS_ENDPOINT_URL");
+        let sdk = sdk_config(&endpoint).await;
+        let uid = uuid::Uuid::new_v4().simple().to_string();
+        let cluster = ClusterName::new(format!("c-{}", &uid[..10]));
+        let ec2 = ec2::Client::new(&sdk);
+        let elb = elb::Client::new(&sdk);
+
+        let octet = u8::from_str_radix(&uid[..2], 16).unwrap_or(1);
+        let vpc = ec2
+            .create_vpc()
+            .cidr_block(format!("10.{octet}.0.0/16"))
+            .send()
+            .await
+            .expect("create vpc");
+        let vpc_id = vpc
+            .vpc()
+            .and_then(|v| v.vpc_id())
+            .expect("vpc id")
+            .to_string();
+        let mut subnets = Vec::new();
+        for (i, zone) in ZONES.iter().enumerate() {
+            let mut tags = vec![tag("Name", &format!("{cluster}-public-{i}"))];
+            if discoverable {
+                tags.push(tag("kubernetes.io/role/elb", "1"));
+                tags.push(tag(&format!("kubernetes.io/cluster/{cluster}"), "shared"));
+            }
+            let out = ec2
+                .create_subnet()
+                .vpc_id(&vpc_id)
+                .cidr_block(format!("10.{octet}.{i}.0/24"))
+                .availability_zone(*zone)
+                .tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::Subnet)
+                        .set_tags(Some(tags))
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("create subnet");
+            let id = out
+                .subnet()
+                .and_then(|s| s.subnet_id())
+                .expect("subnet id")
+                .to_string();
+            subnets.push((id, zone.to_string()));
+        }
+        let mut config = AwsProviderConfig::new(cluster.as_str());
+        config.region = Some(REGION.into());
+        config.endpoint_url = Some(endpoint);
+        config.vpc_id = Some(vpc_id.clone());
+        let provider = AwsProvider::from_sdk_config(config, &sdk);
+        Self {
+            provider,
+            cluster,
+            ec2,
+            elb,
+            vpc_id,
+            subnets,
+            instances: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Make sure at least `n` instances exist, spread over both zones.
+    pub async fn instances(&self, n: usize) -> Vec<(String, String)> {
+        let mut have = self.instances.lock().await;
+        while have.len() < n {
+            let zone_idx = have.len() % 2;
+            let (subnet, zone) = &self.subnets[zone_idx];
+            let missing = n - have.len();
+            let count = missing.div_ceil(2).max(1).min(missing);
+            let out = self
+                .ec2
+                .run_instances()
+                .image_id("ami-12c6146b")
+                .instance_type(ec2::types::InstanceType::T3Micro)
+                .subnet_id(subnet)
+                .min_count(count as i32)
+                .max_count(count as i32)
+                .send()
+                .await
+                .expect("run instances");
+            for i in out.instances() {
+                have.push(Instance {
+                    id: i.instance_id().expect("instance id").to_string(),
+                    zone: zone.clone(),
+                });
+            }
+        }
+        have.iter()
+            .take(n)
+            .map(|i| (i.id.clone(), i.zone.clone()))
+            .collect()
+    }
+
+    pub async fn target_list(&self, n: usize) -> Vec<Target> {
+        self.instances(n)
+            .await
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, zone))| Target {
+                node_name: format!("node-{i:04}"),
+                addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1))],
+                provider_id: Some(format!("aws:///{zone}/{id}")),
+                labels: BTreeMap::new(),
+            })
+            .collect()
+    }
+
+    /// Target groups (name → arn) whose tags say they belong to this cluster's Service `uid`.
+    pub async fn groups_tagged(&self, uid: &str) -> Vec<String> {
+        let groups = self
+            .elb
+            .describe_target_groups()
+            .send()
+            .await
+            .expect("describe target groups");
+        let mut out = Vec::new();
+        for g in groups.target_groups() {
+            let Some(arn) = g.target_group_arn() else { continue };
+            let tags = self
+                .elb
+                .describe_tags()
+                .resource_arns(arn)
+                .send()
+                .await
+                .expect("describe tags");
+            let ours = tags.tag_descriptions().iter().any(|d| {
+                d.tags()
+                    .iter()
+                    .any(|t| t.key() == Some("portico.io/service-uid") && t.value() == Some(uid))
+            });
+            if ours {
+                out.push(arn.to_string());
+            }
+        }
+        out
+    }
+
+    pub fn subnet_filter(&self) -> Filter {
+        Filter::builder().name("vpc-id").values(&self.vpc_id).build()
+    }
+}
+
+#[async_trait]
+impl Harness for AwsHarness {
+    type Provider = AwsProvider;
+
+    fn provider(&self) -> &AwsProvider {
+        &self.provider
+    }
+
+    fn cluster(&self) -> ClusterName {
+        self.cluster.clone()
+    }
+
+    async fn targets(&self, n: usize) -> Vec<Target> {
+        self.target_list(n).await
+    }
+
+    async fn mutating_calls(&self) -> u64 {
+        self.provider.calls().stats().mutations
+    }
+
+    async fn set_faults(&self, faults: Faults) -> bool {
+        self.provider.calls().set_faults((faults.fail_every > 0).then_some(FaultInjection {
+            every: faults.fail_every,
+            kind: if faults.throttle {
+                FaultKind::Throttling
+            } else {
+                FaultKind::ServiceUnavailable
+            },
+        }));
+        true
+    }
+}
