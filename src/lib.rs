@@ -4,15 +4,19 @@
 //! `ensure`/`delete` → Service status, Events and metrics. See
 //! `docs/ARCHITECTURE.md`.
 
+pub mod app;
 pub mod builders;
+pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod demo;
 pub mod gc;
 pub mod k8s;
 pub mod leader;
 pub mod metrics;
 pub mod nodes;
 pub mod plan;
+pub mod providers;
 pub mod runtime;
 pub mod server;
 pub mod status;
@@ -57,4 +61,6 @@ pub enum Error {
     Config(String),
     #[error("provider setup failed: {0}")]
     Provider(String),
+    #[error("demo: {0}")]
+    Demo(String),
 }

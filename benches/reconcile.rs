@@ -1,0 +1,143 @@
+//! Services reconciled per second: the real controller against the API
+//! stand-in with the recording provider, one worker (upstream's service
+//! controller) against portico's default, in one run.
+//!
+//!   cargo bench --bench reconcile            # prints a table
+//!   PORTICO_BENCH_SERVICES=2000 cargo bench --bench reconcile
+//!
+//! The provider answers after a fixed latency standing in for a cloud API
+//! round trip, so the figure shows what concurrency buys; with zero latency
+//! it shows the controller's own overhead.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::api::{Api, PostParams};
+use kube_standin::ApiServer;
+use portico::builders::{node, svc};
+use portico::config::ControllerConfig;
+use portico::runtime::{ReplicaOptions, run_replica};
+use portico_provider::ClusterName;
+use portico_provider::testing::RecordingProvider;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Seconds until every Service shows an address, from controller start.
+async fn run_once(
+    services: usize,
+    nodes: usize,
+    workers: u16,
+    latency: Duration,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let server = ApiServer::start().await?;
+    let client = server.client().await?;
+    let node_api: Api<Node> = Api::all(client.clone());
+    for i in 0..nodes {
+        node_api
+            .create(
+                &PostParams::default(),
+                &node(&format!("n{i}"))
+                    .ip(&format!("10.1.{}.{}", i / 250, i % 250 + 1))
+                    .build(),
+            )
+            .await?;
+    }
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), "default");
+    for i in 0..services {
+        svc_api
+            .create(
+                &PostParams::default(),
+                &svc("default", &format!("s{i}"))
+                    .lb()
+                    .port(80, 30000 + i as i32 % 2700)
+                    .build(),
+            )
+            .await?;
+    }
+    let provider = RecordingProvider::new();
+    provider.set_latency(latency);
+    let config = ControllerConfig {
+        cluster: ClusterName::new("bench"),
+        workers,
+        ..ControllerConfig::default()
+    };
+    let options = ReplicaOptions {
+        config,
+        lease: None,
+        http_addr: None,
+        identity: "bench".into(),
+    };
+    let shutdown = CancellationToken::new();
+    let start = Instant::now();
+    let task = tokio::spawn(run_replica(
+        client.clone(),
+        Arc::new(provider.clone()),
+        options,
+        Registry::default(),
+        shutdown.clone(),
+    ));
+    loop {
+        let list = svc_api.list(&Default::default()).await?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|s| {
+                s.status
+                    .as_ref()
+                    .and_then(|st| st.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.as_ref())
+                    .is_some_and(|i| !i.is_empty())
+            })
+            .count();
+        if ready == services {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            return Err(format!("only {ready}/{services} ready after 600s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    shutdown.cancel();
+    let _ = task.await;
+    Ok(secs)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let services = env_usize("PORTICO_BENCH_SERVICES", 300);
+    let nodes = env_usize("PORTICO_BENCH_NODES", 50);
+    let default_workers = ControllerConfig::default().workers;
+    println!(
+        "reconcile throughput: {services} Services, {nodes} nodes, API stand-in over HTTP, recording provider"
+    );
+    println!(
+        "{:<22} {:>8} {:>12} {:>14} {:>10}",
+        "provider latency", "workers", "seconds", "Services/s", "speed-up"
+    );
+    for latency in [Duration::from_millis(20), Duration::ZERO] {
+        let one = run_once(services, nodes, 1, latency).await?;
+        let many = run_once(services, nodes, default_workers, latency).await?;
+        let label = format!("{} ms per call", latency.as_millis());
+        println!(
+            "{label:<22} {:>8} {one:>12.2} {:>14.1} {:>10}",
+            1,
+            services as f64 / one,
+            "1.00x"
+        );
+        println!(
+            "{label:<22} {default_workers:>8} {many:>12.2} {:>14.1} {:>9.2}x",
+            services as f64 / many,
+            one / many
+        );
+    }
+    Ok(())
+}

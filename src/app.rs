@@ -1,0 +1,154 @@
+//! The subcommands, wired from their arguments.
+
+use std::path::Path;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use portico_provider::ClusterName;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::Error;
+use crate::cli::{RunArgs, SlbServerArgs};
+use crate::config::ControllerConfig;
+use crate::k8s::Client;
+use crate::leader::LeaseConfig;
+use crate::providers::{EmbeddedSlb, build_provider};
+use crate::runtime::{ReplicaOptions, run_replica};
+
+/// A client from an explicit kubeconfig, or the usual inference.
+pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+                path: path.display().to_string(),
+                source: Box::new(source),
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| Error::Kubeconfig {
+                    path: path.display().to_string(),
+                    source: Box::new(source),
+                })?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|source| Error::NoKubeconfig {
+                source: Box::new(source),
+            })?,
+    };
+    Client::try_from(config).map_err(|source| Error::Client {
+        source: Box::new(source),
+    })
+}
+
+/// Cancelled on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            match signal(SignalKind::terminate()) {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => info!("SIGTERM: finishing in-flight work"),
+                        _ = tokio::signal::ctrl_c() => info!("interrupted: finishing in-flight work"),
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        trigger.cancel();
+    });
+    token
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let suffix: u32 = rand::random();
+    format!(
+        "{}-{suffix:08x}",
+        if host.is_empty() { "portico" } else { &host }
+    )
+}
+
+/// `portico run`.
+pub async fn run(args: RunArgs) -> Result<(), Error> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    let cluster = ClusterName::new(args.cluster_name.clone());
+    let mut registry = Registry::default();
+    let built =
+        build_provider(args.provider, &cluster, &args.slb, &args.aws, &mut registry).await?;
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let config = ControllerConfig {
+        cluster,
+        class: args.load_balancer_class.clone(),
+        claim_classless: args.claim_classless,
+        workers: args.workers,
+        resync: args.resync,
+        node_debounce: args.node_debounce,
+        ..ControllerConfig::default()
+    };
+    let options = ReplicaOptions {
+        config,
+        lease: args
+            .leader_elect
+            .then(|| LeaseConfig::new(&args.lease_namespace, identity.clone())),
+        http_addr: Some(args.http_addr),
+        identity,
+    };
+    let shutdown = shutdown_on_signal();
+    let result = run_replica(client, built.provider.clone(), options, registry, shutdown).await;
+    if let Some(embedded) = built.embedded {
+        embedded.shutdown().await;
+    }
+    result
+}
+
+/// `portico slb-server`.
+pub async fn slb_server(args: SlbServerArgs) -> Result<(), Error> {
+    let mut registry = Registry::default();
+    let cloud = EmbeddedSlb::start(
+        args.vip_range,
+        args.state.clone(),
+        args.listen,
+        &mut registry,
+    )
+    .await?;
+    println!(
+        "SLB mock cloud API on {} (OpenAPI at {}/openapi.json), VIPs from {}",
+        cloud.url(),
+        cloud.url(),
+        args.vip_range
+    );
+    let shutdown = shutdown_on_signal();
+    let metrics_task = match args.metrics_addr {
+        Some(addr) => {
+            let listener = crate::server::bind(addr).await?;
+            let health = crate::server::Health::new(registry);
+            health.set_ready(true);
+            Some(tokio::spawn(crate::server::serve(
+                listener,
+                health,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    shutdown.cancelled().await;
+    cloud.shutdown().await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Command-line interface: flags and environment variables (clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+use crate::config::DEFAULT_CLASS;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portico",
+    version,
+    about = "Kubernetes load balancers for Services of type LoadBalancer: SLB-style cloud, AWS NLB, bare metal"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PORTICO_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller against a cluster.
+    Run(Box<RunArgs>),
+    /// Run the SLB-style mock cloud (API + data plane) on its own.
+    SlbServer(SlbServerArgs),
+    /// Run the whole path on this machine with no cluster and no cloud account.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// SLB-style cloud (the built-in mock cloud, embedded unless --slb-endpoint is given).
+    Slb,
+    /// AWS Network Load Balancers.
+    Aws,
+}
+
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw)
+        .map_err(|e| format!("{raw:?} is not a duration such as 30s or 10m: {e}"))
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Kubeconfig to use; otherwise KUBECONFIG, ~/.kube/config, or the in-cluster service account.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Which cloud builds the balancers.
+    #[arg(long, value_enum, default_value_t = ProviderKind::Slb, env = "PORTICO_PROVIDER")]
+    pub provider: ProviderKind,
+    /// Cluster name written into ownership tags (keep it unique per cloud account).
+    #[arg(long, default_value = "kubernetes", env = "PORTICO_CLUSTER_NAME")]
+    pub cluster_name: String,
+    /// The spec.loadBalancerClass this controller answers to.
+    #[arg(long, default_value = DEFAULT_CLASS, env = "PORTICO_LOAD_BALANCER_CLASS")]
+    pub load_balancer_class: String,
+    /// Also take Services without a loadBalancerClass (be the cluster's default).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_CLAIM_CLASSLESS")]
+    pub claim_classless: bool,
+    /// Concurrent reconciles (upstream's service controller uses 1).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024), env = "PORTICO_WORKERS")]
+    pub workers: u16,
+    /// How often every managed Service is re-ensured (repairs cloud drift).
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "PORTICO_RESYNC")]
+    pub resync: Duration,
+    /// Node changes within this window are handled together.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, env = "PORTICO_NODE_DEBOUNCE")]
+    pub node_debounce: Duration,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:10258", env = "PORTICO_HTTP_ADDR")]
+    pub http_addr: SocketAddr,
+    /// Take part in leader election (several replicas; only the leader acts).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the leader Lease.
+    #[arg(long, default_value = "kube-system", env = "PORTICO_LEASE_NAMESPACE")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease (defaults to POD_NAME or the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    #[command(flatten)]
+    pub slb: SlbArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SlbArgs {
+    /// URL of a running mock cloud (`portico slb-server`); without it the cloud runs embedded.
+    #[arg(long, env = "PORTICO_SLB_ENDPOINT")]
+    pub slb_endpoint: Option<String>,
+    /// VIP range of the embedded cloud (default inside 127.0.0.0/8: reachable from this host only).
+    #[arg(long, default_value = "127.240.0.0/16", env = "PORTICO_SLB_VIP_RANGE")]
+    pub slb_vip_range: IpNet,
+    /// State file of the embedded cloud (keeps balancers across restarts).
+    #[arg(long, env = "PORTICO_SLB_STATE")]
+    pub slb_state: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AwsArgs {
+    /// AWS region (otherwise AWS_REGION or the profile's).
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// Endpoint override for an emulator (moto, LocalStack).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// Only discover subnets in this VPC.
+    #[arg(long, env = "PORTICO_AWS_VPC_ID")]
+    pub aws_vpc_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SlbServerArgs {
+    /// Address of the cloud API.
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    pub listen: SocketAddr,
+    /// State file: everything the API acknowledged survives restarts.
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Where balancer VIPs come from.
+    #[arg(long, default_value = "127.240.0.0/16")]
+    pub vip_range: IpNet,
+    /// Address of the data plane's /metrics.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep everything running after the tour (Ctrl-C to stop).
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
+    pub nodes: u8,
+    /// Directory of example Service manifests to apply.
+    #[arg(long, default_value = "examples")]
+    pub examples: PathBuf,
+    /// Where to write the demo cluster's kubeconfig.
+    #[arg(long)]
+    pub kubeconfig_out: Option<PathBuf>,
+}

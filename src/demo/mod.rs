@@ -1,0 +1,496 @@
+//! `portico demo`: the whole path on one machine, no cluster, no cloud
+//! account. A Kubernetes API stand-in with simulated nodes, the embedded
+//! SLB-style cloud with its real data plane, and the real controller talking
+//! to both over HTTP; then a guided tour with real traffic.
+
+mod nodes;
+mod table;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{DeleteParams, PostParams};
+use kube_standin::ApiServer;
+use portico_provider::{ClusterName, LoadBalancerProvider};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+use crate::builders::node;
+use crate::cli::DemoArgs;
+use crate::config::ControllerConfig;
+use crate::k8s::{Api, Client, Node, ResourceExt, Service};
+use crate::providers::{EmbeddedSlb, slb_provider};
+use crate::runtime::{ReplicaOptions, run_replica};
+pub use nodes::{KubeProxySim, SimNode, Tally};
+
+const REQUESTS_PER_PORT: usize = 30;
+
+fn demo_err(context: &str) -> impl Fn(kube::Error) -> Error + '_ {
+    move |e| Error::Demo(format!("{context}: {e}"))
+}
+
+/// Everything the demo runs.
+struct Demo {
+    api: ApiServer,
+    client: Client,
+    nodes: Vec<SimNode>,
+    kube_proxy: KubeProxySim,
+    cloud: EmbeddedSlb,
+    provider: Arc<dyn LoadBalancerProvider>,
+    controller: tokio::task::JoinHandle<Result<(), Error>>,
+    shutdown: CancellationToken,
+    kubeconfig: PathBuf,
+}
+
+impl Demo {
+    async fn start(node_count: u8, kubeconfig_out: Option<PathBuf>) -> Result<Demo, Error> {
+        let api = ApiServer::start()
+            .await
+            .map_err(|e| Error::Demo(format!("starting the API stand-in: {e}")))?;
+        let client = api
+            .client()
+            .await
+            .map_err(|e| Error::Demo(format!("client for the API stand-in: {e}")))?;
+        let kubeconfig = kubeconfig_out.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("portico-demo-{}.kubeconfig", std::process::id()))
+        });
+        api.write_kubeconfig(&kubeconfig)
+            .map_err(|e| Error::Demo(format!("writing {}: {e}", kubeconfig.display())))?;
+
+        let nodes: Vec<SimNode> = (1..=node_count)
+            .map(|i| SimNode {
+                name: format!("node-{i}"),
+                ip: IpAddr::V4(Ipv4Addr::new(127, 0, 1, i)),
+            })
+            .collect();
+        let node_api: Api<Node> = Api::all(client.clone());
+        for n in &nodes {
+            let obj = node(&n.name)
+                .ip(&n.ip.to_string())
+                .label("kubernetes.io/hostname", &n.name)
+                .build();
+            node_api
+                .create(&PostParams::default(), &obj)
+                .await
+                .map_err(demo_err("creating a node"))?;
+        }
+        let kube_proxy = KubeProxySim::start(client.clone(), nodes.clone());
+
+        let mut registry = Registry::default();
+        let cloud = EmbeddedSlb::start(
+            portico_slb::cloud::default_vip_range(),
+            None,
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            &mut registry,
+        )
+        .await?;
+        let cluster = ClusterName::new("demo");
+        let provider = slb_provider(cloud.url(), cluster.clone())?;
+        let shutdown = CancellationToken::new();
+        let config = ControllerConfig {
+            cluster,
+            node_debounce: Duration::from_millis(200),
+            ..ControllerConfig::default()
+        };
+        let options = ReplicaOptions {
+            config,
+            lease: None,
+            http_addr: None,
+            identity: "portico-demo".into(),
+        };
+        let controller = tokio::spawn(run_replica(
+            client.clone(),
+            provider.clone(),
+            options,
+            registry,
+            shutdown.clone(),
+        ));
+        Ok(Demo {
+            api,
+            client,
+            nodes,
+            kube_proxy,
+            cloud,
+            provider,
+            controller,
+            shutdown,
+            kubeconfig,
+        })
+    }
+
+    fn services(&self) -> Api<Service> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    async fn apply(&self, services: &[Service]) -> Result<(), Error> {
+        for svc in services {
+            let ns = svc.namespace().unwrap_or_else(|| "default".into());
+            let api: Api<Service> = Api::namespaced(self.client.clone(), &ns);
+            api.create(&PostParams::default(), svc)
+                .await
+                .map_err(demo_err("creating a Service"))?;
+            println!("service/{} created", svc.name_any());
+        }
+        Ok(())
+    }
+
+    /// Print the table whenever it changes, until every Service has an address.
+    async fn watch_until_ready(&self, names: &[String], limit: Duration) -> Result<(), Error> {
+        let start = Instant::now();
+        let mut last = String::new();
+        let mut ready_at: BTreeMap<String, Duration> = BTreeMap::new();
+        loop {
+            let list = self
+                .services()
+                .list(&Default::default())
+                .await
+                .map_err(demo_err("listing Services"))?;
+            let rendered = table::render(&list.items);
+            if rendered != last {
+                println!(
+                    "\n$ kubectl get svc        # t+{:.2}s",
+                    start.elapsed().as_secs_f64()
+                );
+                print!("{rendered}");
+                last = rendered;
+            }
+            for svc in &list.items {
+                if table::external_ip(svc).is_some() {
+                    ready_at
+                        .entry(svc.name_any())
+                        .or_insert_with(|| start.elapsed());
+                }
+            }
+            if names.iter().all(|n| ready_at.contains_key(n)) {
+                println!();
+                for (name, at) in &ready_at {
+                    println!(
+                        "  {name}: EXTERNAL-IP after {:.0} ms",
+                        at.as_secs_f64() * 1000.0
+                    );
+                }
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Demo(format!(
+                    "Services did not all get an EXTERNAL-IP within {limit:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Send real requests through every balancer and tally the nodes that answered.
+    async fn send_traffic(&self) -> Result<BTreeMap<String, Tally>, Error> {
+        let list = self
+            .services()
+            .list(&Default::default())
+            .await
+            .map_err(demo_err("listing Services"))?;
+        let mut out = BTreeMap::new();
+        for svc in &list.items {
+            let Some(ip) = table::external_ip(svc).and_then(|ip| ip.parse::<IpAddr>().ok()) else {
+                continue;
+            };
+            for p in svc.spec.iter().flat_map(|s| s.ports.iter().flatten()) {
+                let Ok(port) = u16::try_from(p.port) else {
+                    continue;
+                };
+                let udp = p.protocol.as_deref() == Some("UDP");
+                let tally = Tally::default();
+                let mut failures = 0;
+                for _ in 0..REQUESTS_PER_PORT {
+                    let answer = if udp {
+                        udp_request(SocketAddr::new(ip, port)).await
+                    } else {
+                        http_request(SocketAddr::new(ip, port)).await
+                    };
+                    match answer {
+                        Some(node) => tally.add(&node),
+                        None => failures += 1,
+                    }
+                }
+                let label = format!(
+                    "{}  {}:{}/{}",
+                    svc.name_any(),
+                    ip,
+                    port,
+                    if udp { "UDP" } else { "TCP" }
+                );
+                println!(
+                    "  {label:<34} {}{}",
+                    table::bars(&tally.counts(), REQUESTS_PER_PORT),
+                    if failures > 0 {
+                        format!("  ({failures} failed)")
+                    } else {
+                        String::new()
+                    }
+                );
+                if failures == REQUESTS_PER_PORT {
+                    return Err(Error::Demo(format!(
+                        "no request through {label} was answered"
+                    )));
+                }
+                out.insert(label, tally);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remove a node from the cluster and wait until no balancer targets it.
+    async fn remove_node(&self, name: &str, limit: Duration) -> Result<(), Error> {
+        let node_api: Api<Node> = Api::all(self.client.clone());
+        node_api
+            .delete(name, &DeleteParams::default())
+            .await
+            .map_err(demo_err("deleting a node"))?;
+        let start = Instant::now();
+        let gone_ip = self.nodes.iter().find(|n| n.name == name).map(|n| n.ip);
+        loop {
+            let still_targeted = self.backends_contain(gone_ip).await;
+            if !still_targeted {
+                println!(
+                    "  {name} left every balancer after {:.0} ms",
+                    start.elapsed().as_secs_f64() * 1000.0
+                );
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Demo(format!(
+                    "{name} was still a target after {limit:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn backends_contain(&self, ip: Option<IpAddr>) -> bool {
+        let Some(ip) = ip else { return false };
+        self.cloud.dataplane.all_snapshots().iter().any(|b| {
+            b.listeners.iter().any(|l| {
+                l.backends
+                    .iter()
+                    .any(|be| be.addr.ip() == ip && !be.draining)
+            })
+        })
+    }
+
+    async fn delete_all(&self, limit: Duration) -> Result<(), Error> {
+        let list = self
+            .services()
+            .list(&Default::default())
+            .await
+            .map_err(demo_err("listing Services"))?;
+        for svc in &list.items {
+            self.services()
+                .delete(&svc.name_any(), &DeleteParams::default())
+                .await
+                .map_err(demo_err("deleting a Service"))?;
+            println!("service/{} deleted", svc.name_any());
+        }
+        let start = Instant::now();
+        loop {
+            let left = self
+                .services()
+                .list(&Default::default())
+                .await
+                .map_err(demo_err("listing Services"))?;
+            let owned = self
+                .provider
+                .list_owned()
+                .await
+                .map_err(|e| Error::Demo(format!("asking the cloud: {e}")))?;
+            if left.items.is_empty()
+                && owned.is_empty()
+                && self.cloud.dataplane.all_snapshots().is_empty()
+            {
+                println!(
+                    "  all Services gone after {:.0} ms; the cloud holds 0 balancers and forwards nothing",
+                    start.elapsed().as_secs_f64() * 1000.0
+                );
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Demo(format!(
+                    "cleanup incomplete after {limit:?}: {} Services, {} balancers left",
+                    left.items.len(),
+                    owned.len()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        let result = self
+            .controller
+            .await
+            .map_err(|e| Error::Demo(format!("controller task: {e}")))?;
+        self.kube_proxy.stop().await;
+        self.cloud.shutdown().await;
+        self.api.shutdown().await;
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        result
+    }
+}
+
+async fn http_request(addr: SocketAddr) -> Option<String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.ok()?;
+        body.lines()
+            .last()
+            .and_then(|l| l.strip_prefix("hello from "))
+            .map(str::to_string)
+    };
+    tokio::time::timeout(Duration::from_secs(3), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn udp_request(addr: SocketAddr) -> Option<String> {
+    let attempt = async {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.ok()?;
+        socket.send_to(b"who?", addr).await.ok()?;
+        let mut buf = [0u8; 512];
+        let (n, _) = socket.recv_from(&mut buf).await.ok()?;
+        std::str::from_utf8(&buf[..n])
+            .ok()?
+            .trim()
+            .strip_prefix("hello from ")
+            .map(str::to_string)
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Services from every `*.yaml`/`*.yml` file in `dir`, in file name order.
+pub fn load_examples(dir: &Path) -> Result<Vec<Service>, Error> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| {
+            Error::Demo(format!(
+                "reading {}: {e} (run from the repository root or pass --examples)",
+                dir.display()
+            ))
+        })?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| Error::Demo(format!("reading {}: {e}", file.display())))?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc)
+                .map_err(|e| Error::Demo(format!("{}: {e}", file.display())))?;
+            if value.is_null() {
+                continue;
+            }
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default();
+            if kind != "Service" {
+                return Err(Error::Demo(format!(
+                    "{}: kind {kind:?} is not a Service",
+                    file.display()
+                )));
+            }
+            let svc: Service = serde_yaml::from_value(value)
+                .map_err(|e| Error::Demo(format!("{}: {e}", file.display())))?;
+            out.push(svc);
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Demo(format!(
+            "no Service manifests in {}",
+            dir.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// Run the tour; exit status 0 means every step worked.
+pub async fn run(args: DemoArgs) -> Result<(), Error> {
+    let examples = load_examples(&args.examples)?;
+    let names: Vec<String> = examples.iter().map(|s| s.name_any()).collect();
+    println!(
+        "portico demo: Kubernetes API stand-in + {} simulated nodes + embedded SLB cloud + the real controller\n",
+        args.nodes
+    );
+    let demo = Demo::start(args.nodes, args.kubeconfig_out.clone()).await?;
+    println!("kubeconfig: {}", demo.kubeconfig.display());
+    println!(
+        "  try: KUBECONFIG={} kubectl get svc,nodes",
+        demo.kubeconfig.display()
+    );
+    println!(
+        "SLB cloud API: {} (OpenAPI at /openapi.json)",
+        demo.cloud.url()
+    );
+    for n in &demo.nodes {
+        println!(
+            "node {} at {} (its NodePorts answer \"hello from {}\")",
+            n.name, n.ip, n.name
+        );
+    }
+    let outcome = tour(&demo, &args, &names).await;
+    let stopped = demo.stop().await;
+    outcome?;
+    stopped?;
+    println!("\ndemo finished: every step worked");
+    Ok(())
+}
+
+async fn tour(demo: &Demo, args: &DemoArgs, names: &[String]) -> Result<(), Error> {
+    println!("\n== 1. apply {}", args.examples.display());
+    demo.apply(&load_examples(&args.examples)?).await?;
+    demo.watch_until_ready(names, Duration::from_secs(60))
+        .await?;
+
+    println!(
+        "\n== 2. real requests through each VIP ({REQUESTS_PER_PORT} per port): which node answered"
+    );
+    demo.send_traffic().await?;
+
+    if let Some(last) = demo.nodes.last().filter(|_| demo.nodes.len() > 1) {
+        println!("\n== 3. node {} leaves the cluster", last.name);
+        demo.remove_node(&last.name, Duration::from_secs(30))
+            .await?;
+        let after = demo.send_traffic().await?;
+        if after.values().any(|t| t.counts().contains_key(&last.name)) {
+            return Err(Error::Demo(format!(
+                "traffic still reached {} after it left",
+                last.name
+            )));
+        }
+    }
+
+    if args.keep_running {
+        println!(
+            "\n== running: KUBECONFIG={} kubectl get svc   (Ctrl-C to clean up and exit)",
+            demo.kubeconfig.display()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+    }
+
+    println!("\n== 4. delete the Services");
+    demo.delete_all(Duration::from_secs(30)).await
+}

@@ -1,0 +1,121 @@
+//! Building the configured provider, including the embedded mock cloud.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use portico_aws::{AwsProvider, AwsProviderConfig};
+use portico_provider::{ClusterName, LoadBalancerProvider};
+use portico_slb::cloud::{CloudConfig, CloudServer};
+use portico_slb::dataplane::{DataPlane, DataPlaneConfig};
+use portico_slb::provider::{SlbProvider, SlbProviderConfig};
+use prometheus_client::registry::Registry;
+use tracing::info;
+
+use crate::Error;
+use crate::cli::{AwsArgs, ProviderKind, SlbArgs};
+
+/// The SLB-style mock cloud running inside this process: its HTTP API on
+/// loopback and its data plane forwarding VIP traffic to NodePorts.
+#[derive(Debug)]
+pub struct EmbeddedSlb {
+    pub cloud: CloudServer,
+    pub dataplane: DataPlane,
+}
+
+impl EmbeddedSlb {
+    pub async fn start(
+        vip_range: IpNet,
+        state_file: Option<PathBuf>,
+        listen: SocketAddr,
+        registry: &mut Registry,
+    ) -> Result<Self, Error> {
+        let dataplane = DataPlane::new(DataPlaneConfig::default());
+        dataplane.register_metrics(registry);
+        let config = CloudConfig {
+            vip_range,
+            state_file,
+            ..CloudConfig::default()
+        };
+        let cloud = CloudServer::start(config, listen, Arc::new(dataplane.clone()))
+            .await
+            .map_err(|e| Error::Provider(format!("starting the embedded SLB cloud: {e}")))?;
+        info!(api = %cloud.url(), %vip_range, "embedded SLB cloud running");
+        Ok(Self { cloud, dataplane })
+    }
+
+    pub fn url(&self) -> String {
+        self.cloud.url()
+    }
+
+    pub async fn shutdown(self) {
+        self.cloud.shutdown().await;
+    }
+}
+
+/// A provider and whatever must live as long as it.
+pub struct BuiltProvider {
+    pub provider: Arc<dyn LoadBalancerProvider>,
+    pub embedded: Option<EmbeddedSlb>,
+}
+
+impl std::fmt::Debug for BuiltProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltProvider")
+            .field("provider", &self.provider.name())
+            .finish_non_exhaustive()
+    }
+}
+
+pub fn slb_provider(
+    endpoint: String,
+    cluster: ClusterName,
+) -> Result<Arc<dyn LoadBalancerProvider>, Error> {
+    let provider = SlbProvider::new(SlbProviderConfig::new(endpoint, cluster))
+        .map_err(|e| Error::Provider(format!("slb: {e}")))?;
+    Ok(Arc::new(provider))
+}
+
+pub async fn build_provider(
+    kind: ProviderKind,
+    cluster: &ClusterName,
+    slb: &SlbArgs,
+    aws: &AwsArgs,
+    registry: &mut Registry,
+) -> Result<BuiltProvider, Error> {
+    match kind {
+        ProviderKind::Slb => match &slb.slb_endpoint {
+            Some(endpoint) => Ok(BuiltProvider {
+                provider: slb_provider(endpoint.clone(), cluster.clone())?,
+                embedded: None,
+            }),
+            None => {
+                let embedded = EmbeddedSlb::start(
+                    slb.slb_vip_range,
+                    slb.slb_state.clone(),
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    registry,
+                )
+                .await?;
+                let provider = slb_provider(embedded.url(), cluster.clone())?;
+                Ok(BuiltProvider {
+                    provider,
+                    embedded: Some(embedded),
+                })
+            }
+        },
+        ProviderKind::Aws => {
+            let config = AwsProviderConfig {
+                cluster: cluster.clone(),
+                region: aws.aws_region.clone(),
+                endpoint_url: aws.aws_endpoint_url.clone(),
+                vpc_id: aws.aws_vpc_id.clone(),
+            };
+            Ok(BuiltProvider {
+                provider: Arc::new(AwsProvider::new(config).await),
+                embedded: None,
+            })
+        }
+    }
+}
