@@ -68,7 +68,9 @@ impl Cloud {
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let (s, v, _) = self.call(reqwest::Method::POST, path, Some(body), None).await;
+        let (s, v, _) = self
+            .call(reqwest::Method::POST, path, Some(body), None)
+            .await;
         (s, v)
     }
 
@@ -114,7 +116,9 @@ fn assert_error(status: u16, body: &Value, want_status: u16, code: &str, mention
 }
 
 async fn with_timeout<F: std::future::Future<Output = ()>>(f: F) {
-    tokio::time::timeout(TIMEOUT, f).await.expect("test timed out");
+    tokio::time::timeout(TIMEOUT, f)
+        .await
+        .expect("test timed out");
 }
 
 #[tokio::test]
@@ -139,8 +143,16 @@ async fn rejects_bad_input_naming_the_field() {
         let cases = [
             ("empty name", json!({"name": ""}), "name"),
             ("unknown spec", json!({"name": "a", "spec": "huge"}), "spec"),
-            ("bad address type", json!({"name": "a", "address_type": "moon"}), "address_type"),
-            ("address outside the range", json!({"name": "a", "address": "10.0.0.1"}), "address"),
+            (
+                "bad address type",
+                json!({"name": "a", "address_type": "moon"}),
+                "address_type",
+            ),
+            (
+                "address outside the range",
+                json!({"name": "a", "address": "10.0.0.1"}),
+                "address",
+            ),
             ("not json", json!("just a string"), "body"),
         ];
         for (desc, body, field) in cases {
@@ -180,7 +192,13 @@ async fn rejects_bad_input_naming_the_field() {
                        "health_check": {"interval_seconds": 99}}),
             )
             .await;
-        assert_error(s, &v, 400, "InvalidParameter", "health_check.interval_seconds");
+        assert_error(
+            s,
+            &v,
+            400,
+            "InvalidParameter",
+            "health_check.interval_seconds",
+        );
         let (s, v) = cloud
             .post(
                 &format!("/v1/load-balancers/{}/backend-server-groups", lb.id),
@@ -211,7 +229,12 @@ async fn unknown_ids_clashes_and_pages() {
     with_timeout(async {
         let cloud = Cloud::start(CloudConfig::default()).await;
         let (s, v, _) = cloud
-            .call(reqwest::Method::GET, "/v1/load-balancers/lb-nope", None, None)
+            .call(
+                reqwest::Method::GET,
+                "/v1/load-balancers/lb-nope",
+                None,
+                None,
+            )
             .await;
         assert_error(s, &v, 404, "LoadBalancerNotFound", "lb-nope");
         let (s, v, _) = cloud
@@ -255,7 +278,12 @@ async fn unknown_ids_clashes_and_pages() {
             .await;
         assert_error(s, &v, 400, "InvalidParameter", "page_size");
         let (s, v, _) = cloud
-            .call(reqwest::Method::GET, "/v1/load-balancers?colour=red", None, None)
+            .call(
+                reqwest::Method::GET,
+                "/v1/load-balancers?colour=red",
+                None,
+                None,
+            )
             .await;
         assert_error(s, &v, 400, "InvalidParameter", "colour");
         let (s, v, _) = cloud
@@ -272,7 +300,12 @@ async fn pagination_returns_every_balancer_once() {
         let cloud = Cloud::start(CloudConfig::default()).await;
         let mut want = Vec::new();
         for i in 0..7 {
-            want.push(cloud.create_lb(&format!("p{i}"), json!({"team": "a"})).await.id);
+            want.push(
+                cloud
+                    .create_lb(&format!("p{i}"), json!({"team": "a"}))
+                    .await
+                    .id,
+            );
         }
         cloud.create_lb("other", json!({"team": "b"})).await;
         want.sort();
@@ -301,21 +334,39 @@ async fn client_token_replay_makes_one_balancer() {
         let cloud = Cloud::start(CloudConfig::default()).await;
         let body = json!({"name": "once"});
         let (s1, v1, _) = cloud
-            .call(reqwest::Method::POST, "/v1/load-balancers", Some(body.clone()), Some("tok-1"))
+            .call(
+                reqwest::Method::POST,
+                "/v1/load-balancers",
+                Some(body.clone()),
+                Some("tok-1"),
+            )
             .await;
         let (s2, v2, _) = cloud
-            .call(reqwest::Method::POST, "/v1/load-balancers", Some(body.clone()), Some("tok-1"))
+            .call(
+                reqwest::Method::POST,
+                "/v1/load-balancers",
+                Some(body.clone()),
+                Some("tok-1"),
+            )
             .await;
         assert_eq!((s1, s2), (201, 200));
         assert_eq!(v1["id"], v2["id"]);
         assert_eq!(v1["address"], v2["address"]);
         assert_eq!(cloud.server.snapshot().balancers.len(), 1);
         let (s3, v3, _) = cloud
-            .call(reqwest::Method::POST, "/v1/load-balancers", Some(body), Some("tok-2"))
+            .call(
+                reqwest::Method::POST,
+                "/v1/load-balancers",
+                Some(body),
+                Some("tok-2"),
+            )
             .await;
         assert_eq!(s3, 201);
         assert_ne!(v1["id"], v3["id"]);
-        assert_ne!(v1["address"], v3["address"], "each balancer has its own VIP");
+        assert_ne!(
+            v1["address"], v3["address"],
+            "each balancer has its own VIP"
+        );
     })
     .await;
 }
@@ -333,7 +384,9 @@ async fn quotas_name_the_limit() {
         })
         .await;
         let lb = cloud.create_lb("only", json!({})).await;
-        let (s, v) = cloud.post("/v1/load-balancers", json!({"name": "two"})).await;
+        let (s, v) = cloud
+            .post("/v1/load-balancers", json!({"name": "two"}))
+            .await;
         assert_error(s, &v, 403, "QuotaExceeded", "balancers");
         let group = cloud
             .create_group(&lb.id, json!([{"address": "10.0.0.1", "port": 30000}]))
@@ -359,20 +412,23 @@ async fn faults_throttle_with_retry_after_and_are_counted() {
         let cloud = Cloud::start(CloudConfig::default()).await;
         let faults = FaultConfig {
             default: FaultRule::default(),
-            operations: [(
-                "DescribeLoadBalancers".to_string(),
-                FaultRule {
-                    throttle_every: 1,
-                    retry_after_ms: 1500,
-                    ..FaultRule::default()
-                },
-            ), (
-                "CreateLoadBalancer".to_string(),
-                FaultRule {
-                    error_every: 1,
-                    ..FaultRule::default()
-                },
-            )]
+            operations: [
+                (
+                    "DescribeLoadBalancers".to_string(),
+                    FaultRule {
+                        throttle_every: 1,
+                        retry_after_ms: 1500,
+                        ..FaultRule::default()
+                    },
+                ),
+                (
+                    "CreateLoadBalancer".to_string(),
+                    FaultRule {
+                        error_every: 1,
+                        ..FaultRule::default()
+                    },
+                ),
+            ]
             .into(),
         };
         let (s, _, _) = cloud
@@ -384,18 +440,34 @@ async fn faults_throttle_with_retry_after_and_are_counted() {
             )
             .await;
         assert_eq!(s, 200);
-        let (_, got, _) = cloud.call(reqwest::Method::GET, "/admin/faults", None, None).await;
-        assert_eq!(serde_json::from_value::<FaultConfig>(got).expect("faults"), faults);
+        let (_, got, _) = cloud
+            .call(reqwest::Method::GET, "/admin/faults", None, None)
+            .await;
+        assert_eq!(
+            serde_json::from_value::<FaultConfig>(got).expect("faults"),
+            faults
+        );
 
         let (s, v, headers) = cloud
             .call(reqwest::Method::GET, "/v1/load-balancers", None, None)
             .await;
         assert_error(s, &v, 429, "Throttling", "throttl");
-        assert_eq!(headers.get("retry-after").and_then(|h| h.to_str().ok()), Some("2"));
-        assert_eq!(headers.get(RETRY_AFTER_MS_HEADER).and_then(|h| h.to_str().ok()), Some("1500"));
+        assert_eq!(
+            headers.get("retry-after").and_then(|h| h.to_str().ok()),
+            Some("2")
+        );
+        assert_eq!(
+            headers
+                .get(RETRY_AFTER_MS_HEADER)
+                .and_then(|h| h.to_str().ok()),
+            Some("1500")
+        );
         let (s, v) = cloud.post("/v1/load-balancers", json!({"name": "x"})).await;
         assert_error(s, &v, 503, "ServiceUnavailable", "unavailable");
-        assert!(cloud.server.snapshot().balancers.is_empty(), "a failed call changes nothing");
+        assert!(
+            cloud.server.snapshot().balancers.is_empty(),
+            "a failed call changes nothing"
+        );
 
         let stats = cloud.stats().await;
         assert_eq!(stats.calls.get("DescribeLoadBalancers"), Some(&1));
@@ -403,10 +475,17 @@ async fn faults_throttle_with_retry_after_and_are_counted() {
         assert_eq!(stats.faults_injected, 2);
 
         let (s, v, _) = cloud
-            .call(reqwest::Method::PUT, "/admin/faults", Some(json!({"default": {"error_rate": 2.0}})), None)
+            .call(
+                reqwest::Method::PUT,
+                "/admin/faults",
+                Some(json!({"default": {"error_rate": 2.0}})),
+                None,
+            )
             .await;
         assert_error(s, &v, 400, "InvalidParameter", "error_rate");
-        let (s, _, _) = cloud.call(reqwest::Method::POST, "/admin/stats/reset", None, None).await;
+        let (s, _, _) = cloud
+            .call(reqwest::Method::POST, "/admin/stats/reset", None, None)
+            .await;
         assert_eq!(s, 204);
         assert_eq!(cloud.stats().await, ApiStats::default());
     })
@@ -540,10 +619,17 @@ async fn sink_follows_listener_backend_and_acl_changes() {
 async fn openapi_and_metrics_are_served() {
     with_timeout(async {
         let cloud = Cloud::start(CloudConfig::default()).await;
-        let (s, doc, _) = cloud.call(reqwest::Method::GET, "/openapi.json", None, None).await;
+        let (s, doc, _) = cloud
+            .call(reqwest::Method::GET, "/openapi.json", None, None)
+            .await;
         assert_eq!(s, 200);
         assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")));
-        for path in ["/v1/load-balancers", "/v1/load-balancers/{lb}/listeners", "/v1/acls", "/admin/faults"] {
+        for path in [
+            "/v1/load-balancers",
+            "/v1/load-balancers/{lb}/listeners",
+            "/v1/acls",
+            "/admin/faults",
+        ] {
             assert!(doc["paths"][path].is_object(), "{path} documented");
         }
         assert!(doc["components"]["schemas"]["CreateListenerRequest"].is_object());
@@ -554,7 +640,9 @@ async fn openapi_and_metrics_are_served() {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         assert!(
-            text.contains("slb_api_requests_total{operation=\"CreateLoadBalancer\",code=\"201\"} 1"),
+            text.contains(
+                "slb_api_requests_total{operation=\"CreateLoadBalancer\",code=\"201\"} 1"
+            ),
             "{text}"
         );
     })

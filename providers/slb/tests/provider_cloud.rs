@@ -18,9 +18,13 @@ use serde_json::json;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn setup(config: CloudConfig) -> (CloudServer, SlbProvider, reqwest::Client) {
-    let cloud = CloudServer::start(config, "127.0.0.1:0".parse().expect("addr"), Arc::new(NullSink))
-        .await
-        .expect("cloud");
+    let cloud = CloudServer::start(
+        config,
+        "127.0.0.1:0".parse().expect("addr"),
+        Arc::new(NullSink),
+    )
+    .await
+    .expect("cloud");
     let mut pc = SlbProviderConfig::new(cloud.url(), ClusterName::new("test"));
     pc.max_retries = 2;
     let provider = SlbProvider::new(pc).expect("provider");
@@ -34,7 +38,12 @@ fn spec(name: &str, annotations: &[(&str, &str)]) -> LoadBalancerSpec {
         name,
         format!("uid-{name}"),
     ));
-    spec.listeners = vec![SpecListener { port: 80, protocol: Protocol::Tcp, node_port: 30080, name: None }];
+    spec.listeners = vec![SpecListener {
+        port: 80,
+        protocol: Protocol::Tcp,
+        node_port: 30080,
+        name: None,
+    }];
     spec.targets = vec![Target {
         node_name: "n1".into(),
         addresses: vec!["10.0.0.1".parse().expect("ip")],
@@ -42,7 +51,10 @@ fn spec(name: &str, annotations: &[(&str, &str)]) -> LoadBalancerSpec {
         labels: BTreeMap::new(),
     }];
     spec.annotations = Annotations::new(
-        annotations.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string())).collect(),
+        annotations
+            .iter()
+            .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
+            .collect(),
     );
     spec
 }
@@ -99,38 +111,77 @@ async fn reused_balancer_is_never_deleted() {
         let lb: LoadBalancer = http
             .post(format!("{base}/v1/load-balancers"))
             .json(&json!({"name": "hand-made"}))
-            .send().await.expect("create").json().await.expect("json");
+            .send()
+            .await
+            .expect("create")
+            .json()
+            .await
+            .expect("json");
         let group: BackendServerGroup = http
-            .post(format!("{base}/v1/load-balancers/{}/backend-server-groups", lb.id))
+            .post(format!(
+                "{base}/v1/load-balancers/{}/backend-server-groups",
+                lb.id
+            ))
             .json(&json!({"name": "theirs", "servers": []}))
-            .send().await.expect("group").json().await.expect("json");
+            .send()
+            .await
+            .expect("group")
+            .json()
+            .await
+            .expect("json");
         let resp = http
             .post(format!("{base}/v1/load-balancers/{}/listeners", lb.id))
             .json(&json!({"port": 9000, "protocol": "tcp", "backend_server_group_id": group.id}))
-            .send().await.expect("listener");
+            .send()
+            .await
+            .expect("listener");
         assert!(resp.status().is_success());
 
         let s = spec("reuser", &[("id", &lb.id)]);
         let status = provider.ensure(&s).await.expect("ensure on reused");
         assert_eq!(status.ingress[0].ip, Some(lb.address));
-        assert_eq!(cloud.snapshot().listeners.len(), 2, "ours added, theirs kept");
-        assert_eq!(provider.list_owned().await.expect("owned"), vec![s.key.clone()]);
+        assert_eq!(
+            cloud.snapshot().listeners.len(),
+            2,
+            "ours added, theirs kept"
+        );
+        assert_eq!(
+            provider.list_owned().await.expect("owned"),
+            vec![s.key.clone()]
+        );
 
         // A clash with their listener needs force-override-listeners.
         let mut clash = s.clone();
-        clash.listeners.push(SpecListener { port: 9000, protocol: Protocol::Tcp, node_port: 30900, name: None });
-        assert!(matches!(provider.ensure(&clash).await, Err(ProviderError::InvalidSpec { .. })));
+        clash.listeners.push(SpecListener {
+            port: 9000,
+            protocol: Protocol::Tcp,
+            node_port: 30900,
+            name: None,
+        });
+        assert!(matches!(
+            provider.ensure(&clash).await,
+            Err(ProviderError::InvalidSpec { .. })
+        ));
 
         provider.delete(&s.key).await.expect("delete");
         let state = cloud.snapshot();
-        let kept = state.balancers.get(&lb.id).expect("the reused balancer stays");
-        assert!(!kept.tags.contains_key("portico.io/cluster"), "ownership tags removed");
+        let kept = state
+            .balancers
+            .get(&lb.id)
+            .expect("the reused balancer stays");
+        assert!(
+            !kept.tags.contains_key("portico.io/cluster"),
+            "ownership tags removed"
+        );
         assert_eq!(state.listeners.len(), 1, "only portico's listener went");
         assert_eq!(state.listeners.values().next().map(|l| l.port), Some(9000));
         assert!(provider.list_owned().await.expect("owned").is_empty());
 
         let missing = spec("missing", &[("id", "lb-does-not-exist")]);
-        assert!(matches!(provider.ensure(&missing).await, Err(ProviderError::NotFound { .. })));
+        assert!(matches!(
+            provider.ensure(&missing).await,
+            Err(ProviderError::NotFound { .. })
+        ));
     })
     .await
     .expect("timed out");
@@ -140,7 +191,10 @@ async fn reused_balancer_is_never_deleted() {
 async fn errors_map_to_what_the_controller_should_do() {
     tokio::time::timeout(TIMEOUT, async {
         let (cloud, provider, http) = setup(CloudConfig {
-            quotas: Quotas { balancers: 1, ..Quotas::default() },
+            quotas: Quotas {
+                balancers: 1,
+                ..Quotas::default()
+            },
             ..CloudConfig::default()
         })
         .await;
@@ -151,30 +205,64 @@ async fn errors_map_to_what_the_controller_should_do() {
         }
 
         // A long Retry-After is handed back rather than slept through.
-        set_faults(&http, &cloud, FaultConfig {
-            default: FaultRule { throttle_every: 1, retry_after_ms: 30_000, ..FaultRule::default() },
-            ..FaultConfig::default()
-        }).await;
+        set_faults(
+            &http,
+            &cloud,
+            FaultConfig {
+                default: FaultRule {
+                    throttle_every: 1,
+                    retry_after_ms: 30_000,
+                    ..FaultRule::default()
+                },
+                ..FaultConfig::default()
+            },
+        )
+        .await;
         let started = Instant::now();
         match provider.ensure(&spec("first", &[])).await {
-            Err(ProviderError::Throttled { retry_after }) => assert_eq!(retry_after, Some(Duration::from_secs(30))),
+            Err(ProviderError::Throttled { retry_after }) => {
+                assert_eq!(retry_after, Some(Duration::from_secs(30)))
+            }
             other => panic!("{other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(5));
 
         // A short one is waited out, and the call succeeds on retry.
-        set_faults(&http, &cloud, FaultConfig {
-            default: FaultRule { throttle_every: 2, retry_after_ms: 50, ..FaultRule::default() },
-            ..FaultConfig::default()
-        }).await;
-        provider.ensure(&spec("first", &[])).await.expect("retries through throttling");
+        set_faults(
+            &http,
+            &cloud,
+            FaultConfig {
+                default: FaultRule {
+                    throttle_every: 2,
+                    retry_after_ms: 50,
+                    ..FaultRule::default()
+                },
+                ..FaultConfig::default()
+            },
+        )
+        .await;
+        provider
+            .ensure(&spec("first", &[]))
+            .await
+            .expect("retries through throttling");
 
         // A cloud that keeps failing is transient.
-        set_faults(&http, &cloud, FaultConfig {
-            default: FaultRule { error_every: 1, ..FaultRule::default() },
-            ..FaultConfig::default()
-        }).await;
-        assert!(matches!(provider.ensure(&spec("first", &[])).await, Err(ProviderError::Transient { .. })));
+        set_faults(
+            &http,
+            &cloud,
+            FaultConfig {
+                default: FaultRule {
+                    error_every: 1,
+                    ..FaultRule::default()
+                },
+                ..FaultConfig::default()
+            },
+        )
+        .await;
+        assert!(matches!(
+            provider.ensure(&spec("first", &[])).await,
+            Err(ProviderError::Transient { .. })
+        ));
         set_faults(&http, &cloud, FaultConfig::default()).await;
 
         // An unreachable cloud is transient too.
@@ -183,7 +271,10 @@ async fn errors_map_to_what_the_controller_should_do() {
             ..SlbProviderConfig::new("http://127.0.0.1:9", ClusterName::new("test"))
         })
         .expect("provider");
-        assert!(matches!(gone.list_owned().await, Err(ProviderError::Transient { .. })));
+        assert!(matches!(
+            gone.list_owned().await,
+            Err(ProviderError::Transient { .. })
+        ));
     })
     .await
     .expect("timed out");
@@ -210,7 +301,11 @@ async fn list_owned_pages_through_many_balancers() {
         }
         let owned = provider.list_owned().await.expect("list_owned");
         assert_eq!(owned.len(), 117, "130 minus the other cluster's 13");
-        assert!(owned.iter().all(|k| k.cluster.as_str() == "test" && k.namespace == "ns"));
+        assert!(
+            owned
+                .iter()
+                .all(|k| k.cluster.as_str() == "test" && k.namespace == "ns")
+        );
     })
     .await
     .expect("timed out");
@@ -225,22 +320,54 @@ async fn source_ranges_and_user_acls() {
         provider.ensure(&s).await.expect("ensure");
         let state = cloud.snapshot();
         let acl = state.acls.values().next().expect("managed acl");
-        assert_eq!(acl.entries, vec![AclEntry::new("10.0.0.0/8".parse().expect("net"))]);
-        assert!(state.listeners.values().all(|l| l.settings.acl.as_ref().map(|a| &a.acl_id) == Some(&acl.id)));
+        assert_eq!(
+            acl.entries,
+            vec![AclEntry::new("10.0.0.0/8".parse().expect("net"))]
+        );
+        assert!(
+            state
+                .listeners
+                .values()
+                .all(|l| l.settings.acl.as_ref().map(|a| &a.acl_id) == Some(&acl.id))
+        );
         provider.delete(&s.key).await.expect("delete");
-        assert!(cloud.snapshot().acls.is_empty(), "the managed acl goes with the Service");
+        assert!(
+            cloud.snapshot().acls.is_empty(),
+            "the managed acl goes with the Service"
+        );
 
         let user: Acl = http
             .post(format!("{}/v1/acls", cloud.url()))
             .json(&json!({"name": "office", "entries": [{"cidr": "192.168.0.0/16"}]}))
-            .send().await.expect("acl").json().await.expect("json");
-        let s = spec("user-acl", &[("acl-status", "on"), ("acl-id", &user.id), ("acl-type", "black")]);
+            .send()
+            .await
+            .expect("acl")
+            .json()
+            .await
+            .expect("json");
+        let s = spec(
+            "user-acl",
+            &[
+                ("acl-status", "on"),
+                ("acl-id", &user.id),
+                ("acl-type", "black"),
+            ],
+        );
         provider.ensure(&s).await.expect("ensure");
         let state = cloud.snapshot();
         let l = state.listeners.values().next().expect("listener");
-        assert_eq!(l.settings.acl, Some(ListenerAcl { acl_id: user.id.clone(), mode: AclMode::Black }));
+        assert_eq!(
+            l.settings.acl,
+            Some(ListenerAcl {
+                acl_id: user.id.clone(),
+                mode: AclMode::Black
+            })
+        );
         provider.delete(&s.key).await.expect("delete");
-        assert!(cloud.snapshot().acls.contains_key(&user.id), "a user's acl is never deleted");
+        assert!(
+            cloud.snapshot().acls.contains_key(&user.id),
+            "a user's acl is never deleted"
+        );
     })
     .await
     .expect("timed out");

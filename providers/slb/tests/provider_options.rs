@@ -27,6 +27,8 @@ fn spec(pairs: &[(&str, &str)]) -> LoadBalancerSpec {
     spec
 }
 
+type Pairs<'a> = &'a [(&'a str, &'a str)];
+
 fn parse(pairs: &[(&str, &str)]) -> Result<SlbOptions, ProviderError> {
     SlbOptions::parse(&spec(pairs))
 }
@@ -34,7 +36,7 @@ fn parse(pairs: &[(&str, &str)]) -> Result<SlbOptions, ProviderError> {
 #[test]
 fn good_values_parse() {
     type Check = fn(&SlbOptions) -> bool;
-    let cases: &[(&str, &[(&str, &str)], Check)] = &[
+    let cases: &[(&str, Pairs<'_>, Check)] = &[
         ("defaults", &[], |o| {
             o.address_type == AddressType::Internet
                 && o.scheduler == SchedulerKind::Wrr
@@ -43,37 +45,102 @@ fn good_values_parse() {
                 && o.reuse_id.is_none()
                 && !o.force_override_listeners
         }),
-        ("intranet", &[("address-type", "intranet")], |o| o.address_type == AddressType::Intranet),
-        ("address type any case", &[("address-type", "Internet")], |o| o.address_type == AddressType::Internet),
-        ("spec", &[("spec", "slb.s2.medium")], |o| o.spec.as_deref() == Some("slb.s2.medium")),
-        ("wlc", &[("scheduler", "wlc")], |o| o.scheduler == SchedulerKind::Wlc),
-        ("rr maps to wrr", &[("scheduler", "rr")], |o| o.scheduler == SchedulerKind::Wrr),
-        ("http check", &[("health-check-type", "http"), ("health-check-uri", "/ready"), ("health-check-connect-port", "8080")], |o| {
-            o.health.kind == Some(HealthCheckType::Http)
-                && o.health.uri.as_deref() == Some("/ready")
-                && o.health.connect_port == Some(8080)
+        ("intranet", &[("address-type", "intranet")], |o| {
+            o.address_type == AddressType::Intranet
         }),
-        ("interval bounds", &[("health-check-interval", "50")], |o| o.health.interval_seconds == Some(50)),
-        ("connect timeout", &[("health-check-connect-timeout", "7")], |o| o.health.timeout_seconds == Some(7)),
-        ("timeout wins over connect timeout", &[("health-check-connect-timeout", "7"), ("health-check-timeout", "9")], |o| o.health.timeout_seconds == Some(9)),
-        ("thresholds", &[("healthy-threshold", "2"), ("unhealthy-threshold", "10")], |o| {
-            o.health.healthy_threshold == Some(2) && o.health.unhealthy_threshold == Some(10)
+        (
+            "address type any case",
+            &[("address-type", "Internet")],
+            |o| o.address_type == AddressType::Internet,
+        ),
+        ("spec", &[("spec", "slb.s2.medium")], |o| {
+            o.spec.as_deref() == Some("slb.s2.medium")
         }),
-        ("acl on", &[("acl-status", "on"), ("acl-id", "acl-123"), ("acl-type", "black")], |o| {
-            o.acl == Some(UserAcl { id: "acl-123".into(), mode: AclMode::Black })
+        ("wlc", &[("scheduler", "wlc")], |o| {
+            o.scheduler == SchedulerKind::Wlc
         }),
-        ("acl off ignores the id", &[("acl-status", "off"), ("acl-id", "acl-123")], |o| o.acl.is_none()),
-        ("acl type defaults to white", &[("acl-status", "on"), ("acl-id", "acl-1")], |o| {
-            o.acl.as_ref().is_some_and(|a| a.mode == AclMode::White)
+        ("rr maps to wrr", &[("scheduler", "rr")], |o| {
+            o.scheduler == SchedulerKind::Wrr
         }),
-        ("reuse", &[("id", "lb-abc"), ("force-override-listeners", "true")], |o| {
-            o.reuse_id.as_deref() == Some("lb-abc") && o.force_override_listeners
+        (
+            "http check",
+            &[
+                ("health-check-type", "http"),
+                ("health-check-uri", "/ready"),
+                ("health-check-connect-port", "8080"),
+            ],
+            |o| {
+                o.health.kind == Some(HealthCheckType::Http)
+                    && o.health.uri.as_deref() == Some("/ready")
+                    && o.health.connect_port == Some(8080)
+            },
+        ),
+        ("interval bounds", &[("health-check-interval", "50")], |o| {
+            o.health.interval_seconds == Some(50)
         }),
+        (
+            "connect timeout",
+            &[("health-check-connect-timeout", "7")],
+            |o| o.health.timeout_seconds == Some(7),
+        ),
+        (
+            "timeout wins over connect timeout",
+            &[
+                ("health-check-connect-timeout", "7"),
+                ("health-check-timeout", "9"),
+            ],
+            |o| o.health.timeout_seconds == Some(9),
+        ),
+        (
+            "thresholds",
+            &[("healthy-threshold", "2"), ("unhealthy-threshold", "10")],
+            |o| o.health.healthy_threshold == Some(2) && o.health.unhealthy_threshold == Some(10),
+        ),
+        (
+            "acl on",
+            &[
+                ("acl-status", "on"),
+                ("acl-id", "acl-123"),
+                ("acl-type", "black"),
+            ],
+            |o| {
+                o.acl
+                    == Some(UserAcl {
+                        id: "acl-123".into(),
+                        mode: AclMode::Black,
+                    })
+            },
+        ),
+        (
+            "acl off ignores the id",
+            &[("acl-status", "off"), ("acl-id", "acl-123")],
+            |o| o.acl.is_none(),
+        ),
+        (
+            "acl type defaults to white",
+            &[("acl-status", "on"), ("acl-id", "acl-1")],
+            |o| o.acl.as_ref().is_some_and(|a| a.mode == AclMode::White),
+        ),
+        (
+            "reuse",
+            &[("id", "lb-abc"), ("force-override-listeners", "true")],
+            |o| o.reuse_id.as_deref() == Some("lb-abc") && o.force_override_listeners,
+        ),
         ("weight", &[("weight", "1")], |o| o.weight == 1),
-        ("persistence", &[("persistence-timeout", "1800")], |o| o.persistence_timeout == Some(1800)),
-        ("persistence off", &[("persistence-timeout", "0")], |o| o.persistence_timeout == Some(0)),
-        ("ip", &[("ip", "127.240.1.2")], |o| o.ip == Some("127.240.1.2".parse().expect("ip"))),
-        ("unknown annotations are ignored", &[("made-up-thing", "x")], |o| o == &SlbOptions::parse(&spec(&[])).expect("defaults")),
+        ("persistence", &[("persistence-timeout", "1800")], |o| {
+            o.persistence_timeout == Some(1800)
+        }),
+        ("persistence off", &[("persistence-timeout", "0")], |o| {
+            o.persistence_timeout == Some(0)
+        }),
+        ("ip", &[("ip", "127.240.1.2")], |o| {
+            o.ip == Some("127.240.1.2".parse().expect("ip"))
+        }),
+        (
+            "unknown annotations are ignored",
+            &[("made-up-thing", "x")],
+            |o| o == &SlbOptions::parse(&spec(&[])).expect("defaults"),
+        ),
     ];
     for (desc, pairs, check) in cases {
         let opts = parse(pairs).unwrap_or_else(|e| panic!("{desc}: {e}"));
@@ -83,29 +150,96 @@ fn good_values_parse() {
 
 #[test]
 fn bad_values_name_the_annotation() {
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
-        ("address type", &[("address-type", "public")], "address-type"),
+    let cases: &[(&str, Pairs<'_>, &str)] = &[
+        (
+            "address type",
+            &[("address-type", "public")],
+            "address-type",
+        ),
         ("spec", &[("spec", "slb.s9.huge")], "spec"),
         ("scheduler", &[("scheduler", "random")], "scheduler"),
-        ("check type", &[("health-check-type", "icmp")], "health-check-type"),
-        ("uri without slash", &[("health-check-uri", "healthz")], "health-check-uri"),
-        ("connect port zero", &[("health-check-connect-port", "0")], "health-check-connect-port"),
-        ("connect port too big", &[("health-check-connect-port", "65536")], "health-check-connect-port"),
-        ("connect port with tcp", &[("health-check-type", "tcp"), ("health-check-connect-port", "80")], "health-check-connect-port"),
-        ("interval zero", &[("health-check-interval", "0")], "health-check-interval"),
-        ("interval too long", &[("health-check-interval", "51")], "health-check-interval"),
-        ("interval not a number", &[("health-check-interval", "5s")], "health-check-interval"),
-        ("connect timeout", &[("health-check-connect-timeout", "301")], "health-check-connect-timeout"),
-        ("timeout", &[("health-check-timeout", "0")], "health-check-timeout"),
-        ("healthy threshold", &[("healthy-threshold", "1")], "healthy-threshold"),
-        ("unhealthy threshold", &[("unhealthy-threshold", "11")], "unhealthy-threshold"),
+        (
+            "check type",
+            &[("health-check-type", "icmp")],
+            "health-check-type",
+        ),
+        (
+            "uri without slash",
+            &[("health-check-uri", "healthz")],
+            "health-check-uri",
+        ),
+        (
+            "connect port zero",
+            &[("health-check-connect-port", "0")],
+            "health-check-connect-port",
+        ),
+        (
+            "connect port too big",
+            &[("health-check-connect-port", "65536")],
+            "health-check-connect-port",
+        ),
+        (
+            "connect port with tcp",
+            &[
+                ("health-check-type", "tcp"),
+                ("health-check-connect-port", "80"),
+            ],
+            "health-check-connect-port",
+        ),
+        (
+            "interval zero",
+            &[("health-check-interval", "0")],
+            "health-check-interval",
+        ),
+        (
+            "interval too long",
+            &[("health-check-interval", "51")],
+            "health-check-interval",
+        ),
+        (
+            "interval not a number",
+            &[("health-check-interval", "5s")],
+            "health-check-interval",
+        ),
+        (
+            "connect timeout",
+            &[("health-check-connect-timeout", "301")],
+            "health-check-connect-timeout",
+        ),
+        (
+            "timeout",
+            &[("health-check-timeout", "0")],
+            "health-check-timeout",
+        ),
+        (
+            "healthy threshold",
+            &[("healthy-threshold", "1")],
+            "healthy-threshold",
+        ),
+        (
+            "unhealthy threshold",
+            &[("unhealthy-threshold", "11")],
+            "unhealthy-threshold",
+        ),
         ("acl status", &[("acl-status", "maybe")], "acl-status"),
         ("acl on without id", &[("acl-status", "on")], "acl-id"),
-        ("acl type", &[("acl-status", "on"), ("acl-id", "a"), ("acl-type", "grey")], "acl-type"),
-        ("force override", &[("force-override-listeners", "yes")], "force-override-listeners"),
+        (
+            "acl type",
+            &[("acl-status", "on"), ("acl-id", "a"), ("acl-type", "grey")],
+            "acl-type",
+        ),
+        (
+            "force override",
+            &[("force-override-listeners", "yes")],
+            "force-override-listeners",
+        ),
         ("weight zero", &[("weight", "0")], "weight"),
         ("weight too big", &[("weight", "101")], "weight"),
-        ("persistence", &[("persistence-timeout", "-1")], "persistence-timeout"),
+        (
+            "persistence",
+            &[("persistence-timeout", "-1")],
+            "persistence-timeout",
+        ),
         ("ip", &[("ip", "not-an-ip")], "-ip]"),
     ];
     for (desc, pairs, name) in cases {
@@ -140,7 +274,10 @@ fn validate_checks_listeners_and_annotations_without_io() {
     ))
     .expect("provider");
     let mut s = spec(&[("weight", "500")]);
-    assert!(matches!(provider.validate(&s), Err(ProviderError::InvalidSpec { .. })));
+    assert!(matches!(
+        provider.validate(&s),
+        Err(ProviderError::InvalidSpec { .. })
+    ));
     s.annotations = Annotations::default();
     s.listeners = vec![portico_provider::Listener {
         port: 9999,
@@ -148,9 +285,18 @@ fn validate_checks_listeners_and_annotations_without_io() {
         node_port: 30999,
         name: None,
     }];
-    assert!(matches!(provider.validate(&s), Err(ProviderError::Unsupported { .. })));
+    assert!(matches!(
+        provider.validate(&s),
+        Err(ProviderError::Unsupported { .. })
+    ));
     s.listeners[0].protocol = portico_provider::Protocol::Tcp;
     assert!(provider.validate(&s).is_ok());
     s.key.cluster = ClusterName::new("other");
-    assert!(matches!(provider.validate(&s), Err(ProviderError::InvalidSpec { .. })), "a foreign cluster's key");
+    assert!(
+        matches!(
+            provider.validate(&s),
+            Err(ProviderError::InvalidSpec { .. })
+        ),
+        "a foreign cluster's key"
+    );
 }

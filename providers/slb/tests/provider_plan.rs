@@ -35,8 +35,18 @@ fn base_spec() -> LoadBalancerSpec {
         "uid",
     ));
     spec.listeners = vec![
-        SpecListener { port: 53, protocol: Protocol::Udp, node_port: 30053, name: None },
-        SpecListener { port: 80, protocol: Protocol::Tcp, node_port: 30080, name: None },
+        SpecListener {
+            port: 53,
+            protocol: Protocol::Udp,
+            node_port: 30053,
+            name: None,
+        },
+        SpecListener {
+            port: 80,
+            protocol: Protocol::Tcp,
+            node_port: 30080,
+            name: None,
+        },
     ];
     spec.targets = vec![
         target("a", &["10.0.0.1"]),
@@ -104,12 +114,21 @@ fn desired_listeners_follow_the_spec() {
     assert_eq!(
         udp.servers,
         vec![
-            BackendServer { description: "a".into(), ..server("10.0.0.1", 30053) },
-            BackendServer { description: "b".into(), ..server("10.0.0.2", 30053) },
+            BackendServer {
+                description: "a".into(),
+                ..server("10.0.0.1", 30053)
+            },
+            BackendServer {
+                description: "b".into(),
+                ..server("10.0.0.2", 30053)
+            },
         ],
         "IPv4 address of each target at the node port; IPv6-only nodes skipped"
     );
-    assert!(!udp.health_check.enabled, "a TCP connect cannot check a UDP port");
+    assert!(
+        !udp.health_check.enabled,
+        "a TCP connect cannot check a UDP port"
+    );
     let tcp = &want[1];
     assert!(tcp.health_check.enabled);
     assert_eq!(tcp.health_check.kind, HealthCheckType::Tcp);
@@ -120,29 +139,98 @@ fn desired_listeners_follow_the_spec() {
 #[test]
 fn health_checks_and_annotations_shape_the_listener() {
     type Check = fn(&DesiredListener) -> bool;
-    let cases: &[(&str, Option<SpecHealthCheck>, &[(&str, &str)], SessionAffinity, Check)] = &[
-        ("local policy: http to the health check node port", Some(SpecHealthCheck::Http { port: 32000, path: "/healthz".into() }), &[], SessionAffinity::None, |d| {
-            d.health_check.kind == HealthCheckType::Http && d.health_check.port == Some(32000) && d.health_check.path.as_deref() == Some("/healthz")
-        }),
-        ("http annotation without a port probes the node port", None, &[("health-check-type", "http")], SessionAffinity::None, |d| {
-            d.health_check.port == Some(30080) && d.health_check.path.as_deref() == Some("/")
-        }),
-        ("annotation port and uri win", Some(SpecHealthCheck::Http { port: 32000, path: "/healthz".into() }), &[("health-check-connect-port", "8080"), ("health-check-uri", "/ok")], SessionAffinity::None, |d| {
-            d.health_check.port == Some(8080) && d.health_check.path.as_deref() == Some("/ok")
-        }),
-        ("timings", None, &[("health-check-interval", "10"), ("health-check-timeout", "20"), ("healthy-threshold", "4"), ("unhealthy-threshold", "5")], SessionAffinity::None, |d| {
-            let h = &d.health_check;
-            (h.interval_seconds, h.timeout_seconds, h.healthy_threshold, h.unhealthy_threshold) == (10, 20, 4, 5)
-        }),
-        ("weight and scheduler", None, &[("weight", "30"), ("scheduler", "wlc")], SessionAffinity::None, |d| {
-            d.servers.iter().all(|s| s.weight == 30) && d.scheduler == SchedulerKind::Wlc
-        }),
-        ("session affinity sticks", None, &[], SessionAffinity::ClientIp { timeout_seconds: 10800 }, |d| {
-            d.sticky_session == Some(StickySession { timeout_seconds: 10800 })
-        }),
-        ("persistence annotation overrides affinity", None, &[("persistence-timeout", "0")], SessionAffinity::ClientIp { timeout_seconds: 10800 }, |d| {
-            d.sticky_session.is_none()
-        }),
+    type Case<'a> = (
+        &'a str,
+        Option<SpecHealthCheck>,
+        &'a [(&'a str, &'a str)],
+        SessionAffinity,
+        Check,
+    );
+    let cases: &[Case<'_>] = &[
+        (
+            "local policy: http to the health check node port",
+            Some(SpecHealthCheck::Http {
+                port: 32000,
+                path: "/healthz".into(),
+            }),
+            &[],
+            SessionAffinity::None,
+            |d| {
+                d.health_check.kind == HealthCheckType::Http
+                    && d.health_check.port == Some(32000)
+                    && d.health_check.path.as_deref() == Some("/healthz")
+            },
+        ),
+        (
+            "http annotation without a port probes the node port",
+            None,
+            &[("health-check-type", "http")],
+            SessionAffinity::None,
+            |d| d.health_check.port == Some(30080) && d.health_check.path.as_deref() == Some("/"),
+        ),
+        (
+            "annotation port and uri win",
+            Some(SpecHealthCheck::Http {
+                port: 32000,
+                path: "/healthz".into(),
+            }),
+            &[
+                ("health-check-connect-port", "8080"),
+                ("health-check-uri", "/ok"),
+            ],
+            SessionAffinity::None,
+            |d| d.health_check.port == Some(8080) && d.health_check.path.as_deref() == Some("/ok"),
+        ),
+        (
+            "timings",
+            None,
+            &[
+                ("health-check-interval", "10"),
+                ("health-check-timeout", "20"),
+                ("healthy-threshold", "4"),
+                ("unhealthy-threshold", "5"),
+            ],
+            SessionAffinity::None,
+            |d| {
+                let h = &d.health_check;
+                (
+                    h.interval_seconds,
+                    h.timeout_seconds,
+                    h.healthy_threshold,
+                    h.unhealthy_threshold,
+                ) == (10, 20, 4, 5)
+            },
+        ),
+        (
+            "weight and scheduler",
+            None,
+            &[("weight", "30"), ("scheduler", "wlc")],
+            SessionAffinity::None,
+            |d| d.servers.iter().all(|s| s.weight == 30) && d.scheduler == SchedulerKind::Wlc,
+        ),
+        (
+            "session affinity sticks",
+            None,
+            &[],
+            SessionAffinity::ClientIp {
+                timeout_seconds: 10800,
+            },
+            |d| {
+                d.sticky_session
+                    == Some(StickySession {
+                        timeout_seconds: 10800,
+                    })
+            },
+        ),
+        (
+            "persistence annotation overrides affinity",
+            None,
+            &[("persistence-timeout", "0")],
+            SessionAffinity::ClientIp {
+                timeout_seconds: 10800,
+            },
+            |d| d.sticky_session.is_none(),
+        ),
     ];
     for (desc, hc, annotations, affinity, check) in cases {
         let mut spec = base_spec();
@@ -152,7 +240,10 @@ fn health_checks_and_annotations_shape_the_listener() {
         }
         spec.session_affinity = *affinity;
         spec.annotations = Annotations::new(
-            annotations.iter().map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string())).collect(),
+            annotations
+                .iter()
+                .map(|(k, v)| (format!("{PREFIX}{k}"), v.to_string()))
+                .collect(),
         );
         let want = desired(&spec);
         assert!(check(&want[0]), "{desc}: {:?}", want[0]);
@@ -165,10 +256,19 @@ fn creates_everything_on_an_empty_balancer() {
     let actions = plan(Mode::Owned, MARK, &want, &[], &[]).expect("plan");
     assert_eq!(
         names(&actions),
-        ["CreateBackendServerGroup", "CreateBackendServerGroup", "CreateListener", "CreateListener"]
+        [
+            "CreateBackendServerGroup",
+            "CreateBackendServerGroup",
+            "CreateListener",
+            "CreateListener"
+        ]
     );
     match &actions[2] {
-        Action::CreateListener { group: GroupRef::New(name), settings, .. } => {
+        Action::CreateListener {
+            group: GroupRef::New(name),
+            settings,
+            ..
+        } => {
             assert_eq!(name, &group_name(MARK, 53, ListenerProtocol::Udp));
             assert_eq!(settings.description, MARK);
         }
@@ -206,27 +306,46 @@ fn changes_make_only_the_needed_calls_in_a_safe_order() {
         },
         Case {
             desc: "a node leaves",
-            change: |s| { s.targets.remove(0); },
+            change: |s| {
+                s.targets.remove(0);
+            },
             want: &["RemoveBackendServers", "RemoveBackendServers"],
         },
         Case {
             desc: "health check changes in place",
-            change: |s| s.health_check = SpecHealthCheck::Http { port: 32000, path: "/healthz".into() },
+            change: |s| {
+                s.health_check = SpecHealthCheck::Http {
+                    port: 32000,
+                    path: "/healthz".into(),
+                }
+            },
             want: &["ModifyListener", "ModifyListener"],
         },
         Case {
             desc: "a listener goes: listener then its group",
-            change: |s| { s.listeners.remove(0); },
+            change: |s| {
+                s.listeners.remove(0);
+            },
             want: &["DeleteListener", "DeleteBackendServerGroup"],
         },
         Case {
             desc: "a listener comes",
-            change: |s| s.listeners.push(SpecListener { port: 443, protocol: Protocol::Tcp, node_port: 30443, name: None }),
+            change: |s| {
+                s.listeners.push(SpecListener {
+                    port: 443,
+                    protocol: Protocol::Tcp,
+                    node_port: 30443,
+                    name: None,
+                })
+            },
             want: &["CreateBackendServerGroup", "CreateListener"],
         },
         Case {
             desc: "weight change updates servers in place",
-            change: |s| s.annotations = Annotations::new([(format!("{PREFIX}weight"), "50".to_string())].into()),
+            change: |s| {
+                s.annotations =
+                    Annotations::new([(format!("{PREFIX}weight"), "50".to_string())].into())
+            },
             want: &["AddBackendServers", "AddBackendServers"],
         },
     ];
@@ -235,7 +354,8 @@ fn changes_make_only_the_needed_calls_in_a_safe_order() {
         let (listeners, groups) = converged(&desired(&spec));
         let mut changed = spec.clone();
         (case.change)(&mut changed);
-        let actions = plan(Mode::Owned, MARK, &desired(&changed), &listeners, &groups).expect("plan");
+        let actions =
+            plan(Mode::Owned, MARK, &desired(&changed), &listeners, &groups).expect("plan");
         assert_eq!(names(&actions), case.want, "{}: {actions:?}", case.desc);
     }
 }
@@ -263,8 +383,17 @@ fn leftovers_of_a_crash_are_reused_or_collected() {
         servers: vec![],
     });
     let actions = plan(Mode::Owned, MARK, &want, &[], &groups).expect("plan");
-    assert_eq!(names(&actions), ["CreateListener", "CreateListener", "DeleteBackendServerGroup"]);
-    assert!(matches!(&actions[0], Action::CreateListener { group: GroupRef::Id(id), .. } if id == "sg-0"));
+    assert_eq!(
+        names(&actions),
+        [
+            "CreateListener",
+            "CreateListener",
+            "DeleteBackendServerGroup"
+        ]
+    );
+    assert!(
+        matches!(&actions[0], Action::CreateListener { group: GroupRef::Id(id), .. } if id == "sg-0")
+    );
     assert!(matches!(&actions[2], Action::DeleteGroup { group_id } if group_id == "sg-stray"));
 }
 
@@ -302,22 +431,46 @@ fn reused_balancers_keep_what_is_not_ours() {
 
     let err = plan(Mode::ReuseAddOnly, MARK, &want, &listeners, &groups).expect_err("clash");
     match err {
-        ProviderError::InvalidSpec { field, .. } => assert!(field.contains("force-override-listeners"), "{field}"),
+        ProviderError::InvalidSpec { field, .. } => {
+            assert!(field.contains("force-override-listeners"), "{field}")
+        }
         other => panic!("{other:?}"),
     }
 
     let actions = plan(Mode::ReuseOverride, MARK, &want, &listeners, &groups).expect("plan");
     assert_eq!(
         names(&actions),
-        ["CreateBackendServerGroup", "CreateBackendServerGroup", "CreateListener", "ModifyListener"],
+        [
+            "CreateBackendServerGroup",
+            "CreateBackendServerGroup",
+            "CreateListener",
+            "ModifyListener"
+        ],
         "the clashing listener is taken over in place with our own group; nothing of theirs is deleted: {actions:?}"
     );
-    assert!(matches!(&actions[3], Action::UpdateListener { listener_id, group: GroupRef::New(_), settings }
-        if listener_id == &clash.id && settings.description == MARK));
+    assert!(
+        matches!(&actions[3], Action::UpdateListener { listener_id, group: GroupRef::New(_), settings }
+        if listener_id == &clash.id && settings.description == MARK)
+    );
 
     // Without clashes, add-only adds and leaves the rest alone.
-    let actions = plan(Mode::ReuseAddOnly, MARK, &want, &[other.clone()], &groups[1..]).expect("plan");
-    assert_eq!(names(&actions), ["CreateBackendServerGroup", "CreateBackendServerGroup", "CreateListener", "CreateListener"]);
+    let actions = plan(
+        Mode::ReuseAddOnly,
+        MARK,
+        &want,
+        std::slice::from_ref(&other),
+        &groups[1..],
+    )
+    .expect("plan");
+    assert_eq!(
+        names(&actions),
+        [
+            "CreateBackendServerGroup",
+            "CreateBackendServerGroup",
+            "CreateListener",
+            "CreateListener"
+        ]
+    );
 
     // Deleting the Service removes only portico's listeners and groups.
     let (mut ours, our_groups) = converged(&want);
@@ -328,10 +481,18 @@ fn reused_balancers_keep_what_is_not_ours() {
     assert_eq!(
         actions,
         vec![
-            Action::DeleteListener { listener_id: "lsn-0".into() },
-            Action::DeleteListener { listener_id: "lsn-1".into() },
-            Action::DeleteGroup { group_id: "sg-0".into() },
-            Action::DeleteGroup { group_id: "sg-1".into() },
+            Action::DeleteListener {
+                listener_id: "lsn-0".into()
+            },
+            Action::DeleteListener {
+                listener_id: "lsn-1".into()
+            },
+            Action::DeleteGroup {
+                group_id: "sg-0".into()
+            },
+            Action::DeleteGroup {
+                group_id: "sg-1".into()
+            },
         ]
     );
 }

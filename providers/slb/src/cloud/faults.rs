@@ -73,7 +73,7 @@ impl FaultState {
         let counter = self.counters.entry(key).or_insert(0);
         *counter += 1;
         let n = *counter;
-        let throttle = (rule.throttle_every > 0 && n % rule.throttle_every == 0)
+        let throttle = (rule.throttle_every > 0 && n.is_multiple_of(rule.throttle_every))
             || (rule.throttle_rate > 0.0 && random < rule.throttle_rate);
         if throttle {
             return (
@@ -83,7 +83,7 @@ impl FaultState {
                 },
             );
         }
-        let fail = (rule.error_every > 0 && n % rule.error_every == 0)
+        let fail = (rule.error_every > 0 && n.is_multiple_of(rule.error_every))
             || (rule.error_rate > 0.0 && random < rule.error_rate);
         (
             latency,
@@ -165,6 +165,10 @@ mod tests {
             },
             ..FaultConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("error_rate"));
+        assert!(
+            bad.validate()
+                .expect_err("rate out of range")
+                .contains("error_rate")
+        );
     }
 }

@@ -103,7 +103,9 @@ impl From<ClientError> for ProviderError {
                         .unwrap_or(("request", message.as_str()));
                     ProviderError::invalid(format!("slb.{field}"), reason)
                 }
-                (_, "AddressInUse") => ProviderError::invalid("spec.loadBalancerIP", message.clone()),
+                (_, "AddressInUse") => {
+                    ProviderError::invalid("spec.loadBalancerIP", message.clone())
+                }
                 (404, _) => ProviderError::NotFound {
                     what: message.clone(),
                 },
@@ -112,7 +114,9 @@ impl From<ClientError> for ProviderError {
                 },
                 _ => ProviderError::transient_from("unexpected cloud answer", err),
             },
-            ClientError::Transport { .. } => ProviderError::transient_from("cloud unreachable", err),
+            ClientError::Transport { .. } => {
+                ProviderError::transient_from("cloud unreachable", err)
+            }
             ClientError::Decode { .. } | ClientError::Encode(_) => {
                 ProviderError::transient_from("cloud protocol error", err)
             }
@@ -152,11 +156,17 @@ pub struct CloudClient {
 }
 
 fn encode<T: Serialize>(body: &T) -> Result<Option<Vec<u8>>, ClientError> {
-    serde_json::to_vec(body).map(Some).map_err(ClientError::Encode)
+    serde_json::to_vec(body)
+        .map(Some)
+        .map_err(ClientError::Encode)
 }
 
 impl CloudClient {
-    pub fn new(endpoint: &str, timeout: Duration, max_retries: usize) -> Result<Self, ProviderError> {
+    pub fn new(
+        endpoint: &str,
+        timeout: Duration,
+        max_retries: usize,
+    ) -> Result<Self, ProviderError> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
@@ -294,7 +304,11 @@ impl CloudClient {
         body: &CreateLoadBalancerRequest,
         token: &str,
     ) -> Result<LoadBalancer, ClientError> {
-        let mut req = Self::req("CreateLoadBalancer", Method::POST, "/v1/load-balancers".into());
+        let mut req = Self::req(
+            "CreateLoadBalancer",
+            Method::POST,
+            "/v1/load-balancers".into(),
+        );
         req.body = encode(body)?;
         req.token = Some(token);
         self.json(req).await
@@ -460,10 +474,15 @@ impl CloudClient {
     // ---- ACLs ----
 
     pub async fn acls(&self, tags: &BTreeMap<String, String>) -> Result<Vec<Acl>, ClientError> {
-        self.all_pages("DescribeAcls", "/v1/acls".into(), tags).await
+        self.all_pages("DescribeAcls", "/v1/acls".into(), tags)
+            .await
     }
 
-    pub async fn create_acl(&self, body: &CreateAclRequest, token: &str) -> Result<Acl, ClientError> {
+    pub async fn create_acl(
+        &self,
+        body: &CreateAclRequest,
+        token: &str,
+    ) -> Result<Acl, ClientError> {
         let mut req = Self::req("CreateAcl", Method::POST, "/v1/acls".into());
         req.body = encode(body)?;
         req.token = Some(token);
@@ -477,8 +496,12 @@ impl CloudClient {
     }
 
     pub async fn delete_acl(&self, id: &str) -> Result<(), ClientError> {
-        self.empty(Self::req("DeleteAcl", Method::DELETE, format!("/v1/acls/{id}")))
-            .await
+        self.empty(Self::req(
+            "DeleteAcl",
+            Method::DELETE,
+            format!("/v1/acls/{id}"),
+        ))
+        .await
     }
 }
 

@@ -84,7 +84,13 @@ fn token(key: &LoadBalancerKey, what: &str) -> String {
     format!(
         "portico-{}",
         short_hash(
-            &[key.cluster.as_str(), &key.namespace, &key.name, &key.uid, what],
+            &[
+                key.cluster.as_str(),
+                &key.namespace,
+                &key.name,
+                &key.uid,
+                what
+            ],
             40
         )
     )
@@ -153,11 +159,8 @@ impl SlbProvider {
     /// # Errors
     /// `Transient` when the HTTP client cannot be built.
     pub fn new(config: SlbProviderConfig) -> Result<Self, ProviderError> {
-        let client = CloudClient::new(
-            &config.endpoint,
-            config.request_timeout,
-            config.max_retries,
-        )?;
+        let client =
+            CloudClient::new(&config.endpoint, config.request_timeout, config.max_retries)?;
         Ok(Self { config, client })
     }
 
@@ -196,9 +199,7 @@ impl SlbProvider {
                 && uid != &key.uid
             {
                 return Err(ProviderError::invalid(
-                    portico_provider::Annotations::field(&options::annotation(
-                        options::keys::ID,
-                    )),
+                    portico_provider::Annotations::field(&options::annotation(options::keys::ID)),
                     format!("balancer {id} already belongs to another Service"),
                 ));
             }
@@ -231,7 +232,10 @@ impl SlbProvider {
 
         let found = self.owned(key).await?;
         if found.len() > 1 {
-            tracing::warn!(count = found.len(), "several balancers carry this Service's tags; using the oldest");
+            tracing::warn!(
+                count = found.len(),
+                "several balancers carry this Service's tags; using the oldest"
+            );
         }
         if let Some(lb) = found.into_iter().next() {
             let mode = if lb.tags.contains_key(tags::REUSED) {
@@ -384,9 +388,10 @@ impl SlbProvider {
         let mut new_groups: BTreeMap<String, String> = BTreeMap::new();
         let resolve = |g: &GroupRef, new_groups: &BTreeMap<String, String>| match g {
             GroupRef::Id(id) => Ok(id.clone()),
-            GroupRef::New(name) => new_groups.get(name).cloned().ok_or_else(|| {
-                ProviderError::transient(format!("group {name} was not created"))
-            }),
+            GroupRef::New(name) => new_groups
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ProviderError::transient(format!("group {name} was not created"))),
         };
         for action in actions {
             tracing::debug!(action = action.name(), balancer = lb, "cloud call");

@@ -126,8 +126,7 @@ fn choice<T: Copy>(
 }
 
 fn range(a: &Annotations, key: &str, min: i64, max: i64) -> Result<Option<u32>, ProviderError> {
-    Ok(a
-        .parse_in_range(&annotation(key), min, max)?
+    Ok(a.parse_in_range(&annotation(key), min, max)?
         .and_then(|v| u32::try_from(v).ok()))
 }
 
@@ -179,17 +178,26 @@ impl SlbOptions {
         let kind = choice(
             a,
             keys::HEALTH_CHECK_TYPE,
-            &[("tcp", HealthCheckType::Tcp), ("http", HealthCheckType::Http)],
+            &[
+                ("tcp", HealthCheckType::Tcp),
+                ("http", HealthCheckType::Http),
+            ],
         )?;
         let uri = match a.get(&annotation(keys::HEALTH_CHECK_URI)) {
             None => None,
-            Some(raw) if raw.starts_with('/') && !raw.contains(char::is_whitespace) && raw.len() <= 200 => {
+            Some(raw)
+                if raw.starts_with('/')
+                    && !raw.contains(char::is_whitespace)
+                    && raw.len() <= 200 =>
+            {
                 Some(raw.to_string())
             }
             Some(raw) => {
                 return Err(ProviderError::invalid(
                     field(keys::HEALTH_CHECK_URI),
-                    format!("{raw:?} must start with / and have no spaces (at most 200 characters)"),
+                    format!(
+                        "{raw:?} must start with / and have no spaces (at most 200 characters)"
+                    ),
                 ));
             }
         };
@@ -213,8 +221,7 @@ impl SlbOptions {
             unhealthy_threshold: range(a, keys::UNHEALTHY_THRESHOLD, 2, 10)?,
         };
 
-        let acl_on = choice(a, keys::ACL_STATUS, &[("on", true), ("off", false)])?
-            .unwrap_or(false);
+        let acl_on = choice(a, keys::ACL_STATUS, &[("on", true), ("off", false)])?.unwrap_or(false);
         let acl_mode = choice(
             a,
             keys::ACL_TYPE,
@@ -227,7 +234,10 @@ impl SlbOptions {
             .map(String::from);
         let acl = if acl_on {
             let id = acl_id.ok_or_else(|| {
-                ProviderError::invalid(field(keys::ACL_ID), "acl-status is on but no acl-id is given")
+                ProviderError::invalid(
+                    field(keys::ACL_ID),
+                    "acl-status is on but no acl-id is given",
+                )
             })?;
             if !spec.source_ranges.is_empty() {
                 return Err(ProviderError::invalid(

@@ -63,7 +63,10 @@ pub fn check_listeners(spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
     for (i, l) in spec.listeners.iter().enumerate() {
         if l.protocol == Protocol::Sctp {
             return Err(ProviderError::Unsupported {
-                what: format!("SCTP listener on port {} (slb forwards TCP and UDP)", l.port),
+                what: format!(
+                    "SCTP listener on port {} (slb forwards TCP and UDP)",
+                    l.port
+                ),
             });
         }
         if l.port == 0 || l.node_port == 0 {
@@ -124,7 +127,9 @@ fn health_check(
         interval_seconds: h.interval_seconds.unwrap_or(defaults.interval_seconds),
         timeout_seconds: h.timeout_seconds.unwrap_or(defaults.timeout_seconds),
         healthy_threshold: h.healthy_threshold.unwrap_or(defaults.healthy_threshold),
-        unhealthy_threshold: h.unhealthy_threshold.unwrap_or(defaults.unhealthy_threshold),
+        unhealthy_threshold: h
+            .unhealthy_threshold
+            .unwrap_or(defaults.unhealthy_threshold),
     }
 }
 
