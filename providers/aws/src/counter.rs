@@ -168,9 +168,12 @@ impl Intercept for CallCounter {
         "portico-call-counter"
     }
 
-    fn read_before_execution(
+    // Not `read_before_execution`: client-level interceptors run that hook
+    // before the operation's metadata is in the bag.
+    fn read_before_serialization(
         &self,
         _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let op = Self::operation(cfg);

@@ -276,18 +276,38 @@ impl AwsProvider {
     }
 
     /// Everything AWS has for the NLB `lb`.
-    async fn observe(&self, lb: ObservedLb, desired: &Desired) -> Result<Observed> {
+    async fn observe(
+        &self,
+        key: &LoadBalancerKey,
+        lb: ObservedLb,
+        desired: &Desired,
+    ) -> Result<Observed> {
         let cross_zone = async {
             match desired.cross_zone {
                 Some(_) => self.cross_zone(&lb.arn).await,
                 None => Ok(None),
             }
         };
-        let (listeners, groups, cross_zone) = tokio::try_join!(
-            self.listeners(&lb.arn),
-            self.target_groups(Some(&lb.arn)),
-            cross_zone
-        )?;
+        let groups = async {
+            match self.target_groups(Some(&lb.arn)).await {
+                // AWS answers an empty list; moto fails when a listener once
+                // pointed at a since-deleted group. Fall back to the key's
+                // name prefix, which also finds groups left unattached.
+                Err(ProviderError::NotFound { what }) => {
+                    debug!(%what, "target groups by load balancer not found; listing by name prefix");
+                    let prefix = names::target_group_prefix(key);
+                    Ok(self
+                        .target_groups(None)
+                        .await?
+                        .into_iter()
+                        .filter(|g| g.target_group_name().is_some_and(|n| n.starts_with(&prefix)))
+                        .collect())
+                }
+                other => other,
+            }
+        };
+        let (listeners, groups, cross_zone) =
+            tokio::try_join!(self.listeners(&lb.arn), groups, cross_zone)?;
         let mut arns = vec![lb.arn.clone()];
         arns.extend(
             groups
@@ -819,7 +839,7 @@ impl AwsProvider {
         }
         let (lb, observed) = match existing {
             Some(lb) => {
-                let observed = self.observe(lb.clone(), &desired).await?;
+                let observed = self.observe(&spec.key, lb.clone(), &desired).await?;
                 if !owned_by(&spec.key, &observed.tags) {
                     return Err(ProviderError::Conflict {
                         message: format!(
