@@ -306,8 +306,30 @@ impl AwsProvider {
                 other => other,
             }
         };
-        let (listeners, groups, cross_zone) =
+        let (listeners, mut groups, cross_zone) =
             tokio::try_join!(self.listeners(&lb.arn), groups, cross_zone)?;
+        // Groups a listener forwards to must be observed too; AWS lists them
+        // with the load balancer, moto forgets those set by ModifyListener.
+        let known: BTreeSet<&str> = groups.iter().filter_map(|g| g.target_group_arn()).collect();
+        let missing: BTreeSet<String> = listeners
+            .iter()
+            .filter_map(|l| l.target_group_arn.clone())
+            .filter(|arn| !known.contains(arn.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            let found = self
+                .elb
+                .describe_target_groups()
+                .set_target_group_arns(Some(missing.into_iter().collect()))
+                .send()
+                .await
+                .map_err(|e| from_sdk("DescribeTargetGroups", e));
+            match found {
+                Ok(out) => groups.extend(out.target_groups().iter().cloned()),
+                Err(ProviderError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
         let mut arns = vec![lb.arn.clone()];
         arns.extend(
             groups

@@ -99,8 +99,11 @@ aws_test!(reensure_makes_no_mutating_call, |h: AwsHarness| async move {
 
 aws_test!(node_port_change_replaces_the_target_group, |h: AwsHarness| async move {
     let mut s = spec(&h, "nodeport", 2).await;
+    s.listeners = vec![udp(53, 30053), tcp(80, 30080)];
     ensure(&h, &s).await;
-    s.listeners = vec![tcp(80, 31080)];
+    s.listeners.push(tcp(443, 30443));
+    ensure(&h, &s).await;
+    s.listeners = vec![udp(53, 30053), tcp(80, 31080), tcp(443, 30443)];
     let changed = ensure(&h, &s).await;
     eprintln!("changed: {changed:?}");
     let lb = h
@@ -113,6 +116,8 @@ aws_test!(node_port_change_replaces_the_target_group, |h: AwsHarness| async move
     let arn = lb.load_balancers()[0].load_balancer_arn().expect("arn").to_string();
     let listeners = h.elb.describe_listeners().load_balancer_arn(&arn).send().await.expect("listeners");
     eprintln!("listeners: {:?}", listeners.listeners());
+    let tgs = h.elb.describe_target_groups().load_balancer_arn(&arn).send().await;
+    eprintln!("tgs: {:?}", tgs.map(|t| t.target_groups().iter().map(|g| (g.target_group_name().map(String::from), g.port())).collect::<Vec<_>>()));
     let again = ensure(&h, &s).await;
     assert_eq!(again.mutations, 0, "re-ensure mutated: {again:?}");
     h.provider.delete(&s.key).await.expect("delete");
