@@ -316,3 +316,53 @@ async fn metrics_count_connections_and_bytes() {
     })
     .await;
 }
+
+/// Bulk data both ways with a half-close, for both copy modes: the client
+/// sends 3 MiB and shuts its write side; the echo backend sends it all back
+/// and closes; the client reads exactly what it sent, then EOF.
+#[tokio::test]
+async fn bulk_transfer_with_half_close_in_both_copy_modes() {
+    use portico_slb::dataplane::{CopyMode, DataPlane, DataPlaneConfig};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    within(30, async {
+        let e = Backend::echo().await;
+        for (i, copy) in [CopyMode::Splice, CopyMode::Buffered]
+            .into_iter()
+            .enumerate()
+        {
+            let dp = DataPlane::new(DataPlaneConfig {
+                copy,
+                ..DataPlaneConfig::default()
+            });
+            let vip = vip(FILE, 8 + i as u8);
+            let l = listener(8000, Transport::Tcp)
+                .backends(&[e.addr])
+                .probe(ProbeKind::Disabled)
+                .build();
+            dp.apply(balancer("lb-bulk", vip, vec![l]))
+                .await
+                .expect("apply");
+            let s = tokio::net::TcpStream::connect(SocketAddr::new(vip, 8000))
+                .await
+                .expect("connect");
+            let (mut r, mut w) = s.into_split();
+            let data: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+            let sent = data.clone();
+            let writer = tokio::spawn(async move {
+                w.write_all(&sent).await.expect("write");
+                w.shutdown().await.expect("half-close");
+                w
+            });
+            let mut back = Vec::new();
+            r.read_to_end(&mut back).await.expect("read to EOF");
+            let _w = writer.await.expect("writer");
+            assert_eq!(back.len(), data.len(), "{copy:?}");
+            assert!(back == data, "{copy:?}: bytes differ");
+            wait_for(&dp, "lb-bulk", 5, "connection closed", |s| {
+                s.listeners[0].backends[0].active_connections == 0
+            })
+            .await;
+        }
+    })
+    .await;
+}

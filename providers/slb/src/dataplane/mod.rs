@@ -56,6 +56,8 @@ mod health;
 mod listener;
 mod metrics;
 mod scheduler;
+#[cfg(target_os = "linux")]
+mod splice;
 mod tcp;
 mod udp;
 
@@ -88,8 +90,21 @@ pub struct DataPlaneConfig {
     pub connect_attempts: usize,
     /// A UDP session without traffic either way for this long is closed.
     pub udp_idle_timeout: Duration,
-    /// Size of each of the two copy buffers of a TCP connection.
+    /// How TCP connections move bytes.
+    pub copy: CopyMode,
+    /// Size of each of the two copy buffers (or pipes, for
+    /// [`CopyMode::Splice`]) of a TCP connection.
     pub buffer_size: usize,
+}
+
+/// How a TCP connection's bytes are moved between client and backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMode {
+    /// `splice(2)` through a pipe per direction: the payload stays in the
+    /// kernel. Linux only; elsewhere the same as `Buffered`.
+    Splice,
+    /// Read into a user-space buffer and write it out.
+    Buffered,
 }
 
 impl Default for DataPlaneConfig {
@@ -98,7 +113,8 @@ impl Default for DataPlaneConfig {
             connect_timeout: Duration::from_secs(2),
             connect_attempts: 3,
             udp_idle_timeout: Duration::from_secs(30),
-            buffer_size: 64 * 1024,
+            copy: CopyMode::Splice,
+            buffer_size: 256 * 1024,
         }
     }
 }
@@ -188,6 +204,13 @@ impl DataPlane {
             vip: b.vip,
             listeners: b.listeners.values().map(|l| l.snapshot()).collect(),
         })
+    }
+
+    /// Every balancer the data plane forwards for, ordered by id.
+    pub fn all_snapshots(&self) -> Vec<BalancerSnapshot> {
+        let mut ids: Vec<String> = self.balancers().keys().cloned().collect();
+        ids.sort();
+        ids.iter().filter_map(|id| self.snapshot(id)).collect()
     }
 
     fn balancers(&self) -> MutexGuard<'_, HashMap<String, Balancer>> {

@@ -13,6 +13,8 @@ use tracing::{Instrument, debug, trace, warn};
 
 use super::backend::ActiveGuard;
 use super::listener::ListenerShared;
+use super::metrics::BackendMetrics;
+use super::{CopyMode, DataPlaneConfig};
 
 /// Accept connections until the listener is removed.
 pub(crate) async fn serve(shared: Arc<ListenerShared>, listener: TcpListener) {
@@ -85,13 +87,7 @@ async fn handle(shared: Arc<ListenerShared>, client: TcpStream, peer: SocketAddr
     let mut client = client;
     let mut upstream = upstream;
     let result = tokio::select! {
-        r = splice(
-            &mut client,
-            &mut upstream,
-            settings.buffer_size,
-            &backend.metrics.bytes_in,
-            &backend.metrics.bytes_out,
-        ) => r,
+        r = forward(&mut client, &mut upstream, settings, &backend.metrics) => r,
         _ = backend.retired.cancelled() => {
             debug!(backend = %backend.addr, "closed at the end of the drain");
             return;
@@ -105,10 +101,41 @@ async fn handle(shared: Arc<ListenerShared>, client: TcpStream, peer: SocketAddr
     }
 }
 
+async fn forward(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    settings: &DataPlaneConfig,
+    m: &BackendMetrics,
+) -> io::Result<(u64, u64)> {
+    match settings.copy {
+        #[cfg(target_os = "linux")]
+        CopyMode::Splice => {
+            super::splice::splice_bidirectional(
+                client,
+                upstream,
+                settings.buffer_size,
+                &m.bytes_in,
+                &m.bytes_out,
+            )
+            .await
+        }
+        _ => {
+            copy_bidirectional(
+                client,
+                upstream,
+                settings.buffer_size,
+                &m.bytes_in,
+                &m.bytes_out,
+            )
+            .await
+        }
+    }
+}
+
 /// Copy both ways until both directions have seen end-of-stream, passing
 /// each end-of-stream on as a write shutdown (half-close). Returns the bytes
 /// copied client→backend and backend→client; the first error ends both.
-pub(crate) async fn splice(
+async fn copy_bidirectional(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     buffer_size: usize,
