@@ -363,13 +363,16 @@ async fn cleanup(svc: &Service, ctx: &Context, plan: CleanupPlan) -> Result<Acti
     let obj = ObjectRef::from_obj(svc);
     let api: Api<Service> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    ctx.event(
-        svc,
-        EventType::Normal,
-        "DeletingLoadBalancer",
-        "Deleting load balancer".into(),
-    )
-    .await;
+    // Another class's Service hears nothing from us.
+    if plan.release_finalizer {
+        ctx.event(
+            svc,
+            EventType::Normal,
+            "DeletingLoadBalancer",
+            "Deleting load balancer".into(),
+        )
+        .await;
+    }
     if let Err(err) = ctx
         .provider_call("delete", ctx.provider.delete(&plan.key))
         .await
@@ -401,14 +404,16 @@ async fn cleanup(svc: &Service, ctx: &Context, plan: CleanupPlan) -> Result<Acti
         )
         .await?;
     }
-    remove_finalizer(&api, svc).await?;
-    ctx.event(
-        svc,
-        EventType::Normal,
-        "DeletedLoadBalancer",
-        "Deleted load balancer".into(),
-    )
-    .await;
+    if plan.release_finalizer {
+        remove_finalizer(&api, svc).await?;
+        ctx.event(
+            svc,
+            EventType::Normal,
+            "DeletedLoadBalancer",
+            "Deleted load balancer".into(),
+        )
+        .await;
+    }
     info!(reason = ?plan.reason, "load balancer deleted");
     ctx.forget(&obj);
     ctx.metrics.reconciled("deleted");

@@ -92,6 +92,10 @@ pub struct CleanupPlan {
     /// Clear `status.loadBalancer` (not when the Service is going away, nor
     /// when another controller now owns its status).
     pub clear_status: bool,
+    /// Remove the cleanup finalizer afterwards. Not on a class change: the
+    /// finalizer (upstream's name, shared by every controller) now guards
+    /// the new owner's balancer.
+    pub release_finalizer: bool,
 }
 
 /// Whether portico answers for this Service's balancer.
@@ -143,6 +147,7 @@ pub fn plan(
                 key: key_of(svc, config),
                 reason: CleanupReason::ServiceDeleted,
                 clear_status: false,
+                release_finalizer: true,
             })
         } else {
             Plan::Ignore(IgnoreReason::BeingDeletedWithoutFinalizer)
@@ -155,11 +160,16 @@ pub fn plan(
                 key: key_of(svc, config),
                 reason: CleanupReason::NoLongerLoadBalancer,
                 clear_status: true,
+                release_finalizer: true,
             }),
+            // Another class's Service carrying the shared finalizer: delete a
+            // balancer we may hold for it (deleting nothing is cheap and
+            // idempotent) and leave the Service to its controller.
             (true, true) => Plan::Cleanup(CleanupPlan {
                 key: key_of(svc, config),
                 reason: CleanupReason::ClassChanged,
                 clear_status: false,
+                release_finalizer: false,
             }),
             (false, false) => Plan::Ignore(IgnoreReason::NotLoadBalancer),
             (false, true) => Plan::Ignore(IgnoreReason::OtherClass),
@@ -461,7 +471,12 @@ mod tests {
             Plan::Ignore(r) => format!("ignore:{r:?}"),
             Plan::Ensure(e) => format!("ensure:finalizer={}", e.add_finalizer),
             Plan::Reject(r) => format!("reject:{}", r.field),
-            Plan::Cleanup(c) => format!("cleanup:{:?}:clear={}", c.reason, c.clear_status),
+            Plan::Cleanup(c) => {
+                format!(
+                    "cleanup:{:?}:clear={}:release={}",
+                    c.reason, c.clear_status, c.release_finalizer
+                )
+            }
         }
     }
 
@@ -507,7 +522,7 @@ mod tests {
             (
                 "deleted with finalizer is cleaned up, status kept",
                 lb().finalizer(LB_FINALIZER).deleting().build(),
-                "cleanup:ServiceDeleted:clear=false",
+                "cleanup:ServiceDeleted:clear=false:release=true",
             ),
             (
                 "deleted without finalizer is ignored",
@@ -521,12 +536,12 @@ mod tests {
                     .port(80, 30080)
                     .finalizer(LB_FINALIZER)
                     .build(),
-                "cleanup:NoLongerLoadBalancer:clear=true",
+                "cleanup:NoLongerLoadBalancer:clear=true:release=true",
             ),
             (
-                "class changed away cleans up, leaves status to the new owner",
+                "another class's finalized Service: our balancer goes, its status and finalizer stay",
                 lb().class("example.com/lb").finalizer(LB_FINALIZER).build(),
-                "cleanup:ClassChanged:clear=false",
+                "cleanup:ClassChanged:clear=false:release=false",
             ),
         ];
         for (desc, s, want) in cases {

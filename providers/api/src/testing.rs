@@ -177,7 +177,7 @@ impl RecordingProvider {
                 return None;
             }
             state.fault_counter += 1;
-            (state.fault_counter % faults.fail_every == 0).then(|| {
+            state.fault_counter.is_multiple_of(faults.fail_every).then(|| {
                 if faults.throttle {
                     ProviderError::Throttled {
                         retry_after: Some(Duration::from_millis(20)),
