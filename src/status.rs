@@ -114,16 +114,17 @@ pub struct StatusUpdate {
 /// already shows this (so a steady state writes nothing).
 pub fn status_patch(svc: &Service, update: &StatusUpdate, now: Timestamp) -> Option<Value> {
     let mut patch = serde_json::Map::new();
-    if let Some(want) = &update.ingress {
-        if *want != current_ingress(svc) {
-            let value = if want.is_empty() {
-                Value::Null
-            } else {
-                json!(want)
-            };
-            patch.insert("loadBalancer".into(), json!({ "ingress": value }));
-        }
+    if let Some(want) = &update.ingress
+        && *want != current_ingress(svc)
+    {
+        let value = if want.is_empty() {
+            Value::Null
+        } else {
+            json!(want)
+        };
+        patch.insert("loadBalancer".into(), json!({ "ingress": value }));
     }
+
     if let Some(want) = &update.condition {
         let conditions = current_conditions(svc);
         let ours = conditions.iter().find(|c| c.type_ == CONDITION_TYPE);
