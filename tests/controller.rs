@@ -639,25 +639,64 @@ async fn controllers_of_different_classes_do_not_fight() {
             claim_classless: false,
             ..test_config()
         };
-        let ours = Replica::start(env.client.clone(), RecordingProvider::new(), test_config(), None);
-        let other = Replica::start(env.client.clone(), RecordingProvider::new(), other_config, None);
-        env.create(svc("default", "mine").lb().class(CLASS).port(80, 30080).build()).await;
-        env.create(svc("default", "theirs").lb().class("example.com/other").port(80, 30081).build()).await;
+        let ours = Replica::start(
+            env.client.clone(),
+            RecordingProvider::new(),
+            test_config(),
+            None,
+        );
+        let other = Replica::start(
+            env.client.clone(),
+            RecordingProvider::new(),
+            other_config,
+            None,
+        );
+        env.create(
+            svc("default", "mine")
+                .lb()
+                .class(CLASS)
+                .port(80, 30080)
+                .build(),
+        )
+        .await;
+        env.create(
+            svc("default", "theirs")
+                .lb()
+                .class("example.com/other")
+                .port(80, 30081)
+                .build(),
+        )
+        .await;
         eventually("both served", 20, || async {
-            let mine = env.get("mine").await.filter(|s| ingress_ip(s).is_some() && has_finalizer(s));
-            let theirs = env.get("theirs").await.filter(|s| ingress_ip(s).is_some() && has_finalizer(s));
+            let mine = env
+                .get("mine")
+                .await
+                .filter(|s| ingress_ip(s).is_some() && has_finalizer(s));
+            let theirs = env
+                .get("theirs")
+                .await
+                .filter(|s| ingress_ip(s).is_some() && has_finalizer(s));
             mine.zip(theirs)
         })
         .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         for name in ["mine", "theirs"] {
             let s = env.get(name).await.expect("exists");
-            assert!(has_finalizer(&s), "{name}: the other controller removed the shared finalizer");
-            assert!(ingress_ip(&s).is_some(), "{name}: status cleared by the other controller");
+            assert!(
+                has_finalizer(&s),
+                "{name}: the other controller removed the shared finalizer"
+            );
+            assert!(
+                ingress_ip(&s).is_some(),
+                "{name}: status cleared by the other controller"
+            );
         }
         assert!(ours.provider.spec_for("default", "theirs").is_none());
         assert!(other.provider.spec_for("default", "mine").is_none());
-        assert!(!env.has_event("mine", "DeletingLoadBalancer").await, "no cleanup events on a foreign Service");
+        assert!(
+            !env.has_event("mine", "DeletingLoadBalancer").await,
+            "no cleanup events on a foreign Service"
+        );
         ours.stop().await;
         other.stop().await;
     })
