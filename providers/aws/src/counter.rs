@@ -199,7 +199,7 @@ impl Intercept for CallCounter {
             match state.faults {
                 Some(f) => {
                     state.fault_seq += 1;
-                    if state.fault_seq % f.every == 0 {
+                    if state.fault_seq.is_multiple_of(f.every) {
                         state.stats.injected_faults += 1;
                         Some(f.kind)
                     } else {

@@ -19,16 +19,21 @@ pub fn classify(op: &str, code: Option<&str>, status: Option<u16>, message: &str
         format!("{op}: {code_str}: {message}")
     };
     match code_str {
-        "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "ThrottledException"
-        | "TooManyRequestsException" | "RequestThrottled" | "SlowDown" => {
-            ProviderError::Throttled {
-                retry_after: Some(THROTTLE_RETRY_AFTER),
-            }
-        }
-        "DuplicateLoadBalancerName" | "DuplicateTargetGroupName" | "DuplicateListener"
-        | "ResourceInUse" | "IncorrectState" | "OperationNotPermitted" => {
-            ProviderError::Conflict { message: detail }
-        }
+        "Throttling"
+        | "ThrottlingException"
+        | "RequestLimitExceeded"
+        | "ThrottledException"
+        | "TooManyRequestsException"
+        | "RequestThrottled"
+        | "SlowDown" => ProviderError::Throttled {
+            retry_after: Some(THROTTLE_RETRY_AFTER),
+        },
+        "DuplicateLoadBalancerName"
+        | "DuplicateTargetGroupName"
+        | "DuplicateListener"
+        | "ResourceInUse"
+        | "IncorrectState"
+        | "OperationNotPermitted" => ProviderError::Conflict { message: detail },
         c if c.starts_with("TooMany") || c.ends_with("LimitExceeded") => {
             ProviderError::QuotaExceeded {
                 resource: c.to_string(),
@@ -50,7 +55,9 @@ pub fn classify(op: &str, code: Option<&str>, status: Option<u16>, message: &str
         | "InvalidParameterValue"
         | "InvalidParameterCombination"
         | "InvalidParameter"
-        | "MissingParameter" => ProviderError::invalid(format!("aws {op}"), format!("{code_str}: {message}")),
+        | "MissingParameter" => {
+            ProviderError::invalid(format!("aws {op}"), format!("{code_str}: {message}"))
+        }
         c if c.ends_with("NotFound") || c.ends_with("NotFoundException") => {
             ProviderError::NotFound { what: detail }
         }
@@ -119,31 +126,111 @@ mod tests {
     fn codes_map_to_what_the_controller_does() {
         let cases: &[(&str, Option<&str>, Option<u16>, &str)] = &[
             ("throttling", Some("Throttling"), Some(400), "throttled"),
-            ("throttling exception", Some("ThrottlingException"), Some(400), "throttled"),
-            ("ec2 request limit", Some("RequestLimitExceeded"), Some(503), "throttled"),
-            ("validation", Some("ValidationError"), Some(400), "invalid_spec"),
-            ("bad config", Some("InvalidConfigurationRequest"), Some(400), "invalid_spec"),
-            ("bad target", Some("InvalidTarget"), Some(400), "invalid_spec"),
-            ("bad subnet", Some("InvalidSubnet"), Some(400), "invalid_spec"),
-            ("missing subnet", Some("SubnetNotFound"), Some(400), "invalid_spec"),
-            ("too many lbs", Some("TooManyLoadBalancers"), Some(400), "quota_exceeded"),
-            ("too many targets", Some("TooManyTargets"), Some(400), "quota_exceeded"),
+            (
+                "throttling exception",
+                Some("ThrottlingException"),
+                Some(400),
+                "throttled",
+            ),
+            (
+                "ec2 request limit",
+                Some("RequestLimitExceeded"),
+                Some(503),
+                "throttled",
+            ),
+            (
+                "validation",
+                Some("ValidationError"),
+                Some(400),
+                "invalid_spec",
+            ),
+            (
+                "bad config",
+                Some("InvalidConfigurationRequest"),
+                Some(400),
+                "invalid_spec",
+            ),
+            (
+                "bad target",
+                Some("InvalidTarget"),
+                Some(400),
+                "invalid_spec",
+            ),
+            (
+                "bad subnet",
+                Some("InvalidSubnet"),
+                Some(400),
+                "invalid_spec",
+            ),
+            (
+                "missing subnet",
+                Some("SubnetNotFound"),
+                Some(400),
+                "invalid_spec",
+            ),
+            (
+                "too many lbs",
+                Some("TooManyLoadBalancers"),
+                Some(400),
+                "quota_exceeded",
+            ),
+            (
+                "too many targets",
+                Some("TooManyTargets"),
+                Some(400),
+                "quota_exceeded",
+            ),
             (
                 "too many registrations",
                 Some("TooManyRegistrationsForTargetId"),
                 Some(400),
                 "quota_exceeded",
             ),
-            ("lb gone", Some("LoadBalancerNotFound"), Some(400), "not_found"),
-            ("tg gone", Some("TargetGroupNotFound"), Some(400), "not_found"),
-            ("listener gone", Some("ListenerNotFound"), Some(400), "not_found"),
-            ("duplicate lb", Some("DuplicateLoadBalancerName"), Some(400), "conflict"),
-            ("duplicate tg", Some("DuplicateTargetGroupName"), Some(400), "conflict"),
+            (
+                "lb gone",
+                Some("LoadBalancerNotFound"),
+                Some(400),
+                "not_found",
+            ),
+            (
+                "tg gone",
+                Some("TargetGroupNotFound"),
+                Some(400),
+                "not_found",
+            ),
+            (
+                "listener gone",
+                Some("ListenerNotFound"),
+                Some(400),
+                "not_found",
+            ),
+            (
+                "duplicate lb",
+                Some("DuplicateLoadBalancerName"),
+                Some(400),
+                "conflict",
+            ),
+            (
+                "duplicate tg",
+                Some("DuplicateTargetGroupName"),
+                Some(400),
+                "conflict",
+            ),
             ("tg in use", Some("ResourceInUse"), Some(400), "conflict"),
-            ("unavailable", Some("ServiceUnavailable"), Some(503), "transient"),
+            (
+                "unavailable",
+                Some("ServiceUnavailable"),
+                Some(503),
+                "transient",
+            ),
             ("internal", Some("InternalFailure"), Some(500), "transient"),
             ("bare 503", None, Some(503), "transient"),
-            ("access denied", Some("AccessDenied"), Some(403), "transient"),
+            (
+                "access denied",
+                Some("AccessDenied"),
+                Some(403),
+                "transient",
+            ),
             ("unknown 4xx", Some("SomethingNew"), Some(400), "transient"),
         ];
         for (desc, code, status, label) in cases {
@@ -168,7 +255,23 @@ mod tests {
 
     #[test]
     fn not_found_counts_as_deleted() {
-        assert!(gone_is_ok(Err(classify("DeleteListener", Some("ListenerNotFound"), None, ""))).is_ok());
-        assert!(gone_is_ok(Err(classify("DeleteListener", Some("Throttling"), None, ""))).is_err());
+        assert!(
+            gone_is_ok(Err(classify(
+                "DeleteListener",
+                Some("ListenerNotFound"),
+                None,
+                ""
+            )))
+            .is_ok()
+        );
+        assert!(
+            gone_is_ok(Err(classify(
+                "DeleteListener",
+                Some("Throttling"),
+                None,
+                ""
+            )))
+            .is_err()
+        );
     }
 }

@@ -107,7 +107,11 @@ mod tests {
     #[test]
     fn names_are_bounded_deterministic_and_distinct() {
         let cases = [
-            ("nlb", load_balancer_name(&key("u1")), load_balancer_name(&key("u2"))),
+            (
+                "nlb",
+                load_balancer_name(&key("u1")),
+                load_balancer_name(&key("u2")),
+            ),
             (
                 "target group",
                 target_group_name(&key("u1"), 80, "TCP", 30080),
@@ -133,7 +137,10 @@ mod tests {
             );
             assert_ne!(a, b, "{desc}: differs");
         }
-        assert_eq!(load_balancer_name(&key("u1")), load_balancer_name(&key("u1")));
+        assert_eq!(
+            load_balancer_name(&key("u1")),
+            load_balancer_name(&key("u1"))
+        );
         let tg = target_group_name(&key("u1"), 80, "TCP", 30080);
         assert_eq!(tg.len(), MAX_NAME);
         assert!(tg.starts_with(&target_group_prefix(&key("u1"))));

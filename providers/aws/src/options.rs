@@ -363,6 +363,8 @@ mod tests {
     use super::*;
     use portico_provider::{ClusterName, LoadBalancerKey};
 
+    type Pairs = &'static [(&'static str, &'static str)];
+
     fn spec(pairs: &[(&str, &str)]) -> LoadBalancerSpec {
         let mut spec = LoadBalancerSpec::new(LoadBalancerKey::new(
             ClusterName::new("c"),
@@ -370,12 +372,8 @@ mod tests {
             "svc",
             "uid",
         ));
-        spec.annotations = Annotations::new(
-            pairs
-                .iter()
-                .map(|(k, v)| (key(k), v.to_string()))
-                .collect(),
-        );
+        spec.annotations =
+            Annotations::new(pairs.iter().map(|(k, v)| (key(k), v.to_string())).collect());
         spec
     }
 
@@ -392,7 +390,7 @@ mod tests {
     #[test]
     fn good_annotations_parse() {
         type Check = fn(&AwsOptions) -> bool;
-        let cases: &[(&str, &[(&str, &str)], Check)] = &[
+        let cases: &[(&str, Pairs, Check)] = &[
             ("type nlb", &[("type", "nlb")], |_| true),
             ("internal", &[("internal", "true")], |o| {
                 o.scheme == Scheme::Internal
@@ -417,9 +415,11 @@ mod tests {
             ("hc port", &[("healthcheck-port", "8080")], |o| {
                 o.health.port == Some(HealthPort::Port(8080))
             }),
-            ("hc traffic-port", &[("healthcheck-port", "traffic-port")], |o| {
-                o.health.port == Some(HealthPort::TrafficPort)
-            }),
+            (
+                "hc traffic-port",
+                &[("healthcheck-port", "traffic-port")],
+                |o| o.health.port == Some(HealthPort::TrafficPort),
+            ),
             ("hc path", &[("healthcheck-path", "/ready")], |o| {
                 o.health.path.as_deref() == Some("/ready")
             }),
@@ -429,9 +429,11 @@ mod tests {
             ("hc timeout", &[("healthcheck-timeout", "4")], |o| {
                 o.health.timeout == Some(4)
             }),
-            ("hc healthy", &[("healthcheck-healthy-threshold", "2")], |o| {
-                o.health.healthy_threshold == Some(2)
-            }),
+            (
+                "hc healthy",
+                &[("healthcheck-healthy-threshold", "2")],
+                |o| o.health.healthy_threshold == Some(2),
+            ),
             (
                 "hc unhealthy",
                 &[("healthcheck-unhealthy-threshold", "10")],
@@ -442,11 +444,9 @@ mod tests {
                 &[("additional-resource-tags", "team=web, env=prod")],
                 |o| o.additional_tags.get("env").map(String::as_str) == Some("prod"),
             ),
-            (
-                "node labels",
-                &[("target-node-labels", "pool=edge")],
-                |o| o.target_node_labels.len() == 1,
-            ),
+            ("node labels", &[("target-node-labels", "pool=edge")], |o| {
+                o.target_node_labels.len() == 1
+            }),
             (
                 "eips",
                 &[
@@ -476,7 +476,7 @@ mod tests {
 
     #[test]
     fn bad_annotations_name_the_annotation() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        let cases: &[(&str, Pairs, &str)] = &[
             ("type alb", &[("type", "alb")], "type"),
             ("internal yes", &[("internal", "yes")], "internal"),
             ("scheme bogus", &[("scheme", "public")], "scheme"),
@@ -497,19 +497,42 @@ mod tests {
                 "healthcheck-protocol",
             ),
             ("hc port", &[("healthcheck-port", "0")], "healthcheck-port"),
-            ("hc port word", &[("healthcheck-port", "http")], "healthcheck-port"),
-            ("hc path", &[("healthcheck-path", "healthz")], "healthcheck-path"),
+            (
+                "hc port word",
+                &[("healthcheck-port", "http")],
+                "healthcheck-port",
+            ),
+            (
+                "hc path",
+                &[("healthcheck-path", "healthz")],
+                "healthcheck-path",
+            ),
             (
                 "hc path with tcp",
                 &[("healthcheck-protocol", "tcp"), ("healthcheck-path", "/x")],
                 "healthcheck-path",
             ),
-            ("hc interval low", &[("healthcheck-interval", "4")], "healthcheck-interval"),
-            ("hc interval high", &[("healthcheck-interval", "301")], "healthcheck-interval"),
-            ("hc timeout", &[("healthcheck-timeout", "1")], "healthcheck-timeout"),
+            (
+                "hc interval low",
+                &[("healthcheck-interval", "4")],
+                "healthcheck-interval",
+            ),
+            (
+                "hc interval high",
+                &[("healthcheck-interval", "301")],
+                "healthcheck-interval",
+            ),
+            (
+                "hc timeout",
+                &[("healthcheck-timeout", "1")],
+                "healthcheck-timeout",
+            ),
             (
                 "hc timeout over interval",
-                &[("healthcheck-interval", "10"), ("healthcheck-timeout", "10")],
+                &[
+                    ("healthcheck-interval", "10"),
+                    ("healthcheck-timeout", "10"),
+                ],
                 "healthcheck-timeout",
             ),
             (
@@ -537,10 +560,17 @@ mod tests {
                 &[("target-node-labels", "=x")],
                 "target-node-labels",
             ),
-            ("eip id", &[("eip-allocations", "1.2.3.4")], "eip-allocations"),
+            (
+                "eip id",
+                &[("eip-allocations", "1.2.3.4")],
+                "eip-allocations",
+            ),
             (
                 "eip count",
-                &[("subnets", "subnet-a,subnet-b"), ("eip-allocations", "eipalloc-1")],
+                &[
+                    ("subnets", "subnet-a,subnet-b"),
+                    ("eip-allocations", "eipalloc-1"),
+                ],
                 "eip-allocations",
             ),
             (

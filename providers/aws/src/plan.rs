@@ -10,7 +10,9 @@ use portico_provider::{
 };
 
 use crate::names;
-use crate::options::{AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, Scheme};
+use crate::options::{
+    AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, Scheme,
+};
 
 /// AWS accepts at most this many targets per RegisterTargets/DeregisterTargets call.
 pub const TARGET_BATCH: usize = 100;
@@ -153,9 +155,8 @@ pub struct Desired {
 pub fn instance_id(provider_id: &str) -> Option<&str> {
     let rest = provider_id.strip_prefix("aws://")?;
     let id = rest.rsplit('/').next()?;
-    let valid = id.len() > 2
-        && id.starts_with("i-")
-        && id[2..].chars().all(|c| c.is_ascii_alphanumeric());
+    let valid =
+        id.len() > 2 && id.starts_with("i-") && id[2..].chars().all(|c| c.is_ascii_alphanumeric());
     valid.then_some(id)
 }
 
@@ -247,7 +248,8 @@ impl Desired {
 
     /// The status for an NLB reachable at `dns_name`.
     pub fn status(&self, dns_name: &str) -> LoadBalancerStatus {
-        let ports: Vec<(u16, TgProtocol)> = self.groups.iter().map(|g| (g.port, g.protocol)).collect();
+        let ports: Vec<(u16, TgProtocol)> =
+            self.groups.iter().map(|g| (g.port, g.protocol)).collect();
         status(dns_name, &ports)
     }
 }
@@ -690,7 +692,10 @@ mod tests {
     #[test]
     fn fresh_nlb_plan_creates_groups_registers_and_listens() {
         let s = spec(
-            vec![listener(80, Protocol::Tcp, 30080), listener(53, Protocol::Udp, 30053)],
+            vec![
+                listener(80, Protocol::Tcp, 30080),
+                listener(53, Protocol::Udp, 30053),
+            ],
             2,
         );
         let d = desired(&s);
@@ -714,7 +719,10 @@ mod tests {
     #[test]
     fn converged_state_plans_nothing() {
         let mut s = spec(
-            vec![listener(80, Protocol::Tcp, 30080), listener(53, Protocol::Udp, 30053)],
+            vec![
+                listener(80, Protocol::Tcp, 30080),
+                listener(53, Protocol::Udp, 30053),
+            ],
             3,
         );
         s.annotations = Annotations::new(
@@ -743,7 +751,10 @@ mod tests {
     #[test]
     fn tcp_and_udp_on_one_port_merge() {
         let s = spec(
-            vec![listener(53, Protocol::Tcp, 30053), listener(53, Protocol::Udp, 30053)],
+            vec![
+                listener(53, Protocol::Tcp, 30053),
+                listener(53, Protocol::Udp, 30053),
+            ],
             1,
         );
         let d = desired(&s);
@@ -753,7 +764,10 @@ mod tests {
         assert_eq!(ports.len(), 2, "status reports both protocols");
 
         let bad = spec(
-            vec![listener(53, Protocol::Tcp, 30053), listener(53, Protocol::Udp, 30054)],
+            vec![
+                listener(53, Protocol::Tcp, 30053),
+                listener(53, Protocol::Udp, 30054),
+            ],
             1,
         );
         let opts = AwsOptions::parse(&bad).expect("options");
@@ -768,7 +782,10 @@ mod tests {
         let cases = [
             (
                 "duplicate",
-                vec![listener(80, Protocol::Tcp, 1), listener(80, Protocol::Tcp, 2)],
+                vec![
+                    listener(80, Protocol::Tcp, 1),
+                    listener(80, Protocol::Tcp, 2),
+                ],
                 "invalid_spec",
             ),
             ("sctp", vec![listener(80, Protocol::Sctp, 1)], "unsupported"),
@@ -855,7 +872,10 @@ mod tests {
         let s = spec(vec![listener(53, Protocol::Udp, 30053)], 1);
         let o = converged(&desired(&s));
         let both = spec(
-            vec![listener(53, Protocol::Tcp, 30053), listener(53, Protocol::Udp, 30053)],
+            vec![
+                listener(53, Protocol::Tcp, 30053),
+                listener(53, Protocol::Udp, 30053),
+            ],
             1,
         );
         let steps = plan(&o, &desired(&both));
@@ -880,7 +900,10 @@ mod tests {
     #[test]
     fn removed_port_deletes_listener_then_group() {
         let s = spec(
-            vec![listener(80, Protocol::Tcp, 30080), listener(443, Protocol::Tcp, 30443)],
+            vec![
+                listener(80, Protocol::Tcp, 30080),
+                listener(443, Protocol::Tcp, 30443),
+            ],
             1,
         );
         let o = converged(&desired(&s));
@@ -908,7 +931,8 @@ mod tests {
             let mut s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
             s.annotations = Annotations::new(
                 [(
-                    "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags".to_string(),
+                    "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags"
+                        .to_string(),
                     tags.to_string(),
                 )]
                 .into_iter()

@@ -212,7 +212,10 @@ impl AwsProvider {
                 out.push(ObservedListener {
                     arn: arn.to_string(),
                     port: u16::try_from(port).unwrap_or(0),
-                    protocol: l.protocol().map(|p| p.as_str().to_string()).unwrap_or_default(),
+                    protocol: l
+                        .protocol()
+                        .map(|p| p.as_str().to_string())
+                        .unwrap_or_default(),
                     target_group_arn: forward_target(l.default_actions()),
                 });
             }
@@ -300,7 +303,10 @@ impl AwsProvider {
                         .target_groups(None)
                         .await?
                         .into_iter()
-                        .filter(|g| g.target_group_name().is_some_and(|n| n.starts_with(&prefix)))
+                        .filter(|g| {
+                            g.target_group_name()
+                                .is_some_and(|n| n.starts_with(&prefix))
+                        })
                         .collect())
                 }
                 other => other,
@@ -441,8 +447,10 @@ impl AwsProvider {
             .collect();
         match &opts.subnets {
             SubnetSelector::Listed(items) => {
-                let (ids, tag_names): (Vec<String>, Vec<String>) =
-                    items.iter().cloned().partition(|s| s.starts_with("subnet-"));
+                let (ids, tag_names): (Vec<String>, Vec<String>) = items
+                    .iter()
+                    .cloned()
+                    .partition(|s| s.starts_with("subnet-"));
                 let mut found = Vec::new();
                 if !ids.is_empty() {
                     found.extend(self.describe_subnets(Some(ids), Vec::new()).await?);
@@ -482,7 +490,11 @@ impl AwsProvider {
                         field,
                         format!(
                             "no subnet found for a{} load balancer: tag subnets with {role}=1 (and {}=owned|shared), or list them in this annotation",
-                            if opts.scheme == Scheme::Internal { "n internal" } else { "n internet-facing" },
+                            if opts.scheme == Scheme::Internal {
+                                "n internal"
+                            } else {
+                                "n internet-facing"
+                            },
                             names::cluster_tag(&self.config.cluster)
                         ),
                     ));
@@ -503,7 +515,10 @@ impl AwsProvider {
             if n > 0 && n != subnet_ids.len() {
                 return Err(ProviderError::invalid(
                     Annotations::field(&format!("{}{what}", crate::options::PREFIX)),
-                    format!("{n} given for {} subnets: one per subnet is required", subnet_ids.len()),
+                    format!(
+                        "{n} given for {} subnets: one per subnet is required",
+                        subnet_ids.len()
+                    ),
                 ));
             }
         }
@@ -535,7 +550,9 @@ impl AwsProvider {
                 .load_balancers()
                 .first()
                 .and_then(observed_lb)
-                .ok_or_else(|| ProviderError::transient("CreateLoadBalancer returned no load balancer")),
+                .ok_or_else(|| {
+                    ProviderError::transient("CreateLoadBalancer returned no load balancer")
+                }),
             Err(e) => match from_sdk("CreateLoadBalancer", e) {
                 // Someone (a previous attempt) made it in the meantime: adopt it if it is ours.
                 conflict @ ProviderError::Conflict { .. } => {
@@ -582,7 +599,9 @@ impl AwsProvider {
                 .first()
                 .and_then(|t| t.target_group_arn())
                 .map(String::from)
-                .ok_or_else(|| ProviderError::transient("CreateTargetGroup returned no target group")),
+                .ok_or_else(|| {
+                    ProviderError::transient("CreateTargetGroup returned no target group")
+                }),
             Err(e) => match from_sdk("CreateTargetGroup", e) {
                 conflict @ ProviderError::Conflict { .. } => {
                     // Left behind by an interrupted ensure: adopt it if it is ours.
@@ -827,7 +846,10 @@ impl AwsProvider {
             .target_groups(None)
             .await?
             .iter()
-            .filter(|g| g.target_group_name().is_some_and(|n| n.starts_with(&prefix)))
+            .filter(|g| {
+                g.target_group_name()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
             .filter_map(|g| g.target_group_arn().map(String::from))
             .collect();
         if candidates.is_empty() {
@@ -853,7 +875,10 @@ impl AwsProvider {
         }
         let mut existing = self.find_lb(&desired.name).await?;
         if let Some(lb) = &existing
-            && lb.scheme.as_deref().is_some_and(|s| s != desired.scheme.as_str())
+            && lb
+                .scheme
+                .as_deref()
+                .is_some_and(|s| s != desired.scheme.as_str())
         {
             info!(from = ?lb.scheme, to = desired.scheme.as_str(), "scheme changed: replacing the load balancer");
             self.delete_lb(&spec.key, lb).await?;

@@ -120,7 +120,12 @@ mod tests {
             ),
             (
                 "role tag value other than 1 is ignored",
-                vec![subnet("subnet-a", "az-a", "vpc-1", &[("kubernetes.io/role/elb", "0")])],
+                vec![subnet(
+                    "subnet-a",
+                    "az-a",
+                    "vpc-1",
+                    &[("kubernetes.io/role/elb", "0")],
+                )],
                 Scheme::InternetFacing,
                 &[],
             ),

@@ -17,7 +17,12 @@ const A: &str = "service.beta.kubernetes.io/aws-load-balancer-";
 
 fn key(cluster: &ClusterName, name: &str) -> LoadBalancerKey {
     let uid = uuid::Uuid::new_v4().to_string();
-    LoadBalancerKey::new(cluster.clone(), "calls", format!("{name}-{}", &uid[..8]), uid)
+    LoadBalancerKey::new(
+        cluster.clone(),
+        "calls",
+        format!("{name}-{}", &uid[..8]),
+        uid,
+    )
 }
 
 fn tcp(port: u16, node_port: u16) -> Listener {
@@ -44,7 +49,11 @@ async fn spec(h: &AwsHarness, name: &str, targets: usize) -> LoadBalancerSpec {
 }
 
 fn annotate(s: &mut LoadBalancerSpec, pairs: &[(&str, &str)]) {
-    let mut map: BTreeMap<String, String> = s.annotations.iter().map(|(k, v)| (k.into(), v.into())).collect();
+    let mut map: BTreeMap<String, String> = s
+        .annotations
+        .iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     for (k, v) in pairs {
         map.insert(format!("{A}{k}"), v.to_string());
     }
@@ -85,102 +94,143 @@ macro_rules! aws_test {
     };
 }
 
-aws_test!(reensure_makes_no_mutating_call, |h: AwsHarness| async move {
-    let mut s = spec(&h, "steady", 3).await;
-    s.listeners = vec![tcp(80, 30080), udp(53, 30053), tcp(443, 30443)];
-    annotate(&mut s, &[("additional-resource-tags", "team=web"), ("cross-zone-load-balancing-enabled", "true")]);
-    ensure(&h, &s).await;
-    let again = ensure(&h, &s).await;
-    assert_eq!(again.mutations, 0, "re-ensure mutated: {again:?}");
-    h.provider.delete(&s.key).await.expect("delete");
-});
+aws_test!(
+    reensure_makes_no_mutating_call,
+    |h: AwsHarness| async move {
+        let mut s = spec(&h, "steady", 3).await;
+        s.listeners = vec![tcp(80, 30080), udp(53, 30053), tcp(443, 30443)];
+        annotate(
+            &mut s,
+            &[
+                ("additional-resource-tags", "team=web"),
+                ("cross-zone-load-balancing-enabled", "true"),
+            ],
+        );
+        ensure(&h, &s).await;
+        let again = ensure(&h, &s).await;
+        assert_eq!(again.mutations, 0, "re-ensure mutated: {again:?}");
+        h.provider.delete(&s.key).await.expect("delete");
+    }
+);
 
-aws_test!(node_port_change_replaces_the_target_group, |h: AwsHarness| async move {
-    let mut s = spec(&h, "nodeport", 2).await;
-    s.listeners = vec![udp(53, 30053), tcp(80, 30080)];
-    ensure(&h, &s).await;
-    s.listeners.push(tcp(443, 30443));
-    ensure(&h, &s).await;
-    s.listeners = vec![udp(53, 30053), tcp(80, 31080), tcp(443, 30443)];
-    let changed = ensure(&h, &s).await;
-    assert_eq!(
-        (
-            changed.count("CreateTargetGroup"),
-            changed.count("ModifyListener"),
-            changed.count("DeleteTargetGroup"),
-            changed.count("CreateLoadBalancer"),
-        ),
-        (1, 1, 1, 0),
-        "{changed:?}"
-    );
-    let again = ensure(&h, &s).await;
-    assert_eq!(again.mutations, 0, "re-ensure mutated: {again:?}");
-    h.provider.delete(&s.key).await.expect("delete");
-});
+aws_test!(
+    node_port_change_replaces_the_target_group,
+    |h: AwsHarness| async move {
+        let mut s = spec(&h, "nodeport", 2).await;
+        s.listeners = vec![udp(53, 30053), tcp(80, 30080)];
+        ensure(&h, &s).await;
+        s.listeners.push(tcp(443, 30443));
+        ensure(&h, &s).await;
+        s.listeners = vec![udp(53, 30053), tcp(80, 31080), tcp(443, 30443)];
+        let changed = ensure(&h, &s).await;
+        assert_eq!(
+            (
+                changed.count("CreateTargetGroup"),
+                changed.count("ModifyListener"),
+                changed.count("DeleteTargetGroup"),
+                changed.count("CreateLoadBalancer"),
+            ),
+            (1, 1, 1, 0),
+            "{changed:?}"
+        );
+        let again = ensure(&h, &s).await;
+        assert_eq!(again.mutations, 0, "re-ensure mutated: {again:?}");
+        h.provider.delete(&s.key).await.expect("delete");
+    }
+);
 
-aws_test!(node_join_and_leave_are_batched, |h: AwsHarness| async move {
-    let mut s = spec(&h, "batch", 10).await;
-    ensure(&h, &s).await;
-    s.targets = h.target_list(260).await;
-    let joined = ensure(&h, &s).await;
-    assert_eq!(joined.count("RegisterTargets"), 3, "250 joins in 3 calls: {joined:?}");
-    assert_eq!(joined.mutations, 3, "{joined:?}");
-    s.targets.truncate(5);
-    let left = ensure(&h, &s).await;
-    assert_eq!(left.count("DeregisterTargets"), 3, "255 leaves in 3 calls: {left:?}");
-    assert_eq!(left.mutations, 3, "{left:?}");
-    assert_eq!(ensure(&h, &s).await.mutations, 0);
-    h.provider.delete(&s.key).await.expect("delete");
-});
+aws_test!(
+    node_join_and_leave_are_batched,
+    |h: AwsHarness| async move {
+        let mut s = spec(&h, "batch", 10).await;
+        ensure(&h, &s).await;
+        s.targets = h.target_list(260).await;
+        let joined = ensure(&h, &s).await;
+        assert_eq!(
+            joined.count("RegisterTargets"),
+            3,
+            "250 joins in 3 calls: {joined:?}"
+        );
+        assert_eq!(joined.mutations, 3, "{joined:?}");
+        s.targets.truncate(5);
+        let left = ensure(&h, &s).await;
+        assert_eq!(
+            left.count("DeregisterTargets"),
+            3,
+            "255 leaves in 3 calls: {left:?}"
+        );
+        assert_eq!(left.mutations, 3, "{left:?}");
+        assert_eq!(ensure(&h, &s).await.mutations, 0);
+        h.provider.delete(&s.key).await.expect("delete");
+    }
+);
 
-aws_test!(tcp_and_udp_on_one_port_share_a_tcp_udp_listener, |h: AwsHarness| async move {
-    let mut s = spec(&h, "tcpudp", 2).await;
-    s.listeners = vec![tcp(53, 30053), udp(53, 30053)];
-    let created = ensure(&h, &s).await;
-    assert_eq!(created.count("CreateListener"), 1, "{created:?}");
-    assert_eq!(created.count("CreateTargetGroup"), 1, "{created:?}");
-    let lb = h
-        .elb
-        .describe_load_balancers()
-        .names(portico_aws::load_balancer_name(&s.key))
-        .send()
-        .await
-        .expect("describe");
-    let arn = lb.load_balancers()[0].load_balancer_arn().expect("arn").to_string();
-    let listeners = h.elb.describe_listeners().load_balancer_arn(&arn).send().await.expect("listeners");
-    let protocols: Vec<_> = listeners
-        .listeners()
-        .iter()
-        .map(|l| l.protocol().map(|p| p.as_str().to_string()))
-        .collect();
-    assert_eq!(protocols, vec![Some("TCP_UDP".to_string())]);
-    assert_eq!(ensure(&h, &s).await.mutations, 0);
-    h.provider.delete(&s.key).await.expect("delete");
-});
+aws_test!(
+    tcp_and_udp_on_one_port_share_a_tcp_udp_listener,
+    |h: AwsHarness| async move {
+        let mut s = spec(&h, "tcpudp", 2).await;
+        s.listeners = vec![tcp(53, 30053), udp(53, 30053)];
+        let created = ensure(&h, &s).await;
+        assert_eq!(created.count("CreateListener"), 1, "{created:?}");
+        assert_eq!(created.count("CreateTargetGroup"), 1, "{created:?}");
+        let lb = h
+            .elb
+            .describe_load_balancers()
+            .names(portico_aws::load_balancer_name(&s.key))
+            .send()
+            .await
+            .expect("describe");
+        let arn = lb.load_balancers()[0]
+            .load_balancer_arn()
+            .expect("arn")
+            .to_string();
+        let listeners = h
+            .elb
+            .describe_listeners()
+            .load_balancer_arn(&arn)
+            .send()
+            .await
+            .expect("listeners");
+        let protocols: Vec<_> = listeners
+            .listeners()
+            .iter()
+            .map(|l| l.protocol().map(|p| p.as_str().to_string()))
+            .collect();
+        assert_eq!(protocols, vec![Some("TCP_UDP".to_string())]);
+        assert_eq!(ensure(&h, &s).await.mutations, 0);
+        h.provider.delete(&s.key).await.expect("delete");
+    }
+);
 
-aws_test!(health_check_change_only_modifies_target_groups, |h: AwsHarness| async move {
-    let mut s = spec(&h, "health", 2).await;
-    s.listeners = vec![tcp(80, 30080), tcp(443, 30443)];
-    ensure(&h, &s).await;
-    s.health_check = HealthCheck::Http { port: 32000, path: "/healthz".into() };
-    s.traffic_policy = TrafficPolicy::Local;
-    let changed = ensure(&h, &s).await;
-    assert_eq!(changed.mutations, 2, "{changed:?}");
-    assert_eq!(changed.count("ModifyTargetGroup"), 2, "{changed:?}");
-    let groups = h
-        .elb
-        .describe_target_groups()
-        .names(portico_aws::target_group_name(&s.key, 80, "TCP", 30080))
-        .send()
-        .await
-        .expect("describe tg");
-    let g = &groups.target_groups()[0];
-    assert_eq!(g.health_check_protocol().map(|p| p.as_str()), Some("HTTP"));
-    assert_eq!(g.health_check_port(), Some("32000"));
-    assert_eq!(g.health_check_path(), Some("/healthz"));
-    assert_eq!(ensure(&h, &s).await.mutations, 0);
-    h.provider.delete(&s.key).await.expect("delete");
-});
+aws_test!(
+    health_check_change_only_modifies_target_groups,
+    |h: AwsHarness| async move {
+        let mut s = spec(&h, "health", 2).await;
+        s.listeners = vec![tcp(80, 30080), tcp(443, 30443)];
+        ensure(&h, &s).await;
+        s.health_check = HealthCheck::Http {
+            port: 32000,
+            path: "/healthz".into(),
+        };
+        s.traffic_policy = TrafficPolicy::Local;
+        let changed = ensure(&h, &s).await;
+        assert_eq!(changed.mutations, 2, "{changed:?}");
+        assert_eq!(changed.count("ModifyTargetGroup"), 2, "{changed:?}");
+        let groups = h
+            .elb
+            .describe_target_groups()
+            .names(portico_aws::target_group_name(&s.key, 80, "TCP", 30080))
+            .send()
+            .await
+            .expect("describe tg");
+        let g = &groups.target_groups()[0];
+        assert_eq!(g.health_check_protocol().map(|p| p.as_str()), Some("HTTP"));
+        assert_eq!(g.health_check_port(), Some("32000"));
+        assert_eq!(g.health_check_path(), Some("/healthz"));
+        assert_eq!(ensure(&h, &s).await.mutations, 0);
+        h.provider.delete(&s.key).await.expect("delete");
+    }
+);
 
 aws_test!(delete_leaves_nothing, |h: AwsHarness| async move {
     let mut s = spec(&h, "gone", 2).await;
@@ -195,10 +245,16 @@ aws_test!(delete_leaves_nothing, |h: AwsHarness| async move {
         .send()
         .await;
     assert!(
-        lbs.as_ref().map(|o| o.load_balancers().is_empty()).unwrap_or(true),
+        lbs.as_ref()
+            .map(|o| o.load_balancers().is_empty())
+            .unwrap_or(true),
         "load balancer left: {lbs:?}"
     );
-    assert_eq!(h.groups_tagged(&s.key.uid).await, Vec::<String>::new(), "target groups left");
+    assert_eq!(
+        h.groups_tagged(&s.key.uid).await,
+        Vec::<String>::new(),
+        "target groups left"
+    );
     let (r, again) = calls(&h, h.provider.delete(&s.key)).await;
     r.expect("second delete");
     assert_eq!(again.mutations, 0, "{again:?}");
@@ -235,8 +291,15 @@ aws_test!(subnets_from_the_annotation, |h: AwsHarness| async move {
     // Untagged subnets: discovery finds nothing, the annotation names them.
     let h2 = AwsHarness::with_options(false).await;
     let mut s = spec(&h2, "named", 1).await;
-    let err = h2.provider.ensure(&s).await.expect_err("no subnet is tagged");
-    assert!(err.to_string().contains("aws-load-balancer-subnets"), "{err}");
+    let err = h2
+        .provider
+        .ensure(&s)
+        .await
+        .expect_err("no subnet is tagged");
+    assert!(
+        err.to_string().contains("aws-load-balancer-subnets"),
+        "{err}"
+    );
     let (first_id, _) = h2.subnets[0].clone();
     let second_name = format!("{}-public-1", h2.cluster);
     annotate(&mut s, &[("subnets", &format!("{first_id},{second_name}"))]);
@@ -246,94 +309,136 @@ aws_test!(subnets_from_the_annotation, |h: AwsHarness| async move {
     assert_eq!(lb_subnets(&h2, &s.key).await, want);
     let mut missing = spec(&h2, "missing", 1).await;
     annotate(&mut missing, &[("subnets", "no-such-subnet")]);
-    let err = h2.provider.ensure(&missing).await.expect_err("unknown subnet");
+    let err = h2
+        .provider
+        .ensure(&missing)
+        .await
+        .expect_err("unknown subnet");
     assert!(err.to_string().contains("no-such-subnet"), "{err}");
     h2.provider.delete(&s.key).await.expect("delete");
     drop(h);
 });
 
-aws_test!(additional_tags_are_added_and_removed, |h: AwsHarness| async move {
-    let mut s = spec(&h, "tags", 1).await;
-    annotate(&mut s, &[("additional-resource-tags", "team=web,env=prod")]);
-    ensure(&h, &s).await;
-    let lb_tags = |h: &AwsHarness, key: LoadBalancerKey| {
-        let elb = h.elb.clone();
-        async move {
-            let lb = elb
-                .describe_load_balancers()
-                .names(portico_aws::load_balancer_name(&key))
-                .send()
-                .await
-                .expect("describe");
-            let arn = lb.load_balancers()[0].load_balancer_arn().expect("arn").to_string();
-            let tags = elb.describe_tags().resource_arns(arn).send().await.expect("tags");
-            tags.tag_descriptions()[0]
-                .tags()
-                .iter()
-                .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
-                .collect::<BTreeMap<_, _>>()
-        }
-    };
-    let tags = lb_tags(&h, s.key.clone()).await;
-    assert_eq!(tags.get("team").map(String::as_str), Some("web"));
-    assert_eq!(tags.get("env").map(String::as_str), Some("prod"));
-    assert_eq!(
-        tags.get(&format!("kubernetes.io/cluster/{}", h.cluster)).map(String::as_str),
-        Some("owned")
-    );
-    annotate(&mut s, &[("additional-resource-tags", "team=api")]);
-    let changed = ensure(&h, &s).await;
-    assert!(changed.count("AddTags") >= 1 && changed.count("RemoveTags") >= 1, "{changed:?}");
-    let tags = lb_tags(&h, s.key.clone()).await;
-    assert_eq!(tags.get("team").map(String::as_str), Some("api"));
-    assert!(!tags.contains_key("env"), "{tags:?}");
-    assert_eq!(ensure(&h, &s).await.mutations, 0);
-    h.provider.delete(&s.key).await.expect("delete");
-});
-
-aws_test!(target_node_labels_select_targets, |h: AwsHarness| async move {
-    let mut s = spec(&h, "labels", 4).await;
-    for (i, t) in s.targets.iter_mut().enumerate() {
-        t.labels.insert("pool".into(), if i % 2 == 0 { "edge" } else { "batch" }.into());
+aws_test!(
+    additional_tags_are_added_and_removed,
+    |h: AwsHarness| async move {
+        let mut s = spec(&h, "tags", 1).await;
+        annotate(&mut s, &[("additional-resource-tags", "team=web,env=prod")]);
+        ensure(&h, &s).await;
+        let lb_tags = |h: &AwsHarness, key: LoadBalancerKey| {
+            let elb = h.elb.clone();
+            async move {
+                let lb = elb
+                    .describe_load_balancers()
+                    .names(portico_aws::load_balancer_name(&key))
+                    .send()
+                    .await
+                    .expect("describe");
+                let arn = lb.load_balancers()[0]
+                    .load_balancer_arn()
+                    .expect("arn")
+                    .to_string();
+                let tags = elb
+                    .describe_tags()
+                    .resource_arns(arn)
+                    .send()
+                    .await
+                    .expect("tags");
+                tags.tag_descriptions()[0]
+                    .tags()
+                    .iter()
+                    .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                    .collect::<BTreeMap<_, _>>()
+            }
+        };
+        let tags = lb_tags(&h, s.key.clone()).await;
+        assert_eq!(tags.get("team").map(String::as_str), Some("web"));
+        assert_eq!(tags.get("env").map(String::as_str), Some("prod"));
+        assert_eq!(
+            tags.get(&format!("kubernetes.io/cluster/{}", h.cluster))
+                .map(String::as_str),
+            Some("owned")
+        );
+        annotate(&mut s, &[("additional-resource-tags", "team=api")]);
+        let changed = ensure(&h, &s).await;
+        assert!(
+            changed.count("AddTags") >= 1 && changed.count("RemoveTags") >= 1,
+            "{changed:?}"
+        );
+        let tags = lb_tags(&h, s.key.clone()).await;
+        assert_eq!(tags.get("team").map(String::as_str), Some("api"));
+        assert!(!tags.contains_key("env"), "{tags:?}");
+        assert_eq!(ensure(&h, &s).await.mutations, 0);
+        h.provider.delete(&s.key).await.expect("delete");
     }
-    annotate(&mut s, &[("target-node-labels", "pool=edge")]);
-    ensure(&h, &s).await;
-    let groups = h
-        .elb
-        .describe_target_groups()
-        .names(portico_aws::target_group_name(&s.key, 80, "TCP", 30080))
-        .send()
-        .await
-        .expect("describe tg");
-    let arn = groups.target_groups()[0].target_group_arn().expect("arn");
-    let health = h.elb.describe_target_health().target_group_arn(arn).send().await.expect("health");
-    let mut registered: Vec<String> = health
-        .target_health_descriptions()
-        .iter()
-        .filter_map(|d| d.target()?.id().map(String::from))
-        .collect();
-    registered.sort();
-    let mut want: Vec<String> = s
-        .targets
-        .iter()
-        .step_by(2)
-        .filter_map(|t| t.provider_id.as_deref()?.rsplit('/').next().map(String::from))
-        .collect();
-    want.sort();
-    assert_eq!(registered, want);
-    h.provider.delete(&s.key).await.expect("delete");
-});
+);
 
-aws_test!(injected_faults_are_absorbed_by_sdk_retries, |h: AwsHarness| async move {
-    let s = spec(&h, "faults", 2).await;
-    h.provider.calls().set_faults(Some(portico_aws::FaultInjection {
-        every: 2,
-        kind: portico_aws::FaultKind::Throttling,
-    }));
-    let created = ensure(&h, &s).await;
-    h.provider.calls().set_faults(None);
-    assert!(created.injected_faults > 0, "{created:?}");
-    assert!(created.attempts > created.total(), "{created:?}");
-    assert_eq!(ensure(&h, &s).await.mutations, 0);
-    h.provider.delete(&s.key).await.expect("delete");
-});
+aws_test!(
+    target_node_labels_select_targets,
+    |h: AwsHarness| async move {
+        let mut s = spec(&h, "labels", 4).await;
+        for (i, t) in s.targets.iter_mut().enumerate() {
+            t.labels.insert(
+                "pool".into(),
+                if i % 2 == 0 { "edge" } else { "batch" }.into(),
+            );
+        }
+        annotate(&mut s, &[("target-node-labels", "pool=edge")]);
+        ensure(&h, &s).await;
+        let groups = h
+            .elb
+            .describe_target_groups()
+            .names(portico_aws::target_group_name(&s.key, 80, "TCP", 30080))
+            .send()
+            .await
+            .expect("describe tg");
+        let arn = groups.target_groups()[0].target_group_arn().expect("arn");
+        let health = h
+            .elb
+            .describe_target_health()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .expect("health");
+        let mut registered: Vec<String> = health
+            .target_health_descriptions()
+            .iter()
+            .filter_map(|d| d.target()?.id().map(String::from))
+            .collect();
+        registered.sort();
+        let mut want: Vec<String> = s
+            .targets
+            .iter()
+            .step_by(2)
+            .filter_map(|t| {
+                t.provider_id
+                    .as_deref()?
+                    .rsplit('/')
+                    .next()
+                    .map(String::from)
+            })
+            .collect();
+        want.sort();
+        assert_eq!(registered, want);
+        h.provider.delete(&s.key).await.expect("delete");
+    }
+);
+
+aws_test!(
+    injected_faults_are_absorbed_by_sdk_retries,
+    |h: AwsHarness| async move {
+        let s = spec(&h, "faults", 2).await;
+        h.provider
+            .calls()
+            .set_faults(Some(portico_aws::FaultInjection {
+                every: 2,
+                kind: portico_aws::FaultKind::Throttling,
+            }));
+        let created = ensure(&h, &s).await;
+        h.provider.calls().set_faults(None);
+        assert!(created.injected_faults > 0, "{created:?}");
+        assert!(created.attempts > created.total(), "{created:?}");
+        assert_eq!(ensure(&h, &s).await.mutations, 0);
+        h.provider.delete(&s.key).await.expect("delete");
+    }
+);

@@ -44,7 +44,11 @@ pub async fn sdk_config(endpoint: &str) -> SdkConfig {
         .region(Region::new(REGION))
         .endpoint_url(endpoint)
         .credentials_provider(elb::config::Credentials::new(
-            "testing", "testing", None, None, "portico-tests",
+            "testing",
+            "testing",
+            None,
+            None,
+            "portico-tests",
         ))
         .retry_config(
             RetryConfig::standard()
@@ -184,7 +188,12 @@ impl AwsHarness {
             .enumerate()
             .map(|(i, (id, zone))| Target {
                 node_name: format!("node-{i:04}"),
-                addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, (i / 250) as u8, (i % 250) as u8 + 1))],
+                addresses: vec![IpAddr::V4(Ipv4Addr::new(
+                    10,
+                    0,
+                    (i / 250) as u8,
+                    (i % 250) as u8 + 1,
+                ))],
                 provider_id: Some(format!("aws:///{zone}/{id}")),
                 labels: BTreeMap::new(),
             })
@@ -201,7 +210,9 @@ impl AwsHarness {
             .expect("describe target groups");
         let mut out = Vec::new();
         for g in groups.target_groups() {
-            let Some(arn) = g.target_group_arn() else { continue };
+            let Some(arn) = g.target_group_arn() else {
+                continue;
+            };
             let tags = self
                 .elb
                 .describe_tags()
@@ -222,7 +233,10 @@ impl AwsHarness {
     }
 
     pub fn subnet_filter(&self) -> Filter {
-        Filter::builder().name("vpc-id").values(&self.vpc_id).build()
+        Filter::builder()
+            .name("vpc-id")
+            .values(&self.vpc_id)
+            .build()
     }
 }
 
@@ -247,14 +261,16 @@ impl Harness for AwsHarness {
     }
 
     async fn set_faults(&self, faults: Faults) -> bool {
-        self.provider.calls().set_faults((faults.fail_every > 0).then_some(FaultInjection {
-            every: faults.fail_every,
-            kind: if faults.throttle {
-                FaultKind::Throttling
-            } else {
-                FaultKind::ServiceUnavailable
-            },
-        }));
+        self.provider
+            .calls()
+            .set_faults((faults.fail_every > 0).then_some(FaultInjection {
+                every: faults.fail_every,
+                kind: if faults.throttle {
+                    FaultKind::Throttling
+                } else {
+                    FaultKind::ServiceUnavailable
+                },
+            }));
         true
     }
 }
