@@ -618,7 +618,27 @@ async fn leader_election_one_acts_other_takes_over() {
 
         // The leader stops (SIGTERM): it releases the lease and b takes over.
         let b_provider = b.provider.clone();
+        let stopped = tokio::time::Instant::now();
         a.stop().await;
+        // Released, not expired: b holds the lease well before the 3 s duration runs out.
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(env.client.clone(), "kube-system");
+        loop {
+            let holder = leases
+                .get_opt("portico-controller")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec?.holder_identity);
+            if holder.as_deref() == Some("replica-b") {
+                break;
+            }
+            assert!(
+                stopped.elapsed() < Duration::from_millis(2500),
+                "b did not take over before the lease would have expired: the leader did not release it"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         env.create(svc("default", "second").lb().port(81, 30081).build())
             .await;
         eventually("b serves after takeover", 20, || async {
