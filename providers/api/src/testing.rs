@@ -177,15 +177,18 @@ impl RecordingProvider {
                 return None;
             }
             state.fault_counter += 1;
-            state.fault_counter.is_multiple_of(faults.fail_every).then(|| {
-                if faults.throttle {
-                    ProviderError::Throttled {
-                        retry_after: Some(Duration::from_millis(20)),
+            state
+                .fault_counter
+                .is_multiple_of(faults.fail_every)
+                .then(|| {
+                    if faults.throttle {
+                        ProviderError::Throttled {
+                            retry_after: Some(Duration::from_millis(20)),
+                        }
+                    } else {
+                        ProviderError::transient("injected fault")
                     }
-                } else {
-                    ProviderError::transient("injected fault")
-                }
-            })
+                })
         });
         match injected {
             Some(err) => {
