@@ -4,8 +4,7 @@
 //!
 //! `cargo bench -p portico-aws --bench aws_calls` (`SERVICES=n` to change the 100).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use portico_aws::testing as common;
 
 use std::time::Instant;
 

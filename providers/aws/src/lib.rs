@@ -22,6 +22,8 @@ pub mod options;
 mod plan;
 mod provider;
 mod subnets;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use counter::{CallCounter, CallStats, FaultInjection, FaultKind, is_read_only};
 pub use errors::classify as classify_aws_error;

@@ -1,7 +1,7 @@
 //! AWS call behaviour against the endpoint in `AWS_ENDPOINT_URL` (moto):
 //! exactly which calls a change makes. Skips when it is not set.
 
-mod common;
+use portico_aws::testing as common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

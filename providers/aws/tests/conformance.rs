@@ -2,7 +2,7 @@
 //! `AWS_ENDPOINT_URL` (moto from `scripts/moto.sh`, or LocalStack).
 //! Without it every scenario prints why it skipped and passes.
 
-mod common;
+use portico_aws::testing as common;
 
 use common::AwsHarness;
 

@@ -1,20 +1,23 @@
-//! Test setup against an AWS endpoint (moto by default; see `scripts/moto.sh`):
-//! a VPC with role-tagged subnets in two zones and EC2 instances to use as
-//! targets, all unique to one harness so tests can share the emulator.
-
-#![allow(dead_code)]
+//! Test fixtures against an AWS endpoint (moto by default; see
+//! `scripts/moto.sh`, or LocalStack): a VPC with role-tagged subnets in two
+//! zones and EC2 instances to use as targets, all unique to one harness so
+//! tests can share the emulator. Used by this crate's tests and benchmark and
+//! by portico's end-to-end test; compiled only with the `testing` feature.
+//!
+//! Setup failures panic: these are test fixtures, and a failed fixture call
+//! is a failed test.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use crate::{AwsProvider, AwsProviderConfig, FaultInjection, FaultKind};
 use async_trait::async_trait;
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2 as ec2;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_elasticloadbalancingv2 as elb;
-use portico_aws::{AwsProvider, AwsProviderConfig, FaultInjection, FaultKind};
 use portico_provider::conformance::{Faults, Harness};
 use portico_provider::{ClusterName, Target};
 use tokio::sync::Mutex;
@@ -60,11 +63,14 @@ pub async fn sdk_config(endpoint: &str) -> SdkConfig {
         .await
 }
 
+#[derive(Debug)]
 pub struct Instance {
     pub id: String,
     pub zone: String,
 }
 
+/// One test's private corner of the emulator, and a provider pointed at it.
+#[derive(Debug)]
 pub struct AwsHarness {
     pub provider: AwsProvider,
     pub cluster: ClusterName,
