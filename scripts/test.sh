@@ -21,7 +21,7 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 export PATH="$(scripts/tools.sh):$PATH"
-kubectl version --client | head -n 1
+kubectl version --client | sed -n 1p  # sed reads to the end: no SIGPIPE under pipefail
 helm version --short
 
 step "moto (AWS emulator)"

