@@ -19,10 +19,7 @@ async fn create_update_delete() {
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
 
-        let ready = eventually("EXTERNAL-IP", 20, || async {
-            env.get("web").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        let ready = env.ready("web").await;
         assert!(
             has_finalizer(&ready),
             "finalizer added before the cloud call"
@@ -131,7 +128,7 @@ async fn node_changes_follow_and_heartbeats_do_nothing() {
         let env = Env::start(2).await;
         env.create(svc("default", "web").lb().port(80, 30080).build()).await;
         env.create(svc("default", "other").type_("ClusterIP").port(80, 30081).build()).await;
-        eventually("ready", 20, || async { env.get("web").await.filter(|s| ingress_ip(s).is_some()) }).await;
+        env.ready("web").await;
 
         env.add_node("node-9", "10.0.0.99").await;
         eventually("new node is a target", 20, || async {
@@ -191,16 +188,8 @@ async fn class_filtering() {
         .await;
         env.create(svc("default", "classless").lb().port(80, 30082).build())
             .await;
-        eventually("ours ready", 20, || async {
-            env.get("mine").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
-        eventually("class-less ready", 20, || async {
-            env.get("classless")
-                .await
-                .filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("mine").await;
+        env.ready("classless").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let theirs = env.get("theirs").await.expect("exists");
         assert!(
@@ -235,10 +224,7 @@ async fn classless_services_left_alone_when_not_default() {
         .await;
         env.create(svc("default", "classless").lb().port(80, 30082).build())
             .await;
-        eventually("ours ready", 20, || async {
-            env.get("mine").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("mine").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(replica.provider.spec_for("default", "classless").is_none());
         replica.stop().await;
@@ -252,10 +238,7 @@ async fn type_change_cleans_up() {
         let env = Env::start(1).await;
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
-        eventually("ready", 20, || async {
-            env.get("web").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("web").await;
         let patch = serde_json::json!({"spec": {"type": "ClusterIP"}});
         env.services()
             .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
@@ -297,10 +280,7 @@ async fn bad_input_is_reported_and_others_keep_working() {
         env.create(svc("default", "good").lb().port(80, 30082).build())
             .await;
 
-        eventually("good served", 20, || async {
-            env.get("good").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("good").await;
         let bad = eventually("bad has a condition", 20, || async {
             env.get("bad")
                 .await
@@ -349,10 +329,7 @@ async fn bad_input_is_reported_and_others_keep_working() {
             .patch("bad", &PatchParams::default(), &Patch::Merge(&fix))
             .await
             .expect("patch");
-        let fixed = eventually("fixed", 20, || async {
-            env.get("bad").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        let fixed = env.ready("bad").await;
         assert_eq!(
             condition(&fixed, CONDITION_TYPE),
             Some(("True".into(), "Ready".into()))
@@ -375,10 +352,7 @@ async fn provider_errors_back_off_and_recover() {
         let replica = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
-        let svc = eventually("recovered", 20, || async {
-            env.get("web").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        let svc = env.ready("web").await;
         assert_eq!(
             condition(&svc, CONDITION_TYPE),
             Some(("True".into(), "Ready".into()))
@@ -429,19 +403,13 @@ async fn watch_disconnects_are_survived() {
         let env = Env::start(1).await;
         env.create(svc("default", "before").lb().port(80, 30080).build())
             .await;
-        eventually("first", 20, || async {
-            env.get("before").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("before").await;
         env.server.disconnect_watches();
         env.create(svc("default", "after").lb().port(80, 30081).build())
             .await;
         env.server.disconnect_watches();
         env.add_node("node-new", "10.0.0.77").await;
-        eventually("after disconnects", 20, || async {
-            env.get("after").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("after").await;
         eventually("node seen after disconnect", 20, || async {
             env.provider()
                 .spec_for("default", "after")
@@ -468,10 +436,7 @@ async fn restart_between_cloud_create_and_status_makes_no_second_balancer() {
         assert_eq!(provider.creates(), 1);
 
         let second = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
-        eventually("status written by the restarted controller", 20, || async {
-            env.get("web").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("web").await;
         assert_eq!(provider.creates(), 1, "restart made a second balancer");
         assert_eq!(provider.balancers().len(), 1);
         second.stop().await;
@@ -503,10 +468,7 @@ async fn balancer_made_before_a_crash_is_adopted() {
         }];
         provider.insert(spec);
         let replica = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
-        eventually("adopted", 20, || async {
-            env.get("web").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("web").await;
         assert_eq!(
             provider.creates(),
             0,
@@ -550,10 +512,7 @@ async fn orphans_are_collected() {
             (!left.contains(&orphan) && !left.contains(&recreated)).then_some(())
         })
         .await;
-        eventually("live Service served", 20, || async {
-            env.get("kept").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("kept").await;
         let left = provider.balancers();
         assert!(
             left.contains(&foreign),
@@ -604,10 +563,7 @@ async fn leader_election_one_acts_other_takes_over() {
         );
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
-        eventually("served by a", 20, || async {
-            env.get("web").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("web").await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(a.provider.creates() == 1, "leader acts");
         assert!(

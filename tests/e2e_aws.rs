@@ -19,19 +19,6 @@ use portico_provider::LoadBalancerProvider;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// The hostname the Service shows, if any.
-fn ingress_hostname(svc: &k8s_openapi::api::core::v1::Service) -> Option<String> {
-    svc.status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .as_ref()?
-        .first()?
-        .hostname
-        .clone()
-}
-
 /// Instance ids registered in each of the Service's target groups.
 async fn registered(h: &AwsHarness, uid: &str) -> Vec<BTreeSet<String>> {
     let mut out = Vec::new();

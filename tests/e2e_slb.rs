@@ -70,11 +70,19 @@ async fn nodes_come_and_go_under_load_without_a_failed_request() {
         let controller = tokio::spawn(run_replica(env.client.clone(), provider.clone(), options, registry, shutdown.clone()));
 
         env.create(svc("default", "web").lb().port(80, 31080).build()).await;
-        let ready = eventually("EXTERNAL-IP", 30, || async { env.get("web").await.filter(|s| ingress_ip(s).is_some()) }).await;
+        let ready = env.ready("web").await;
         let vip: IpAddr = ingress_ip(&ready).expect("ip").parse().expect("vip parses");
         assert!(vips.contains(&vip), "{vip} comes from the configured range");
         let addr = SocketAddr::new(vip, 80);
-        eventually("first answer", 20, || async { ask(addr).await }).await;
+        // Baseline: every initial node serves before anything changes.
+        let seen = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        eventually("all three nodes answer", 20, || async {
+            let answer = ask(addr).await;
+            let mut seen = seen.lock().expect("lock");
+            seen.extend(answer);
+            (seen.len() == 3).then_some(())
+        })
+        .await;
 
         // Load: one request after another until told to stop.
         let stop = Arc::new(AtomicBool::new(false));

@@ -37,10 +37,7 @@ async fn metrics_and_probes() {
         ));
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
-        eventually("ready", 20, || async {
-            env.get("web").await.filter(|s| ingress_ip(s).is_some())
-        })
-        .await;
+        env.ready("web").await;
 
         let http = reqwest::Client::new();
         let base = format!("http://{addr}");

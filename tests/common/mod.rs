@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::core::v1::{LoadBalancerIngress, Node, Service};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -178,22 +178,37 @@ impl Env {
             .collect()
     }
 
+    /// Wait until Service `name` shows an EXTERNAL-IP, and return it.
+    pub async fn ready(&self, name: &str) -> Service {
+        eventually(&format!("{name} has an EXTERNAL-IP"), 20, || async {
+            self.get(name).await.filter(|s| ingress_ip(s).is_some())
+        })
+        .await
+    }
+
     pub async fn has_event(&self, name: &str, reason: &str) -> bool {
         self.events(name).await.iter().any(|(_, r, _)| r == reason)
     }
 }
 
-/// The external address the Service shows, if any.
-pub fn ingress_ip(svc: &Service) -> Option<String> {
+fn first_ingress(svc: &Service) -> Option<&LoadBalancerIngress> {
     svc.status
         .as_ref()?
         .load_balancer
         .as_ref()?
         .ingress
         .as_ref()?
-        .first()?
-        .ip
-        .clone()
+        .first()
+}
+
+/// The external address the Service shows, if any.
+pub fn ingress_ip(svc: &Service) -> Option<String> {
+    first_ingress(svc)?.ip.clone()
+}
+
+/// The external hostname the Service shows, if any (AWS: the NLB's DNS name).
+pub fn ingress_hostname(svc: &Service) -> Option<String> {
+    first_ingress(svc)?.hostname.clone()
 }
 
 pub fn condition(svc: &Service, type_: &str) -> Option<(String, String)> {

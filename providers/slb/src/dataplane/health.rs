@@ -18,18 +18,29 @@ use crate::forwarding::{HealthCheckConfig, ProbeKind, Transport};
 /// - `Unknown` (never probed) takes the verdict of the first probe, so a new
 ///   backend serves after one good probe and a dead one is excluded after
 ///   one failed probe.
-/// - `Healthy` becomes `Unhealthy` after `unhealthy_threshold` consecutive
-///   failures; `Unhealthy` becomes `Healthy` after `healthy_threshold`
-///   consecutive successes. Thresholds of 0 count as 1.
+/// - Until a backend has been healthy once, one good probe is enough (as
+///   Envoy does at startup): a balancer created a moment before kube-proxy
+///   opened the NodePort must not wait `healthy_threshold` intervals.
+/// - After that, `Healthy` becomes `Unhealthy` after `unhealthy_threshold`
+///   consecutive failures; `Unhealthy` becomes `Healthy` after
+///   `healthy_threshold` consecutive successes. Thresholds of 0 count as 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tracker {
     state: HealthState,
     streak: u32,
+    /// Whether the backend has ever been healthy.
+    proven: bool,
 }
 
 impl Tracker {
     pub(crate) fn new(state: HealthState) -> Self {
-        Tracker { state, streak: 0 }
+        Tracker {
+            state,
+            streak: 0,
+            // A backend handed over already probed (a restarted task) is
+            // treated as proven: the conservative choice.
+            proven: state != HealthState::Unknown,
+        }
     }
 
     pub(crate) fn state(&self) -> HealthState {
@@ -44,8 +55,10 @@ impl Tracker {
             (HealthState::Unknown, false) => self.move_to(HealthState::Unhealthy),
             (HealthState::Healthy, true) | (HealthState::Unhealthy, false) => self.streak = 0,
             (HealthState::Healthy, false) => self.count(fall, HealthState::Unhealthy),
+            (HealthState::Unhealthy, true) if !self.proven => self.move_to(HealthState::Healthy),
             (HealthState::Unhealthy, true) => self.count(rise, HealthState::Healthy),
         }
+        self.proven |= self.state == HealthState::Healthy;
         self.state
     }
 
@@ -225,6 +238,22 @@ mod tests {
                 probes: &[false],
                 rise: 3,
                 fall: 3,
+                want: Unhealthy,
+            },
+            Case {
+                desc: "never healthy: one success is enough",
+                start: Unknown,
+                probes: &[false, false, true],
+                rise: 3,
+                fall: 3,
+                want: Healthy,
+            },
+            Case {
+                desc: "once proven, a fallen backend needs rise successes",
+                start: Unknown,
+                probes: &[true, false, false, true],
+                rise: 2,
+                fall: 2,
                 want: Unhealthy,
             },
             Case {
