@@ -7,8 +7,8 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use futures::channel::mpsc;
+use futures::{StreamExt, TryStreamExt};
 use kube::Resource;
 use kube::runtime::controller::{Action, Config as RuntimeConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::backlog::Backlog;
 use crate::config::ControllerConfig;
 use crate::k8s::{
     Api, Client, LAST_APPLIED_ANNOTATION, LB_FINALIZER, Node, ObjectRef, Patch, PatchParams,
@@ -81,6 +82,7 @@ pub struct Context {
     targets: watch::Receiver<Option<Arc<Vec<Target>>>>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    backlog: Arc<Backlog>,
     memory: Mutex<Memory>,
 }
 
@@ -199,6 +201,7 @@ fn spec_hashes(spec: &LoadBalancerSpec) -> (u64, u64) {
 pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!("reconcile", service = %format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()));
     async move {
+        ctx.backlog.started(&ObjectRef::from_obj(svc.as_ref()));
         let _timer = ctx.metrics.reconcile_timer();
         let targets = ctx.eligible_targets().await?;
         let provider = ctx.provider.clone();
@@ -528,6 +531,7 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
     let services: Api<Service> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
+    let backlog = Arc::new(Backlog::new(metrics.queued.clone()));
     let service_stream = watcher(services, watcher::Config::default())
         .default_backoff()
         .modify(trim_service)
@@ -536,7 +540,11 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
         .predicate_filter(
             |svc: &Service| Some(plan::sync_fingerprint(svc)),
             PredicateConfig::default(),
-        );
+        )
+        .inspect_ok({
+            let backlog = backlog.clone();
+            move |svc| backlog.queued(ObjectRef::from_obj(svc))
+        });
 
     let (targets_tx, targets_rx) = watch::channel(None);
     let (trigger_tx, trigger_rx) = mpsc::unbounded();
@@ -554,6 +562,7 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
             },
         ),
         metrics: metrics.clone(),
+        backlog: backlog.clone(),
         memory: Mutex::default(),
     });
 
@@ -580,10 +589,17 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
         .instrument(info_span!("orphan-gc")),
     );
 
+    let backlog_task = tokio::spawn(forget_deleted_periodically(
+        backlog.clone(),
+        reader.clone(),
+        shutdown.clone(),
+    ));
+    let node_triggers = trigger_rx.inspect(move |svc| backlog.queued(svc.clone()));
+
     let runtime_config = RuntimeConfig::default().concurrency(config.workers);
     kube::runtime::Controller::for_stream(service_stream, reader)
         .with_config(runtime_config)
-        .reconcile_on(trigger_rx)
+        .reconcile_on(node_triggers)
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -595,7 +611,23 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
     shutdown.cancel();
     let _ = node_task.await;
     let _ = gc_task.await;
+    let _ = backlog_task.await;
     info!("controller stopped");
+}
+
+/// Services deleted while waiting never reach a worker; drop them from the
+/// backlog now and then so the gauge does not drift.
+async fn forget_deleted_periodically(
+    backlog: Arc<Backlog>,
+    services: Store<Service>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => backlog.forget_deleted(&services),
+        }
+    }
 }
 
 /// Keep the eligible-node index, publish target snapshots, and re-enqueue

@@ -5,6 +5,7 @@
 //! `docs/ARCHITECTURE.md`.
 
 pub mod app;
+pub mod backlog;
 pub mod builders;
 pub mod cli;
 pub mod config;

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub provider_calls: Family<CallLabels, Counter>,
     pub provider_call_duration: Family<OpLabels, Histogram>,
     pub in_flight: Gauge,
+    pub queued: Gauge,
     pub pending_node_changes: Gauge,
     pub eligible_nodes: Gauge,
     pub is_leader: Gauge,
@@ -63,6 +64,7 @@ impl Metrics {
             provider_calls: Family::default(),
             provider_call_duration: Family::new_with_constructor(duration_histogram),
             in_flight: Gauge::default(),
+            queued: Gauge::default(),
             pending_node_changes: Gauge::default(),
             eligible_nodes: Gauge::default(),
             is_leader: Gauge::default(),
@@ -92,8 +94,13 @@ impl Metrics {
         );
         r.register(
             "reconciles_in_flight",
-            "Reconciles running now (the work queue's active depth)",
+            "Reconciles running now",
             m.in_flight.clone(),
+        );
+        r.register(
+            "reconciles_queued",
+            "Services waiting for a worker (the work queue's depth)",
+            m.queued.clone(),
         );
         r.register(
             "pending_node_changes",

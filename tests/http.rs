@@ -53,14 +53,19 @@ async fn metrics_and_probes() {
             .await
             .expect("readyz");
         assert_eq!(ready.status(), 200);
-        let body = http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("body");
+        // Once the Service is served, nothing waits for a worker.
+        let body = eventually("queue drained", 10, || async {
+            let body = http
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            body.contains("portico_reconciles_queued 0").then_some(body)
+        })
+        .await;
         for needle in [
             "portico_reconciles_total{result=\"ensured\"}",
             "portico_provider_calls_total{provider=\"recording\",op=\"ensure\",result=\"ok\"}",
