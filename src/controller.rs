@@ -324,6 +324,10 @@ async fn ensure(svc: &Service, ctx: &Context, plan: EnsurePlan) -> Result<Action
                     "Ensured load balancer".into(),
                 )
                 .await;
+                for note in ctx.provider.unenforced(&plan.spec) {
+                    warn!(note, "accepted but not enforced");
+                    ctx.event(svc, EventType::Warning, "UnenforcedField", note).await;
+                }
             }
             info!(
                 targets = plan.spec.targets.len(),

@@ -23,6 +23,16 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Parts of `spec` this provider accepts but does not enforce, each a
+    /// sentence naming the field and what to do instead (AWS: an NLB cannot
+    /// filter `loadBalancerSourceRanges`). No I/O. The controller reports
+    /// them as Warning Events when the Service changes, so nothing a user
+    /// asked for is dropped silently.
+    fn unenforced(&self, spec: &LoadBalancerSpec) -> Vec<String> {
+        let _ = spec;
+        Vec::new()
+    }
+
     /// Make the balancer for `spec.key` exist exactly as `spec` describes.
     ///
     /// # Idempotency
@@ -74,6 +84,9 @@ impl<P: LoadBalancerProvider + ?Sized> LoadBalancerProvider for std::sync::Arc<P
     }
     fn validate(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
         (**self).validate(spec)
+    }
+    fn unenforced(&self, spec: &LoadBalancerSpec) -> Vec<String> {
+        (**self).unenforced(spec)
     }
     async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError> {
         (**self).ensure(spec).await
