@@ -326,7 +326,8 @@ async fn ensure(svc: &Service, ctx: &Context, plan: EnsurePlan) -> Result<Action
                 .await;
                 for note in ctx.provider.unenforced(&plan.spec) {
                     warn!(note, "accepted but not enforced");
-                    ctx.event(svc, EventType::Warning, "UnenforcedField", note).await;
+                    ctx.event(svc, EventType::Warning, "UnenforcedField", note)
+                        .await;
                 }
             }
             info!(
