@@ -71,6 +71,15 @@ pub struct AwsProvider {
 }
 
 type Result<T, E = ProviderError> = std::result::Result<T, E>;
+type TagsByArn = BTreeMap<String, BTreeMap<String, String>>;
+
+/// No tags for resources that are gone.
+fn gone_is_empty(result: Result<TagsByArn>) -> Result<TagsByArn> {
+    match result {
+        Err(ProviderError::NotFound { .. }) => Ok(BTreeMap::new()),
+        other => other,
+    }
+}
 
 fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
@@ -93,6 +102,37 @@ fn observed_lb(lb: &elb::types::LoadBalancer) -> Option<ObservedLb> {
         ip_address_type: lb.ip_address_type().map(|t| t.as_str().to_string()),
         vpc_id: lb.vpc_id().map(String::from),
     })
+}
+
+/// Whether AWS says `lb` is a Network Load Balancer. Decided by `Type`, not
+/// by the `net/` in the ARN (emulators write `app/` for every type).
+fn is_network(lb: &elb::types::LoadBalancer) -> bool {
+    lb.r#type() == Some(&LoadBalancerTypeEnum::Network)
+}
+
+/// The load balancer an ensure works on.
+enum Found {
+    /// Made by this ensure, with the desired tags.
+    Created(ObservedLb),
+    /// Already there: whose it is must be read from its tags.
+    Existing(ObservedLb),
+}
+
+/// `Conflict` unless `tags` (`None`: the balancer vanished) name `key`.
+fn check_owned(
+    key: &LoadBalancerKey,
+    lb: &ObservedLb,
+    tags: Option<&BTreeMap<String, String>>,
+) -> Result<()> {
+    let message = match tags {
+        Some(t) if owned_by(key, t) => return Ok(()),
+        Some(_) => format!(
+            "load balancer {} exists but its tags do not name this Service",
+            lb.name
+        ),
+        None => format!("load balancer {} vanished while it was read", lb.name),
+    };
+    Err(ProviderError::Conflict { message })
 }
 
 fn forward_target(actions: &[Action]) -> Option<String> {
@@ -150,7 +190,9 @@ impl AwsProvider {
         &self.calls
     }
 
-    /// The NLB named `name`, if any. With duplicates (which only an emulator
+    /// The NLB named `name`, if any. A load balancer of another type by that
+    /// name is not ours to touch and counts as none (creating then fails with
+    /// `DuplicateLoadBalancerName`). With duplicates (which only an emulator
     /// allows) the lowest ARN wins, so every call picks the same one.
     async fn find_lb(&self, name: &str) -> Result<Option<ObservedLb>> {
         let out = match self.elb.describe_load_balancers().names(name).send().await {
@@ -165,32 +207,46 @@ impl AwsProvider {
         let mut found: Vec<ObservedLb> = out
             .load_balancers()
             .iter()
-            .filter(|lb| lb.load_balancer_name() == Some(name))
+            .filter(|lb| lb.load_balancer_name() == Some(name) && is_network(lb))
             .filter_map(observed_lb)
             .collect();
         found.sort_by(|a, b| a.arn.cmp(&b.arn));
         Ok(found.into_iter().next())
     }
 
-    /// Tags of `arns`, 20 per DescribeTags call.
-    async fn tags(&self, arns: &[String]) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
-        let calls = arns.chunks(TAGS_BATCH).map(|chunk| async move {
-            self.elb
-                .describe_tags()
-                .set_resource_arns(Some(chunk.to_vec()))
-                .send()
-                .await
-                .map_err(|e| from_sdk("DescribeTags", e))
-        });
-        let mut out = BTreeMap::new();
-        for page in try_join_all(calls).await? {
-            for d in page.tag_descriptions() {
-                if let Some(arn) = d.resource_arn() {
-                    out.insert(arn.to_string(), tags_of(d.tags()));
+    /// Tags of `arns`, 20 per DescribeTags call. A resource deleted since it
+    /// was listed is left out of the map: AWS fails the whole call for it
+    /// (`LoadBalancerNotFound`), so that batch is asked again one ARN at a time.
+    async fn tags(&self, arns: &[String]) -> Result<TagsByArn> {
+        let batches = arns.chunks(TAGS_BATCH).map(|chunk| async move {
+            match self.describe_tags(chunk).await {
+                Err(ProviderError::NotFound { what }) if chunk.len() > 1 => {
+                    debug!(%what, "a resource vanished before DescribeTags; asking one by one");
+                    let singles = chunk.iter().map(|arn| async move {
+                        gone_is_empty(self.describe_tags(std::slice::from_ref(arn)).await)
+                    });
+                    Ok(try_join_all(singles).await?.into_iter().flatten().collect())
                 }
+                other => gone_is_empty(other),
             }
-        }
-        Ok(out)
+        });
+        Ok(try_join_all(batches).await?.into_iter().flatten().collect())
+    }
+
+    /// One DescribeTags call.
+    async fn describe_tags(&self, arns: &[String]) -> Result<TagsByArn> {
+        let out = self
+            .elb
+            .describe_tags()
+            .set_resource_arns(Some(arns.to_vec()))
+            .send()
+            .await
+            .map_err(|e| from_sdk("DescribeTags", e))?;
+        Ok(out
+            .tag_descriptions()
+            .iter()
+            .filter_map(|d| Some((d.resource_arn()?.to_string(), tags_of(d.tags()))))
+            .collect())
     }
 
     async fn listeners(&self, lb_arn: &str) -> Result<Vec<ObservedListener>> {
@@ -504,7 +560,9 @@ impl AwsProvider {
         }
     }
 
-    async fn create_lb(&self, desired: &Desired, opts: &AwsOptions) -> Result<ObservedLb> {
+    /// Create the NLB; when its name is taken, the NLB that has it (which the
+    /// caller must check is ours: it may be anyone's).
+    async fn create_lb(&self, desired: &Desired, opts: &AwsOptions) -> Result<Found> {
         let subnet_ids = self.resolve_subnets(opts).await?;
         let eips = &opts.eip_allocations;
         let ips = &opts.private_ipv4_addresses;
@@ -550,17 +608,22 @@ impl AwsProvider {
                 .load_balancers()
                 .first()
                 .and_then(observed_lb)
+                .map(Found::Created)
                 .ok_or_else(|| {
                     ProviderError::transient("CreateLoadBalancer returned no load balancer")
                 }),
             Err(e) => match from_sdk("CreateLoadBalancer", e) {
-                // Someone (a previous attempt) made it in the meantime: adopt it if it is ours.
-                conflict @ ProviderError::Conflict { .. } => {
-                    match self.find_lb(&desired.name).await? {
-                        Some(lb) => Ok(lb),
-                        None => Err(conflict),
-                    }
-                }
+                // Made in the meantime (by a previous attempt, or by someone
+                // else): the caller adopts it only if its tags say it is ours.
+                ProviderError::Conflict { message } => match self.find_lb(&desired.name).await? {
+                    Some(lb) => Ok(Found::Existing(lb)),
+                    None => Err(ProviderError::Conflict {
+                        message: format!(
+                            "the name {} is taken by a load balancer that is not a network load balancer: {message}",
+                            desired.name
+                        ),
+                    }),
+                },
                 other => Err(other),
             },
         }
@@ -873,32 +936,30 @@ impl AwsProvider {
                 "loadBalancerSourceRanges are not enforced by the NLB (see the portico-aws README)"
             );
         }
-        let mut existing = self.find_lb(&desired.name).await?;
-        if let Some(lb) = &existing
+        let mut found = match self.find_lb(&desired.name).await? {
+            Some(lb) => Found::Existing(lb),
+            None => self.create_lb(&desired, &opts).await?,
+        };
+        if let Found::Existing(lb) = &found
             && lb
                 .scheme
                 .as_deref()
                 .is_some_and(|s| s != desired.scheme.as_str())
         {
+            // Only ours may be deleted: check the tags before replacing.
+            let tags = self.tags(std::slice::from_ref(&lb.arn)).await?;
+            check_owned(&spec.key, lb, tags.get(&lb.arn))?;
             info!(from = ?lb.scheme, to = desired.scheme.as_str(), "scheme changed: replacing the load balancer");
             self.delete_lb(&spec.key, lb).await?;
-            existing = None;
+            found = self.create_lb(&desired, &opts).await?;
         }
-        let (lb, observed) = match existing {
-            Some(lb) => {
+        let (lb, observed) = match found {
+            Found::Existing(lb) => {
                 let observed = self.observe(&spec.key, lb.clone(), &desired).await?;
-                if !owned_by(&spec.key, &observed.tags) {
-                    return Err(ProviderError::Conflict {
-                        message: format!(
-                            "load balancer {} exists but its tags do not name this Service",
-                            lb.name
-                        ),
-                    });
-                }
+                check_owned(&spec.key, &lb, Some(&observed.tags))?;
                 (lb, observed)
             }
-            None => {
-                let lb = self.create_lb(&desired, &opts).await?;
+            Found::Created(lb) => {
                 let observed = Observed::fresh(lb.clone(), desired.tags.clone());
                 (lb, observed)
             }
@@ -966,12 +1027,18 @@ impl LoadBalancerProvider for AwsProvider {
             match self.find_lb(&names::load_balancer_name(key)).await? {
                 Some(lb) => {
                     let tags = self.tags(std::slice::from_ref(&lb.arn)).await?;
-                    if !tags.get(&lb.arn).is_some_and(|t| owned_by(key, t)) {
-                        warn!(name = %lb.name, "not deleting a load balancer whose tags do not name this Service");
-                        return Ok(());
+                    match tags.get(&lb.arn) {
+                        // Deleted since it was found: only its target groups may be left.
+                        None => self.sweep_groups(key).await,
+                        Some(t) if !owned_by(key, t) => {
+                            warn!(name = %lb.name, "not deleting a load balancer whose tags do not name this Service");
+                            Ok(())
+                        }
+                        Some(_) => {
+                            info!(name = %lb.name, "deleting network load balancer");
+                            self.delete_lb(key, &lb).await
+                        }
                     }
-                    info!(name = %lb.name, "deleting network load balancer");
-                    self.delete_lb(key, &lb).await
                 }
                 // The balancer is gone; its target groups may not be (interrupted delete).
                 None => self.sweep_groups(key).await,
@@ -999,8 +1066,10 @@ impl LoadBalancerProvider for AwsProvider {
                     page.load_balancers()
                         .iter()
                         .filter(|lb| {
-                            lb.load_balancer_name()
-                                .is_some_and(|n| n.starts_with(names::NAME_PREFIX))
+                            is_network(lb)
+                                && lb
+                                    .load_balancer_name()
+                                    .is_some_and(|n| n.starts_with(names::NAME_PREFIX))
                         })
                         .filter_map(|lb| lb.load_balancer_arn().map(String::from)),
                 );

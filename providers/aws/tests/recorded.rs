@@ -1,0 +1,959 @@
+//! The provider against recorded AWS answers, for what moto gets wrong:
+//! network balancers' ARNs say `net/` (moto writes `app/`), a taken name is
+//! refused, DescribeTags fails for a balancer deleted since it was listed,
+//! unknown instances and bad names are rejected, new targets start
+//! `initial`, and every listing pages.
+//!
+//! A fake ELBv2/EC2 endpoint on loopback answers the real SDK over HTTP in
+//! the Query protocol, with the XML shapes of ELBv2 API 2015-12-01 and EC2
+//! 2016-11-15, and records every request. No emulator needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use fake::{Call, Reply, error, members, ok, paged};
+use portico_aws::testing::{REGION, sdk_config};
+use portico_aws::{
+    AwsProvider, AwsProviderConfig, load_balancer_name, ownership_tags, target_group_name,
+};
+use portico_provider::{
+    ClusterName, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, Protocol,
+    ProviderError, RetryHint, Target, short_hash,
+};
+
+/// The fake endpoint: an axum server on 127.0.0.1:0 that hands each request
+/// (`Action` and parameters of the form body) to a script and records it.
+mod fake {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex, MutexGuard};
+
+    use axum::extract::State;
+    use axum::http::{StatusCode, header};
+    use axum::routing::post;
+    use axum::{Form, Router};
+
+    const ELB_NS: &str = "http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/";
+    const EC2_NS: &str = "http://ec2.amazonaws.com/doc/2016-11-15/";
+    const REQUEST_ID: &str = "5d6e1c2a-7f1b-4c1e-9d2b-3f0a9e8b7c6d";
+
+    /// One request as the endpoint received it.
+    #[derive(Debug, Clone)]
+    pub struct Call {
+        pub action: String,
+        pub params: BTreeMap<String, String>,
+        /// How many requests of the same action came before this one.
+        pub nth: usize,
+    }
+
+    impl Call {
+        pub fn param(&self, name: &str) -> Option<&str> {
+            self.params.get(name).map(String::as_str)
+        }
+
+        /// A list parameter (`Names.member.1`, `Names.member.2`, ...) in order.
+        pub fn list(&self, name: &str) -> Vec<String> {
+            (1..)
+                .map_while(|i| self.params.get(&format!("{name}.member.{i}")).cloned())
+                .collect()
+        }
+
+        pub fn is_mutation(&self) -> bool {
+            !self.action.starts_with("Describe")
+        }
+    }
+
+    /// An HTTP status and an XML body.
+    #[derive(Debug, Clone)]
+    pub struct Reply(StatusCode, String);
+
+    type Script = dyn Fn(&Call) -> Reply + Send + Sync;
+
+    struct Shared {
+        script: Box<Script>,
+        calls: Mutex<Vec<Call>>,
+    }
+
+    impl Shared {
+        fn calls(&self) -> MutexGuard<'_, Vec<Call>> {
+            self.calls.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+
+    pub struct Endpoint {
+        pub url: String,
+        shared: Arc<Shared>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for Endpoint {
+        fn drop(&mut self) {
+            self.server.abort();
+        }
+    }
+
+    impl Endpoint {
+        pub async fn start(script: impl Fn(&Call) -> Reply + Send + Sync + 'static) -> Self {
+            let shared = Arc::new(Shared {
+                script: Box::new(script),
+                calls: Mutex::new(Vec::new()),
+            });
+            let app = Router::new()
+                .route("/", post(answer))
+                .with_state(shared.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind loopback");
+            let url = format!("http://{}", listener.local_addr().expect("local address"));
+            let server = tokio::spawn(async move {
+                axum::serve(listener, app).await.expect("fake endpoint");
+            });
+            Self {
+                url,
+                shared,
+                server,
+            }
+        }
+
+        pub fn calls(&self) -> Vec<Call> {
+            self.shared.calls().clone()
+        }
+
+        pub fn calls_of(&self, action: &str) -> Vec<Call> {
+            self.calls()
+                .into_iter()
+                .filter(|c| c.action == action)
+                .collect()
+        }
+
+        /// The actions of every mutating request, in order.
+        pub fn mutations(&self) -> Vec<String> {
+            self.calls()
+                .into_iter()
+                .filter(Call::is_mutation)
+                .map(|c| c.action)
+                .collect()
+        }
+    }
+
+    async fn answer(
+        State(shared): State<Arc<Shared>>,
+        Form(form): Form<Vec<(String, String)>>,
+    ) -> (StatusCode, [(header::HeaderName, &'static str); 1], String) {
+        let params: BTreeMap<String, String> = form.into_iter().collect();
+        let action = params.get("Action").cloned().unwrap_or_default();
+        let call = {
+            let mut calls = shared.calls();
+            let nth = calls.iter().filter(|c| c.action == action).count();
+            let call = Call {
+                action,
+                params,
+                nth,
+            };
+            calls.push(call.clone());
+            call
+        };
+        let Reply(status, body) = (shared.script)(&call);
+        (status, [(header::CONTENT_TYPE, "text/xml")], body)
+    }
+
+    /// ELBv2's answer to `action`, `result` inside `<{action}Result>`.
+    pub fn ok(action: &str, result: &str) -> Reply {
+        Reply(
+            StatusCode::OK,
+            format!(
+                r#"<{action}Response xmlns="{ELB_NS}"><{action}Result>{result}</{action}Result><ResponseMetadata><RequestId>{REQUEST_ID}</RequestId></ResponseMetadata></{action}Response>"#
+            ),
+        )
+    }
+
+    /// EC2's answer to `action`: no Result wrapper, a lowercase `requestId`.
+    pub fn ec2_ok(action: &str, body: &str) -> Reply {
+        Reply(
+            StatusCode::OK,
+            format!(
+                r#"<{action}Response xmlns="{EC2_NS}"><requestId>{REQUEST_ID}</requestId>{body}</{action}Response>"#
+            ),
+        )
+    }
+
+    /// An ELBv2 error as AWS sends it: HTTP 400 from the `Sender`.
+    pub fn error(code: &str, message: &str) -> Reply {
+        Reply(
+            StatusCode::BAD_REQUEST,
+            format!(
+                r#"<ErrorResponse xmlns="{ELB_NS}"><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>{REQUEST_ID}</RequestId></ErrorResponse>"#
+            ),
+        )
+    }
+
+    /// Each item in `<member>`, ELBv2's list element.
+    pub fn members(items: impl IntoIterator<Item = String>) -> String {
+        items
+            .into_iter()
+            .map(|i| format!("<member>{i}</member>"))
+            .collect()
+    }
+
+    /// One page of at most `page` of `items` as list `name`, from the
+    /// request's `Marker`, with `NextMarker` when more follow.
+    pub fn paged(call: &Call, name: &str, items: &[String], page: usize) -> Reply {
+        let start = call.param("Marker").map_or(0, |m| {
+            m.trim_start_matches("page-").parse().expect("our marker")
+        });
+        let end = (start + page).min(items.len());
+        let next = if end < items.len() {
+            format!("<NextMarker>page-{end}</NextMarker>")
+        } else {
+            String::new()
+        };
+        let list = members(items[start..end].iter().cloned());
+        ok(&call.action, &format!("<{name}>{list}</{name}>{next}"))
+    }
+}
+
+const CLUSTER: &str = "recorded";
+const VPC: &str = "vpc-0a1b2c3d4e5f60718";
+const ARN: &str = "arn:aws:elasticloadbalancing:us-east-1:123456789012";
+/// DescribeTags takes at most this many ARNs.
+const TAGS_LIMIT: usize = 20;
+
+fn key(name: &str) -> LoadBalancerKey {
+    LoadBalancerKey::new(
+        ClusterName::new(CLUSTER),
+        "shop",
+        name,
+        format!("uid-{name}"),
+    )
+}
+
+fn xml(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("<{k}>{v}</{k}>"))
+        .collect()
+}
+
+/// A target group of a recorded balancer: TCP, health check on the traffic port.
+#[derive(Debug, Clone)]
+struct Group {
+    name: String,
+    port: u16,
+    node_port: u16,
+    targets: Vec<String>,
+    /// What DescribeTargetHealth says of every target.
+    state: &'static str,
+}
+
+impl Group {
+    fn arn(&self) -> String {
+        format!(
+            "{ARN}:targetgroup/{}/{}",
+            self.name,
+            short_hash(&[&self.name], 16)
+        )
+    }
+
+    fn member(&self, lb_arn: &str) -> String {
+        let (arn, port) = (self.arn(), self.node_port.to_string());
+        xml(&[
+            ("TargetGroupArn", &arn),
+            ("TargetGroupName", &self.name),
+            ("Protocol", "TCP"),
+            ("Port", &port),
+            ("VpcId", VPC),
+            ("HealthCheckProtocol", "TCP"),
+            ("HealthCheckPort", "traffic-port"),
+            ("HealthCheckEnabled", "true"),
+            ("HealthCheckIntervalSeconds", "10"),
+            ("HealthCheckTimeoutSeconds", "6"),
+            ("HealthyThresholdCount", "2"),
+            ("UnhealthyThresholdCount", "2"),
+            ("TargetType", "instance"),
+            ("LoadBalancerArns", &members([lb_arn.to_string()])),
+            ("IpAddressType", "ipv4"),
+        ])
+    }
+
+    fn listener(&self, lb: &Lb) -> String {
+        let (tg, port) = (self.arn(), self.port.to_string());
+        let arn = format!(
+            "{ARN}:listener/net/{}/{}/{}",
+            lb.name,
+            lb.hash(),
+            short_hash(&[&port], 16)
+        );
+        let forward = xml(&[
+            ("Type", "forward"),
+            ("TargetGroupArn", &tg),
+            (
+                "ForwardConfig",
+                &xml(&[(
+                    "TargetGroups",
+                    &members([xml(&[("TargetGroupArn", &tg), ("Weight", "1")])]),
+                )]),
+            ),
+        ]);
+        xml(&[
+            ("ListenerArn", &arn),
+            ("LoadBalancerArn", &lb.arn()),
+            ("Port", &port),
+            ("Protocol", "TCP"),
+            ("DefaultActions", &members([forward])),
+        ])
+    }
+
+    /// DescribeTargetHealth's descriptions; a `Reason` for every state but healthy.
+    fn health(&self) -> String {
+        let reason = match self.state {
+            "initial" => "Elb.RegistrationInProgress",
+            "unhealthy" => "Target.FailedHealthChecks",
+            "unused" => "Target.NotInUse",
+            "unavailable" => "Target.HealthCheckDisabled",
+            _ => "",
+        };
+        let port = self.node_port.to_string();
+        let pairs = [("State", self.state), ("Reason", reason)];
+        let state = xml(if reason.is_empty() {
+            &pairs[..1]
+        } else {
+            &pairs
+        });
+        members(self.targets.iter().map(|id| {
+            xml(&[
+                ("Target", &xml(&[("Id", id), ("Port", &port)])),
+                ("HealthCheckPort", &port),
+                ("TargetHealth", &state),
+            ])
+        }))
+    }
+}
+
+/// A load balancer as DescribeLoadBalancers and DescribeTags report it.
+#[derive(Debug, Clone)]
+struct Lb {
+    name: String,
+    /// `Type`: `network`, `application` or `gateway`.
+    kind: &'static str,
+    scheme: &'static str,
+    /// `None`: deleted since it was listed, so DescribeTags answers
+    /// `LoadBalancerNotFound` for it (moto answers with tags).
+    tags: Option<BTreeMap<String, String>>,
+    groups: Vec<Group>,
+}
+
+impl Lb {
+    /// Someone's balancer, with no listeners.
+    fn other(name: &str, kind: &'static str, tags: &[(&str, &str)]) -> Self {
+        Self {
+            name: name.to_string(),
+            kind,
+            scheme: "internet-facing",
+            tags: Some(
+                tags.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            groups: Vec::new(),
+        }
+    }
+
+    /// The balancer portico made for `key`: TCP `ports` (port, nodePort),
+    /// each group with `targets` in health `state`.
+    fn ours(
+        key: &LoadBalancerKey,
+        ports: &[(u16, u16)],
+        targets: &[&str],
+        state: &'static str,
+    ) -> Self {
+        Self {
+            name: load_balancer_name(key),
+            kind: "network",
+            scheme: "internet-facing",
+            tags: Some(ownership_tags(key)),
+            groups: ports
+                .iter()
+                .map(|&(port, node_port)| Group {
+                    name: target_group_name(key, port, "TCP", node_port),
+                    port,
+                    node_port,
+                    targets: targets.iter().map(|t| t.to_string()).collect(),
+                    state,
+                })
+                .collect(),
+        }
+    }
+
+    fn hash(&self) -> String {
+        short_hash(&[&self.name, self.kind], 16)
+    }
+
+    /// `net/`, `app/` or `gwy/` after `loadbalancer/`, as real AWS writes it.
+    fn arn(&self) -> String {
+        let short = match self.kind {
+            "network" => "net",
+            "gateway" => "gwy",
+            _ => "app",
+        };
+        format!("{ARN}:loadbalancer/{short}/{}/{}", self.name, self.hash())
+    }
+
+    fn member(&self) -> String {
+        let (arn, hash) = (self.arn(), self.hash());
+        let dns = format!("{}-{}.elb.{REGION}.amazonaws.com", self.name, &hash[..10]);
+        let zone = xml(&[("ZoneName", "us-east-1a"), ("SubnetId", "subnet-0a")]);
+        xml(&[
+            ("LoadBalancerArn", &arn),
+            ("DNSName", &dns),
+            ("CanonicalHostedZoneId", "Z26RNL4JYFTOTI"),
+            ("CreatedTime", "2025-05-01T12:00:00.000Z"),
+            ("LoadBalancerName", &self.name),
+            ("Scheme", self.scheme),
+            ("VpcId", VPC),
+            ("State", &xml(&[("Code", "active")])),
+            ("Type", self.kind),
+            ("AvailabilityZones", &members([zone])),
+            ("IpAddressType", "ipv4"),
+        ])
+    }
+}
+
+/// An account's recorded answers: ELBv2 reads over `lbs`, EC2 subnets
+/// tagged for discovery, CreateLoadBalancer as AWS answers it (refusing a
+/// taken name), every list in pages of `page`. Anything else is an error,
+/// so an unexpected call fails the test.
+#[derive(Debug, Clone)]
+struct Account {
+    lbs: Vec<Lb>,
+    page: usize,
+}
+
+impl Account {
+    fn new(lbs: Vec<Lb>) -> Self {
+        Self { lbs, page: 400 }
+    }
+
+    fn lb(&self, arn: Option<&str>) -> Option<&Lb> {
+        self.lbs.iter().find(|lb| Some(lb.arn().as_str()) == arn)
+    }
+
+    fn group(&self, arn: &str) -> Option<(&Lb, &Group)> {
+        self.lbs
+            .iter()
+            .flat_map(|lb| lb.groups.iter().map(move |g| (lb, g)))
+            .find(|(_, g)| g.arn() == arn)
+    }
+
+    fn reply(&self, c: &Call) -> Reply {
+        let lb_gone = || {
+            error(
+                "LoadBalancerNotFound",
+                "One or more load balancers not found",
+            )
+        };
+        let tg_gone = || error("TargetGroupNotFound", "One or more target groups not found");
+        match c.action.as_str() {
+            "DescribeLoadBalancers" => {
+                let names = c.list("Names");
+                let all: Vec<String> = self
+                    .lbs
+                    .iter()
+                    .filter(|lb| names.is_empty() || names.contains(&lb.name))
+                    .map(Lb::member)
+                    .collect();
+                if all.is_empty() && !names.is_empty() {
+                    return lb_gone();
+                }
+                paged(c, "LoadBalancers", &all, self.page)
+            }
+            "DescribeListeners" => match self.lb(c.param("LoadBalancerArn")) {
+                Some(lb) => {
+                    let all: Vec<String> = lb.groups.iter().map(|g| g.listener(lb)).collect();
+                    paged(c, "Listeners", &all, self.page)
+                }
+                None => lb_gone(),
+            },
+            "DescribeTargetGroups" => {
+                let all: Vec<String> = match c.param("LoadBalancerArn") {
+                    Some(arn) => match self.lb(Some(arn)) {
+                        Some(lb) => lb.groups.iter().map(|g| g.member(arn)).collect(),
+                        None => return lb_gone(),
+                    },
+                    None => self
+                        .lbs
+                        .iter()
+                        .flat_map(|lb| lb.groups.iter().map(|g| g.member(&lb.arn())))
+                        .collect(),
+                };
+                paged(c, "TargetGroups", &all, self.page)
+            }
+            "DescribeTargetHealth" => match self.group(c.param("TargetGroupArn").unwrap_or("")) {
+                Some((_, g)) => ok(
+                    &c.action,
+                    &format!(
+                        "<TargetHealthDescriptions>{}</TargetHealthDescriptions>",
+                        g.health()
+                    ),
+                ),
+                None => tg_gone(),
+            },
+            "DescribeTags" => self.tags(c),
+            "DescribeSubnets" => subnets(),
+            "CreateLoadBalancer" => {
+                let name = c.param("Name").unwrap_or_default();
+                if self.lbs.iter().any(|lb| lb.name == name) {
+                    return error(
+                        "DuplicateLoadBalancerName",
+                        &format!(
+                            "A load balancer with the same name '{name}' exists, but with different settings"
+                        ),
+                    );
+                }
+                let lb = Lb::other(name, "network", &[]);
+                ok(
+                    &c.action,
+                    &format!("<LoadBalancers>{}</LoadBalancers>", members([lb.member()])),
+                )
+            }
+            other => error(
+                "InvalidAction",
+                &format!("the recording has no answer to {other}"),
+            ),
+        }
+    }
+
+    /// DescribeTags as AWS answers it: at most 20 ARNs, and
+    /// `LoadBalancerNotFound` for the whole call if one balancer is gone.
+    fn tags(&self, c: &Call) -> Reply {
+        let arns = c.list("ResourceArns");
+        if arns.len() > TAGS_LIMIT {
+            return error(
+                "ValidationError",
+                "1 validation error detected: Value at 'resourceArns' failed to satisfy constraint: Member must have length less than or equal to 20",
+            );
+        }
+        let mut out = Vec::new();
+        for arn in &arns {
+            let owner = self
+                .lb(Some(arn))
+                .or_else(|| self.group(arn).map(|(lb, _)| lb));
+            let Some(tags) = owner.and_then(|lb| lb.tags.as_ref()) else {
+                return error(
+                    "LoadBalancerNotFound",
+                    &format!("Load balancer '{arn}' not found"),
+                );
+            };
+            let tags = members(tags.iter().map(|(k, v)| xml(&[("Key", k), ("Value", v)])));
+            out.push(xml(&[("ResourceArn", arn), ("Tags", &tags)]));
+        }
+        ok(
+            &c.action,
+            &format!("<TagDescriptions>{}</TagDescriptions>", members(out)),
+        )
+    }
+}
+
+/// Two public subnets of the VPC, tagged for this cluster.
+fn subnets() -> Reply {
+    let item = |id: &str, zone: &str, cidr: &str| {
+        let tags = [
+            ("kubernetes.io/role/elb", "1"),
+            ("kubernetes.io/cluster/recorded", "shared"),
+        ]
+        .iter()
+        .map(|(k, v)| format!("<item>{}</item>", xml(&[("key", k), ("value", v)])))
+        .collect::<String>();
+        format!(
+            "<item>{}</item>",
+            xml(&[
+                ("subnetId", id),
+                ("state", "available"),
+                ("vpcId", VPC),
+                ("cidrBlock", cidr),
+                ("availabilityZone", zone),
+                ("tagSet", &tags),
+            ])
+        )
+    };
+    fake::ec2_ok(
+        "DescribeSubnets",
+        &format!(
+            "<subnetSet>{}{}</subnetSet>",
+            item("subnet-0a", "us-east-1a", "10.0.0.0/24"),
+            item("subnet-0b", "us-east-1b", "10.0.1.0/24")
+        ),
+    )
+}
+
+/// The fake endpoint answering from `account` where `script` does not, and
+/// a provider pointed at it.
+async fn serve(
+    account: Account,
+    script: impl Fn(&Call) -> Option<Reply> + Send + Sync + 'static,
+) -> (fake::Endpoint, AwsProvider) {
+    let aws = fake::Endpoint::start(move |c| script(c).unwrap_or_else(|| account.reply(c))).await;
+    let mut config = AwsProviderConfig::new(CLUSTER);
+    config.region = Some(REGION.into());
+    config.endpoint_url = Some(aws.url.clone());
+    config.vpc_id = Some(VPC.into());
+    let provider = AwsProvider::from_sdk_config(config, &sdk_config(&aws.url).await);
+    (aws, provider)
+}
+
+fn no_script(_: &Call) -> Option<Reply> {
+    None
+}
+
+/// A spec for `key`: TCP `ports` (port, nodePort) on nodes running `instances`.
+fn spec(key: &LoadBalancerKey, ports: &[(u16, u16)], instances: &[&str]) -> LoadBalancerSpec {
+    let mut s = LoadBalancerSpec::new(key.clone());
+    s.listeners = ports
+        .iter()
+        .map(|&(port, node_port)| Listener {
+            port,
+            protocol: Protocol::Tcp,
+            node_port,
+            name: None,
+        })
+        .collect();
+    s.targets = instances
+        .iter()
+        .enumerate()
+        .map(|(i, id)| Target {
+            node_name: format!("node-{i}"),
+            addresses: Vec::new(),
+            provider_id: Some(format!("aws:///us-east-1a/{id}")),
+            labels: BTreeMap::new(),
+        })
+        .collect();
+    s
+}
+
+async fn timed<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(60), f)
+        .await
+        .expect("timed out")
+}
+
+const NODES: [&str; 2] = ["i-0a1b2c3d4e5f60001", "i-0a1b2c3d4e5f60002"];
+
+#[tokio::test]
+async fn list_owned_pages_batches_tags_and_keeps_owned_network_balancers() {
+    struct Case {
+        desc: &'static str,
+        lbs: Vec<Lb>,
+        page: usize,
+        owned: Vec<LoadBalancerKey>,
+        /// DescribeTags calls made.
+        tag_calls: usize,
+    }
+    let many: Vec<LoadBalancerKey> = (0..25).map(|i| key(&format!("web-{i:02}"))).collect();
+    let other_cluster = |i: usize| {
+        let mut k = key(&format!("elsewhere-{i:02}"));
+        k.cluster = ClusterName::new("another-cluster");
+        Lb::ours(&k, &[], &[], "healthy")
+    };
+    let vanished = Lb {
+        tags: None,
+        ..Lb::ours(&key("deleted-meanwhile"), &[], &[], "healthy")
+    };
+    let mut alb_with_our_tags = Lb::ours(&key("alb"), &[], &[], "healthy");
+    alb_with_our_tags.kind = "application";
+    let mut gwlb_with_our_tags = Lb::ours(&key("gwlb"), &[], &[], "healthy");
+    gwlb_with_our_tags.kind = "gateway";
+    let cases = vec![
+        Case {
+            desc: "owned balancers on all of five pages; 45 k8s- names tagged in batches of 20",
+            lbs: (0..25)
+                .flat_map(|i| {
+                    let mut lbs = vec![Lb::ours(&many[i], &[], &[], "healthy")];
+                    if i < 20 {
+                        lbs.push(other_cluster(i));
+                    }
+                    if i < 5 {
+                        lbs.push(Lb::other(&format!("team-{i}-alb"), "application", &[]));
+                    }
+                    lbs
+                })
+                .collect(),
+            page: 10,
+            owned: many.clone(),
+            tag_calls: 3,
+        },
+        Case {
+            desc: "only network balancers (net/ ARN, Type network) carrying this cluster's tags",
+            lbs: vec![
+                Lb::ours(&key("nlb"), &[], &[], "healthy"),
+                alb_with_our_tags,
+                gwlb_with_our_tags,
+                other_cluster(0),
+                Lb::other("k8s-untagged0000000000000000000", "network", &[]),
+            ],
+            page: 2,
+            owned: vec![key("nlb")],
+            tag_calls: 1,
+        },
+        Case {
+            desc: "a balancer deleted between DescribeLoadBalancers and DescribeTags is left out",
+            lbs: vec![
+                Lb::ours(&key("a"), &[], &[], "healthy"),
+                vanished,
+                Lb::ours(&key("b"), &[], &[], "healthy"),
+            ],
+            page: 400,
+            owned: vec![key("a"), key("b")],
+            // The batch fails; then each of its 3 ARNs alone.
+            tag_calls: 4,
+        },
+    ];
+    for case in cases {
+        let account = Account {
+            lbs: case.lbs.clone(),
+            page: case.page,
+        };
+        let (aws, provider) = serve(account, no_script).await;
+        let mut owned = timed(provider.list_owned())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", case.desc));
+        owned.sort();
+        let mut want = case.owned.clone();
+        want.sort();
+        assert_eq!(owned, want, "{}", case.desc);
+
+        let pages = aws.calls_of("DescribeLoadBalancers");
+        assert_eq!(
+            pages.len(),
+            case.lbs.len().div_ceil(case.page),
+            "{}: one call per page",
+            case.desc
+        );
+        let tag_calls = aws.calls_of("DescribeTags");
+        assert_eq!(
+            tag_calls.len(),
+            case.tag_calls,
+            "{}: DescribeTags calls",
+            case.desc
+        );
+        let tagged: BTreeSet<String> = tag_calls
+            .iter()
+            .inspect(|c| {
+                let n = c.list("ResourceArns").len();
+                assert!((1..=TAGS_LIMIT).contains(&n), "{}: {n} ARNs", case.desc);
+            })
+            .flat_map(|c| c.list("ResourceArns"))
+            .collect();
+        for lb in case
+            .lbs
+            .iter()
+            .filter(|lb| lb.kind == "network" && lb.name.starts_with("k8s-"))
+        {
+            assert!(
+                tagged.contains(&lb.arn()),
+                "{}: {} not tagged",
+                case.desc,
+                lb.name
+            );
+        }
+        assert!(
+            aws.mutations().is_empty(),
+            "{}: {:?}",
+            case.desc,
+            aws.mutations()
+        );
+    }
+}
+
+#[tokio::test]
+async fn steady_state_is_found_across_pages_whatever_the_target_health() {
+    let k = key("steady");
+    let ports = [(80, 30080), (443, 30443), (8080, 30808)];
+    for state in ["initial", "unhealthy", "healthy", "unused", "unavailable"] {
+        let account = Account {
+            // One listener and one target group per page.
+            page: 1,
+            ..Account::new(vec![Lb::ours(&k, &ports, &NODES, state)])
+        };
+        let (aws, provider) = serve(account, no_script).await;
+        let s = spec(&k, &ports, &NODES);
+        for round in 0..2 {
+            let status = timed(provider.ensure(&s))
+                .await
+                .unwrap_or_else(|e| panic!("{state}, round {round}: {e}"));
+            assert_eq!(status.ingress[0].ports.len(), ports.len(), "{state}");
+        }
+        assert_eq!(
+            aws.mutations(),
+            Vec::<String>::new(),
+            "targets {state}: no change"
+        );
+        // Two ensures, each reading three pages of target groups and listeners.
+        assert_eq!(aws.calls_of("DescribeTargetGroups").len(), 6, "{state}");
+        assert_eq!(aws.calls_of("DescribeListeners").len(), 6, "{state}");
+        assert_eq!(aws.calls_of("DescribeTargetHealth").len(), 6, "{state}");
+
+        let got = timed(provider.get(&k)).await.expect("get").expect("found");
+        let ports_seen: Vec<u16> = got.ingress[0].ports.iter().map(|p| p.port).collect();
+        assert_eq!(
+            ports_seen,
+            vec![80, 443, 8080],
+            "{state}: get reads every page"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_name_taken_by_someone_else_is_a_conflict_never_an_adoption() {
+    struct Case {
+        desc: &'static str,
+        lb: Lb,
+        script: fn(&Call) -> Option<Reply>,
+        /// The error message names the cause.
+        says: &'static [&'static str],
+        mutations: &'static [&'static str],
+    }
+    let k = key("taken");
+    let name = load_balancer_name(&k);
+    let theirs = [("team", "payments")];
+    let mut alb = Lb::ours(&k, &[], &[], "healthy");
+    alb.kind = "application";
+    let internal = Lb {
+        scheme: "internal",
+        ..Lb::other(&name, "network", &theirs)
+    };
+    let cases = [
+        Case {
+            desc: "someone's NLB got the name between our lookup and CreateLoadBalancer",
+            lb: Lb::other(&name, "network", &theirs),
+            script: |c| {
+                (c.action == "DescribeLoadBalancers" && c.nth == 0).then(|| {
+                    error(
+                        "LoadBalancerNotFound",
+                        "One or more load balancers not found",
+                    )
+                })
+            },
+            says: &["tags do not name this Service"],
+            mutations: &["CreateLoadBalancer"],
+        },
+        Case {
+            desc: "an application load balancer has the name (even with our tags)",
+            lb: alb,
+            script: no_script,
+            says: &["DuplicateLoadBalancerName", "not a network load balancer"],
+            mutations: &["CreateLoadBalancer"],
+        },
+        Case {
+            desc: "someone's NLB of another scheme has the name: not deleted to be replaced",
+            lb: internal,
+            script: no_script,
+            says: &["tags do not name this Service"],
+            mutations: &[],
+        },
+    ];
+    for case in cases {
+        let (aws, provider) = serve(Account::new(vec![case.lb.clone()]), case.script).await;
+        let err = timed(provider.ensure(&spec(&k, &[(80, 30080)], &NODES)))
+            .await
+            .expect_err(case.desc);
+        assert!(
+            matches!(err, ProviderError::Conflict { .. }),
+            "{}: {err:?}",
+            case.desc
+        );
+        assert_eq!(err.retry_hint(), RetryHint::Backoff, "{}", case.desc);
+        for words in case.says {
+            assert!(err.to_string().contains(words), "{}: {err}", case.desc);
+        }
+        assert!(err.to_string().contains(&name), "{}: {err}", case.desc);
+        assert_eq!(aws.mutations(), case.mutations, "{}", case.desc);
+    }
+}
+
+#[tokio::test]
+async fn aws_rejecting_the_spec_means_give_up_until_the_service_changes() {
+    struct Case {
+        desc: &'static str,
+        lbs: Vec<Lb>,
+        spec: LoadBalancerSpec,
+        /// The call AWS rejects, its code and message.
+        fails: (&'static str, &'static str, &'static str),
+        /// A parameter the rejected call carried, and its value.
+        sent: (&'static str, String),
+        mutations: &'static [&'static str],
+    }
+    let k = key("rejected");
+    let bogus = "i-0deadbeef00000000";
+    let cases = [
+        Case {
+            desc: "a node's instance id AWS does not accept (moto registers anything)",
+            lbs: vec![Lb::ours(&k, &[(80, 30080)], &NODES, "healthy")],
+            spec: spec(&k, &[(80, 30080)], &[NODES[0], NODES[1], bogus]),
+            fails: (
+                "RegisterTargets",
+                "InvalidTarget",
+                "The following targets are not in a running state and cannot be registered: 'i-0deadbeef00000000'",
+            ),
+            sent: ("Targets.member.1.Id", bogus.to_string()),
+            mutations: &["RegisterTargets"],
+        },
+        Case {
+            desc: "a target group for a new port that AWS does not validate (moto validates no name)",
+            lbs: vec![Lb::ours(&k, &[(80, 30080)], &NODES, "healthy")],
+            spec: spec(&k, &[(80, 30080), (443, 30443)], &NODES),
+            fails: (
+                "CreateTargetGroup",
+                "ValidationError",
+                "Target group name can only contain characters that are alphanumeric characters or hyphens(-)",
+            ),
+            sent: ("Name", target_group_name(&k, 443, "TCP", 30443)),
+            mutations: &["CreateTargetGroup"],
+        },
+        Case {
+            desc: "the target group of a new balancer",
+            lbs: vec![],
+            spec: spec(&k, &[(80, 30080)], &NODES),
+            fails: (
+                "CreateTargetGroup",
+                "ValidationError",
+                "Health check interval must be greater than the timeout.",
+            ),
+            sent: ("Name", target_group_name(&k, 80, "TCP", 30080)),
+            mutations: &["CreateLoadBalancer", "CreateTargetGroup"],
+        },
+    ];
+    for case in cases {
+        let (action, code, message) = case.fails;
+        let (aws, provider) = serve(Account::new(case.lbs.clone()), move |c| {
+            (c.action == action).then(|| error(code, message))
+        })
+        .await;
+        let err = timed(provider.ensure(&case.spec))
+            .await
+            .expect_err(case.desc);
+        assert!(
+            matches!(err, ProviderError::InvalidSpec { .. }),
+            "{}: {err:?}",
+            case.desc
+        );
+        assert_eq!(err.retry_hint(), RetryHint::UntilChanged, "{}", case.desc);
+        for words in [action, code, message] {
+            assert!(err.to_string().contains(words), "{}: {err}", case.desc);
+        }
+        assert_eq!(aws.mutations(), case.mutations, "{}", case.desc);
+        let rejected = aws.calls_of(action);
+        assert_eq!(rejected.len(), 1, "{}: not retried", case.desc);
+        let (param, value) = &case.sent;
+        assert_eq!(
+            rejected[0].param(param),
+            Some(value.as_str()),
+            "{}",
+            case.desc
+        );
+        if action == "RegisterTargets" {
+            assert!(
+                rejected[0].param("Targets.member.2.Id").is_none(),
+                "only the new node"
+            );
+        }
+    }
+}
