@@ -75,7 +75,7 @@ async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete() {
         let shutdown = CancellationToken::new();
         let controller = tokio::spawn(run_replica(env.client.clone(), provider, options, Registry::default(), shutdown.clone()));
 
-        let created = env.create(svc("default", "web").lb().port(80, 30080).port_proto(53, 30053, "UDP").build()).await;
+        let created = env.create(svc("default", "web").lb().port(80, 30080).port_proto(53, 30053, "UDP").source_range("203.0.113.0/24").build()).await;
         let uid = created.uid().expect("uid");
 
         // The NLB's DNS name becomes the Service's hostname.
@@ -85,6 +85,12 @@ async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete() {
         let ours: Vec<_> = lbs.load_balancers().iter().filter(|lb| lb.dns_name() == Some(hostname.as_str())).collect();
         assert_eq!(ours.len(), 1, "exactly one NLB carries {hostname}");
         assert!(has_finalizer(&ready), "cleanup finalizer set before the cloud call");
+        // The NLB cannot filter clients: the user is told, not left guessing.
+        let warned = eventually("UnenforcedField event", 10, || async {
+            env.events("web").await.into_iter().find(|(kind, reason, _)| kind == "Warning" && reason == "UnenforcedField")
+        })
+        .await;
+        assert!(warned.2.contains("203.0.113.0/24"), "{warned:?}");
         let ids: Vec<&str> = instances.iter().map(|(id, _)| id.as_str()).collect();
         targets_become(&h, &uid, 2, &ids[..3]).await;
 

@@ -254,6 +254,22 @@ impl Desired {
     }
 }
 
+/// What the NLB cannot do of `spec`: filter clients by
+/// `loadBalancerSourceRanges` (see the crate README for why, and where to
+/// filter instead).
+pub fn source_ranges_note(spec: &LoadBalancerSpec) -> Option<String> {
+    if spec.source_ranges.is_empty() {
+        return None;
+    }
+    let ranges: Vec<String> = spec.source_ranges.iter().map(ToString::to_string).collect();
+    Some(format!(
+        "spec.loadBalancerSourceRanges ({}) is not enforced by the aws provider: \
+         an NLB with instance targets cannot filter clients; allow the NodePorts \
+         only from these ranges in the nodes' security groups",
+        ranges.join(", ")
+    ))
+}
+
 /// `status.loadBalancer` for an NLB at `dns_name` listening on `ports`.
 pub fn status(dns_name: &str, ports: &[(u16, TgProtocol)]) -> LoadBalancerStatus {
     LoadBalancerStatus {
@@ -622,6 +638,21 @@ mod tests {
         s.listeners = listeners;
         s.targets = (0..targets).map(|i| target(i, &[])).collect();
         s
+    }
+
+    #[test]
+    fn source_ranges_are_reported_as_unenforced() {
+        let mut s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+        assert_eq!(source_ranges_note(&s), None);
+        s.source_ranges = vec![
+            "10.0.0.0/8".parse().expect("cidr"),
+            "192.0.2.0/24".parse().expect("cidr"),
+        ];
+        let note = source_ranges_note(&s).expect("a note");
+        assert!(
+            note.contains("loadBalancerSourceRanges") && note.contains("10.0.0.0/8, 192.0.2.0/24"),
+            "{note}"
+        );
     }
 
     fn desired(spec: &LoadBalancerSpec) -> Desired {

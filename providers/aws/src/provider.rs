@@ -930,12 +930,6 @@ impl AwsProvider {
     async fn ensure_inner(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus> {
         let opts = AwsOptions::parse(spec)?;
         let desired = Desired::new(spec, &opts)?;
-        if !spec.source_ranges.is_empty() {
-            debug!(
-                ranges = ?spec.source_ranges,
-                "loadBalancerSourceRanges are not enforced by the NLB (see the portico-aws README)"
-            );
-        }
         let mut found = match self.find_lb(&desired.name).await? {
             Some(lb) => Found::Existing(lb),
             None => self.create_lb(&desired, &opts).await?,
@@ -988,6 +982,10 @@ impl LoadBalancerProvider for AwsProvider {
     fn validate(&self, spec: &LoadBalancerSpec) -> Result<()> {
         let opts = AwsOptions::parse(spec)?;
         Desired::new(spec, &opts).map(|_| ())
+    }
+
+    fn unenforced(&self, spec: &LoadBalancerSpec) -> Vec<String> {
+        crate::plan::source_ranges_note(spec).into_iter().collect()
     }
 
     async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus> {
