@@ -6,11 +6,14 @@ use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2 as ec2;
 use aws_sdk_elasticloadbalancingv2 as elb;
+use aws_sdk_elasticloadbalancingv2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_elasticloadbalancingv2::operation::register_targets::RegisterTargetsError;
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, IpAddressType as SdkIpAddressType, LoadBalancerAttribute,
     LoadBalancerSchemeEnum, LoadBalancerTypeEnum, ProtocolEnum, SubnetMapping, Tag,
     TargetDescription, TargetTypeEnum,
 };
+use aws_smithy_runtime_api::http::Response as HttpResponse;
 use futures::future::try_join_all;
 use portico_provider::{
     Annotations, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, LoadBalancerStatus,
@@ -795,17 +798,7 @@ impl AwsProvider {
                 Step::ModifyHealth { arn, health } => self.modify_health(&arn, &health).await?,
                 Step::Register { group, ids } => {
                     let arn = resolve(&group, &created)?;
-                    self.elb
-                        .register_targets()
-                        .target_group_arn(arn)
-                        .set_targets(Some(
-                            ids.iter()
-                                .map(|id| TargetDescription::builder().id(id).build())
-                                .collect(),
-                        ))
-                        .send()
-                        .await
-                        .map_err(|e| from_sdk("RegisterTargets", e))?;
+                    self.register(&arn, &ids).await?;
                 }
                 Step::Deregister { arn, ids } => {
                     let result = self
@@ -971,6 +964,61 @@ impl AwsProvider {
         self.execute(&spec.key, &lb, &desired, steps).await?;
         Ok(desired.status(&lb.dns_name))
     }
+}
+
+impl AwsProvider {
+    /// Register `ids` in one call. When AWS refuses the batch because some
+    /// instance cannot be a target (stopped or terminated while its Node
+    /// still exists), register them one by one and leave out the refused:
+    /// one broken node must not hold back every other node's change. The
+    /// refused are tried again on the next ensure.
+    async fn register(&self, arn: &str, ids: &[String]) -> Result<()> {
+        let refused = match self.register_batch(arn, ids).await {
+            Err(e) if is_invalid_target(&e) => e,
+            other => return other.map_err(|e| from_sdk("RegisterTargets", e)),
+        };
+        let mut left_out = Vec::new();
+        if ids.len() > 1 {
+            for id in ids {
+                match self.register_batch(arn, std::slice::from_ref(id)).await {
+                    Ok(()) => {}
+                    Err(e) if is_invalid_target(&e) => left_out.push(id.as_str()),
+                    Err(e) => return Err(from_sdk("RegisterTargets", e)),
+                }
+            }
+        } else {
+            left_out.extend(ids.iter().map(String::as_str));
+        }
+        warn!(
+            target_group = arn,
+            instances = ?left_out,
+            error = %from_sdk("RegisterTargets", refused),
+            "AWS refused these instances as targets; registered the others"
+        );
+        Ok(())
+    }
+
+    async fn register_batch(
+        &self,
+        arn: &str,
+        ids: &[String],
+    ) -> std::result::Result<(), SdkError<RegisterTargetsError, HttpResponse>> {
+        self.elb
+            .register_targets()
+            .target_group_arn(arn)
+            .set_targets(Some(
+                ids.iter()
+                    .map(|id| TargetDescription::builder().id(id).build())
+                    .collect(),
+            ))
+            .send()
+            .await
+            .map(|_| ())
+    }
+}
+
+fn is_invalid_target(err: &SdkError<RegisterTargetsError, HttpResponse>) -> bool {
+    err.as_service_error().and_then(|e| e.code()) == Some("InvalidTarget")
 }
 
 #[async_trait]
