@@ -30,6 +30,34 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// A node labelled like a managed cloud node (a dozen labels), since the
+/// controller keeps labels for label-selecting Services.
+fn cloud_node(i: usize) -> Node {
+    let name = format!("ip-10-1-{}-{}", i / 250, i % 250 + 1);
+    let zone = ["a", "b", "c"][i % 3];
+    [
+        ("kubernetes.io/hostname", name.as_str()),
+        ("kubernetes.io/arch", "amd64"),
+        ("kubernetes.io/os", "linux"),
+        ("beta.kubernetes.io/arch", "amd64"),
+        ("beta.kubernetes.io/os", "linux"),
+        ("beta.kubernetes.io/instance-type", "m6i.large"),
+        ("node.kubernetes.io/instance-type", "m6i.large"),
+        ("topology.kubernetes.io/region", "eu-west-1"),
+        ("topology.kubernetes.io/zone", &format!("eu-west-1{zone}")),
+        (
+            "failure-domain.beta.kubernetes.io/zone",
+            &format!("eu-west-1{zone}"),
+        ),
+        ("eks.amazonaws.com/nodegroup", "general"),
+        ("eks.amazonaws.com/capacityType", "ON_DEMAND"),
+    ]
+    .iter()
+    .fold(node(&name), |n, (k, v)| n.label(k, v))
+    .ip(&format!("10.1.{}.{}", i / 250, i % 250 + 1))
+    .build()
+}
+
 /// Seconds until every Service shows an address, from controller start.
 async fn run_once(
     services: usize,
@@ -42,12 +70,7 @@ async fn run_once(
     let node_api: Api<Node> = Api::all(client.clone());
     for i in 0..nodes {
         node_api
-            .create(
-                &PostParams::default(),
-                &node(&format!("n{i}"))
-                    .ip(&format!("10.1.{}.{}", i / 250, i % 250 + 1))
-                    .build(),
-            )
+            .create(&PostParams::default(), &cloud_node(i))
             .await?;
     }
     let svc_api: Api<Service> = Api::namespaced(client.clone(), "default");
