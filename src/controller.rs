@@ -14,7 +14,7 @@ use kube::runtime::controller::{Action, Config as RuntimeConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::utils::PredicateConfig;
 use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
-use portico_provider::{LoadBalancerProvider, LoadBalancerSpec, ProviderError, RetryHint, Target};
+use portico_provider::{LoadBalancerProvider, LoadBalancerSpec, ProviderError, RetryHint, Targets};
 use rand::Rng;
 use serde_json::json;
 use tokio::sync::watch;
@@ -28,7 +28,7 @@ use crate::k8s::{
     ResourceExt, Service, Store, Timestamp, WatchStreamExt, reflector,
 };
 use crate::metrics::Metrics;
-use crate::nodes::{Change, NodeIndex};
+use crate::nodes::{Change, NodeIndex, TargetSnapshot};
 use crate::plan::{self, CleanupPlan, EnsurePlan, Plan, Rejection};
 use crate::status::{self, Readiness, StatusUpdate};
 
@@ -79,7 +79,7 @@ pub struct Context {
     client: Client,
     provider: Arc<dyn LoadBalancerProvider>,
     config: ControllerConfig,
-    targets: watch::Receiver<Option<Arc<Vec<Target>>>>,
+    targets: watch::Receiver<Option<TargetSnapshot>>,
     recorder: Recorder,
     metrics: Arc<Metrics>,
     backlog: Arc<Backlog>,
@@ -176,7 +176,7 @@ impl Context {
     }
 
     /// Wait for the first node list, then hand out the eligible targets.
-    async fn eligible_targets(&self) -> Result<Arc<Vec<Target>>, Error> {
+    async fn eligible_targets(&self) -> Result<TargetSnapshot, Error> {
         let mut rx = self.targets.clone();
         let ready = rx
             .wait_for(Option::is_some)
@@ -186,15 +186,20 @@ impl Context {
     }
 }
 
-fn spec_hashes(spec: &LoadBalancerSpec) -> (u64, u64) {
-    let hash = |s: &LoadBalancerSpec| {
-        let mut h = DefaultHasher::new();
-        serde_json::to_vec(s).unwrap_or_default().hash(&mut h);
-        h.finish()
-    };
+/// Hashes of `spec` whole and without its targets; `targets` is the
+/// fingerprint of the snapshot the spec was built from, so no reconcile
+/// walks the node list to hash it.
+fn spec_hashes(spec: &LoadBalancerSpec, targets: u64) -> (u64, u64) {
     let mut without_targets = spec.clone();
-    without_targets.targets.clear();
-    (hash(spec), hash(&without_targets))
+    without_targets.targets = Targets::default();
+    let mut h = DefaultHasher::new();
+    serde_json::to_vec(&without_targets)
+        .unwrap_or_default()
+        .hash(&mut h);
+    let rest = h.finish();
+    let mut h = DefaultHasher::new();
+    (rest, targets).hash(&mut h);
+    (h.finish(), rest)
 }
 
 /// Reconcile one Service: plan, then carry the plan out.
@@ -205,7 +210,9 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         let _timer = ctx.metrics.reconcile_timer();
         let targets = ctx.eligible_targets().await?;
         let provider = ctx.provider.clone();
-        let plan = plan::plan(&svc, &targets, &ctx.config, &|spec| provider.validate(spec));
+        let plan = plan::plan(&svc, &targets.targets, &ctx.config, &|spec| {
+            provider.validate(spec)
+        });
         let result = match plan {
             Plan::Ignore(reason) => {
                 debug!(?reason, "not ours");
@@ -213,7 +220,9 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
                 Ok(Action::await_change())
             }
             Plan::Reject(rejection) => reject(&svc, &ctx, rejection).await,
-            Plan::Ensure(ensure_plan) => ensure(&svc, &ctx, *ensure_plan).await,
+            Plan::Ensure(ensure_plan) => {
+                ensure(&svc, &ctx, *ensure_plan, targets.fingerprint).await
+            }
             Plan::Cleanup(cleanup_plan) => cleanup(&svc, &ctx, cleanup_plan).await,
         };
         if let Err(err) = &result {
@@ -257,14 +266,19 @@ async fn reject(svc: &Service, ctx: &Context, rejection: Rejection) -> Result<Ac
     Ok(Action::await_change())
 }
 
-async fn ensure(svc: &Service, ctx: &Context, plan: EnsurePlan) -> Result<Action, Error> {
+async fn ensure(
+    svc: &Service,
+    ctx: &Context,
+    plan: EnsurePlan,
+    targets_fingerprint: u64,
+) -> Result<Action, Error> {
     let obj = ObjectRef::from_obj(svc);
     let api: Api<Service> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
     if plan.add_finalizer {
         add_finalizer(&api, svc).await?;
     }
-    let hashes = spec_hashes(&plan.spec);
+    let hashes = spec_hashes(&plan.spec, targets_fingerprint);
     let previous = ctx.memory().ensured.get(&obj).copied();
     let quiet = previous == Some(hashes);
     let only_targets_changed =
@@ -641,7 +655,7 @@ async fn watch_nodes(
     nodes: Api<Node>,
     services: Store<Service>,
     config: ControllerConfig,
-    targets_tx: watch::Sender<Option<Arc<Vec<Target>>>>,
+    targets_tx: watch::Sender<Option<TargetSnapshot>>,
     trigger_tx: mpsc::UnboundedSender<ObjectRef<Service>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -696,7 +710,7 @@ async fn watch_nodes(
 fn publish(
     index: &NodeIndex,
     published: &mut bool,
-    targets_tx: &watch::Sender<Option<Arc<Vec<Target>>>>,
+    targets_tx: &watch::Sender<Option<TargetSnapshot>>,
     metrics: &Metrics,
 ) {
     *published = true;

@@ -5,10 +5,10 @@
 //! churn every balancer; the balancers' health checks take care of it.
 
 use std::collections::BTreeMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use portico_provider::Target;
+use portico_provider::{Target, Targets};
 
 use crate::k8s::{EXCLUDE_LB_LABEL, Node, ResourceExt, TO_BE_DELETED_TAINT};
 
@@ -95,6 +95,15 @@ impl Change {
     }
 }
 
+/// One published set of eligible targets, shared by every reconcile until
+/// the next node change, and a hash of it computed once, so a reconcile
+/// compares target sets without walking them.
+#[derive(Debug, Clone)]
+pub struct TargetSnapshot {
+    pub targets: Targets,
+    pub fingerprint: u64,
+}
+
 /// Eligible targets by node name. Holds only what a balancer needs, not
 /// the Node objects (which carry image lists and managedFields).
 #[derive(Debug, Default, Clone)]
@@ -168,9 +177,15 @@ impl NodeIndex {
         }
     }
 
-    /// The eligible targets, ordered by node name.
-    pub fn snapshot(&self) -> Arc<Vec<Target>> {
-        Arc::new(self.targets.values().cloned().collect())
+    /// The eligible targets, ordered by node name, with their fingerprint.
+    pub fn snapshot(&self) -> TargetSnapshot {
+        let targets: Targets = self.targets.values().cloned().collect();
+        let mut hasher = DefaultHasher::new();
+        targets.hash(&mut hasher);
+        TargetSnapshot {
+            targets,
+            fingerprint: hasher.finish(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -323,6 +338,7 @@ mod tests {
         let snapshot = index.snapshot();
         assert_eq!(
             snapshot
+                .targets
                 .iter()
                 .map(|t| t.node_name.as_str())
                 .collect::<Vec<_>>(),

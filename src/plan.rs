@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use portico_provider::{
     Annotations, HealthCheck, IpFamily, Listener, LoadBalancerKey, LoadBalancerSpec, Protocol,
-    ProviderError, SessionAffinity, Target, TrafficPolicy,
+    ProviderError, SessionAffinity, Targets, TrafficPolicy,
 };
 
 use crate::config::ControllerConfig;
@@ -136,7 +136,7 @@ pub fn key_of(svc: &Service, config: &ControllerConfig) -> LoadBalancerKey {
 /// own options (annotations); `targets` the eligible nodes.
 pub fn plan(
     svc: &Service,
-    targets: &[Target],
+    targets: &Targets,
     config: &ControllerConfig,
     validate: &dyn Fn(&LoadBalancerSpec) -> Result<(), ProviderError>,
 ) -> Plan {
@@ -202,7 +202,7 @@ fn rejection_from(err: ProviderError) -> Rejection {
 /// Turn the Service into the provider's spec, naming the field of any problem.
 pub fn build_spec(
     svc: &Service,
-    targets: &[Target],
+    targets: &Targets,
     config: &ControllerConfig,
 ) -> Result<LoadBalancerSpec, Rejection> {
     let spec = svc
@@ -223,7 +223,7 @@ pub fn build_spec(
         HealthCheck::Http { .. } => TrafficPolicy::Local,
     };
     out.listeners = listeners;
-    out.targets = targets.to_vec();
+    out.targets = Targets::clone(targets);
     out.health_check = health_check;
     out.source_ranges = source_ranges(svc, spec)?;
     out.requested_ips = requested_ips(spec)?;
@@ -448,7 +448,7 @@ mod tests {
         }
     }
 
-    fn targets() -> Vec<Target> {
+    fn targets() -> Targets {
         ["a", "b"]
             .iter()
             .enumerate()
@@ -696,7 +696,7 @@ mod tests {
     #[test]
     fn no_eligible_nodes_still_ensures() {
         let s = svc("default", "web").lb().port(80, 30080).build();
-        let Plan::Ensure(e) = plan(&s, &[], &config(), &accept) else {
+        let Plan::Ensure(e) = plan(&s, &Targets::default(), &config(), &accept) else {
             panic!("expected ensure")
         };
         assert!(e.no_eligible_nodes());

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 
 use crate::{
     ClusterName, HealthCheck, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
-    LoadBalancerStatus, Protocol, ProviderError, RetryHint, Target,
+    LoadBalancerStatus, Protocol, ProviderError, RetryHint, Target, Targets,
 };
 
 /// Faults a harness injects into its cloud.
@@ -90,7 +90,7 @@ async fn base_spec<H: Harness + ?Sized>(h: &H, name: &str) -> LoadBalancerSpec {
         },
     ];
     spec.listeners.sort();
-    spec.targets = h.targets(2).await;
+    spec.targets = h.targets(2).await.into();
     spec
 }
 
@@ -260,11 +260,11 @@ pub async fn listener_changes<H: Harness + ?Sized>(h: &H) {
 pub async fn target_changes<H: Harness + ?Sized>(h: &H) {
     let mut spec = base_spec(h, "targets").await;
     converge_and_check_noop(h, &spec, "create").await;
-    spec.targets = h.targets(4).await;
+    spec.targets = h.targets(4).await.into();
     converge_and_check_noop(h, &spec, "two targets joined").await;
-    spec.targets.truncate(1);
+    spec.targets = spec.targets[..1].into();
     converge_and_check_noop(h, &spec, "three targets left").await;
-    spec.targets.clear();
+    spec.targets = Targets::default();
     converge_and_check_noop(h, &spec, "no targets").await;
     delete_eventually(h.provider(), &spec.key).await;
 }
@@ -373,7 +373,7 @@ pub async fn converges_under_faults<H: Harness + ?Sized>(h: &H) {
             return;
         }
         ensure_eventually(h.provider(), &spec).await;
-        spec.targets = h.targets(3).await;
+        spec.targets = h.targets(3).await.into();
         spec.listeners.push(Listener {
             port: 8443,
             protocol: Protocol::Tcp,

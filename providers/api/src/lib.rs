@@ -26,5 +26,5 @@ pub use provider::LoadBalancerProvider;
 pub use spec::{
     Annotations, ClusterName, HealthCheck, IngressStatus, IpFamily, IpMode, Listener,
     LoadBalancerKey, LoadBalancerSpec, LoadBalancerStatus, PortStatus, Protocol, SessionAffinity,
-    Target, TrafficPolicy,
+    Target, Targets, TrafficPolicy,
 };

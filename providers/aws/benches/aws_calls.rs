@@ -81,7 +81,7 @@ async fn main() {
                     name: None,
                 },
             ];
-            s.targets = targets[..nodes].to_vec();
+            s.targets = targets[..nodes].into();
             s
         })
         .collect();
@@ -96,12 +96,12 @@ async fn main() {
     let (stats, secs) = ensure_all(&h, &specs).await;
     row("re-ensure at rest", services, &stats, secs);
     for s in &mut specs {
-        s.targets = targets.clone();
+        s.targets = targets.as_slice().into();
     }
     let (stats, secs) = ensure_all(&h, &specs).await;
     row("node join (1 node)", services, &stats, secs);
     for s in &mut specs {
-        s.targets = targets[1..].to_vec();
+        s.targets = targets[1..].into();
     }
     let (stats, secs) = ensure_all(&h, &specs).await;
     row("node leave (1 node)", services, &stats, secs);

@@ -183,7 +183,7 @@ impl Desired {
         }
 
         let mut targets = BTreeSet::new();
-        for t in &spec.targets {
+        for t in spec.targets.iter() {
             if !opts
                 .target_node_labels
                 .iter()
@@ -1011,7 +1011,8 @@ mod tests {
                 provider_id: None,
                 ..target(4, &[("pool", "edge")])
             },
-        ];
+        ]
+        .into();
         s.annotations = Annotations::new(
             [(
                 "service.beta.kubernetes.io/aws-load-balancer-target-node-labels".to_string(),

@@ -44,7 +44,7 @@ fn udp(port: u16, node_port: u16) -> Listener {
 async fn spec(h: &AwsHarness, name: &str, targets: usize) -> LoadBalancerSpec {
     let mut s = LoadBalancerSpec::new(key(&h.cluster, name));
     s.listeners = vec![tcp(80, 30080)];
-    s.targets = h.target_list(targets).await;
+    s.targets = h.target_list(targets).await.into();
     s
 }
 
@@ -144,7 +144,7 @@ aws_test!(
     |h: AwsHarness| async move {
         let mut s = spec(&h, "batch", 10).await;
         ensure(&h, &s).await;
-        s.targets = h.target_list(260).await;
+        s.targets = h.target_list(260).await.into();
         let joined = ensure(&h, &s).await;
         assert_eq!(
             joined.count("RegisterTargets"),
@@ -152,7 +152,7 @@ aws_test!(
             "250 joins in 3 calls: {joined:?}"
         );
         assert_eq!(joined.mutations, 3, "{joined:?}");
-        s.targets.truncate(5);
+        s.targets = s.targets[..5].into();
         let left = ensure(&h, &s).await;
         assert_eq!(
             left.count("DeregisterTargets"),
@@ -377,12 +377,14 @@ aws_test!(
     target_node_labels_select_targets,
     |h: AwsHarness| async move {
         let mut s = spec(&h, "labels", 4).await;
-        for (i, t) in s.targets.iter_mut().enumerate() {
+        let mut labelled = s.targets.to_vec();
+        for (i, t) in labelled.iter_mut().enumerate() {
             t.labels.insert(
                 "pool".into(),
                 if i % 2 == 0 { "edge" } else { "batch" }.into(),
             );
         }
+        s.targets = labelled.into();
         annotate(&mut s, &[("target-node-labels", "pool=edge")]);
         ensure(&h, &s).await;
         let groups = h

@@ -49,7 +49,8 @@ fn spec(name: &str, annotations: &[(&str, &str)]) -> LoadBalancerSpec {
         addresses: vec!["10.0.0.1".parse().expect("ip")],
         provider_id: None,
         labels: BTreeMap::new(),
-    }];
+    }]
+    .into();
     spec.annotations = Annotations::new(
         annotations
             .iter()

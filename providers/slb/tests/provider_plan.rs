@@ -52,7 +52,8 @@ fn base_spec() -> LoadBalancerSpec {
         target("a", &["10.0.0.1"]),
         target("b", &["fd00::2", "10.0.0.2"]),
         target("v6-only", &["fd00::3"]),
-    ];
+    ]
+    .into();
     spec
 }
 
@@ -301,14 +302,19 @@ fn changes_make_only_the_needed_calls_in_a_safe_order() {
         },
         Case {
             desc: "a node joins",
-            change: |s| s.targets.push(target("c", &["10.0.0.3"])),
+            change: |s| {
+                s.targets = s
+                    .targets
+                    .iter()
+                    .cloned()
+                    .chain([target("c", &["10.0.0.3"])])
+                    .collect()
+            },
             want: &["AddBackendServers", "AddBackendServers"],
         },
         Case {
             desc: "a node leaves",
-            change: |s| {
-                s.targets.remove(0);
-            },
+            change: |s| s.targets = s.targets[1..].into(),
             want: &["RemoveBackendServers", "RemoveBackendServers"],
         },
         Case {

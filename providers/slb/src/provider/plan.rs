@@ -166,7 +166,7 @@ pub fn desired_listeners(
             }
         };
         let mut servers: BTreeMap<(IpAddr, u32), BackendServer> = BTreeMap::new();
-        for t in &spec.targets {
+        for t in spec.targets.iter() {
             let Some(address) = t.address(IpFamily::V4) else {
                 tracing::debug!(node = %t.node_name, service = %spec.key, "node has no IPv4 address; not a backend");
                 continue;
