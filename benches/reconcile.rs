@@ -3,7 +3,8 @@
 //! controller) against portico's default, in one run.
 //!
 //!   cargo bench --bench reconcile            # prints a table
-//!   PORTICO_BENCH_SERVICES=2000 cargo bench --bench reconcile
+//!   PORTICO_BENCH_SERVICES=2000 PORTICO_BENCH_NODES=1000 cargo bench --bench reconcile
+//!   PORTICO_BENCH_LATENCIES_MS=0 ...      # only the zero-latency pair
 //!
 //! The provider answers after a fixed latency standing in for a cloud API
 //! round trip, so the figure shows what concurrency buys; with zero latency
@@ -12,8 +13,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
 use kube::api::{Api, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube_standin::ApiServer;
 use portico::builders::{node, svc};
 use portico::config::ControllerConfig;
@@ -107,26 +110,25 @@ async fn run_once(
         Registry::default(),
         shutdown.clone(),
     ));
-    loop {
-        let list = svc_api.list(&Default::default()).await?;
-        let ready = list
-            .items
-            .iter()
-            .filter(|s| {
-                s.status
-                    .as_ref()
-                    .and_then(|st| st.load_balancer.as_ref())
-                    .and_then(|lb| lb.ingress.as_ref())
-                    .is_some_and(|i| !i.is_empty())
-            })
-            .count();
-        if ready == services {
-            break;
+    // Watch (rather than list in a loop, which at thousands of Services
+    // would cost more CPU than the controller under test).
+    let mut ready = std::collections::HashSet::new();
+    let mut events = std::pin::pin!(watcher(svc_api, watcher::Config::default()).applied_objects());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while ready.len() < services {
+        let next = tokio::time::timeout_at(deadline, events.try_next()).await;
+        let Ok(Ok(Some(svc))) = next else {
+            return Err(format!("only {}/{services} ready: {next:?}", ready.len()).into());
+        };
+        let has_address = svc
+            .status
+            .as_ref()
+            .and_then(|st| st.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .is_some_and(|i| !i.is_empty());
+        if has_address {
+            ready.insert(svc.metadata.name.unwrap_or_default());
         }
-        if start.elapsed() > Duration::from_secs(600) {
-            return Err(format!("only {ready}/{services} ready after 600s").into());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let secs = start.elapsed().as_secs_f64();
     shutdown.cancel();
@@ -146,7 +148,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<22} {:>8} {:>12} {:>14} {:>10}",
         "provider latency", "workers", "seconds", "Services/s", "speed-up"
     );
-    for latency in [Duration::from_millis(20), Duration::ZERO] {
+    let latencies: Vec<Duration> = std::env::var("PORTICO_BENCH_LATENCIES_MS")
+        .unwrap_or_else(|_| "20,0".into())
+        .split(',')
+        .filter_map(|ms| ms.trim().parse().ok().map(Duration::from_millis))
+        .collect();
+    for latency in latencies {
         let one = run_once(services, nodes, 1, latency).await?;
         let many = run_once(services, nodes, default_workers, latency).await?;
         let label = format!("{} ms per call", latency.as_millis());

@@ -597,7 +597,14 @@ impl Inner {
         }
         let key: ObjName = (ns.to_string(), name.to_string());
         if rt.group.is_empty() && rt.plural == "services" && !opts.status {
-            let alloc = self.services_allocated(Some(&key));
+            // A metadata-only write (finalizers, labels) keeps the spec, so
+            // nothing can clash: skip the scan of every Service's allocations,
+            // which made a controller's finalizer patches O(Services) each.
+            let alloc = if new["spec"] == old["spec"] {
+                defaults::Allocated::default()
+            } else {
+                self.services_allocated(Some(&key))
+            };
             defaults::service(&mut new, Some(&old), alloc)?;
         }
         if rt.group == "apiextensions.k8s.io"
