@@ -805,11 +805,7 @@ impl AwsProvider {
                         .elb
                         .deregister_targets()
                         .target_group_arn(arn)
-                        .set_targets(Some(
-                            ids.iter()
-                                .map(|id| TargetDescription::builder().id(id).build())
-                                .collect(),
-                        ))
+                        .set_targets(Some(target_descriptions(&ids)))
                         .send()
                         .await
                         .map(|_| ())
@@ -1006,15 +1002,17 @@ impl AwsProvider {
         self.elb
             .register_targets()
             .target_group_arn(arn)
-            .set_targets(Some(
-                ids.iter()
-                    .map(|id| TargetDescription::builder().id(id).build())
-                    .collect(),
-            ))
+            .set_targets(Some(target_descriptions(ids)))
             .send()
             .await
             .map(|_| ())
     }
+}
+
+fn target_descriptions(ids: &[String]) -> Vec<TargetDescription> {
+    ids.iter()
+        .map(|id| TargetDescription::builder().id(id).build())
+        .collect()
 }
 
 fn is_invalid_target(err: &SdkError<RegisterTargetsError, HttpResponse>) -> bool {
