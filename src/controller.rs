@@ -190,16 +190,17 @@ impl Context {
 /// fingerprint of the snapshot the spec was built from, so no reconcile
 /// walks the node list to hash it.
 fn spec_hashes(spec: &LoadBalancerSpec, targets: u64) -> (u64, u64) {
-    let mut without_targets = spec.clone();
-    without_targets.targets = Targets::default();
-    let mut h = DefaultHasher::new();
-    serde_json::to_vec(&without_targets)
-        .unwrap_or_default()
-        .hash(&mut h);
-    let rest = h.finish();
-    let mut h = DefaultHasher::new();
-    (rest, targets).hash(&mut h);
-    (h.finish(), rest)
+    let hash = |value: &dyn Fn(&mut DefaultHasher)| {
+        let mut h = DefaultHasher::new();
+        value(&mut h);
+        h.finish()
+    };
+    let without_targets = LoadBalancerSpec {
+        targets: Targets::default(),
+        ..spec.clone()
+    };
+    let rest = hash(&|h| without_targets.hash(h));
+    (hash(&|h| (rest, targets).hash(h)), rest)
 }
 
 /// Reconcile one Service: plan, then carry the plan out.

@@ -304,7 +304,7 @@ pub type Targets = std::sync::Arc<[Target]>;
 /// The controller builds it in a canonical order (listeners by port and
 /// protocol, targets by node name), so two specs for the same Service state
 /// compare equal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct LoadBalancerSpec {
     pub key: LoadBalancerKey,
     pub listeners: Vec<Listener>,

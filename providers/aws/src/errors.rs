@@ -110,10 +110,11 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
-/// `Ok(())` for a not-found error, which deleting treats as done.
-pub fn gone_is_ok(result: Result<(), ProviderError>) -> Result<(), ProviderError> {
+/// Nothing (`T::default()`) for a not-found error: deleting what is gone is
+/// done, and a resource gone since it was listed has no tags.
+pub fn gone_is_ok<T: Default>(result: Result<T, ProviderError>) -> Result<T, ProviderError> {
     match result {
-        Err(ProviderError::NotFound { .. }) => Ok(()),
+        Err(ProviderError::NotFound { .. }) => Ok(T::default()),
         other => other,
     }
 }
@@ -256,7 +257,7 @@ mod tests {
     #[test]
     fn not_found_counts_as_deleted() {
         assert!(
-            gone_is_ok(Err(classify(
+            gone_is_ok::<()>(Err(classify(
                 "DeleteListener",
                 Some("ListenerNotFound"),
                 None,
@@ -265,7 +266,7 @@ mod tests {
             .is_ok()
         );
         assert!(
-            gone_is_ok(Err(classify(
+            gone_is_ok::<()>(Err(classify(
                 "DeleteListener",
                 Some("Throttling"),
                 None,

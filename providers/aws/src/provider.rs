@@ -76,14 +76,6 @@ pub struct AwsProvider {
 type Result<T, E = ProviderError> = std::result::Result<T, E>;
 type TagsByArn = BTreeMap<String, BTreeMap<String, String>>;
 
-/// No tags for resources that are gone.
-fn gone_is_empty(result: Result<TagsByArn>) -> Result<TagsByArn> {
-    match result {
-        Err(ProviderError::NotFound { .. }) => Ok(BTreeMap::new()),
-        other => other,
-    }
-}
-
 fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
     tags.iter()
         .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
@@ -226,11 +218,11 @@ impl AwsProvider {
                 Err(ProviderError::NotFound { what }) if chunk.len() > 1 => {
                     debug!(%what, "a resource vanished before DescribeTags; asking one by one");
                     let singles = chunk.iter().map(|arn| async move {
-                        gone_is_empty(self.describe_tags(std::slice::from_ref(arn)).await)
+                        gone_is_ok(self.describe_tags(std::slice::from_ref(arn)).await)
                     });
                     Ok(try_join_all(singles).await?.into_iter().flatten().collect())
                 }
-                other => gone_is_empty(other),
+                other => gone_is_ok(other),
             }
         });
         Ok(try_join_all(batches).await?.into_iter().flatten().collect())
@@ -960,9 +952,7 @@ impl AwsProvider {
         self.execute(&spec.key, &lb, &desired, steps).await?;
         Ok(desired.status(&lb.dns_name))
     }
-}
 
-impl AwsProvider {
     /// Register `ids` in one call. When AWS refuses the batch because some
     /// instance cannot be a target (stopped or terminated while its Node
     /// still exists), register them one by one and leave out the refused:
