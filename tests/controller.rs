@@ -1,5 +1,7 @@
-//! The controller through a real kube::Client over HTTP against the API
-//! stand-in, with a recording provider.
+//! The controller through a real kube::Client over HTTP, with a recording
+//! provider: every scenario runs against the API stand-in (`standin::*`) and
+//! against the real control plane (`real::*`, as the controller's
+//! ServiceAccount under `deploy/rbac.yaml`).
 
 mod common;
 
@@ -12,10 +14,9 @@ use portico::status::CONDITION_TYPE;
 use portico_provider::testing::{Effect, Op, RecordingProvider};
 use portico_provider::{ClusterName, LoadBalancerKey, LoadBalancerSpec, ProviderError};
 
-#[tokio::test]
-async fn create_update_delete() {
+async fn create_update_delete(backend: Backend) {
     within(60, async {
-        let env = Env::start(2).await;
+        let env = Env::start(backend, 2).await;
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
 
@@ -70,10 +71,9 @@ async fn create_update_delete() {
     .await;
 }
 
-#[tokio::test]
-async fn steady_state_makes_no_writes_and_few_calls() {
+async fn steady_state_makes_no_writes_and_few_calls(backend: Backend) {
     within(60, async {
-        let env = Env::start(2).await;
+        let env = Env::start(backend, 2).await;
         env.create(svc("default", "quiet").lb().port(80, 30080).build())
             .await;
         eventually("ready", 20, || async {
@@ -94,15 +94,10 @@ async fn steady_state_makes_no_writes_and_few_calls() {
             "one create should need at most 2 ensures (no reconcile loop), saw {ensures}"
         );
 
-        env.server.clear_requests();
+        let mark = env.mark();
         env.provider().clear_calls();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let writes: Vec<_> = env
-            .server
-            .requests()
-            .into_iter()
-            .filter(|r| r.is_write())
-            .collect();
+        let writes = env.controller_writes_since(mark);
         assert!(
             writes.is_empty(),
             "steady state wrote to the API: {writes:?}"
@@ -122,10 +117,9 @@ async fn steady_state_makes_no_writes_and_few_calls() {
     .await;
 }
 
-#[tokio::test]
-async fn node_changes_follow_and_heartbeats_do_nothing() {
+async fn node_changes_follow_and_heartbeats_do_nothing(backend: Backend) {
     within(60, async {
-        let env = Env::start(2).await;
+        let env = Env::start(backend, 2).await;
         env.create(svc("default", "web").lb().port(80, 30080).build()).await;
         env.create(svc("default", "other").type_("ClusterIP").port(80, 30081).build()).await;
         env.ready("web").await;
@@ -166,10 +160,9 @@ async fn node_changes_follow_and_heartbeats_do_nothing() {
     .await;
 }
 
-#[tokio::test]
-async fn class_filtering() {
+async fn class_filtering(backend: Backend) {
     within(60, async {
-        let env = Env::start(1).await;
+        let env = Env::start(backend, 1).await;
         env.create(
             svc("default", "mine")
                 .lb()
@@ -205,15 +198,14 @@ async fn class_filtering() {
     .await;
 }
 
-#[tokio::test]
-async fn classless_services_left_alone_when_not_default() {
+async fn classless_services_left_alone_when_not_default(backend: Backend) {
     within(60, async {
-        let env = Env::api_only(1).await;
+        let env = Env::api_only(backend, 1).await;
         let config = portico::config::ControllerConfig {
             claim_classless: false,
             ..test_config()
         };
-        let replica = Replica::start(env.client.clone(), RecordingProvider::new(), config, None);
+        let replica = env.replica(RecordingProvider::new(), config, None);
         env.create(
             svc("default", "mine")
                 .lb()
@@ -232,10 +224,9 @@ async fn classless_services_left_alone_when_not_default() {
     .await;
 }
 
-#[tokio::test]
-async fn type_change_cleans_up() {
+async fn type_change_cleans_up(backend: Backend) {
     within(60, async {
-        let env = Env::start(1).await;
+        let env = Env::start(backend, 1).await;
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
         env.ready("web").await;
@@ -257,10 +248,9 @@ async fn type_change_cleans_up() {
     .await;
 }
 
-#[tokio::test]
-async fn bad_input_is_reported_and_others_keep_working() {
+async fn bad_input_is_reported_and_others_keep_working(backend: Backend) {
     within(60, async {
-        let env = Env::start(1).await;
+        let env = Env::start(backend, 1).await;
         env.create(
             svc("default", "bad")
                 .lb()
@@ -338,10 +328,9 @@ async fn bad_input_is_reported_and_others_keep_working() {
     .await;
 }
 
-#[tokio::test]
-async fn provider_errors_back_off_and_recover() {
+async fn provider_errors_back_off_and_recover(backend: Backend) {
     within(60, async {
-        let env = Env::api_only(1).await;
+        let env = Env::api_only(backend, 1).await;
         let provider = RecordingProvider::new();
         provider.fail_next([
             ProviderError::Throttled {
@@ -349,7 +338,7 @@ async fn provider_errors_back_off_and_recover() {
             },
             ProviderError::transient("cloud hiccup"),
         ]);
-        let replica = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
+        let replica = env.replica(provider.clone(), test_config(), None);
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
         let svc = env.ready("web").await;
@@ -369,10 +358,9 @@ async fn provider_errors_back_off_and_recover() {
     .await;
 }
 
-#[tokio::test]
-async fn no_eligible_nodes_is_reported() {
+async fn no_eligible_nodes_is_reported(backend: Backend) {
     within(60, async {
-        let env = Env::start(0).await;
+        let env = Env::start(backend, 0).await;
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
         let svc = eventually("condition", 20, || async {
@@ -397,17 +385,16 @@ async fn no_eligible_nodes_is_reported() {
     .await;
 }
 
-#[tokio::test]
-async fn watch_disconnects_are_survived() {
+async fn watch_disconnects_are_survived(backend: Backend) {
     within(60, async {
-        let env = Env::start(1).await;
+        let env = Env::start(backend, 1).await;
         env.create(svc("default", "before").lb().port(80, 30080).build())
             .await;
         env.ready("before").await;
-        env.server.disconnect_watches();
+        env.break_watches().await;
         env.create(svc("default", "after").lb().port(80, 30081).build())
             .await;
-        env.server.disconnect_watches();
+        env.break_watches().await;
         env.add_node("node-new", "10.0.0.77").await;
         env.ready("after").await;
         eventually("node seen after disconnect", 20, || async {
@@ -420,14 +407,13 @@ async fn watch_disconnects_are_survived() {
     .await;
 }
 
-#[tokio::test]
-async fn restart_between_cloud_create_and_status_makes_no_second_balancer() {
+async fn restart_between_cloud_create_and_status_makes_no_second_balancer(backend: Backend) {
     within(60, async {
-        let env = Env::api_only(1).await;
+        let env = Env::api_only(backend, 1).await;
         let provider = RecordingProvider::new();
         // Slow status writes are not needed: kill the replica the moment the cloud call returns.
         let ensured = provider.ensured();
-        let first = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
+        let first = env.replica(provider.clone(), test_config(), None);
         let waiter = ensured.notified();
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
@@ -435,7 +421,7 @@ async fn restart_between_cloud_create_and_status_makes_no_second_balancer() {
         first.kill();
         assert_eq!(provider.creates(), 1);
 
-        let second = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
+        let second = env.replica(provider.clone(), test_config(), None);
         env.ready("web").await;
         assert_eq!(provider.creates(), 1, "restart made a second balancer");
         assert_eq!(provider.balancers().len(), 1);
@@ -444,10 +430,9 @@ async fn restart_between_cloud_create_and_status_makes_no_second_balancer() {
     .await;
 }
 
-#[tokio::test]
-async fn balancer_made_before_a_crash_is_adopted() {
+async fn balancer_made_before_a_crash_is_adopted(backend: Backend) {
     within(60, async {
-        let env = Env::api_only(1).await;
+        let env = Env::api_only(backend, 1).await;
         let created = env
             .create(svc("default", "web").lb().port(80, 30080).build())
             .await;
@@ -467,7 +452,7 @@ async fn balancer_made_before_a_crash_is_adopted() {
             name: Some("tcp-80".into()),
         }];
         provider.insert(spec);
-        let replica = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
+        let replica = env.replica(provider.clone(), test_config(), None);
         env.ready("web").await;
         assert_eq!(
             provider.creates(),
@@ -486,10 +471,9 @@ async fn balancer_made_before_a_crash_is_adopted() {
     .await;
 }
 
-#[tokio::test]
-async fn orphans_are_collected() {
+async fn orphans_are_collected(backend: Backend) {
     within(60, async {
-        let env = Env::api_only(1).await;
+        let env = Env::api_only(backend, 1).await;
         let kept = env
             .create(svc("default", "kept").lb().port(80, 30080).build())
             .await;
@@ -506,7 +490,7 @@ async fn orphans_are_collected() {
         for key in [&orphan, &recreated, &foreign] {
             provider.insert(LoadBalancerSpec::new(key.clone()));
         }
-        let replica = Replica::start(env.client.clone(), provider.clone(), test_config(), None);
+        let replica = env.replica(provider.clone(), test_config(), None);
         eventually("orphans deleted", 20, || async {
             let left = provider.balancers();
             (!left.contains(&orphan) && !left.contains(&recreated)).then_some(())
@@ -527,19 +511,16 @@ async fn orphans_are_collected() {
     .await;
 }
 
-#[tokio::test]
-async fn leader_election_one_acts_other_takes_over() {
+async fn leader_election_one_acts_other_takes_over(backend: Backend) {
     within(90, async {
-        let env = Env::api_only(1).await;
+        let env = Env::api_only(backend, 1).await;
         let lease = |id: &str| {
             let mut l = portico::leader::LeaseConfig::new("kube-system", id.into());
             l.duration = Duration::from_secs(3);
             l.retry_period = Duration::from_millis(200);
             l
         };
-        let a = Replica::start(
-            env.client.clone(),
-            RecordingProvider::new(),
+        let a = env.replica(RecordingProvider::new(),
             test_config(),
             Some(lease("replica-a")),
         );
@@ -555,9 +536,7 @@ async fn leader_election_one_acts_other_takes_over() {
                 .filter(|h| h == "replica-a")
         })
         .await;
-        let b = Replica::start(
-            env.client.clone(),
-            RecordingProvider::new(),
+        let b = env.replica(RecordingProvider::new(),
             test_config(),
             Some(lease("replica-b")),
         );
@@ -606,27 +585,16 @@ async fn leader_election_one_acts_other_takes_over() {
     .await;
 }
 
-#[tokio::test]
-async fn controllers_of_different_classes_do_not_fight() {
+async fn controllers_of_different_classes_do_not_fight(backend: Backend) {
     within(60, async {
-        let env = Env::api_only(1).await;
+        let env = Env::api_only(backend, 1).await;
         let other_config = portico::config::ControllerConfig {
             class: "example.com/other".into(),
             claim_classless: false,
             ..test_config()
         };
-        let ours = Replica::start(
-            env.client.clone(),
-            RecordingProvider::new(),
-            test_config(),
-            None,
-        );
-        let other = Replica::start(
-            env.client.clone(),
-            RecordingProvider::new(),
-            other_config,
-            None,
-        );
+        let ours = env.replica(RecordingProvider::new(), test_config(), None);
+        let other = env.replica(RecordingProvider::new(), other_config, None);
         env.create(
             svc("default", "mine")
                 .lb()
@@ -678,3 +646,21 @@ async fn controllers_of_different_classes_do_not_fight() {
     })
     .await;
 }
+
+on_both_backends!(
+    create_update_delete,
+    steady_state_makes_no_writes_and_few_calls,
+    node_changes_follow_and_heartbeats_do_nothing,
+    class_filtering,
+    classless_services_left_alone_when_not_default,
+    type_change_cleans_up,
+    bad_input_is_reported_and_others_keep_working,
+    provider_errors_back_off_and_recover,
+    no_eligible_nodes_is_reported,
+    watch_disconnects_are_survived,
+    restart_between_cloud_create_and_status_makes_no_second_balancer,
+    balancer_made_before_a_crash_is_adopted,
+    orphans_are_collected,
+    leader_election_one_acts_other_takes_over,
+    controllers_of_different_classes_do_not_fight,
+);

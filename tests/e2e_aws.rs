@@ -50,15 +50,14 @@ async fn targets_become(h: &AwsHarness, uid: &str, groups: usize, want: &[&str])
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete() {
+async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete(backend: Backend) {
     if aws::skip() {
         return;
     }
     within(180, async {
         let h = AwsHarness::start().await;
         let instances = h.instances(4).await;
-        let env = Env::api_only(0).await;
+        let env = Env::api_only(backend, 0).await;
         let add = |i: usize| {
             let (id, zone) = instances[i].clone();
             let n = node(&format!("ip-10-0-0-{i}")).ip(&format!("10.0.0.{}", i + 10)).provider_id(&format!("aws:///{zone}/{id}")).build();
@@ -73,7 +72,7 @@ async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete() {
         let config = portico::config::ControllerConfig { cluster: h.cluster.clone(), ..test_config() };
         let options = ReplicaOptions { config, lease: None, http_addr: None, identity: "e2e-aws".into() };
         let shutdown = CancellationToken::new();
-        let controller = tokio::spawn(run_replica(env.client.clone(), provider, options, Registry::default(), shutdown.clone()));
+        let controller = tokio::spawn(run_replica(env.controller_client.clone(), provider, options, Registry::default(), shutdown.clone()));
 
         let created = env.create(svc("default", "web").lb().port(80, 30080).port_proto(53, 30053, "UDP").source_range("203.0.113.0/24").build()).await;
         let uid = created.uid().expect("uid");
@@ -119,4 +118,23 @@ async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete() {
         let _ = controller.await;
     })
     .await;
+}
+
+/// On the stand-in and on the real control plane (as the controller's ServiceAccount).
+mod standin {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete() {
+        super::service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete(
+            super::Backend::StandIn,
+        )
+        .await
+    }
+}
+
+mod real {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete() {
+        super::service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete(super::Backend::Real)
+            .await
+    }
 }

@@ -48,10 +48,9 @@ async fn ask(addr: SocketAddr) -> Option<String> {
         .flatten()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn nodes_come_and_go_under_load_without_a_failed_request() {
+async fn nodes_come_and_go_under_load_without_a_failed_request(backend: Backend) {
     within(120, async {
-        let env = Env::api_only(0).await;
+        let env = Env::api_only(backend, 0).await;
         let all: Vec<SimNode> = (1..=5).map(sim_node).collect();
         for n in &all[..3] {
             env.add_node(&n.name, &n.ip.to_string()).await;
@@ -67,7 +66,7 @@ async fn nodes_come_and_go_under_load_without_a_failed_request() {
         let config = portico::config::ControllerConfig { cluster, ..test_config() };
         let shutdown = CancellationToken::new();
         let options = ReplicaOptions { config, lease: None, http_addr: None, identity: "e2e".into() };
-        let controller = tokio::spawn(run_replica(env.client.clone(), provider.clone(), options, registry, shutdown.clone()));
+        let controller = tokio::spawn(run_replica(env.controller_client.clone(), provider.clone(), options, registry, shutdown.clone()));
 
         env.create(svc("default", "web").lb().port(80, 31080).build()).await;
         let ready = env.ready("web").await;
@@ -144,4 +143,19 @@ async fn nodes_come_and_go_under_load_without_a_failed_request() {
         cloud.shutdown().await;
     })
     .await;
+}
+
+/// On the stand-in and on the real control plane (as the controller's ServiceAccount).
+mod standin {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn nodes_come_and_go_under_load_without_a_failed_request() {
+        super::nodes_come_and_go_under_load_without_a_failed_request(super::Backend::StandIn).await
+    }
+}
+
+mod real {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn nodes_come_and_go_under_load_without_a_failed_request() {
+        super::nodes_come_and_go_under_load_without_a_failed_request(super::Backend::Real).await
+    }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::test]
 async fn metrics_and_probes() {
     within(60, async {
-        let env = Env::api_only(1).await;
+        let env = Env::api_only(Backend::StandIn, 1).await;
         // Pick a free port, then hand it to the replica.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("bind")

@@ -1,4 +1,5 @@
-//! Service defaulting, allocation and (partial) validation.
+//! Service defaulting, allocation and (partial) validation; the checks the
+//! real server makes on `events.k8s.io` Events ([`event`]).
 //!
 //! What is done: `spec.type`, `sessionAffinity`, `internalTrafficPolicy`,
 //! `externalTrafficPolicy`, `allocateLoadBalancerNodePorts`, IP family
@@ -8,9 +9,15 @@
 //! kept (as upstream's `patchAllocatedValues`), and type-dependent fields are
 //! dropped when the type changes to ClusterIP/ExternalName.
 //!
+//! As upstream: `spec.loadBalancerClass` may not change while the Service
+//! stays a LoadBalancer, and leaving type LoadBalancer clears
+//! `status.loadBalancer`. Status writes ([`service_status`]) default
+//! `ipMode` to `VIP` where an `ip` is set and are validated as upstream's
+//! `ValidateLoadBalancerStatus`.
+//!
 //! What is not validated: names of ports, selectors, `loadBalancerSourceRanges`
-//! syntax, `externalIPs`, dual-stack settings, `loadBalancerClass`
-//! immutability, `clusterIP` immutability (a changed value is accepted).
+//! syntax, `externalIPs`, dual-stack settings, `clusterIP` immutability (a
+//! changed value is accepted).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -112,6 +119,20 @@ pub fn service(
         ));
     }
     let old_spec = old.map(|o| &o["spec"]);
+    if ty == "LoadBalancer"
+        && let Some(os) = old_spec
+        && os["type"].as_str() == Some("LoadBalancer")
+        && os["loadBalancerClass"] != spec["loadBalancerClass"]
+    {
+        return Err(invalid(
+            &snapshot,
+            "spec.loadBalancerClass",
+            format!(
+                "Invalid value: {}: may not change once set",
+                spec["loadBalancerClass"]
+            ),
+        ));
+    }
     let external_name = ty == "ExternalName";
     let node_ports = ty == "NodePort" || ty == "LoadBalancer";
 
@@ -127,14 +148,23 @@ pub fn service(
     for (i, mut p) in ports.into_iter().enumerate() {
         let port = p["port"].as_u64().unwrap_or(0);
         if port == 0 || port > 65535 {
-            return Err(invalid(
-                &snapshot,
-                &format!("spec.ports[{i}].port"),
-                format!(
-                    "Invalid value: {}: must be between 1 and 65535, inclusive",
-                    p["port"]
-                ),
-            ));
+            let message = format!(
+                "Invalid value: {}: must be between 1 and 65535, inclusive",
+                p["port"]
+            );
+            let mut causes = vec![(format!("spec.ports[{i}].port"), message.clone())];
+            // The targetPort defaults to the port, so it is invalid too.
+            if p["targetPort"].is_null() {
+                causes.push((format!("spec.ports[{i}].targetPort"), message));
+            }
+            return Err(StandinError::Invalid {
+                kind: "Service".into(),
+                name: snapshot["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                causes,
+            });
         }
         set_default(&mut p, "protocol", json!("TCP"));
         let proto = p["protocol"].as_str().unwrap_or("").to_string();
@@ -193,7 +223,13 @@ pub fn service(
                             if same { op["nodePort"].as_u64() } else { None }
                         })
                     });
-                    let np = match reuse {
+                    // As upstream: TCP and UDP on one port number share a nodePort.
+                    let sibling = out_ports.iter().find_map(|op: &Value| {
+                        (op["port"].as_u64() == Some(port))
+                            .then(|| op["nodePort"].as_u64())
+                            .flatten()
+                    });
+                    let np = match reuse.or(sibling) {
                         Some(np) => Some(np),
                         None if allocate_lb_ports => {
                             Some(others.next_node_port().ok_or_else(|| {
@@ -315,8 +351,66 @@ pub fn service(
     }
     if !obj["status"].is_object() {
         obj["status"] = json!({"loadBalancer": {}});
-    } else if obj["status"]["loadBalancer"].is_null() {
+    } else if obj["status"]["loadBalancer"].is_null() || ty != "LoadBalancer" {
         obj["status"]["loadBalancer"] = json!({});
+    }
+    Ok(())
+}
+
+/// A Service status write: `ipMode` defaults to `VIP` where an `ip` is set,
+/// then the load-balancer status is validated as upstream does.
+pub fn service_status(obj: &mut Value) -> Result<(), StandinError> {
+    let snapshot = obj.clone();
+    let load_balancer = obj["spec"]["type"].as_str() == Some("LoadBalancer");
+    let Some(ingress) = obj["status"]["loadBalancer"]["ingress"].as_array_mut() else {
+        return Ok(());
+    };
+    if !ingress.is_empty() && !load_balancer {
+        return Err(invalid(
+            &snapshot,
+            "status.loadBalancer.ingress",
+            "Forbidden: may only be used when `spec.type` is 'LoadBalancer'".into(),
+        ));
+    }
+    for (i, entry) in ingress.iter_mut().enumerate() {
+        let field = |name: &str| format!("status.loadBalancer.ingress[{i}].{name}");
+        let ip = entry["ip"].as_str().unwrap_or("").to_string();
+        if !ip.is_empty() {
+            if ip.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    &snapshot,
+                    &field("ip"),
+                    format!("Invalid value: {ip:?}: must be a valid IP address"),
+                ));
+            }
+            set_default(entry, "ipMode", json!("VIP"));
+        }
+        match entry["ipMode"].as_str() {
+            None => {}
+            Some(_) if ip.is_empty() => {
+                return Err(invalid(
+                    &snapshot,
+                    &field("ipMode"),
+                    "Forbidden: may not be specified when `ip` is not set".into(),
+                ));
+            }
+            Some("VIP" | "Proxy") => {}
+            Some(other) => {
+                return Err(invalid(
+                    &snapshot,
+                    &field("ipMode"),
+                    format!("Unsupported value: {other:?}: supported values: \"Proxy\", \"VIP\""),
+                ));
+            }
+        }
+        let hostname = entry["hostname"].as_str().unwrap_or("");
+        if hostname.parse::<std::net::IpAddr>().is_ok() {
+            return Err(invalid(
+                &snapshot,
+                &field("hostname"),
+                format!("Invalid value: {hostname:?}: must be a DNS name, not an IP address"),
+            ));
+        }
     }
     Ok(())
 }
@@ -414,4 +508,52 @@ mod tests {
         assert!(cip["spec"]["ports"][0].get("nodePort").is_none());
         assert!(cip["spec"].get("externalTrafficPolicy").is_none());
     }
+}
+
+/// A new `events.k8s.io/v1` Event in namespace `ns`, checked as upstream's
+/// `ValidateEventCreate` does for what controllers get wrong: the regarding
+/// object's namespace, the reporting fields, and the size limits (the real
+/// server names the fields by their core/v1 names, as here).
+pub fn event(ns: &str, obj: &Value) -> Result<(), StandinError> {
+    let mut causes = Vec::new();
+    let regarding_ns = obj["regarding"]["namespace"].as_str().unwrap_or("");
+    // An Event about a cluster-scoped object (no namespace) lives in
+    // `default`; one about a namespaced object may live anywhere.
+    if regarding_ns.is_empty() && !(ns.is_empty() || ns == "default") {
+        causes.push((
+            "involvedObject.namespace".to_string(),
+            format!("Invalid value: {regarding_ns:?}: does not match event.namespace"),
+        ));
+    }
+    for (field, json_field) in [
+        ("reportingController", "reportingController"),
+        ("reportingInstance", "reportingInstance"),
+        ("action", "action"),
+        ("eventTime", "eventTime"),
+    ] {
+        if obj[json_field].as_str().unwrap_or("").is_empty() {
+            causes.push((field.to_string(), "Required value".to_string()));
+        }
+    }
+    for (field, json_field, limit) in [
+        ("reason", "reason", 128),
+        ("action", "action", 128),
+        ("message", "note", 1024),
+    ] {
+        let len = obj[json_field].as_str().map_or(0, str::len);
+        if len > limit {
+            causes.push((
+                field.to_string(),
+                format!("Too long: may not be more than {limit} bytes"),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(StandinError::Invalid {
+        kind: "Event".into(),
+        name: obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
+        causes,
+    })
 }

@@ -260,8 +260,10 @@ impl Ctx<'_> {
         self.q("dryRun").is_some()
     }
 
-    fn selectors(&self) -> Result<Selectors, StandinError> {
-        Selectors::parse(self.q("labelSelector"), self.q("fieldSelector"))
+    fn selectors(&self, rt: &ResourceType) -> Result<Selectors, StandinError> {
+        let selectors = Selectors::parse(self.q("labelSelector"), self.q("fieldSelector"))?;
+        selectors.fields.check_supported(rt)?;
+        Ok(selectors)
     }
 }
 
@@ -351,7 +353,7 @@ async fn resource_request(
         (&Method::GET, None) => {
             let params = ListParams {
                 namespace: rp.namespace.clone(),
-                selectors: ctx.selectors()?,
+                selectors: ctx.selectors(&rt)?,
                 limit: ctx.q("limit").and_then(|l| l.parse().ok()),
                 continue_token: ctx.q("continue").map(str::to_string),
                 resource_version: ctx.q("resourceVersion").map(str::to_string),
@@ -420,7 +422,7 @@ async fn resource_request(
         (&Method::DELETE, None) => {
             let params = ListParams {
                 namespace: rp.namespace.clone(),
-                selectors: ctx.selectors()?,
+                selectors: ctx.selectors(&rt)?,
                 ..ListParams::default()
             };
             let page = store.list_typed(&rt, &params)?;
@@ -503,7 +505,7 @@ fn start_watch(
     rt: &ResourceType,
     namespace: Option<String>,
 ) -> Result<Response, StandinError> {
-    let selectors = ctx.selectors()?;
+    let selectors = ctx.selectors(rt)?;
     let send_initial = ctx.flag("sendInitialEvents");
     let bookmarks = ctx.flag("allowWatchBookmarks");
     let from =

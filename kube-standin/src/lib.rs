@@ -73,6 +73,8 @@
 //! - Periodic BOOKMARKs carry the newest resourceVersion the watch has seen
 //!   for its resource, and are sent every [`ApiServerOptions::bookmark_interval`].
 
+#[cfg(feature = "control-plane")]
+pub mod control_plane;
 pub mod defaults;
 pub mod discovery;
 mod http;
@@ -118,7 +120,7 @@ pub enum StandinError {
     #[error("{0}")]
     Conflict(String),
     /// Validation failed (422); each cause is (field path, message).
-    #[error("{kind} {name:?} is invalid: {}", causes.iter().map(|(f, m)| format!("{f}: {m}")).collect::<Vec<_>>().join(", "))]
+    #[error("{kind} {name:?} is invalid: {}", causes.iter().map(|(f, m)| if f.is_empty() { m.clone() } else { format!("{f}: {m}") }).collect::<Vec<_>>().join(", "))]
     Invalid {
         /// Kind of the object.
         kind: String,
@@ -216,7 +218,13 @@ impl StandinError {
             StandinError::Invalid { kind, name, causes } => {
                 let causes: Vec<Value> = causes
                     .iter()
-                    .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+                    .map(|(f, m)| {
+                        if f.is_empty() {
+                            json!({"message": m})
+                        } else {
+                            json!({"reason": "FieldValueInvalid", "message": m, "field": f})
+                        }
+                    })
                     .collect();
                 s["details"] = json!({"name": name, "kind": kind, "causes": causes});
             }

@@ -103,12 +103,13 @@ pub fn json_patch_lenient(doc: &mut Value, patch: &Value) -> Result<(), StandinE
         {
             continue;
         }
+        // As upstream: a plain 422 naming no field.
         json_patch::patch(&mut work, std::slice::from_ref(op)).map_err(|e| {
             StandinError::Invalid {
                 kind: String::new(),
                 name: String::new(),
                 causes: vec![(
-                    e.path.as_str().trim_start_matches('/').replace('/', "."),
+                    String::new(),
                     format!("the json patch could not be applied: {e}"),
                 )],
             }

@@ -136,6 +136,32 @@ impl FieldSelector {
         Ok(FieldSelector { reqs })
     }
 
+    /// Refuse a field the real server cannot select on for this resource
+    /// (`400 BadRequest`), as its per-resource field label conversion does.
+    /// Every resource takes `metadata.name` and `metadata.namespace`; the
+    /// extra fields are listed for the resources the stand-in knows well,
+    /// and any field is accepted on the others.
+    pub fn check_supported(&self, rt: &crate::resources::ResourceType) -> Result<(), StandinError> {
+        let extra: &[&str] = match (rt.group.as_str(), rt.plural.as_str()) {
+            ("", "services") => &["spec.clusterIP", "spec.type"],
+            ("", "nodes") => &["spec.unschedulable"],
+            ("", "namespaces") => &["status.phase"],
+            ("", "configmaps") | ("coordination.k8s.io", "leases") => &[],
+            _ => return Ok(()),
+        };
+        for (field, _, _) in &self.reqs {
+            let known = field == "metadata.name"
+                || field == "metadata.namespace"
+                || extra.contains(&field.as_str());
+            if !known {
+                return Err(StandinError::BadRequest(format!(
+                    "field label not supported: {field}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The value a `metadata.name=` requirement pins, if any (used to
     /// shortcut lookups).
     pub fn name(&self) -> Option<&str> {

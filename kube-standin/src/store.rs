@@ -277,6 +277,14 @@ fn valid_name(name: &str) -> bool {
         && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
+/// Whether `metadata.generation` is kept: for resources with a status
+/// subresource, except the core kinds whose real strategy sets none.
+fn tracks_generation(rt: &ResourceType) -> bool {
+    rt.has_status
+        && !(rt.group.is_empty()
+            && matches!(rt.plural.as_str(), "services" | "nodes" | "namespaces"))
+}
+
 fn meta_invalid(rt: &ResourceType, name: &str, field: &str, msg: &str) -> StandinError {
     StandinError::Invalid {
         kind: rt.kind.clone(),
@@ -452,6 +460,9 @@ impl Inner {
                 ),
             ));
         }
+        if rt.group == "events.k8s.io" && rt.plural == "events" {
+            defaults::event(ns, &obj)?;
+        }
         if self.lookup(rt, ns, &name).is_some() {
             return Err(StandinError::AlreadyExists {
                 resource: rt.qualified_name(),
@@ -466,7 +477,7 @@ impl Inner {
             m.remove("deletionTimestamp");
             m.remove("deletionGracePeriodSeconds");
             m.remove("resourceVersion");
-            if rt.has_status {
+            if tracks_generation(rt) {
                 m.insert("generation".into(), json!(1));
             } else {
                 m.remove("generation");
@@ -596,6 +607,9 @@ impl Inner {
             }
         }
         let key: ObjName = (ns.to_string(), name.to_string());
+        if rt.group.is_empty() && rt.plural == "services" && opts.status {
+            defaults::service_status(&mut new)?;
+        }
         if rt.group.is_empty() && rt.plural == "services" && !opts.status {
             // A metadata-only write (finalizers, labels) keeps the spec, so
             // nothing can clash: skip the scan of every Service's allocations,
@@ -616,7 +630,7 @@ impl Inner {
         if !differs(&old, &new) {
             return Ok(old);
         }
-        if rt.has_status && spec_differs(&old, &new) {
+        if tracks_generation(rt) && spec_differs(&old, &new) {
             let g = old["metadata"]["generation"].as_i64().unwrap_or(0);
             new["metadata"]["generation"] = json!(g + 1);
         }
@@ -944,6 +958,16 @@ impl Store {
                 "the namespace of the provided object does not match the namespace sent on the request".into(),
             ));
         }
+        // Leases (like most objects whose strategy refuses unconditional
+        // updates) must name the resourceVersion they replace.
+        if rt.group == "coordination.k8s.io" && rt.plural == "leases" && rv_of(&obj).is_none() {
+            return Err(meta_invalid(
+                rt,
+                name,
+                "metadata.resourceVersion",
+                "Invalid value: 0x0: must be specified for an update",
+            ));
+        }
         let before = old.clone();
         let out = inner.write(rt, ns, name, old, obj, opts)?;
         if !opts.dry_run
@@ -1195,8 +1219,9 @@ mod tests {
             .expect("patch");
         assert_eq!(s.resource_version(), rv0 + 1);
         assert_eq!(
-            p["metadata"]["generation"], 1,
-            "labels don't bump generation"
+            p["metadata"]["generation"],
+            Value::Null,
+            "Services carry no generation, as on the real server"
         );
         let p = s
             .merge_patch(
@@ -1206,7 +1231,8 @@ mod tests {
                 json!({"spec": {"sessionAffinity": "ClientIP"}}),
             )
             .expect("patch");
-        assert_eq!(p["metadata"]["generation"], 2);
+        assert_eq!(p["metadata"]["generation"], Value::Null);
+        assert_eq!(s.resource_version(), rv0 + 2);
     }
 
     #[test]

@@ -34,7 +34,9 @@ async fn reconcile(svc: Arc<Service>, ctx: Arc<Ctx>) -> Result<Action, Reconcile
     finalizer(&api, FINALIZER, svc, |event| async {
         match event {
             Finalizer::Apply(svc) => {
-                let want = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.10"}]}});
+                // ipMode spelled out: the server defaults it, so leaving it out
+                // would make every reconcile see a difference and write again.
+                let want = json!({"loadBalancer": {"ingress": [{"ip": "198.51.100.10", "ipMode": "VIP"}]}});
                 let have = serde_json::to_value(svc.status.clone()).unwrap_or_default();
                 if have != want {
                     let name = svc.metadata.name.clone().unwrap_or_default();

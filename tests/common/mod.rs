@@ -11,6 +11,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
 use kube_standin::ApiServer;
+use kube_standin::control_plane::ControlPlane;
 use portico::config::ControllerConfig;
 use portico::leader::LeaseConfig;
 use portico::runtime::{ReplicaOptions, run_replica};
@@ -88,21 +89,68 @@ impl Replica {
     }
 }
 
+/// Which Kubernetes API a scenario runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `kube-standin` in this process: fast, and it can be inspected.
+    StandIn,
+    /// etcd + kube-apiserver from `scripts/control-plane.sh`: the judge.
+    Real,
+}
+
+/// The API server behind an [`Env`].
+pub enum Cluster {
+    StandIn(ApiServer),
+    Real(ControlPlane),
+}
+
+/// A point in the API server's request record (see [`Env::controller_writes_since`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark(u64);
+
+/// The RBAC manifest the controller runs under on the real control plane.
+pub fn rbac_manifest() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml")
+}
+
 pub struct Env {
-    pub server: ApiServer,
+    pub cluster: Cluster,
+    /// What the test acts as: a user with every right.
     pub client: Client,
+    /// What the controller acts as: on the real control plane, the
+    /// ServiceAccount of `deploy/rbac.yaml` with a TokenRequest token.
+    pub controller_client: Client,
     pub replica: Option<Replica>,
 }
 
 impl Env {
-    /// API server with `nodes` nodes (node-0 ... at 10.0.0.x), no controller yet.
-    pub async fn api_only(nodes: usize) -> Env {
-        let server = ApiServer::start().await.expect("stand-in starts");
-        let client = server.client().await.expect("client");
-        let env = Env {
-            server,
-            client,
-            replica: None,
+    /// An API server with `nodes` nodes (node-0 ... at 10.0.0.x), no controller yet.
+    pub async fn api_only(backend: Backend, nodes: usize) -> Env {
+        let env = match backend {
+            Backend::StandIn => {
+                let server = ApiServer::start().await.expect("stand-in starts");
+                let client = server.client().await.expect("client");
+                Env {
+                    cluster: Cluster::StandIn(server),
+                    controller_client: client.clone(),
+                    client,
+                    replica: None,
+                }
+            }
+            Backend::Real => {
+                let plane = ControlPlane::connect().await.expect("real control plane");
+                plane.reset().await.expect("reset the real control plane");
+                let controller_client = plane
+                    .controller_client(&rbac_manifest())
+                    .await
+                    .expect("controller ServiceAccount");
+                Env {
+                    client: plane.admin.clone(),
+                    cluster: Cluster::Real(plane),
+                    controller_client,
+                    replica: None,
+                }
+            }
         };
         for i in 0..nodes {
             env.add_node(&format!("node-{i}"), &format!("10.0.0.{}", i + 1))
@@ -112,15 +160,82 @@ impl Env {
     }
 
     /// API server, nodes and one controller replica with a recording provider.
-    pub async fn start(nodes: usize) -> Env {
-        let mut env = Env::api_only(nodes).await;
-        env.replica = Some(Replica::start(
-            env.client.clone(),
-            RecordingProvider::new(),
-            test_config(),
-            None,
-        ));
+    pub async fn start(backend: Backend, nodes: usize) -> Env {
+        let mut env = Env::api_only(backend, nodes).await;
+        env.replica = Some(env.replica(RecordingProvider::new(), test_config(), None));
         env
+    }
+
+    /// A controller replica running as the controller's identity.
+    pub fn replica(
+        &self,
+        provider: RecordingProvider,
+        config: ControllerConfig,
+        lease: Option<LeaseConfig>,
+    ) -> Replica {
+        Replica::start(self.controller_client.clone(), provider, config, lease)
+    }
+
+    pub fn backend(&self) -> Backend {
+        match self.cluster {
+            Cluster::StandIn(_) => Backend::StandIn,
+            Cluster::Real(_) => Backend::Real,
+        }
+    }
+
+    /// The stand-in, for the scenarios that inspect it directly.
+    pub fn stand_in(&self) -> &ApiServer {
+        match &self.cluster {
+            Cluster::StandIn(server) => server,
+            Cluster::Real(_) => panic!("this scenario needs the stand-in"),
+        }
+    }
+
+    /// Now, in the API server's record of requests.
+    pub fn mark(&self) -> Mark {
+        match &self.cluster {
+            Cluster::StandIn(server) => Mark(server.requests().len() as u64),
+            Cluster::Real(plane) => Mark(plane.audit_mark().expect("audit log")),
+        }
+    }
+
+    /// The writes the controller made since `mark`, as "verb resource name"
+    /// (on the stand-in, which does not know users: every write).
+    pub fn controller_writes_since(&self, mark: Mark) -> Vec<String> {
+        match &self.cluster {
+            Cluster::StandIn(server) => server
+                .requests()
+                .into_iter()
+                .skip(mark.0 as usize)
+                .filter(|r| r.is_write())
+                .map(|r| format!("{} {} {}", r.verb, r.resource_path(), r.path))
+                .collect(),
+            Cluster::Real(plane) => {
+                let user = ControlPlane::service_account_user(
+                    kube_standin::control_plane::CONTROLLER_NAMESPACE,
+                    kube_standin::control_plane::CONTROLLER_ACCOUNT,
+                );
+                plane
+                    .audit_since(mark.0)
+                    .expect("audit log")
+                    .into_iter()
+                    .filter(|e| e.user.username == user && e.is_write())
+                    .map(|e| format!("{} {} {}", e.verb, e.resource(), e.request_uri))
+                    .collect()
+            }
+        }
+    }
+
+    /// Break every open watch: the stand-in closes them; the real control
+    /// plane restarts kube-apiserver (etcd keeps the state).
+    pub async fn break_watches(&self) {
+        match &self.cluster {
+            Cluster::StandIn(server) => server.disconnect_watches(),
+            Cluster::Real(plane) => plane
+                .restart_apiserver()
+                .await
+                .expect("restart kube-apiserver"),
+        }
     }
 
     pub fn provider(&self) -> &RecordingProvider {
@@ -243,6 +358,26 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Each scenario as a test on the stand-in (`standin::NAME`) and on the real
+/// control plane (`real::NAME`, run one at a time: `.config/nextest.toml`).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod standin {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::common::Backend::StandIn).await
+            })*
+        }
+        mod real {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name($crate::common::Backend::Real).await
+            })*
+        }
+    };
 }
 
 /// Run a test body under a timeout.

@@ -1,0 +1,101 @@
+//! What an operator types, against the real control plane: `kubectl apply -f
+//! examples/` with validation on, `kubectl get svc` shows the EXTERNAL-IP
+//! portico wrote, and `kubectl describe svc` shows portico's Events.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// The real kubectl `scripts/tools.sh` installs (on PATH in `scripts/test.sh`).
+fn kubectl() -> PathBuf {
+    let tools = std::env::var_os("PORTICO_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/portico-tools")));
+    if let Some(bin) = tools.map(|t| t.join("bin/kubectl")).filter(|p| p.exists()) {
+        return bin;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("kubectl"))
+                .find(|p| p.exists())
+        })
+        .expect("kubectl: run scripts/tools.sh (scripts/test.sh does) to install it")
+}
+
+async fn run_kubectl(args: &[&str]) -> String {
+    let kubeconfig =
+        std::env::var("PORTICO_REAL_KUBECONFIG").expect("PORTICO_REAL_KUBECONFIG (control plane)");
+    let mut command = tokio::process::Command::new(kubectl());
+    command.arg("--kubeconfig").arg(kubeconfig).args(args);
+    let output = command.output().await.expect("run kubectl");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+async fn kubectl_apply_get_describe(backend: Backend) {
+    within(120, async {
+        let env = Env::start(backend, 2).await;
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let applied = run_kubectl(&[
+            "apply",
+            "--validate=strict",
+            "-f",
+            examples.to_str().expect("utf-8 path"),
+        ])
+        .await;
+        assert!(applied.contains("service/web created"), "{applied}");
+
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&examples).expect("examples/") {
+            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+            for line in text.lines() {
+                if let Some(name) = line.strip_prefix("  name: ") {
+                    names.push(name.trim().to_string());
+                }
+            }
+        }
+        assert!(names.len() >= 3, "examples: {names:?}");
+        for name in &names {
+            env.ready(name).await;
+        }
+        let table = run_kubectl(&["get", "svc", "-n", "default"]).await;
+        println!("{table}");
+        for name in &names {
+            let row = table
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name.as_str()))
+                .unwrap_or_else(|| panic!("no row for {name} in:\n{table}"));
+            let columns: Vec<&str> = row.split_whitespace().collect();
+            assert_eq!(columns[1], "LoadBalancer", "{row}");
+            assert!(
+                columns[3].parse::<std::net::IpAddr>().is_ok(),
+                "EXTERNAL-IP of {name} is an address: {row}"
+            );
+        }
+
+        let described = eventually("describe shows portico's Events", 20, || async {
+            let out = run_kubectl(&["describe", "svc", "web", "-n", "default"]).await;
+            (out.contains("EnsuredLoadBalancer") && out.contains("EnsuringLoadBalancer"))
+                .then_some(out)
+        })
+        .await;
+        println!("{described}");
+        assert!(described.contains("LoadBalancer Ingress:"), "{described}");
+    })
+    .await;
+}
+
+mod real {
+    #[tokio::test]
+    async fn kubectl_apply_get_describe() {
+        super::kubectl_apply_get_describe(super::Backend::Real).await
+    }
+}
