@@ -112,20 +112,26 @@ impl ControlPlane {
         })
     }
 
-    /// Start from a clean slate: the Services of `default` (finalizers
-    /// stripped first: no controller of a previous test runs any more), all
-    /// Nodes, the Events of `default` and the controller's Lease go.
+    /// Start from a clean slate: every Service but `default/kubernetes`, in
+    /// every namespace (finalizers stripped first: no controller of a
+    /// previous test runs any more), all Nodes, the Events of `default` and
+    /// the controller's Lease go.
     pub async fn reset(&self) -> Result<(), ControlPlaneError> {
-        let services: Api<Service> = Api::namespaced(self.admin.clone(), "default");
-        for svc in services
+        let all: Api<Service> = Api::all(self.admin.clone());
+        let is_apiserver = |s: &Service| {
+            s.name_any() == "kubernetes" && s.namespace().as_deref() == Some("default")
+        };
+        for svc in all
             .list(&ListParams::default())
             .await
             .map_err(api_error("list services"))?
         {
-            let name = svc.name_any();
-            if name == "kubernetes" {
+            if is_apiserver(&svc) {
                 continue;
             }
+            let name = svc.name_any();
+            let services: Api<Service> =
+                Api::namespaced(self.admin.clone(), &svc.namespace().unwrap_or_default());
             if !svc.finalizers().is_empty() {
                 let strip = serde_json::json!({"metadata": {"finalizers": null}});
                 gone_is_ok(
@@ -162,13 +168,13 @@ impl ControlPlane {
         // Deletion of a Service is immediate once its finalizers are gone;
         // wait until the list says so, so the next test starts clean.
         for _ in 0..100 {
-            let left = services
+            let left = all
                 .list(&ListParams::default())
                 .await
                 .map_err(api_error("list services"))?
                 .items
                 .into_iter()
-                .filter(|s| s.name_any() != "kubernetes")
+                .filter(|s| !is_apiserver(s))
                 .count();
             if left == 0 {
                 break;

@@ -15,8 +15,10 @@
 //! `ipMode` to `VIP` where an `ip` is set and are validated as upstream's
 //! `ValidateLoadBalancerStatus`.
 //!
-//! What is not validated: names of ports, selectors, `loadBalancerSourceRanges`
-//! syntax, `externalIPs`, dual-stack settings, `clusterIP` immutability (a
+//! `loadBalancerSourceRanges` must be CIDRs; a new ClusterIP Service may not
+//! name a `nodePort`.
+//!
+//! What is not validated: names of ports, selectors, `externalIPs`, dual-stack settings, `clusterIP` immutability (a
 //! changed value is accepted).
 
 use std::collections::BTreeSet;
@@ -248,8 +250,19 @@ pub fn service(
                     }
                 }
             }
-        } else if let Some(m) = p.as_object_mut() {
-            m.remove("nodePort");
+        } else {
+            // A new ClusterIP Service may not ask for a nodePort; one that
+            // changes type away from NodePort/LoadBalancer loses them.
+            if old.is_none() && p["nodePort"].as_u64().is_some_and(|np| np != 0) {
+                return Err(invalid(
+                    &snapshot,
+                    &format!("spec.ports[{i}].nodePort"),
+                    format!("Forbidden: may not be used when `type` is '{ty}'"),
+                ));
+            }
+            if let Some(m) = p.as_object_mut() {
+                m.remove("nodePort");
+            }
         }
         out_ports.push(p);
     }
@@ -268,6 +281,38 @@ pub fn service(
         m.remove("ports");
     }
 
+    for (i, range) in spec["loadBalancerSourceRanges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let text = range.as_str().unwrap_or("");
+        if !is_cidr(text) {
+            // The real server spells the field this way.
+            return Err(invalid(
+                &snapshot,
+                &format!("spec.LoadBalancerSourceRanges[{i}]"),
+                format!(
+                    "Invalid value: {text:?}: must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
+                ),
+            ));
+        }
+    }
+    // The annotation form is checked too, for LoadBalancer Services.
+    let annotation = "service.beta.kubernetes.io/load-balancer-source-ranges";
+    if ty == "LoadBalancer"
+        && let Some(raw) = snapshot["metadata"]["annotations"][annotation].as_str()
+        && let Some(bad) = raw.split(',').map(str::trim).find(|r| !is_cidr(r))
+    {
+        return Err(invalid(
+            &snapshot,
+            &format!("metadata.annotations[{annotation}]"),
+            format!(
+                "Invalid value: {bad:?}: must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"
+            ),
+        ));
+    }
     set_default(spec, "sessionAffinity", json!("None"));
     if external_name {
         if spec["externalName"].as_str().unwrap_or("").is_empty() {
@@ -507,6 +552,21 @@ mod tests {
         service(&mut cip, Some(&upd), Allocated::default()).expect("valid");
         assert!(cip["spec"]["ports"][0].get("nodePort").is_none());
         assert!(cip["spec"].get("externalTrafficPolicy").is_none());
+    }
+}
+
+/// `a.b.c.d/n` or `x::/n` with a prefix length the family allows.
+fn is_cidr(text: &str) -> bool {
+    let Some((addr, len)) = text.trim().split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => len <= 32,
+        Ok(std::net::IpAddr::V6(_)) => len <= 128,
+        Err(_) => false,
     }
 }
 

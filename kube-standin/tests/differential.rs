@@ -197,6 +197,36 @@ async fn service_defaults(t: Target) -> Vec<String> {
         svcs.create(&PostParams::default(), &lb("bad", json!([{"port": 0}])))
             .await,
     ));
+    let mut ranges = lb("ranges", json!([{"port": 80}]));
+    ranges
+        .spec
+        .as_mut()
+        .expect("spec")
+        .load_balancer_source_ranges = Some(vec!["10.0.0.0/8".into(), "10.0.0.0/33".into()]);
+    seen.push(format!(
+        "bad source range: {}",
+        outcome(svcs.create(&PostParams::default(), &ranges).await)
+    ));
+    let mut annotated = lb("annotated", json!([{"port": 80}]));
+    annotated.metadata.annotations = Some(
+        [(
+            "service.beta.kubernetes.io/load-balancer-source-ranges".to_string(),
+            "10.0.0.0/8,10.0.0.0/33".to_string(),
+        )]
+        .into(),
+    );
+    seen.push(format!(
+        "bad source-range annotation: {}",
+        outcome(svcs.create(&PostParams::default(), &annotated).await)
+    ));
+    let cluster_ip = service(
+        "internal",
+        json!({"type": "ClusterIP", "ports": [{"port": 80, "nodePort": 30999}]}),
+    );
+    seen.push(format!(
+        "ClusterIP with a nodePort: {}",
+        outcome(svcs.create(&PostParams::default(), &cluster_ip).await)
+    ));
     seen
 }
 

@@ -126,6 +126,11 @@ pub struct Env {
 impl Env {
     /// An API server with `nodes` nodes (node-0 ... at 10.0.0.x), no controller yet.
     pub async fn api_only(backend: Backend, nodes: usize) -> Env {
+        // RUST_LOG=portico=debug shows the controller's logs of a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let env = match backend {
             Backend::StandIn => {
                 let server = ApiServer::start().await.expect("stand-in starts");
