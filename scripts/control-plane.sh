@@ -229,8 +229,14 @@ build) build ;;
 start) start ;;
 stop) stop ;;
 restart-apiserver)
+    # While it stops and starts, kube-apiserver answers some requests with 403
+    # (its RBAC caches are torn down or not filled yet): record the window, so
+    # the RBAC check from the audit log can tell those from real refusals.
+    began="$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)"
     stop_one apiserver
     start_apiserver
+    sleep 2
+    echo "$began $(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)" >>"$DIR/restarts"
     log "kube-apiserver restarted"
     ;;
 *)

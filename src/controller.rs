@@ -14,7 +14,7 @@ use kube::runtime::controller::{Action, Config as RuntimeConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::utils::PredicateConfig;
 use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
-use portico_provider::{LoadBalancerProvider, LoadBalancerSpec, ProviderError, RetryHint, Targets};
+use portico_provider::{LoadBalancerProvider, LoadBalancerSpec, ProviderError, Targets};
 use rand::Rng;
 use serde_json::json;
 use tokio::sync::watch;
@@ -29,7 +29,9 @@ use crate::k8s::{
 };
 use crate::metrics::Metrics;
 use crate::nodes::{Change, NodeIndex, TargetSnapshot};
-use crate::plan::{self, CleanupPlan, EnsurePlan, Plan, Rejection};
+use crate::plan::{
+    self, CONFLICT_REASON, CleanupPlan, Conflict, EnsurePlan, Ownership, Plan, Rejection,
+};
 use crate::status::{self, Readiness, StatusUpdate};
 
 /// Why a reconcile could not finish; the controller retries with backoff.
@@ -116,6 +118,14 @@ impl Context {
         jittered.max(floor)
     }
 
+    /// The periodic re-ensure, spread by ±10% so Services created together
+    /// are not all re-ensured in the same instant forever.
+    fn resync_after(&self) -> Duration {
+        self.config
+            .resync
+            .mul_f64(rand::rng().random_range(0.9..=1.1))
+    }
+
     fn succeeded(&self, obj: &ObjectRef<Service>) {
         self.memory().failures.remove(obj);
     }
@@ -130,7 +140,9 @@ impl Context {
         let ev = Event {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            // The API server refuses (and so loses) an Event whose note is
+            // over 1 KiB; provider errors can be longer. The log keeps it all.
+            note: Some(truncate_note(note)),
             action: "Sync".into(),
             secondary: None,
         };
@@ -186,6 +198,23 @@ impl Context {
     }
 }
 
+/// The most an Event's note may hold (events.k8s.io validation).
+const EVENT_NOTE_LIMIT: usize = 1024;
+
+/// `note` cut to [`EVENT_NOTE_LIMIT`] bytes on a character boundary, with
+/// an ellipsis when cut.
+fn truncate_note(note: String) -> String {
+    if note.len() <= EVENT_NOTE_LIMIT {
+        return note;
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = EVENT_NOTE_LIMIT - ELLIPSIS.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &note[..end])
+}
+
 /// Hashes of `spec` whole and without its targets; `targets` is the
 /// fingerprint of the snapshot the spec was built from, so no reconcile
 /// walks the node list to hash it.
@@ -225,6 +254,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
                 ensure(&svc, &ctx, *ensure_plan, targets.fingerprint).await
             }
             Plan::Cleanup(cleanup_plan) => cleanup(&svc, &ctx, cleanup_plan).await,
+            Plan::Conflict(conflict) => stand_back(&svc, &ctx, conflict).await,
         };
         if let Err(err) = &result {
             ctx.metrics.reconciled("error");
@@ -350,7 +380,7 @@ async fn ensure(
                 quiet, "load balancer ensured"
             );
             ctx.metrics.reconciled("ensured");
-            Ok(Action::requeue(ctx.config.resync))
+            Ok(Action::requeue(ctx.resync_after()))
         }
         Err(err) => {
             ctx.memory().ensured.remove(&obj);
@@ -373,21 +403,54 @@ async fn ensure(
             .await?;
             ctx.metrics.reconciled("failed");
             ctx.metrics.error(err.metric_label());
-            Ok(match err.retry_hint() {
-                RetryHint::Backoff => Action::requeue(ctx.backoff(&obj, Duration::ZERO)),
-                RetryHint::After(wait) => Action::requeue(ctx.backoff(&obj, wait)),
-                RetryHint::UntilChanged => Action::await_change(),
-            })
+            // Whatever the cloud said, try again: only the pure validation
+            // waits for the Service to change.
+            Ok(Action::requeue(ctx.backoff(&obj, err.retry_floor())))
         }
     }
+}
+
+/// Another controller serves this Service: build nothing, say so once.
+async fn stand_back(svc: &Service, ctx: &Context, conflict: Conflict) -> Result<Action, Error> {
+    warn!(message = %conflict.message, "another controller serves this Service; left alone");
+    let api: Api<Service> =
+        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    let update = StatusUpdate {
+        ingress: None,
+        condition: Some(Some(Readiness::conflict(conflict.message.clone()))),
+    };
+    // The condition doubles as the record that the Event was sent.
+    if status::status_patch(svc, &update, Timestamp::now()).is_some() {
+        ctx.event(svc, EventType::Warning, CONFLICT_REASON, conflict.message)
+            .await;
+        ctx.patch_status(&api, svc, update).await?;
+    }
+    ctx.metrics.reconciled("conflict");
+    Ok(Action::requeue(ctx.resync_after()))
 }
 
 async fn cleanup(svc: &Service, ctx: &Context, plan: CleanupPlan) -> Result<Action, Error> {
     let obj = ObjectRef::from_obj(svc);
     let api: Api<Service> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    // Another class's Service hears nothing from us.
-    if plan.release_finalizer {
+    if plan.ownership == Ownership::IfBalancerFound {
+        match ctx.provider_call("get", ctx.provider.get(&plan.key)).await {
+            Ok(Some(_)) => info!(
+                "a balancer of this cluster exists for a Service portico does not claim; removing it"
+            ),
+            Ok(None) => {
+                debug!("not portico's and no balancer of this cluster for it; left alone");
+                ctx.metrics.reconciled("ignored");
+                return Ok(Action::await_change());
+            }
+            Err(err) => {
+                warn!(error = %err, "looking for this cluster's balancer failed");
+                ctx.metrics.error(err.metric_label());
+                return Ok(Action::requeue(ctx.backoff(&obj, err.retry_floor())));
+            }
+        }
+    }
+    if plan.release_finalizer || plan.ownership == Ownership::IfBalancerFound {
         ctx.event(
             svc,
             EventType::Normal,
@@ -409,12 +472,8 @@ async fn cleanup(svc: &Service, ctx: &Context, plan: CleanupPlan) -> Result<Acti
         )
         .await;
         ctx.metrics.reconciled("failed");
-        let floor = match err.retry_hint() {
-            RetryHint::After(wait) => wait,
-            _ => Duration::ZERO,
-        };
         ctx.metrics.error(err.metric_label());
-        return Ok(Action::requeue(ctx.backoff(&obj, floor)));
+        return Ok(Action::requeue(ctx.backoff(&obj, err.retry_floor())));
     }
     if plan.clear_status {
         ctx.patch_status(
@@ -429,6 +488,8 @@ async fn cleanup(svc: &Service, ctx: &Context, plan: CleanupPlan) -> Result<Acti
     }
     if plan.release_finalizer {
         remove_finalizer(&api, svc).await?;
+    }
+    if plan.release_finalizer || plan.ownership == Ownership::IfBalancerFound {
         ctx.event(
             svc,
             EventType::Normal,

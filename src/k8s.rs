@@ -19,10 +19,12 @@ pub use kube::{Client, ResourceExt};
 /// The finalizer upstream's service controller uses; kept so clusters can
 /// move between controllers without orphaning balancers.
 pub const LB_FINALIZER: &str = "service.kubernetes.io/load-balancer-cleanup";
-/// Nodes with this label never receive balancer traffic (unless its value is "false").
+/// Nodes with this label never receive balancer traffic (unless its value parses as false).
 pub const EXCLUDE_LB_LABEL: &str = "node.kubernetes.io/exclude-from-external-load-balancers";
 /// Cluster autoscaler taints nodes it is about to remove.
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+/// Karpenter's taint on a node it is about to remove.
+pub const KARPENTER_DISRUPTED_TAINT: &str = "karpenter.sh/disrupted";
 /// Upstream's annotation form of `spec.loadBalancerSourceRanges`.
 pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
 /// kubectl's copy of the last applied object: large and never read by us.

@@ -10,37 +10,40 @@ use std::net::IpAddr;
 
 use portico_provider::{Target, Targets};
 
-use crate::k8s::{EXCLUDE_LB_LABEL, Node, ResourceExt, TO_BE_DELETED_TAINT};
+use crate::k8s::{EXCLUDE_LB_LABEL, Node, ResourceExt};
 
 /// Why a node receives no balancer traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ineligible {
     Deleting,
     ExcludedByLabel,
-    ToBeDeletedByAutoscaler,
     NoAddress,
 }
 
+/// Go's `strconv.ParseBool`, which upstream uses for the exclude label.
+fn parse_go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 /// The balancer target a node makes, or why it makes none.
+///
+/// Scale-down taints (the cluster autoscaler's `ToBeDeletedByClusterAutoscaler`,
+/// Karpenter's `karpenter.sh/disrupted`) deliberately keep the node: as
+/// upstream, the balancer's health check drains it as its pods go, instead of
+/// cutting its connections the moment the taint lands.
 pub fn node_target(node: &Node) -> Result<Target, Ineligible> {
     if node.metadata.deletion_timestamp.is_some() {
         return Err(Ineligible::Deleting);
     }
-    // Upstream: any value but "false" excludes the node.
-    if node
-        .labels()
-        .get(EXCLUDE_LB_LABEL)
-        .is_some_and(|v| v != "false")
+    // Upstream: excluded unless the value parses (ParseBool) as false.
+    if let Some(value) = node.labels().get(EXCLUDE_LB_LABEL)
+        && parse_go_bool(value) != Some(false)
     {
         return Err(Ineligible::ExcludedByLabel);
-    }
-    let taints = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or_default();
-    if taints.iter().any(|t| t.key == TO_BE_DELETED_TAINT) {
-        return Err(Ineligible::ToBeDeletedByAutoscaler);
     }
     let addresses = node_addresses(node);
     if addresses.is_empty() {
@@ -201,6 +204,7 @@ impl NodeIndex {
 mod tests {
     use super::*;
     use crate::builders::node;
+    use crate::k8s::{KARPENTER_DISRUPTED_TAINT, TO_BE_DELETED_TAINT};
 
     #[test]
     fn eligibility_follows_upstream_rules() {
@@ -234,9 +238,57 @@ mod tests {
                 Ok(()),
             ),
             (
-                "autoscaler taint is out",
+                "exclude label '0' (ParseBool false) keeps the node",
+                node("a")
+                    .ip("10.0.0.1")
+                    .label(EXCLUDE_LB_LABEL, "0")
+                    .build(),
+                Ok(()),
+            ),
+            (
+                "exclude label 'F' keeps the node",
+                node("a")
+                    .ip("10.0.0.1")
+                    .label(EXCLUDE_LB_LABEL, "F")
+                    .build(),
+                Ok(()),
+            ),
+            (
+                "exclude label 'FALSE' keeps the node",
+                node("a")
+                    .ip("10.0.0.1")
+                    .label(EXCLUDE_LB_LABEL, "FALSE")
+                    .build(),
+                Ok(()),
+            ),
+            (
+                "exclude label 'no' does not parse: out",
+                node("a")
+                    .ip("10.0.0.1")
+                    .label(EXCLUDE_LB_LABEL, "no")
+                    .build(),
+                Err(Ineligible::ExcludedByLabel),
+            ),
+            (
+                "exclude label 'fAlse' does not parse: out",
+                node("a")
+                    .ip("10.0.0.1")
+                    .label(EXCLUDE_LB_LABEL, "fAlse")
+                    .build(),
+                Err(Ineligible::ExcludedByLabel),
+            ),
+            (
+                "autoscaler scale-down taint keeps the node (health check drains it)",
                 node("a").ip("10.0.0.1").taint(TO_BE_DELETED_TAINT).build(),
-                Err(Ineligible::ToBeDeletedByAutoscaler),
+                Ok(()),
+            ),
+            (
+                "Karpenter's disrupted taint keeps the node",
+                node("a")
+                    .ip("10.0.0.1")
+                    .taint(KARPENTER_DISRUPTED_TAINT)
+                    .build(),
+                Ok(()),
             ),
             (
                 "other taints are fine",

@@ -32,7 +32,19 @@ pub enum Plan {
     Reject(Rejection),
     /// Remove the balancer and release the Service.
     Cleanup(CleanupPlan),
+    /// Another controller already serves this Service: build nothing,
+    /// overwrite nothing, say so.
+    Conflict(Conflict),
 }
+
+/// Why portico believes another controller serves a Service it would claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub message: String,
+}
+
+/// The condition reason portico writes on a Service another controller serves.
+pub const CONFLICT_REASON: &str = "ConflictingController";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IgnoreReason {
@@ -92,21 +104,42 @@ pub struct CleanupPlan {
     /// Clear `status.loadBalancer` (not when the Service is going away, nor
     /// when another controller now owns its status).
     pub clear_status: bool,
-    /// Remove the cleanup finalizer afterwards. Not on a class change: the
-    /// finalizer (upstream's name, shared by every controller) now guards
-    /// the new owner's balancer.
+    /// Remove the cleanup finalizer afterwards. Only from a Service portico
+    /// owns: the finalizer is upstream's name, shared by every controller,
+    /// and on anyone else's Service it guards their balancer.
     pub release_finalizer: bool,
+    /// Whether portico may act at once, or only once the cloud shows this
+    /// cluster built a balancer for the key.
+    pub ownership: Ownership,
+}
+
+/// How portico knows a Service it is cleaning up is its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Its class (or class-less while portico claims those).
+    Claimed,
+    /// Not claimed, yet it carries the shared finalizer: act only if the
+    /// provider finds a balancer tagged with this cluster for the key.
+    IfBalancerFound,
 }
 
 /// Whether portico answers for this Service's balancer.
 pub fn is_ours(svc: &Service, config: &ControllerConfig) -> bool {
-    let Some(spec) = svc.spec.as_ref() else {
-        return false;
-    };
-    if spec.type_.as_deref() != Some("LoadBalancer") {
-        return false;
-    }
-    match spec.load_balancer_class.as_deref() {
+    is_load_balancer(svc) && claims(svc, config)
+}
+
+fn is_load_balancer(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
+}
+
+/// Whether the Service's class (whatever its type) is portico's: the
+/// configured class, or none while portico claims class-less Services.
+fn claims(svc: &Service, config: &ControllerConfig) -> bool {
+    match svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.load_balancer_class.as_deref())
+    {
         Some(class) => class == config.class,
         None => {
             let aws_lbc = svc
@@ -116,6 +149,34 @@ pub fn is_ours(svc: &Service, config: &ControllerConfig) -> bool {
             config.claim_classless && !aws_lbc
         }
     }
+}
+
+/// Another controller's work on a Service portico would claim: an address
+/// in status that portico never wrote (its condition is missing, or says it
+/// stood back before).
+fn conflict(svc: &Service) -> Option<Conflict> {
+    let status = svc.status.as_ref()?;
+    let ingress = status.load_balancer.as_ref()?.ingress.as_deref()?;
+    let first = ingress.first()?;
+    let ours = status
+        .conditions
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == crate::status::CONDITION_TYPE && c.reason != CONFLICT_REASON);
+    if ours {
+        return None;
+    }
+    let address = first
+        .ip
+        .clone()
+        .or_else(|| first.hostname.clone())
+        .unwrap_or_default();
+    Some(Conflict {
+        message: format!(
+            "status.loadBalancer.ingress ({address}) was written by another controller; portico leaves this Service alone. Set spec.loadBalancerClass to choose one controller"
+        ),
+    })
 }
 
 pub fn has_finalizer(svc: &Service) -> bool {
@@ -141,39 +202,50 @@ pub fn plan(
     validate: &dyn Fn(&LoadBalancerSpec) -> Result<(), ProviderError>,
 ) -> Plan {
     let finalized = has_finalizer(svc);
+    let claimed = claims(svc, config);
+    let ownership = if claimed {
+        Ownership::Claimed
+    } else {
+        Ownership::IfBalancerFound
+    };
+    let cleanup = |reason, clear_status, release_finalizer| {
+        Plan::Cleanup(CleanupPlan {
+            key: key_of(svc, config),
+            reason,
+            clear_status,
+            release_finalizer,
+            ownership,
+        })
+    };
     if svc.metadata.deletion_timestamp.is_some() {
-        return if finalized {
-            Plan::Cleanup(CleanupPlan {
-                key: key_of(svc, config),
-                reason: CleanupReason::ServiceDeleted,
-                clear_status: false,
-                release_finalizer: true,
-            })
-        } else {
-            Plan::Ignore(IgnoreReason::BeingDeletedWithoutFinalizer)
+        return match (finalized, claimed) {
+            (false, _) => Plan::Ignore(IgnoreReason::BeingDeletedWithoutFinalizer),
+            (true, true) => cleanup(CleanupReason::ServiceDeleted, false, true),
+            // Someone else's Service: remove a balancer portico may have made
+            // for it, but the finalizer is theirs to release.
+            (true, false) => cleanup(CleanupReason::ServiceDeleted, false, false),
         };
     }
-    if !is_ours(svc, config) {
-        let is_lb = svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer");
-        return match (finalized, is_lb) {
-            (true, false) => Plan::Cleanup(CleanupPlan {
-                key: key_of(svc, config),
-                reason: CleanupReason::NoLongerLoadBalancer,
-                clear_status: true,
-                release_finalizer: true,
-            }),
-            // Another class's Service carrying the shared finalizer: delete a
-            // balancer we may hold for it (deleting nothing is cheap and
-            // idempotent) and leave the Service to its controller.
-            (true, true) => Plan::Cleanup(CleanupPlan {
-                key: key_of(svc, config),
-                reason: CleanupReason::ClassChanged,
-                clear_status: false,
-                release_finalizer: false,
-            }),
-            (false, false) => Plan::Ignore(IgnoreReason::NotLoadBalancer),
-            (false, true) => Plan::Ignore(IgnoreReason::OtherClass),
+    if !is_load_balancer(svc) {
+        // Leaving type LoadBalancer clears the class, so a balancer found
+        // for the key is the evidence that the Service was portico's.
+        return if finalized {
+            cleanup(CleanupReason::NoLongerLoadBalancer, true, true)
+        } else {
+            Plan::Ignore(IgnoreReason::NotLoadBalancer)
         };
+    }
+    if !claimed {
+        // Another class's Service carrying the shared finalizer: remove a
+        // balancer this cluster may hold for it, leave the rest to its owner.
+        return if finalized {
+            cleanup(CleanupReason::ClassChanged, false, false)
+        } else {
+            Plan::Ignore(IgnoreReason::OtherClass)
+        };
+    }
+    if let Some(conflict) = conflict(svc) {
+        return Plan::Conflict(conflict);
     }
     match build_spec(svc, targets, config) {
         Err(rejection) => Plan::Reject(rejection),
@@ -430,7 +502,16 @@ pub fn sync_fingerprint(svc: &Service) -> u64 {
     }
     svc.metadata.uid.hash(&mut h);
     svc.metadata.deletion_timestamp.is_some().hash(&mut h);
-    has_finalizer(svc).hash(&mut h);
+    // Not the finalizer: adding it would trigger a second, identical ensure
+    // of every new Service. A finalizer someone removes is re-added at resync.
+    // Whether portico stood back for another controller is seen.
+    svc.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == crate::status::CONDITION_TYPE && c.reason == CONFLICT_REASON)
+        .hash(&mut h);
     h.finish()
 }
 
@@ -473,11 +554,35 @@ mod tests {
             Plan::Reject(r) => format!("reject:{}", r.field),
             Plan::Cleanup(c) => {
                 format!(
-                    "cleanup:{:?}:clear={}:release={}",
-                    c.reason, c.clear_status, c.release_finalizer
+                    "cleanup:{:?}:clear={}:release={}:{:?}",
+                    c.reason, c.clear_status, c.release_finalizer, c.ownership
                 )
             }
+            Plan::Conflict(_) => "conflict".into(),
         }
+    }
+
+    /// `s` with an address in status and, if given, portico's condition.
+    fn served(mut s: Service, condition_reason: Option<&str>) -> Service {
+        use crate::k8s::{Condition, K8sLoadBalancerStatus, LoadBalancerIngress, Time, Timestamp};
+        let status = s.status.get_or_insert_with(Default::default);
+        status.load_balancer = Some(K8sLoadBalancerStatus {
+            ingress: Some(vec![LoadBalancerIngress {
+                ip: Some("203.0.113.9".into()),
+                ..Default::default()
+            }]),
+        });
+        status.conditions = condition_reason.map(|reason| {
+            vec![Condition {
+                type_: crate::status::CONDITION_TYPE.into(),
+                status: "True".into(),
+                reason: reason.into(),
+                message: String::new(),
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                observed_generation: None,
+            }]
+        });
+        s
     }
 
     #[test]
@@ -522,7 +627,30 @@ mod tests {
             (
                 "deleted with finalizer is cleaned up, status kept",
                 lb().finalizer(LB_FINALIZER).deleting().build(),
-                "cleanup:ServiceDeleted:clear=false:release=true",
+                "cleanup:ServiceDeleted:clear=false:release=true:Claimed",
+            ),
+            (
+                "another class's Service being deleted: only a balancer found for it goes; its finalizer stays",
+                lb().class("example.com/lb")
+                    .finalizer(LB_FINALIZER)
+                    .deleting()
+                    .build(),
+                "cleanup:ServiceDeleted:clear=false:release=false:IfBalancerFound",
+            ),
+            (
+                "an address portico never wrote: another controller serves it",
+                served(lb().build(), None),
+                "conflict",
+            ),
+            (
+                "portico's own address and condition: ensured",
+                served(lb().finalizer(LB_FINALIZER).build(), Some("Ready")),
+                "ensure:finalizer=false",
+            ),
+            (
+                "portico stood back before and the other address is still there",
+                served(lb().build(), Some(CONFLICT_REASON)),
+                "conflict",
             ),
             (
                 "deleted without finalizer is ignored",
@@ -536,12 +664,12 @@ mod tests {
                     .port(80, 30080)
                     .finalizer(LB_FINALIZER)
                     .build(),
-                "cleanup:NoLongerLoadBalancer:clear=true:release=true",
+                "cleanup:NoLongerLoadBalancer:clear=true:release=true:Claimed",
             ),
             (
                 "another class's finalized Service: our balancer goes, its status and finalizer stay",
                 lb().class("example.com/lb").finalizer(LB_FINALIZER).build(),
-                "cleanup:ClassChanged:clear=false:release=false",
+                "cleanup:ClassChanged:clear=false:release=false:IfBalancerFound",
             ),
         ];
         for (desc, s, want) in cases {
@@ -559,6 +687,27 @@ mod tests {
         assert_eq!(
             kind(&plan(&s, &targets(), &cfg, &accept)),
             "ignore:OtherClass"
+        );
+        let deleting = svc("default", "web")
+            .lb()
+            .port(80, 30080)
+            .finalizer(LB_FINALIZER)
+            .deleting()
+            .build();
+        assert_eq!(
+            kind(&plan(&deleting, &targets(), &cfg, &accept)),
+            "cleanup:ServiceDeleted:clear=false:release=false:IfBalancerFound",
+            "a class-less Service portico does not claim keeps its (shared) finalizer"
+        );
+        let left_lb = svc("default", "web")
+            .type_("ClusterIP")
+            .port(80, 30080)
+            .finalizer(LB_FINALIZER)
+            .build();
+        assert_eq!(
+            kind(&plan(&left_lb, &targets(), &cfg, &accept)),
+            "cleanup:NoLongerLoadBalancer:clear=true:release=true:IfBalancerFound",
+            "after a type change only a balancer found for the key proves it was ours"
         );
     }
 
@@ -714,6 +863,21 @@ mod tests {
             fp,
             "status and resourceVersion do not matter"
         );
+        let finalized = svc("default", "web")
+            .lb()
+            .port(80, 30080)
+            .finalizer(LB_FINALIZER)
+            .build();
+        assert_eq!(
+            sync_fingerprint(&finalized),
+            fp,
+            "adding the finalizer does not trigger a second ensure"
+        );
+        assert_ne!(
+            sync_fingerprint(&served(base.clone(), Some(CONFLICT_REASON))),
+            fp,
+            "standing back for another controller is seen"
+        );
         let mut selector = base.clone();
         if let Some(spec) = selector.spec.as_mut() {
             spec.selector = Some([("app".to_string(), "x".to_string())].into());
@@ -762,14 +926,6 @@ mod tests {
                     .lb()
                     .port(80, 30080)
                     .local(32000)
-                    .build(),
-            ),
-            (
-                "finalizer",
-                svc("default", "web")
-                    .lb()
-                    .port(80, 30080)
-                    .finalizer(LB_FINALIZER)
                     .build(),
             ),
             (

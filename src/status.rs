@@ -49,6 +49,15 @@ impl Readiness {
         }
     }
 
+    /// Another controller serves the Service (see `plan::Conflict`).
+    pub fn conflict(message: String) -> Self {
+        Self {
+            ready: false,
+            reason: crate::plan::CONFLICT_REASON.into(),
+            message,
+        }
+    }
+
     pub fn failed(err: &ProviderError) -> Self {
         Self {
             ready: false,
@@ -66,7 +75,13 @@ pub fn ingress_of(status: &LoadBalancerStatus) -> Vec<LoadBalancerIngress> {
         .map(|i| LoadBalancerIngress {
             ip: i.ip.map(|ip| ip.to_string()),
             hostname: i.hostname.clone(),
-            ip_mode: i.ip_mode.map(|m| m.as_str().to_string()),
+            // Spelled out: the API server defaults it to VIP when an ip is
+            // set, and a status that left it out would differ on every read.
+            ip_mode: match (i.ip, i.ip_mode) {
+                (Some(_), Some(mode)) => Some(mode.as_str().to_string()),
+                (Some(_), None) => Some("VIP".to_string()),
+                (None, _) => None,
+            },
             ports: (!i.ports.is_empty()).then(|| {
                 i.ports
                     .iter()

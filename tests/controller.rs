@@ -89,9 +89,9 @@ async fn steady_state_makes_no_writes_and_few_calls(backend: Backend) {
             .iter()
             .filter(|c| c.op == Op::Ensure)
             .count();
-        assert!(
-            ensures <= 2,
-            "one create should need at most 2 ensures (no reconcile loop), saw {ensures}"
+        assert_eq!(
+            ensures, 1,
+            "one create is one ensure (no second one for the finalizer, no loop)"
         );
 
         let mark = env.mark();

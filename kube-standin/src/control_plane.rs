@@ -269,6 +269,23 @@ impl ControlPlane {
     /// its ServiceAccount. `manifest` is the path of that file.
     pub async fn controller_client(&self, manifest: &Path) -> Result<Client, ControlPlaneError> {
         self.apply_manifest(manifest).await?;
+        let user = Self::service_account_user(CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT);
+        self.wait_authorized(
+            &user,
+            &[
+                ("", "services", "watch", None),
+                ("", "nodes", "list", None),
+                ("", "services/status", "patch", Some("default")),
+                ("events.k8s.io", "events", "create", Some("default")),
+                (
+                    "coordination.k8s.io",
+                    "leases",
+                    "create",
+                    Some("kube-system"),
+                ),
+            ],
+        )
+        .await?;
         self.service_account_client(CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT)
             .await
     }
@@ -310,6 +327,75 @@ impl ControlPlane {
         Ok(events)
     }
 
+    /// When kube-apiserver was restarted: (stopping, ready again) pairs of
+    /// RFC 3339 timestamps, as `scripts/control-plane.sh restart-apiserver`
+    /// records them.
+    pub fn restart_windows(&self) -> Vec<(String, String)> {
+        let path = self.audit_log.with_file_name("restarts");
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (from, to) = l.split_once(' ')?;
+                Some((from.to_string(), to.to_string()))
+            })
+            .collect()
+    }
+
+    /// Wait until the RBAC authorizer lets `user` do each of `checks`
+    /// (`(group, resource, verb, namespace)`): bindings just applied take a
+    /// moment to reach its cache.
+    pub async fn wait_authorized(
+        &self,
+        user: &str,
+        checks: &[(&str, &str, &str, Option<&str>)],
+    ) -> Result<(), ControlPlaneError> {
+        use k8s_openapi::api::authorization::v1::{
+            ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+        };
+        let reviews: Api<SubjectAccessReview> = Api::all(self.admin.clone());
+        for (group, resource, verb, namespace) in checks {
+            let (resource, subresource) = match resource.split_once('/') {
+                Some((r, s)) => (r, Some(s.to_string())),
+                None => (*resource, None),
+            };
+            let review = SubjectAccessReview {
+                spec: SubjectAccessReviewSpec {
+                    user: Some(user.to_string()),
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some(group.to_string()),
+                        resource: Some(resource.to_string()),
+                        subresource: subresource.clone(),
+                        verb: Some(verb.to_string()),
+                        namespace: namespace.map(str::to_string),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let mut allowed = false;
+            for _ in 0..100 {
+                let answer = reviews
+                    .create(&PostParams::default(), &review)
+                    .await
+                    .map_err(api_error("subject access review"))?;
+                if answer.status.is_some_and(|s| s.allowed) {
+                    allowed = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if !allowed {
+                return Err(ControlPlaneError::Manifest {
+                    path: PathBuf::from("deploy/rbac.yaml"),
+                    message: format!("{user} may not {verb} {group}/{resource} after 10 s"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Stop and start kube-apiserver (same etcd, same certificates): every
     /// open watch breaks, no state is lost. Waits until it is ready again.
     pub async fn restart_apiserver(&self) -> Result<(), ControlPlaneError> {
@@ -344,6 +430,8 @@ fn gone_is_ok<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
 #[serde(rename_all = "camelCase")]
 pub struct AuditEvent {
     pub stage: String,
+    /// RFC 3339 with microseconds, UTC.
+    pub request_received_timestamp: String,
     pub verb: String,
     #[serde(rename = "requestURI")]
     pub request_uri: String,

@@ -460,6 +460,69 @@ pub fn service_status(obj: &mut Value) -> Result<(), StandinError> {
     Ok(())
 }
 
+/// `a.b.c.d/n` or `x::/n` with a prefix length the family allows.
+fn is_cidr(text: &str) -> bool {
+    let Some((addr, len)) = text.trim().split_once('/') else {
+        return false;
+    };
+    let Ok(len) = len.parse::<u8>() else {
+        return false;
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => len <= 32,
+        Ok(std::net::IpAddr::V6(_)) => len <= 128,
+        Err(_) => false,
+    }
+}
+
+/// A new `events.k8s.io/v1` Event in namespace `ns`, checked as upstream's
+/// `ValidateEventCreate` does for what controllers get wrong: the regarding
+/// object's namespace, the reporting fields, and the size limits (the real
+/// server names the fields by their core/v1 names, as here).
+pub fn event(ns: &str, obj: &Value) -> Result<(), StandinError> {
+    let mut causes = Vec::new();
+    let regarding_ns = obj["regarding"]["namespace"].as_str().unwrap_or("");
+    // An Event about a cluster-scoped object (no namespace) lives in
+    // `default`; one about a namespaced object may live anywhere.
+    if regarding_ns.is_empty() && !(ns.is_empty() || ns == "default") {
+        causes.push((
+            "involvedObject.namespace".to_string(),
+            format!("Invalid value: {regarding_ns:?}: does not match event.namespace"),
+        ));
+    }
+    for (field, json_field) in [
+        ("reportingController", "reportingController"),
+        ("reportingInstance", "reportingInstance"),
+        ("action", "action"),
+        ("eventTime", "eventTime"),
+    ] {
+        if obj[json_field].as_str().unwrap_or("").is_empty() {
+            causes.push((field.to_string(), "Required value".to_string()));
+        }
+    }
+    for (field, json_field, limit) in [
+        ("reason", "reason", 128),
+        ("action", "action", 128),
+        ("message", "note", 1024),
+    ] {
+        let len = obj[json_field].as_str().map_or(0, str::len);
+        if len > limit {
+            causes.push((
+                field.to_string(),
+                format!("Too long: may not be more than {limit} bytes"),
+            ));
+        }
+    }
+    if causes.is_empty() {
+        return Ok(());
+    }
+    Err(StandinError::Invalid {
+        kind: "Event".into(),
+        name: obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
+        causes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,67 +616,4 @@ mod tests {
         assert!(cip["spec"]["ports"][0].get("nodePort").is_none());
         assert!(cip["spec"].get("externalTrafficPolicy").is_none());
     }
-}
-
-/// `a.b.c.d/n` or `x::/n` with a prefix length the family allows.
-fn is_cidr(text: &str) -> bool {
-    let Some((addr, len)) = text.trim().split_once('/') else {
-        return false;
-    };
-    let Ok(len) = len.parse::<u8>() else {
-        return false;
-    };
-    match addr.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(_)) => len <= 32,
-        Ok(std::net::IpAddr::V6(_)) => len <= 128,
-        Err(_) => false,
-    }
-}
-
-/// A new `events.k8s.io/v1` Event in namespace `ns`, checked as upstream's
-/// `ValidateEventCreate` does for what controllers get wrong: the regarding
-/// object's namespace, the reporting fields, and the size limits (the real
-/// server names the fields by their core/v1 names, as here).
-pub fn event(ns: &str, obj: &Value) -> Result<(), StandinError> {
-    let mut causes = Vec::new();
-    let regarding_ns = obj["regarding"]["namespace"].as_str().unwrap_or("");
-    // An Event about a cluster-scoped object (no namespace) lives in
-    // `default`; one about a namespaced object may live anywhere.
-    if regarding_ns.is_empty() && !(ns.is_empty() || ns == "default") {
-        causes.push((
-            "involvedObject.namespace".to_string(),
-            format!("Invalid value: {regarding_ns:?}: does not match event.namespace"),
-        ));
-    }
-    for (field, json_field) in [
-        ("reportingController", "reportingController"),
-        ("reportingInstance", "reportingInstance"),
-        ("action", "action"),
-        ("eventTime", "eventTime"),
-    ] {
-        if obj[json_field].as_str().unwrap_or("").is_empty() {
-            causes.push((field.to_string(), "Required value".to_string()));
-        }
-    }
-    for (field, json_field, limit) in [
-        ("reason", "reason", 128),
-        ("action", "action", 128),
-        ("message", "note", 1024),
-    ] {
-        let len = obj[json_field].as_str().map_or(0, str::len);
-        if len > limit {
-            causes.push((
-                field.to_string(),
-                format!("Too long: may not be more than {limit} bytes"),
-            ));
-        }
-    }
-    if causes.is_empty() {
-        return Ok(());
-    }
-    Err(StandinError::Invalid {
-        kind: "Event".into(),
-        name: obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
-        causes,
-    })
 }

@@ -101,7 +101,7 @@ pub enum Backend {
 /// The API server behind an [`Env`].
 pub enum Cluster {
     StandIn(ApiServer),
-    Real(ControlPlane),
+    Real(Box<ControlPlane>),
 }
 
 /// A point in the API server's request record (see [`Env::controller_writes_since`]).
@@ -151,7 +151,7 @@ impl Env {
                     .expect("controller ServiceAccount");
                 Env {
                     client: plane.admin.clone(),
-                    cluster: Cluster::Real(plane),
+                    cluster: Cluster::Real(Box::new(plane)),
                     controller_client,
                     replica: None,
                 }

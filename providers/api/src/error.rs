@@ -40,7 +40,9 @@ pub enum RetryHint {
     Backoff,
     /// Not before this long (the cloud said so).
     After(Duration),
-    /// Do not retry until the Service (or its nodes) change.
+    /// Only a change to the Service (or a fix in the cloud) can help. The
+    /// controller still retries slowly (see [`ProviderError::retry_floor`]):
+    /// only the pure, no-I/O validation waits for the Service to change.
     UntilChanged,
 }
 
@@ -82,6 +84,28 @@ impl ProviderError {
             Self::InvalidSpec { .. } | Self::Unsupported { .. } | Self::NotFound { .. } => {
                 RetryHint::UntilChanged
             }
+        }
+    }
+
+    /// The least time before the next attempt after this error. Every error
+    /// a cloud returns is retried (clouds are eventually consistent, limits
+    /// clear, someone fixes the account): these floors, under the
+    /// controller's exponential backoff with jitter, keep the retries sane.
+    ///
+    /// | kind | floor | why |
+    /// | --- | --- | --- |
+    /// | Transient, Conflict | none | the next try likely works |
+    /// | Throttled | `retry_after`, else 2 s | the cloud asked to slow down |
+    /// | NotFound | 5 s | a just-created object is not visible yet (AWS `TargetGroupNotFound`) |
+    /// | InvalidSpec, Unsupported | 30 s | the cloud refused; only a change or a cloud-side fix helps |
+    /// | QuotaExceeded | 60 s | an operator must raise a limit or free capacity |
+    pub fn retry_floor(&self) -> Duration {
+        match self {
+            Self::Transient { .. } | Self::Conflict { .. } => Duration::ZERO,
+            Self::Throttled { retry_after } => retry_after.unwrap_or(Duration::from_secs(2)),
+            Self::NotFound { .. } => Duration::from_secs(5),
+            Self::InvalidSpec { .. } | Self::Unsupported { .. } => Duration::from_secs(30),
+            Self::QuotaExceeded { .. } => Duration::from_secs(60),
         }
     }
 

@@ -1,0 +1,242 @@
+//! Controller safety: portico never touches what is not its own, never gives
+//! up on an error a cloud returned, and never loses an Event to a long note.
+//! Each scenario runs on the stand-in and on the real control plane.
+
+mod common;
+
+use common::*;
+use kube::api::{Patch, PatchParams};
+use portico::builders::svc;
+use portico::status::CONDITION_TYPE;
+use portico_provider::testing::{Op, RecordingProvider};
+use portico_provider::{ClusterName, LoadBalancerKey, LoadBalancerSpec, ProviderError};
+
+const OTHER_CLASS: &str = "example.com/other";
+
+fn key(uid: &str, name: &str) -> LoadBalancerKey {
+    LoadBalancerKey::new(ClusterName::new("test-cluster"), "default", name, uid)
+}
+
+/// Wait until portico has asked the provider about `name` (the positive
+/// barrier that it saw the Service), and return the calls about it.
+async fn calls_about(
+    provider: &RecordingProvider,
+    name: &str,
+    op: Op,
+) -> Vec<portico_provider::testing::Call> {
+    eventually(&format!("portico looked at {name}"), 20, || async {
+        let calls: Vec<_> = provider
+            .calls()
+            .into_iter()
+            .filter(|c| c.key.as_ref().is_some_and(|k| k.name == name))
+            .collect();
+        calls.iter().any(|c| c.op == op).then_some(calls)
+    })
+    .await
+}
+
+/// Another controller's Service, being deleted with the shared finalizer,
+/// keeps it: portico looks for a balancer of its own, finds none, and
+/// leaves the Service, its finalizer and its Events alone.
+async fn another_controllers_finalizer_is_never_stripped(backend: Backend) {
+    within(60, async {
+        let env = Env::start(backend, 1).await;
+        let theirs = svc("default", "theirs")
+            .lb()
+            .class(OTHER_CLASS)
+            .port(80, 30081)
+            .finalizer("service.kubernetes.io/load-balancer-cleanup")
+            .build();
+        env.create(theirs).await;
+        env.delete("theirs").await;
+        let calls = calls_about(env.provider(), "theirs", Op::Get).await;
+        assert!(
+            calls.iter().all(|c| c.op == Op::Get),
+            "only a look-up, no delete: {calls:?}"
+        );
+        let svc = env.get("theirs").await.expect("still there");
+        assert!(
+            has_finalizer(&svc),
+            "the other controller's finalizer stays"
+        );
+        assert!(
+            env.events("theirs").await.is_empty(),
+            "no Events on a Service that is not portico's"
+        );
+    })
+    .await;
+}
+
+/// A class-less Service portico does not claim, leaving type LoadBalancer
+/// with the shared finalizer, keeps it too.
+async fn type_change_of_an_unclaimed_service_keeps_its_finalizer(backend: Backend) {
+    within(60, async {
+        let env = Env::api_only(backend, 1).await;
+        let config = portico::config::ControllerConfig {
+            claim_classless: false,
+            ..test_config()
+        };
+        let replica = env.replica(RecordingProvider::new(), config, None);
+        env.create(
+            svc("default", "theirs")
+                .lb()
+                .port(80, 30081)
+                .finalizer("service.kubernetes.io/load-balancer-cleanup")
+                .build(),
+        )
+        .await;
+        let to_cluster_ip = serde_json::json!({"spec": {"type": "ClusterIP"}});
+        env.services()
+            .patch(
+                "theirs",
+                &PatchParams::default(),
+                &Patch::Merge(&to_cluster_ip),
+            )
+            .await
+            .expect("type change");
+        calls_about(&replica.provider, "theirs", Op::Get).await;
+        let svc = env.get("theirs").await.expect("exists");
+        assert!(
+            has_finalizer(&svc),
+            "the finalizer is not portico's to remove"
+        );
+        assert_eq!(
+            replica
+                .provider
+                .calls()
+                .iter()
+                .filter(|c| c.op == Op::Delete)
+                .count(),
+            0
+        );
+        replica.stop().await;
+    })
+    .await;
+}
+
+/// Evidence of ownership: when the cloud holds this cluster's balancer for
+/// another class's Service being deleted, portico removes it (and only it).
+async fn a_balancer_of_ours_for_a_foreign_service_is_removed(backend: Backend) {
+    within(60, async {
+        let env = Env::api_only(backend, 1).await;
+        let created = env
+            .create(
+                svc("default", "moved")
+                    .lb()
+                    .class(OTHER_CLASS)
+                    .port(80, 30081)
+                    .finalizer("service.kubernetes.io/load-balancer-cleanup")
+                    .build(),
+            )
+            .await;
+        let provider = RecordingProvider::new();
+        let ours = key(&created.metadata.uid.clone().expect("uid"), "moved");
+        provider.insert(LoadBalancerSpec::new(ours.clone()));
+        let replica = env.replica(provider.clone(), test_config(), None);
+        env.delete("moved").await;
+        eventually("our balancer removed", 20, || async {
+            (!provider.balancers().contains(&ours)).then_some(())
+        })
+        .await;
+        let svc = env.get("moved").await.expect("still there");
+        assert!(has_finalizer(&svc), "the finalizer stays for its owner");
+        replica.stop().await;
+    })
+    .await;
+}
+
+/// A Service portico would claim already shows an address someone else
+/// wrote: portico builds nothing and says so.
+async fn another_controllers_address_is_not_overwritten(backend: Backend) {
+    within(60, async {
+        let env = Env::api_only(backend, 1).await;
+        env.create(svc("default", "served").lb().port(80, 30081).build())
+            .await;
+        let status = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.77", "ipMode": "VIP"}]}}});
+        env.services()
+            .patch_status("served", &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("another controller's status");
+        let replica = env.replica(RecordingProvider::new(), test_config(), None);
+        let svc = eventually("ConflictingController condition", 20, || async {
+            env.get("served")
+                .await
+                .filter(|s| condition(s, CONDITION_TYPE).is_some())
+        })
+        .await;
+        assert_eq!(
+            condition(&svc, CONDITION_TYPE),
+            Some(("False".into(), "ConflictingController".into()))
+        );
+        assert_eq!(ingress_ip(&svc).as_deref(), Some("198.51.100.77"), "address kept");
+        assert!(!has_finalizer(&svc), "no finalizer added");
+        assert_eq!(replica.provider.creates(), 0, "nothing created");
+        let events = env.events("served").await;
+        assert!(
+            events
+                .iter()
+                .any(|(t, r, n)| t == "Warning" && r == "ConflictingController" && n.contains("198.51.100.77")),
+            "{events:?}"
+        );
+        replica.stop().await;
+    })
+    .await;
+}
+
+/// Errors a cloud returned are retried, even those that name the spec
+/// (AWS answers TargetGroupNotFound for a while after creating one).
+async fn cloud_errors_are_retried_not_parked(backend: Backend) {
+    within(90, async {
+        let env = Env::api_only(backend, 1).await;
+        let provider = RecordingProvider::new();
+        provider.fail_next([ProviderError::NotFound {
+            what: "target group (not visible yet)".into(),
+        }]);
+        let replica = env.replica(provider.clone(), test_config(), None);
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        let svc = eventually("ready after the cloud caught up", 30, || async {
+            env.get("web")
+                .await
+                .filter(|s| condition(s, CONDITION_TYPE) == Some(("True".into(), "Ready".into())))
+        })
+        .await;
+        assert!(ingress_ip(&svc).is_some());
+        replica.stop().await;
+    })
+    .await;
+}
+
+/// A provider error longer than an Event may hold still reaches the user,
+/// cut to the API server's 1 KiB limit.
+async fn long_errors_still_make_an_event(backend: Backend) {
+    within(60, async {
+        let env = Env::api_only(backend, 1).await;
+        let provider = RecordingProvider::new();
+        provider.fail_next([ProviderError::transient("x".repeat(3000))]);
+        let replica = env.replica(provider, test_config(), None);
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        let note = eventually("SyncLoadBalancerFailed event", 20, || async {
+            env.events("web")
+                .await
+                .into_iter()
+                .find(|(_, r, _)| r == "SyncLoadBalancerFailed")
+                .map(|(_, _, n)| n)
+        })
+        .await;
+        assert!(note.len() <= 1024, "note of {} bytes", note.len());
+        assert!(note.ends_with('…'), "cut notes say so");
+        replica.stop().await;
+    })
+    .await;
+}
+
+on_both_backends!(
+    another_controllers_finalizer_is_never_stripped,
+    type_change_of_an_unclaimed_service_keeps_its_finalizer,
+    a_balancer_of_ours_for_a_foreign_service_is_removed,
+    another_controllers_address_is_not_overwritten,
+    cloud_errors_are_retried_not_parked,
+    long_errors_still_make_an_event,
+);
