@@ -11,7 +11,7 @@ use tracing::info;
 use crate::Error;
 use crate::cli::{RunArgs, SlbServerArgs};
 use crate::config::ControllerConfig;
-use crate::k8s::Client;
+use crate::k8s::{Api, Client, Namespace};
 use crate::leader::LeaseConfig;
 use crate::providers::{EmbeddedSlb, build_provider};
 use crate::runtime::{ReplicaOptions, run_replica};
@@ -82,10 +82,47 @@ fn default_identity() -> String {
     )
 }
 
+/// This cluster's identity in ownership tags: `--cluster-name` when given,
+/// else derived from the `kube-system` namespace's UID, which is unique per
+/// cluster and stable for its life (the default of `kubernetes` that many
+/// controllers use makes two clusters in one account delete each other's
+/// balancers).
+pub async fn cluster_identity(client: &Client, given: Option<&str>) -> Result<ClusterName, Error> {
+    if let Some(name) = given.map(str::trim).filter(|n| !n.is_empty()) {
+        return Ok(ClusterName::new(name));
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let kube_system = namespaces
+        .get("kube-system")
+        .await
+        .map_err(|source| match source {
+            kube::Error::Api(status) => Error::Config(format!(
+                "cannot read the kube-system namespace to derive this cluster's identity ({}); set --cluster-name",
+                status.message
+            )),
+            other => Error::ApiUnreachable {
+                source: Box::new(other),
+            },
+        })?;
+    let uid = kube_system.metadata.uid.unwrap_or_default();
+    let short: String = uid
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
+    if short.len() < 16 {
+        return Err(Error::Config(format!(
+            "the kube-system namespace has no usable UID ({uid:?}); set --cluster-name"
+        )));
+    }
+    Ok(ClusterName::new(format!("k8s-{short}")))
+}
+
 /// `portico run`.
 pub async fn run(args: RunArgs) -> Result<(), Error> {
     let client = kube_client(args.kubeconfig.as_deref()).await?;
-    let cluster = ClusterName::new(args.cluster_name.clone());
+    let cluster = cluster_identity(&client, args.cluster_name.as_deref()).await?;
+    info!(cluster = %cluster, "cluster identity (written into every balancer's ownership tags)");
     let mut registry = Registry::default();
     let built =
         build_provider(args.provider, &cluster, &args.slb, &args.aws, &mut registry).await?;
@@ -93,10 +130,13 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let config = ControllerConfig {
         cluster,
         class: args.load_balancer_class.clone(),
-        claim_classless: args.claim_classless,
+        claim_classless: args
+            .claim_classless
+            .unwrap_or_else(|| args.provider.claims_classless_by_default()),
         workers: args.workers,
         resync: args.resync,
         node_debounce: args.node_debounce,
+        gc: args.gc,
         ..ControllerConfig::default()
     };
     let options = ReplicaOptions {

@@ -47,6 +47,18 @@ pub enum ProviderKind {
     Aws,
 }
 
+impl ProviderKind {
+    /// Whether Services without a class are claimed when the flag is not
+    /// given: on AWS the cluster usually has a cloud controller of its own
+    /// (EKS's) serving them, so portico waits to be asked by class.
+    pub fn claims_classless_by_default(self) -> bool {
+        match self {
+            ProviderKind::Slb => true,
+            ProviderKind::Aws => false,
+        }
+    }
+}
+
 fn parse_duration(raw: &str) -> Result<Duration, String> {
     humantime::parse_duration(raw)
         .map_err(|e| format!("{raw:?} is not a duration such as 30s or 10m: {e}"))
@@ -60,15 +72,19 @@ pub struct RunArgs {
     /// Which cloud builds the balancers.
     #[arg(long, value_enum, default_value_t = ProviderKind::Slb, env = "PORTICO_PROVIDER")]
     pub provider: ProviderKind,
-    /// Cluster name written into ownership tags (keep it unique per cloud account).
-    #[arg(long, default_value = "kubernetes", env = "PORTICO_CLUSTER_NAME")]
-    pub cluster_name: String,
+    /// Cluster identity written into ownership tags; by default derived from
+    /// the kube-system namespace's UID, so two clusters sharing a cloud
+    /// account never take each other's balancers for their own.
+    #[arg(long, env = "PORTICO_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
     /// The spec.loadBalancerClass this controller answers to.
     #[arg(long, default_value = DEFAULT_CLASS, env = "PORTICO_LOAD_BALANCER_CLASS")]
     pub load_balancer_class: String,
-    /// Also take Services without a loadBalancerClass (be the cluster's default).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_CLAIM_CLASSLESS")]
-    pub claim_classless: bool,
+    /// Also take Services without a loadBalancerClass (be the cluster's
+    /// default). Default per provider: slb yes; aws no (EKS's own cloud
+    /// controller already serves class-less Services).
+    #[arg(long, action = clap::ArgAction::Set, env = "PORTICO_CLAIM_CLASSLESS")]
+    pub claim_classless: Option<bool>,
     /// Concurrent reconciles (upstream's service controller uses 1).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024), env = "PORTICO_WORKERS")]
     pub workers: u16,
@@ -78,6 +94,9 @@ pub struct RunArgs {
     /// Node changes within this window are handled together.
     #[arg(long, default_value = "1s", value_parser = parse_duration, env = "PORTICO_NODE_DEBOUNCE")]
     pub node_debounce: Duration,
+    /// Delete balancers of this cluster whose Service is gone.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PORTICO_GC")]
+    pub gc: bool,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:10258", env = "PORTICO_HTTP_ADDR")]
     pub http_addr: SocketAddr,
@@ -152,4 +171,56 @@ pub struct DemoArgs {
     /// Where to write the demo cluster's kubeconfig.
     #[arg(long)]
     pub kubeconfig_out: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ControllerConfig;
+
+    fn run_args(extra: &[&str]) -> RunArgs {
+        let mut argv = vec!["portico", "run"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Command::Run(args) => *args,
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_agree_with_the_controller_config() {
+        let args = run_args(&[]);
+        assert_eq!(
+            args.node_debounce,
+            ControllerConfig::default().node_debounce,
+            "one node-debounce default"
+        );
+        assert!(args.gc, "orphan collection is on by default");
+        assert_eq!(args.cluster_name, None, "identity derived from the cluster");
+    }
+
+    #[test]
+    fn claiming_classless_services_defaults_per_provider() {
+        let cases = [
+            ("slb: the laptop/kind default", ProviderKind::Slb, true),
+            (
+                "aws: EKS's own controller serves class-less Services",
+                ProviderKind::Aws,
+                false,
+            ),
+        ];
+        for (desc, provider, want) in cases {
+            assert_eq!(provider.claims_classless_by_default(), want, "{desc}");
+        }
+        let args = run_args(&[
+            "--provider",
+            "aws",
+            "--claim-classless",
+            "true",
+            "--gc",
+            "false",
+        ]);
+        assert_eq!(args.claim_classless, Some(true), "the flag wins");
+        assert!(!args.gc);
+    }
 }

@@ -27,6 +27,7 @@ use crate::k8s::{
     Api, Client, LAST_APPLIED_ANNOTATION, LB_FINALIZER, Node, ObjectRef, Patch, PatchParams,
     ResourceExt, Service, Store, Timestamp, WatchStreamExt, reflector,
 };
+use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
 use crate::nodes::{Change, NodeIndex, TargetSnapshot};
 use crate::plan::{
@@ -86,6 +87,8 @@ pub struct Context {
     metrics: Arc<Metrics>,
     backlog: Arc<Backlog>,
     memory: Mutex<Memory>,
+    /// Shared with the orphan collector: one provider caller per Service.
+    locks: Arc<KeyLocks>,
 }
 
 impl std::fmt::Debug for Context {
@@ -238,6 +241,12 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     async move {
         ctx.backlog.started(&ObjectRef::from_obj(svc.as_ref()));
         let _timer = ctx.metrics.reconcile_timer();
+        // kube-runtime runs one reconcile per Service at a time; the orphan
+        // collector takes the same lock.
+        let _guard = ctx
+            .locks
+            .lock(&svc.namespace().unwrap_or_default(), &svc.name_any())
+            .await;
         let targets = ctx.eligible_targets().await?;
         let provider = ctx.provider.clone();
         let plan = plan::plan(&svc, &targets.targets, &ctx.config, &|spec| {
@@ -628,6 +637,7 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
         });
 
     let (targets_tx, targets_rx) = watch::channel(None);
+    let locks = Arc::new(KeyLocks::default());
     let (trigger_tx, trigger_rx) = mpsc::unbounded();
 
     let ctx = Arc::new(Context {
@@ -645,6 +655,7 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
         metrics: metrics.clone(),
         backlog: backlog.clone(),
         memory: Mutex::default(),
+        locks: locks.clone(),
     });
 
     let node_task = tokio::spawn(
@@ -659,16 +670,22 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
         )
         .instrument(info_span!("nodes")),
     );
-    let gc_task = tokio::spawn(
-        crate::gc::run_gc(
-            reader.clone(),
-            provider.clone(),
-            config.clone(),
-            metrics.clone(),
-            shutdown.clone(),
+    let gc_task = config.gc.then(|| {
+        tokio::spawn(
+            crate::gc::run_gc(
+                reader.clone(),
+                provider.clone(),
+                config.clone(),
+                metrics.clone(),
+                locks.clone(),
+                shutdown.clone(),
+            )
+            .instrument(info_span!("orphan-gc")),
         )
-        .instrument(info_span!("orphan-gc")),
-    );
+    });
+    if !config.gc {
+        info!("orphan garbage collection is off (--gc=false)");
+    }
 
     let backlog_task = tokio::spawn(forget_deleted_periodically(
         backlog.clone(),
@@ -691,7 +708,9 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
         .await;
     shutdown.cancel();
     let _ = node_task.await;
-    let _ = gc_task.await;
+    if let Some(gc_task) = gc_task {
+        let _ = gc_task.await;
+    }
     let _ = backlog_task.await;
     info!("controller stopped");
 }

@@ -1,9 +1,14 @@
 //! Orphan garbage collection: balancers this cluster owns whose Service no
 //! longer exists (deleted while the controller was down, finalizer removed
-//! by hand, or re-created under a new UID) are deleted.
+//! by hand, or re-created under a new UID) are deleted, carefully: only
+//! after the Service cache has synced, only balancers tagged with this
+//! cluster's identity, only after a balancer has stayed orphaned for
+//! `gc_grace` across passes, at most `gc_max_per_pass` per pass, and never
+//! while the reconciler works on the same Service. `--gc=false` turns it off.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portico_provider::{LoadBalancerKey, LoadBalancerProvider};
 use tokio_util::sync::CancellationToken;
@@ -11,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::ControllerConfig;
 use crate::k8s::{ObjectRef, ResourceExt, Service, Store};
+use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
 use crate::plan;
 
@@ -33,41 +39,132 @@ pub fn is_orphan(
     !plan::is_ours(&svc, config) && !plan::has_finalizer(&svc)
 }
 
-/// One pass: list what we own, delete what nobody wants.
-pub async fn collect_once(
-    services: &Store<Service>,
-    provider: &dyn LoadBalancerProvider,
-    config: &ControllerConfig,
-    metrics: &Metrics,
-) -> usize {
-    let owned = match provider.list_owned().await {
-        Ok(owned) => owned,
-        Err(err) => {
-            warn!(error = %err, "listing owned balancers failed");
-            return 0;
-        }
-    };
-    debug!(owned = owned.len(), "looking for orphaned balancers");
-    let mut deleted = 0;
-    for key in owned.iter().filter(|k| is_orphan(k, services, config)) {
-        match provider.delete(key).await {
-            Ok(()) => {
-                info!(service = %key, uid = %key.uid, "deleted orphaned balancer");
-                metrics.orphans_deleted.inc();
-                deleted += 1;
-            }
-            Err(err) => warn!(service = %key, error = %err, "deleting orphaned balancer failed"),
-        }
-    }
-    deleted
+/// Balancers seen orphaned, and since when. A balancer is deleted only
+/// once it has been seen orphaned on passes at least `gc_grace` apart, so a
+/// Service cache that is briefly wrong (a relist, a slow watch) never costs
+/// a balancer.
+#[derive(Debug, Default)]
+pub struct OrphanTracker {
+    first_seen: HashMap<LoadBalancerKey, Instant>,
 }
 
-/// Collect now (once the Service cache is complete) and then periodically.
+impl OrphanTracker {
+    /// Record this pass's orphans and return the ones due for deletion:
+    /// seen orphaned for at least `grace`, oldest first, at most `max`.
+    /// Balancers no longer orphaned are forgotten.
+    pub fn due(
+        &mut self,
+        orphans: impl IntoIterator<Item = LoadBalancerKey>,
+        now: Instant,
+        grace: Duration,
+        max: usize,
+    ) -> Vec<LoadBalancerKey> {
+        let orphans: HashSet<LoadBalancerKey> = orphans.into_iter().collect();
+        self.first_seen.retain(|key, _| orphans.contains(key));
+        for key in orphans {
+            self.first_seen.entry(key).or_insert(now);
+        }
+        let mut due: Vec<(Instant, LoadBalancerKey)> = self
+            .first_seen
+            .iter()
+            .filter(|(_, seen)| now.saturating_duration_since(**seen) >= grace)
+            .map(|(key, seen)| (*seen, key.clone()))
+            .collect();
+        due.sort();
+        due.into_iter().take(max).map(|(_, key)| key).collect()
+    }
+
+    /// `key` was deleted (or is no longer an orphan).
+    pub fn forget(&mut self, key: &LoadBalancerKey) {
+        self.first_seen.remove(key);
+    }
+
+    /// Orphans waiting out their grace period.
+    pub fn waiting(&self) -> usize {
+        self.first_seen.len()
+    }
+}
+
+/// What one collection pass needs.
+pub struct Collector<'a> {
+    pub services: &'a Store<Service>,
+    pub provider: &'a dyn LoadBalancerProvider,
+    pub config: &'a ControllerConfig,
+    pub metrics: &'a Metrics,
+    pub locks: &'a KeyLocks,
+}
+
+impl std::fmt::Debug for Collector<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collector")
+            .field("provider", &self.provider.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Collector<'_> {
+    /// One pass: list what this cluster owns, delete what has been nobody's
+    /// for the grace period, at most `gc_max_per_pass` of them.
+    pub async fn collect_once(&self, tracker: &mut OrphanTracker) -> usize {
+        let owned = match self.provider.list_owned().await {
+            Ok(owned) => owned,
+            Err(err) => {
+                warn!(error = %err, "listing owned balancers failed");
+                return 0;
+            }
+        };
+        let orphans = owned
+            .into_iter()
+            .filter(|k| is_orphan(k, self.services, self.config));
+        let due = tracker.due(
+            orphans,
+            Instant::now(),
+            self.config.gc_grace,
+            self.config.gc_max_per_pass,
+        );
+        debug!(
+            waiting = tracker.waiting(),
+            due = due.len(),
+            "orphaned balancers"
+        );
+        let mut deleted = 0;
+        for key in due {
+            // The reconciler may be working on this Service right now, and
+            // the Service may have come back while we waited for it.
+            let _guard = self.locks.lock(&key.namespace, &key.name).await;
+            if !is_orphan(&key, self.services, self.config) {
+                tracker.forget(&key);
+                continue;
+            }
+            match self.provider.delete(&key).await {
+                Ok(()) => {
+                    info!(
+                        service = %key,
+                        uid = %key.uid,
+                        cluster = %key.cluster,
+                        reason = "OrphanedLoadBalancerDeleted",
+                        "deleted a balancer of this cluster whose Service is gone"
+                    );
+                    self.metrics.orphans_deleted.inc();
+                    tracker.forget(&key);
+                    deleted += 1;
+                }
+                Err(err) => {
+                    warn!(service = %key, error = %err, "deleting orphaned balancer failed")
+                }
+            }
+        }
+        deleted
+    }
+}
+
+/// Collect once the Service cache is complete, then every `gc_interval`.
 pub async fn run_gc(
     services: Store<Service>,
     provider: Arc<dyn LoadBalancerProvider>,
     config: ControllerConfig,
     metrics: Arc<Metrics>,
+    locks: Arc<KeyLocks>,
     shutdown: CancellationToken,
 ) {
     // Re-poll with a timeout: kube-runtime's readiness future wakes only its
@@ -82,11 +179,91 @@ pub async fn run_gc(
             },
         }
     }
+    let collector = Collector {
+        services: &services,
+        provider: provider.as_ref(),
+        config: &config,
+        metrics: &metrics,
+        locks: &locks,
+    };
+    let mut tracker = OrphanTracker::default();
     loop {
-        collect_once(&services, provider.as_ref(), &config, &metrics).await;
+        collector.collect_once(&mut tracker).await;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(config.gc_interval) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portico_provider::ClusterName;
+
+    fn key(name: &str) -> LoadBalancerKey {
+        LoadBalancerKey::new(
+            ClusterName::new("c"),
+            "default",
+            name,
+            format!("uid-{name}"),
+        )
+    }
+
+    #[test]
+    fn orphans_wait_out_the_grace_period_and_are_bounded_per_pass() {
+        let grace = Duration::from_secs(300);
+        let t0 = Instant::now();
+        let mut tracker = OrphanTracker::default();
+        let steps: Vec<(&str, Vec<&str>, Duration, usize, Vec<&str>)> = vec![
+            (
+                "first sight deletes nothing",
+                vec!["a", "b", "c"],
+                Duration::ZERO,
+                10,
+                vec![],
+            ),
+            (
+                "before the grace period, nothing",
+                vec!["a", "b", "c"],
+                Duration::from_secs(120),
+                10,
+                vec![],
+            ),
+            (
+                "b came back (its Service reappeared): forgotten",
+                vec!["a", "c"],
+                Duration::from_secs(200),
+                10,
+                vec![],
+            ),
+            (
+                "after the grace period, at most 1 per pass, oldest first",
+                vec!["a", "c", "d"],
+                Duration::from_secs(301),
+                1,
+                vec!["a"],
+            ),
+            (
+                "b is orphaned again: its clock starts over",
+                vec!["a", "b", "c", "d"],
+                Duration::from_secs(400),
+                10,
+                vec!["a", "c"],
+            ),
+            (
+                "d's grace ends later",
+                vec!["b", "d"],
+                Duration::from_secs(601),
+                10,
+                vec!["d"],
+            ),
+            ("then b", vec!["b"], Duration::from_secs(700), 10, vec!["b"]),
+        ];
+        for (desc, orphans, at, max, want) in steps {
+            let due = tracker.due(orphans.iter().map(|n| key(n)), t0 + at, grace, max);
+            let got: Vec<String> = due.iter().map(|k| k.name.clone()).collect();
+            assert_eq!(got, want, "{desc}");
         }
     }
 }

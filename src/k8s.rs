@@ -4,9 +4,9 @@
 
 pub use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 pub use k8s_openapi::api::core::v1::{
-    LoadBalancerIngress, LoadBalancerStatus as K8sLoadBalancerStatus, Node, NodeAddress, NodeSpec,
-    NodeStatus, PortStatus as K8sPortStatus, Service, ServicePort, ServiceSpec, ServiceStatus,
-    Taint,
+    LoadBalancerIngress, LoadBalancerStatus as K8sLoadBalancerStatus, Namespace, Node, NodeAddress,
+    NodeSpec, NodeStatus, PortStatus as K8sPortStatus, Service, ServicePort, ServiceSpec,
+    ServiceStatus, Taint,
 };
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta, Time};
 pub use k8s_openapi::jiff::Timestamp;

@@ -13,6 +13,7 @@ pub mod controller;
 pub mod demo;
 pub mod gc;
 pub mod k8s;
+pub mod keylock;
 pub mod leader;
 pub mod metrics;
 pub mod nodes;

@@ -40,6 +40,14 @@ pub async fn run_replica(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     let metrics = Metrics::register(&mut registry);
+    registry.sub_registry_with_prefix("portico").register(
+        "cluster",
+        "This cluster's identity, as written into every balancer's ownership tags",
+        prometheus_client::metrics::info::Info::new(vec![(
+            "cluster".to_string(),
+            options.config.cluster.as_str().to_string(),
+        )]),
+    );
     let health = Health::new(registry);
     let http_task = match options.http_addr {
         Some(addr) => {

@@ -73,6 +73,7 @@ async fn metrics_and_probes() {
             "portico_is_leader 1",
             "portico_eligible_nodes 1",
             "# HELP portico_is_leader",
+            "portico_cluster_info{cluster=\"test-cluster\"} 1",
         ] {
             assert!(body.contains(needle), "metrics lack {needle}:\n{body}");
         }

@@ -232,7 +232,36 @@ async fn long_errors_still_make_an_event(backend: Backend) {
     .await;
 }
 
+/// `--gc=false`: an orphan of this cluster stays, however long it waits.
+async fn gc_off_deletes_nothing(backend: Backend) {
+    within(60, async {
+        let env = Env::api_only(backend, 1).await;
+        let provider = RecordingProvider::new();
+        let orphan = key("uid-gone", "gone");
+        provider.insert(LoadBalancerSpec::new(orphan.clone()));
+        let config = portico::config::ControllerConfig {
+            gc: false,
+            ..test_config()
+        };
+        let replica = env.replica(provider.clone(), config.clone(), None);
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        env.ready("web").await;
+        // Past the grace period and several intervals, in which the
+        // collector (were it on) deletes it: see orphans_are_collected.
+        tokio::time::sleep(config.gc_grace + config.gc_interval * 3).await;
+        assert!(provider.balancers().contains(&orphan), "the orphan stays");
+        assert!(
+            !provider.calls().iter().any(|c| c.op == Op::ListOwned),
+            "no collection pass ran"
+        );
+        replica.stop().await;
+    })
+    .await;
+}
+
 on_both_backends!(
+    gc_off_deletes_nothing,
     another_controllers_finalizer_is_never_stripped,
     type_change_of_an_unclaimed_service_keeps_its_finalizer,
     a_balancer_of_ours_for_a_foreign_service_is_removed,

@@ -32,7 +32,10 @@ pub fn test_config() -> ControllerConfig {
         workers: 4,
         resync: Duration::from_secs(60),
         node_debounce: Duration::from_millis(100),
+        gc: true,
         gc_interval: Duration::from_millis(300),
+        gc_grace: Duration::from_millis(500),
+        gc_max_per_pass: 10,
         backoff_base: Duration::from_millis(50),
         backoff_max: Duration::from_secs(2),
     }
