@@ -19,6 +19,7 @@ use rand::Rng;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::backlog::Backlog;
@@ -609,7 +610,9 @@ impl std::fmt::Debug for ControllerParts {
     }
 }
 
-/// Run the Service controller until `shutdown`; in-flight reconciles finish first.
+/// Run the Service controller until `shutdown`; in-flight reconciles finish
+/// first. Dropping the future instead stops everything at once, background
+/// tasks included (what a deposed leader does).
 pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken) {
     let ControllerParts {
         client,
@@ -658,7 +661,8 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
         locks: locks.clone(),
     });
 
-    let node_task = tokio::spawn(
+    // Dropping the controller (a deposed leader) must stop these too.
+    let node_task = AbortOnDropHandle::new(tokio::spawn(
         watch_nodes(
             nodes,
             reader.clone(),
@@ -669,9 +673,9 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
             shutdown.clone(),
         )
         .instrument(info_span!("nodes")),
-    );
+    ));
     let gc_task = config.gc.then(|| {
-        tokio::spawn(
+        AbortOnDropHandle::new(tokio::spawn(
             crate::gc::run_gc(
                 reader.clone(),
                 provider.clone(),
@@ -681,17 +685,17 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
                 shutdown.clone(),
             )
             .instrument(info_span!("orphan-gc")),
-        )
+        ))
     });
     if !config.gc {
         info!("orphan garbage collection is off (--gc=false)");
     }
 
-    let backlog_task = tokio::spawn(forget_deleted_periodically(
+    let backlog_task = AbortOnDropHandle::new(tokio::spawn(forget_deleted_periodically(
         backlog.clone(),
         reader.clone(),
         shutdown.clone(),
-    ));
+    )));
     let node_triggers = trigger_rx.inspect(move |svc| backlog.queued(svc.clone()));
 
     let runtime_config = RuntimeConfig::default().concurrency(config.workers);

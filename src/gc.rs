@@ -215,7 +215,9 @@ mod tests {
         let grace = Duration::from_secs(300);
         let t0 = Instant::now();
         let mut tracker = OrphanTracker::default();
-        let steps: Vec<(&str, Vec<&str>, Duration, usize, Vec<&str>)> = vec![
+        // (what happens, orphans this pass, seconds since t0, max per pass, deleted)
+        type Step<'a> = (&'a str, Vec<&'a str>, Duration, usize, Vec<&'a str>);
+        let steps: Vec<Step<'_>> = vec![
             (
                 "first sight deletes nothing",
                 vec!["a", "b", "c"],

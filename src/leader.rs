@@ -2,13 +2,19 @@
 //! does it: read the Lease, then take or renew it with an update guarded by
 //! its resourceVersion, so two replicas can never both win.
 //!
+//! Whether another holder's lease has expired is judged as client-go judges
+//! it: by how long *this* replica has watched the lease record (holder and
+//! renewTime) stay unchanged, on its own monotonic clock, never by comparing
+//! the holder's `renewTime` with the local wall clock, so clocks that
+//! disagree between nodes cannot make two leaders.
+//!
 //! (kube-lease-manager relies on server-side-apply conflicts instead; this
 //! loop works with any API server that honours resourceVersion.)
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::SignedDuration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -38,6 +44,40 @@ impl LeaseConfig {
     }
 }
 
+/// The lease record as this replica last saw it, and when it first saw it
+/// that way (local monotonic clock).
+#[derive(Debug, Clone, PartialEq)]
+struct Observed {
+    holder: Option<String>,
+    renewed: Option<MicroTime>,
+    since: Instant,
+}
+
+impl Observed {
+    /// Note what the lease says now; the clock restarts when it changed.
+    fn update(previous: Option<Observed>, spec: &LeaseSpec, now: Instant) -> Observed {
+        let holder = spec.holder_identity.clone();
+        let renewed = spec.renew_time.clone();
+        match previous {
+            Some(p) if p.holder == holder && p.renewed == renewed => p,
+            _ => Observed {
+                holder,
+                renewed,
+                since: now,
+            },
+        }
+    }
+
+    /// Whether the holder has let the lease lapse: its record has not
+    /// changed for a whole lease duration, as far as this replica has seen.
+    fn expired(&self, spec: &LeaseSpec, now: Instant) -> bool {
+        let duration = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(15)).unwrap_or(15),
+        );
+        now.saturating_duration_since(self.since) > duration
+    }
+}
+
 /// What one attempt found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Attempt {
@@ -55,8 +95,9 @@ pub async fn run_election(
 ) {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let mut last_renew: Option<tokio::time::Instant> = None;
+    let mut observed: Option<Observed> = None;
     loop {
-        let outcome = try_acquire_or_renew(&api, &config).await;
+        let outcome = try_acquire_or_renew(&api, &config, &mut observed).await;
         let now = tokio::time::Instant::now();
         let is_leader = match outcome {
             Ok(Attempt::Leading) => {
@@ -96,20 +137,10 @@ pub async fn run_election(
     }
 }
 
-fn expired(spec: &LeaseSpec, now: Timestamp) -> bool {
-    let Some(MicroTime(renewed)) = spec.renew_time.as_ref() else {
-        return true;
-    };
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-    renewed
-        .checked_add(duration)
-        .map(|until| until < now)
-        .unwrap_or(true)
-}
-
 async fn try_acquire_or_renew(
     api: &Api<Lease>,
     config: &LeaseConfig,
+    observed: &mut Option<Observed>,
 ) -> Result<Attempt, kube::Error> {
     let now = Timestamp::now();
     let duration_secs = i32::try_from(config.duration.as_secs()).unwrap_or(15);
@@ -135,9 +166,12 @@ async fn try_acquire_or_renew(
         };
     };
     let spec = lease.spec.get_or_insert_with(Default::default);
+    let seen = Observed::update(observed.take(), spec, Instant::now());
+    let lapsed = seen.expired(spec, Instant::now());
+    *observed = Some(seen);
     let ours = spec.holder_identity.as_deref() == Some(config.identity.as_str());
     let free = spec.holder_identity.as_deref().is_none_or(str::is_empty);
-    if !ours && !free && !expired(spec, now) {
+    if !ours && !free && !lapsed {
         debug!(holder = ?spec.holder_identity, "lease held by another replica");
         return Ok(Attempt::Following);
     }
@@ -182,21 +216,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expiry() {
-        let now = Timestamp::now();
-        let at = |secs_ago: i64| LeaseSpec {
+    fn expiry_is_judged_on_the_local_clock() {
+        let t0 = Instant::now();
+        let wall = Timestamp::now();
+        let spec = |holder: &str, renewed_secs_ago: i64| LeaseSpec {
+            holder_identity: Some(holder.into()),
             renew_time: Some(MicroTime(
-                now.checked_sub(SignedDuration::from_secs(secs_ago))
-                    .expect("time"),
+                wall.checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(
+                    renewed_secs_ago,
+                ))
+                .expect("time"),
             )),
             lease_duration_seconds: Some(15),
             ..Default::default()
         };
-        assert!(!expired(&at(5), now), "renewed 5s ago is valid");
-        assert!(expired(&at(20), now), "renewed 20s ago has expired");
+        let secs = Duration::from_secs;
+        // The holder's clock runs an hour behind: its renewTime looks stale
+        // by the local wall clock, but the record is fresh to us.
+        let skewed = spec("a", 3600);
+        let seen = Observed::update(None, &skewed, t0);
         assert!(
-            expired(&LeaseSpec::default(), now),
-            "never renewed counts as expired"
+            !seen.expired(&skewed, t0 + secs(1)),
+            "a just-seen record is live, whatever renewTime says"
         );
+        let seen = Observed::update(Some(seen), &skewed, t0 + secs(10));
+        assert!(
+            !seen.expired(&skewed, t0 + secs(10)),
+            "unchanged for 10 s of 15"
+        );
+        assert!(
+            seen.expired(&skewed, t0 + secs(16)),
+            "unchanged for longer than the lease: lapsed"
+        );
+        // The holder renews (renewTime changes, even to one in our future):
+        // the clock starts over.
+        let ahead = spec("a", -3600);
+        let renewed = Observed::update(Some(seen), &ahead, t0 + secs(16));
+        assert!(
+            !renewed.expired(&ahead, t0 + secs(30)),
+            "renewed at 16 s, valid until 31 s"
+        );
+        assert!(renewed.expired(&ahead, t0 + secs(32)));
+        // A new holder is a new record.
+        let other = spec("b", -3600);
+        let taken = Observed::update(Some(renewed), &other, t0 + secs(40));
+        assert_eq!(taken.since, t0 + secs(40));
     }
 }

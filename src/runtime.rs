@@ -88,11 +88,14 @@ pub async fn run_replica(
         }
         Some(lease) => {
             let (leading_tx, mut leading) = watch::channel(false);
+            // The lease is released only once the controller has stopped, so
+            // a standby never acts while this replica still finishes work.
+            let election_stop = CancellationToken::new();
             let election = tokio::spawn(run_election(
                 client.clone(),
                 lease,
                 leading_tx,
-                shutdown.clone(),
+                election_stop.clone(),
             ));
             loop {
                 tokio::select! {
@@ -101,23 +104,29 @@ pub async fn run_replica(
                 }
                 metrics.is_leader.set(1);
                 let term = shutdown.child_token();
-                let lost = {
-                    let (term, mut leading) = (term.clone(), leading.clone());
-                    tokio::spawn(async move {
+                let deposed = {
+                    let mut leading = leading.clone();
+                    async move {
                         let _ = leading.wait_for(|l| !*l).await;
-                        term.cancel();
-                    })
+                    }
                 };
-                run_controller(parts(), term).await;
-                lost.abort();
+                tokio::select! {
+                    // SIGTERM: in-flight reconciles finish, then it returns.
+                    () = run_controller(parts(), term.clone()) => {}
+                    // Deposed: another replica may already act. Dropping the
+                    // controller drops every in-flight reconcile and provider
+                    // call at once (upstream exits the process).
+                    () = deposed => {
+                        term.cancel();
+                        warn!("lost the lease: every reconcile stopped at once; standing by");
+                    }
+                }
                 metrics.is_leader.set(0);
                 if shutdown.is_cancelled() {
                     break;
                 }
-                warn!("lost leadership; standing by");
             }
-            // The election task releases the lease once shutdown is cancelled.
-            shutdown.cancel();
+            election_stop.cancel();
             let _ = election.await;
         }
     }

@@ -260,7 +260,72 @@ async fn gc_off_deletes_nothing(backend: Backend) {
     .await;
 }
 
+/// A leader cut off from the API server long enough to lose its lease,
+/// while a slow provider call is in flight, makes no further cloud call:
+/// the call in flight is dropped, no new one starts, and the standby takes
+/// over only after the old leader has stopped.
+async fn deposed_leader_stops_at_once(backend: Backend) {
+    within(90, async {
+        let env = Env::api_only(backend, 1).await;
+        let lease = |id: &str| {
+            let mut l = portico::leader::LeaseConfig::new("kube-system", id.into());
+            l.duration = std::time::Duration::from_secs(3);
+            l.retry_period = std::time::Duration::from_millis(200);
+            l
+        };
+        let quiet = portico::config::ControllerConfig {
+            gc: false,
+            ..test_config()
+        };
+        let link = partition(&env).await;
+        let slow = RecordingProvider::new();
+        slow.set_latency(std::time::Duration::from_secs(6));
+        let a = Replica::start(
+            client_through(&env, &link),
+            slow.clone(),
+            quiet.clone(),
+            Some(lease("replica-a")),
+        );
+        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+            kube::Api::namespaced(env.client.clone(), "kube-system");
+        eventually("a leads", 20, || async {
+            leases
+                .get_opt("portico-controller")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec?.holder_identity)
+                .filter(|h| h == "replica-a")
+        })
+        .await;
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        eventually("a's ensure is in flight", 20, || async {
+            (slow.started() >= 1).then_some(())
+        })
+        .await;
+        link.cut();
+        let b = env.replica(RecordingProvider::new(), quiet, Some(lease("replica-b")));
+        eventually("b took over and serves web", 30, || async {
+            b.provider.spec_for("default", "web")
+        })
+        .await;
+        // a's call would have finished by now, had it not been dropped.
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        assert!(
+            slow.calls().is_empty(),
+            "the deposed leader's call went through: {:?}",
+            slow.calls()
+        );
+        assert_eq!(slow.started(), 1, "the deposed leader started no new call");
+        a.kill();
+        b.stop().await;
+    })
+    .await;
+}
+
 on_both_backends!(
+    deposed_leader_stops_at_once,
     gc_off_deletes_nothing,
     another_controllers_finalizer_is_never_stripped,
     type_change_of_an_unclaimed_service_keeps_its_finalizer,

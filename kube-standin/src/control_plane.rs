@@ -244,6 +244,16 @@ impl ControlPlane {
         namespace: &str,
         account: &str,
     ) -> Result<Client, ControlPlaneError> {
+        let config = self.service_account_config(namespace, account).await?;
+        Client::try_from(config).map_err(api_error("build service account client"))
+    }
+
+    /// The client configuration of [`ControlPlane::service_account_client`].
+    pub async fn service_account_config(
+        &self,
+        namespace: &str,
+        account: &str,
+    ) -> Result<kube::Config, ControlPlaneError> {
         let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), namespace);
         let request = TokenRequest {
             spec: Some(TokenRequestSpec {
@@ -262,12 +272,15 @@ impl ControlPlane {
             token: Some(token.into()),
             ..Default::default()
         };
-        Client::try_from(config).map_err(api_error("build service account client"))
+        Ok(config)
     }
 
-    /// The controller's client: `deploy/rbac.yaml` applied, then a token for
-    /// its ServiceAccount. `manifest` is the path of that file.
-    pub async fn controller_client(&self, manifest: &Path) -> Result<Client, ControlPlaneError> {
+    /// The controller's client configuration: `deploy/rbac.yaml` applied,
+    /// then a token for its ServiceAccount. `manifest` is the path of that file.
+    pub async fn controller_config(
+        &self,
+        manifest: &Path,
+    ) -> Result<kube::Config, ControlPlaneError> {
         self.apply_manifest(manifest).await?;
         let user = Self::service_account_user(CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT);
         self.wait_authorized(
@@ -286,7 +299,7 @@ impl ControlPlane {
             ],
         )
         .await?;
-        self.service_account_client(CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT)
+        self.service_account_config(CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT)
             .await
     }
 

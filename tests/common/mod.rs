@@ -21,6 +21,8 @@ use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod partition;
+
 pub const CLASS: &str = "portico.io/test";
 
 /// Fast timings so tests run in seconds.
@@ -123,6 +125,8 @@ pub struct Env {
     /// What the controller acts as: on the real control plane, the
     /// ServiceAccount of `deploy/rbac.yaml` with a TokenRequest token.
     pub controller_client: Client,
+    /// How `controller_client` was made (to reach the server another way).
+    pub controller_config: kube::Config,
     pub replica: Option<Replica>,
 }
 
@@ -138,9 +142,12 @@ impl Env {
             Backend::StandIn => {
                 let server = ApiServer::start().await.expect("stand-in starts");
                 let client = server.client().await.expect("client");
+                let controller_config =
+                    kube::Config::new(server.url().parse().expect("stand-in URL"));
                 Env {
                     cluster: Cluster::StandIn(server),
                     controller_client: client.clone(),
+                    controller_config,
                     client,
                     replica: None,
                 }
@@ -148,14 +155,17 @@ impl Env {
             Backend::Real => {
                 let plane = ControlPlane::connect().await.expect("real control plane");
                 plane.reset().await.expect("reset the real control plane");
-                let controller_client = plane
-                    .controller_client(&rbac_manifest())
+                let controller_config = plane
+                    .controller_config(&rbac_manifest())
                     .await
                     .expect("controller ServiceAccount");
+                let controller_client =
+                    Client::try_from(controller_config.clone()).expect("controller client");
                 Env {
                     client: plane.admin.clone(),
                     cluster: Cluster::Real(Box::new(plane)),
                     controller_client,
+                    controller_config,
                     replica: None,
                 }
             }
@@ -366,6 +376,34 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A relay to the API server the test can cut (see [`client_through`]).
+pub async fn partition(env: &Env) -> partition::Partition {
+    let url = &env.controller_config.cluster_url;
+    let host = url.host().unwrap_or("127.0.0.1");
+    let port = url.port_u16().unwrap_or(443);
+    let upstream = tokio::net::lookup_host((host, port))
+        .await
+        .expect("resolve the API server")
+        .next()
+        .expect("an API server address");
+    partition::Partition::start(upstream).await
+}
+
+/// A controller client whose connections to the API server go through
+/// `partition` (which the test can cut, as a network partition would).
+pub fn client_through(env: &Env, partition: &partition::Partition) -> Client {
+    let mut config = env.controller_config.clone();
+    let scheme = config
+        .cluster_url
+        .scheme_str()
+        .unwrap_or("http")
+        .to_string();
+    config.cluster_url = format!("{scheme}://{}", partition.addr())
+        .parse()
+        .expect("proxy URL");
+    Client::try_from(config).expect("client through the partition")
 }
 
 /// Each scenario as a test on the stand-in (`standin::NAME`) and on the real

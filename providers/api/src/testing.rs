@@ -60,6 +60,7 @@ pub struct RecordingProvider {
     state: Arc<Mutex<State>>,
     latency: Arc<Mutex<Duration>>,
     ensured: Arc<Notify>,
+    started: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RecordingProvider {
@@ -70,6 +71,11 @@ impl RecordingProvider {
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic in another test thread must not hide this test's result.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls begun so far, finished or not (`calls` lists the finished).
+    pub fn started(&self) -> usize {
+        self.started.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every call so far.
@@ -166,6 +172,8 @@ impl RecordingProvider {
     }
 
     async fn begin(&self, op: Op, key: Option<&LoadBalancerKey>) -> Result<(), ProviderError> {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let latency = *self.latency.lock().unwrap_or_else(|e| e.into_inner());
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;
