@@ -126,7 +126,8 @@ pub struct StatusUpdate {
 }
 
 /// The merge patch for the status subresource, or `None` if the Service
-/// already shows this (so a steady state writes nothing).
+/// already shows this (so a steady state writes nothing). A patch that
+/// writes conditions carries the resourceVersion `svc` was read at.
 pub fn status_patch(svc: &Service, update: &StatusUpdate, now: Timestamp) -> Option<Value> {
     let mut patch = serde_json::Map::new();
     if let Some(want) = &update.ingress
@@ -183,7 +184,20 @@ pub fn status_patch(svc: &Service, update: &StatusUpdate, now: Timestamp) -> Opt
             );
         }
     }
-    (!patch.is_empty()).then(|| json!({ "status": Value::Object(patch) }))
+    if patch.is_empty() {
+        return None;
+    }
+    let mut body = json!({ "status": Value::Object(patch.clone()) });
+    // A merge patch replaces the conditions list whole, and it was built from
+    // the cache: guard it with the resourceVersion it was built from, so a
+    // condition another controller added meanwhile is never lost (the write
+    // fails with 409 and the reconcile retries on a fresh copy).
+    if patch.contains_key("conditions")
+        && let Some(rv) = svc.metadata.resource_version.as_deref()
+    {
+        body["metadata"] = json!({ "resourceVersion": rv });
+    }
+    Some(body)
 }
 
 #[cfg(test)]
@@ -227,6 +241,27 @@ mod tests {
             status_patch(&s, &update, Timestamp::now()),
             None,
             "second identical update is a no-op"
+        );
+    }
+
+    #[test]
+    fn condition_writes_are_guarded_by_the_resource_version_read() {
+        let mut s = svc("default", "web").lb().port(80, 30080).build();
+        s.metadata.resource_version = Some("41".into());
+        let with_condition = StatusUpdate {
+            ingress: Some(ingress_of(&provider_status())),
+            condition: Some(Some(Readiness::ready())),
+        };
+        let patch = status_patch(&s, &with_condition, Timestamp::UNIX_EPOCH).expect("write");
+        assert_eq!(patch["metadata"]["resourceVersion"], "41");
+        let ingress_only = StatusUpdate {
+            ingress: Some(ingress_of(&provider_status())),
+            condition: None,
+        };
+        let patch = status_patch(&s, &ingress_only, Timestamp::UNIX_EPOCH).expect("write");
+        assert!(
+            patch.get("metadata").is_none(),
+            "the ingress list is portico's alone: no precondition"
         );
     }
 

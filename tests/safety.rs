@@ -324,7 +324,50 @@ async fn deposed_leader_stops_at_once(backend: Backend) {
     .await;
 }
 
+/// Portico's status write was built from its cache; if another controller
+/// added a condition meanwhile, the write is refused (and retried on a
+/// fresh copy) instead of dropping that condition.
+async fn a_stale_status_write_cannot_drop_another_controllers_condition(backend: Backend) {
+    use portico::status::{Readiness, StatusUpdate, status_patch};
+    within(30, async {
+        let env = Env::api_only(backend, 0).await;
+        let stale = env
+            .create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        let theirs = serde_json::json!({"status": {"conditions": [{
+            "type": "example.com/Healthy", "status": "True", "reason": "Probed",
+            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        env.services()
+            .patch_status("web", &PatchParams::default(), &Patch::Merge(&theirs))
+            .await
+            .expect("another controller's condition");
+        let update = StatusUpdate {
+            ingress: None,
+            condition: Some(Some(Readiness::no_eligible_nodes())),
+        };
+        let patch =
+            status_patch(&stale, &update, k8s_openapi::jiff::Timestamp::now()).expect("a change");
+        let result = env.controller_client.clone();
+        let api: kube::Api<k8s_openapi::api::core::v1::Service> =
+            kube::Api::namespaced(result, "default");
+        match api
+            .patch_status("web", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(status)) => assert_eq!(status.code, 409, "{status:?}"),
+            other => panic!("a stale write must be refused, got {other:?}"),
+        }
+        let now = env.get("web").await.expect("exists");
+        assert!(
+            condition(&now, "example.com/Healthy").is_some(),
+            "the other controller's condition is still there"
+        );
+    })
+    .await;
+}
+
 on_both_backends!(
+    a_stale_status_write_cannot_drop_another_controllers_condition,
     deposed_leader_stops_at_once,
     gc_off_deletes_nothing,
     another_controllers_finalizer_is_never_stripped,
