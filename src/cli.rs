@@ -32,6 +32,9 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller against a cluster.
+    // A flag given twice takes its last value, so a chart's extraArgs can
+    // override what the chart sets.
+    #[command(args_override_self = true)]
     Run(Box<RunArgs>),
     /// Run the SLB-style mock cloud (API + data plane) on its own.
     SlbServer(SlbServerArgs),

@@ -316,9 +316,15 @@ async fn ensure(
     let obj = ObjectRef::from_obj(svc);
     let api: Api<Service> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    if plan.add_finalizer {
-        add_finalizer(&api, svc).await?;
-    }
+    // The status write below is guarded by the resourceVersion of the object
+    // it is built from: after adding the finalizer, that is the patched one.
+    let finalized;
+    let svc = if plan.add_finalizer {
+        finalized = add_finalizer(&api, svc).await?;
+        &finalized
+    } else {
+        svc
+    };
     let hashes = spec_hashes(&plan.spec, targets_fingerprint);
     let previous = ctx.memory().ensured.get(&obj).copied();
     let quiet = previous == Some(hashes);
@@ -339,7 +345,6 @@ async fn ensure(
     {
         Ok(lb_status) => {
             ctx.succeeded(&obj);
-            ctx.memory().ensured.insert(obj, hashes);
             let readiness = if plan.no_eligible_nodes() {
                 ctx.event(
                     svc,
@@ -362,6 +367,9 @@ async fn ensure(
                 },
             )
             .await?;
+            // Remembered only once the Service shows it: a reconcile that
+            // failed before this point repeats its Events.
+            ctx.memory().ensured.insert(obj, hashes);
             if only_targets_changed {
                 let hosts = plan.spec.targets.len();
                 ctx.event(
@@ -516,7 +524,7 @@ async fn cleanup(svc: &Service, ctx: &Context, plan: CleanupPlan) -> Result<Acti
 
 /// JSON patch guarded by a `test` of the current list, so a concurrent
 /// writer's finalizer is never lost (as kube-runtime's finalizer helper does).
-async fn add_finalizer(api: &Api<Service>, svc: &Service) -> Result<(), Error> {
+async fn add_finalizer(api: &Api<Service>, svc: &Service) -> Result<Service, Error> {
     let ops = match svc.metadata.finalizers.as_ref() {
         None => json!([
             { "op": "test", "path": "/metadata/finalizers", "value": null },
@@ -540,11 +548,12 @@ async fn remove_finalizer(api: &Api<Service>, svc: &Service) -> Result<(), Error
         { "op": "remove", "path": path },
     ]);
     match json_patch_service(api, svc, ops, "removing the finalizer").await {
+        Ok(_) => Ok(()),
         // Already gone (deleted once the last finalizer went).
         Err(Error::Kube { source, .. }) if matches!(*source, kube::Error::Api(ref s) if s.code == 404) => {
             Ok(())
         }
-        other => other,
+        Err(other) => Err(other),
     }
 }
 
@@ -553,7 +562,7 @@ async fn json_patch_service(
     svc: &Service,
     ops: serde_json::Value,
     context: &'static str,
-) -> Result<(), Error> {
+) -> Result<Service, Error> {
     let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| Error::Kube {
         context,
         source: Box::new(kube::Error::SerdeError(e)),
@@ -564,7 +573,6 @@ async fn json_patch_service(
         &Patch::<()>::Json(patch),
     )
     .await
-    .map(|_| ())
     .map_err(Error::kube(context))
 }
 

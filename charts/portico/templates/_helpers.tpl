@@ -1,0 +1,40 @@
+{{/* The release's name, cut to what Kubernetes names allow. */}}
+{{- define "portico.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "portico.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: controller
+{{- end -}}
+
+{{- define "portico.labels" -}}
+{{ include "portico.selectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "portico.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "portico.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name: name an existing ServiceAccount when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "portico.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.leaderElection.namespace -}}
+{{- end -}}
+
+{{/* Refuse what the schema cannot explain well. */}}
+{{- define "portico.validate" -}}
+{{- if eq .Values.provider "arp" -}}
+{{- fail "provider: arp (bare metal: IP pools and the ARP speaker) is not available in this version; use slb or aws" -}}
+{{- end -}}
+{{- end -}}

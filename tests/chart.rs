@@ -1,0 +1,319 @@
+//! The Helm chart: lint, render with several values files, every rendered
+//! object a valid Kubernetes object, bad values refused by name, the image
+//! recipe in agreement, and a real `helm install`/`upgrade`/`uninstall`
+//! into the real control plane with the controller running as the chart's
+//! ServiceAccount with the chart's arguments.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chart() -> PathBuf {
+    repo().join("charts/portico")
+}
+
+/// The real helm `scripts/tools.sh` installs (on PATH in `scripts/test.sh`).
+fn helm() -> PathBuf {
+    let tools = std::env::var_os("PORTICO_TOOLS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/portico-tools")));
+    if let Some(bin) = tools.map(|t| t.join("bin/helm")).filter(|p| p.exists()) {
+        return bin;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join("helm"))
+                .find(|p| p.exists())
+        })
+        .expect("helm: run scripts/tools.sh (scripts/test.sh does) to install it")
+}
+
+/// Run helm; `Ok(stdout)` or `Err(stderr)`.
+fn run_helm(args: &[&str]) -> Result<String, String> {
+    let output = Command::new(helm()).args(args).output().expect("run helm");
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+fn values_files() -> Vec<Option<PathBuf>> {
+    let mut files: Vec<Option<PathBuf>> = vec![None];
+    let mut ci: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
+        .expect("charts/portico/ci")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    ci.sort();
+    files.extend(ci.into_iter().map(Some));
+    files
+}
+
+fn render(values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        "portico",
+        chart.to_str().expect("utf-8"),
+        "--namespace",
+        "portico-system",
+    ];
+    let values = values.map(|v| v.to_string_lossy().into_owned());
+    if let Some(v) = &values {
+        args.extend(["-f", v.as_str()]);
+    }
+    for s in set {
+        args.extend(["--set", s]);
+    }
+    let out = run_helm(&args)?;
+    let mut docs = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&out) {
+        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// Parse into the k8s-openapi type and back: a field the type does not
+/// know (a typo, a wrong level) is lost on the way and fails the comparison.
+fn typed<K: DeserializeOwned + serde::Serialize>(doc: &Value) -> K {
+    let object: K = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{} {}: {e}", doc["kind"], doc["metadata"]["name"]));
+    let back = serde_json::to_value(&object).expect("serialize");
+    assert_eq!(
+        &strip_nulls(back),
+        &strip_nulls(doc.clone()),
+        "{} {} has fields its type does not know",
+        doc["kind"],
+        doc["metadata"]["name"]
+    );
+    object
+}
+
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
+        other => other,
+    }
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
+    docs.iter().find(|d| d["kind"] == kind)
+}
+
+#[test]
+fn chart_lints_strictly_with_every_values_file() {
+    for values in values_files() {
+        let chart = chart();
+        let mut args = vec!["lint", "--strict", chart.to_str().expect("utf-8")];
+        let v = values.as_ref().map(|v| v.to_string_lossy().into_owned());
+        if let Some(v) = &v {
+            args.extend(["-f", v.as_str()]);
+        }
+        if let Err(err) = run_helm(&args) {
+            panic!("helm lint --strict {v:?}: {err}");
+        }
+    }
+}
+
+#[test]
+fn every_rendered_document_is_a_valid_object() {
+    for values in values_files() {
+        let docs = render(values.as_deref(), &[]).expect("renders");
+        for doc in &docs {
+            match doc["kind"].as_str().unwrap_or_default() {
+                "ServiceAccount" => drop(typed::<ServiceAccount>(doc)),
+                "ClusterRole" => drop(typed::<ClusterRole>(doc)),
+                "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(doc)),
+                "Role" => drop(typed::<Role>(doc)),
+                "RoleBinding" => drop(typed::<RoleBinding>(doc)),
+                "Deployment" => drop(typed::<Deployment>(doc)),
+                "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(doc)),
+                "Service" => drop(typed::<Service>(doc)),
+                "Pod" => drop(typed::<Pod>(doc)),
+                "ServiceMonitor" | "PrometheusRule" => {
+                    assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
+                    assert!(doc["spec"].is_object(), "{doc}");
+                }
+                other => panic!("{values:?}: unexpected kind {other}"),
+            }
+        }
+        let deployment: Deployment = typed(find(&docs, "Deployment").expect("a Deployment"));
+        let args = deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod spec")
+            .containers[0]
+            .args
+            .clone()
+            .unwrap_or_default();
+        // The rendered arguments are ones `portico run` accepts.
+        let mut argv = vec!["portico".to_string()];
+        argv.extend(args);
+        let parsed = <portico::cli::Cli as clap::Parser>::try_parse_from(&argv);
+        assert!(parsed.is_ok(), "{values:?}: {argv:?}: {:?}", parsed.err());
+    }
+}
+
+#[test]
+fn the_controller_is_hardened_and_highly_available() {
+    let docs = render(None, &[]).expect("renders");
+    let deployment: Deployment = typed(find(&docs, "Deployment").expect("Deployment"));
+    let spec = deployment.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2), "two replicas, one leads");
+    let pod = spec.template.spec.expect("pod spec");
+    let pod_security = pod.security_context.expect("pod securityContext");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert_eq!(
+        pod_security.seccomp_profile.map(|s| s.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    let container = &pod.containers[0];
+    let security = container.security_context.clone().expect("securityContext");
+    assert_eq!(security.read_only_root_filesystem, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        security.capabilities.and_then(|c| c.drop),
+        Some(vec!["ALL".to_string()])
+    );
+    let probe_path = |p: Option<k8s_openapi::api::core::v1::Probe>| {
+        p.and_then(|p| p.http_get).and_then(|h| h.path)
+    };
+    assert_eq!(
+        probe_path(container.liveness_probe.clone()).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        probe_path(container.readiness_probe.clone()).as_deref(),
+        Some("/readyz")
+    );
+    assert!(
+        pod.affinity.and_then(|a| a.pod_anti_affinity).is_some(),
+        "replicas prefer different nodes"
+    );
+    let pdb: PodDisruptionBudget = typed(find(&docs, "PodDisruptionBudget").expect("PDB"));
+    assert!(pdb.spec.and_then(|s| s.min_available).is_some());
+    let single = render(Some(&chart().join("ci/single-values.yaml")), &[]).expect("renders");
+    assert!(
+        find(&single, "PodDisruptionBudget").is_none(),
+        "no PDB for one replica"
+    );
+    assert!(
+        find(&single, "Role").is_none(),
+        "no Lease rights without leader election"
+    );
+}
+
+#[test]
+fn bad_values_are_refused_by_name() {
+    let cases = [
+        ("unknown provider", "provider=gcp", "/provider"),
+        (
+            "arp before bare metal lands",
+            "provider=arp",
+            "provider: arp",
+        ),
+        ("no replicas", "replicaCount=0", "/replicaCount"),
+        ("a typo in a key", "replicas=3", "replicas"),
+        (
+            "a bad class",
+            "loadBalancerClass=Not A Class",
+            "/loadBalancerClass",
+        ),
+        ("a bad duration", "resync=soon", "/resync"),
+        (
+            "a flag that is not one",
+            "extraArgs[0]=workers=3",
+            "/extraArgs/0",
+        ),
+        ("a bad VPC id", "aws.vpcId=my-vpc", "/aws/vpcId"),
+    ];
+    for (desc, set, want) in cases {
+        match render(None, &[set]) {
+            Ok(_) => panic!("{desc}: {set} was accepted"),
+            Err(err) => assert!(
+                err.contains(want),
+                "{desc}: {set}: the message names {want}: {err}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn the_image_recipe_matches_the_chart() {
+    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    let last = |prefix: &str| {
+        dockerfile
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("Dockerfile has no {prefix}"))
+            .to_string()
+    };
+    let docs = render(None, &[]).expect("renders");
+    let deployment: Deployment = typed(find(&docs, "Deployment").expect("Deployment"));
+    let pod = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    let container = &pod.containers[0];
+    let binary = container.command.clone().unwrap_or_default()[0].clone();
+    assert!(
+        last("COPY --from=build").ends_with(&format!(" {binary}")),
+        "the image puts portico where the chart runs it ({binary})"
+    );
+    assert_eq!(last("ENTRYPOINT"), format!("[\"{binary}\"]"));
+    let user = pod
+        .security_context
+        .and_then(|s| s.run_as_user)
+        .expect("runAsUser");
+    assert_eq!(last("USER"), format!("{user}:{user}"), "same non-root user");
+    let port = container.ports.clone().unwrap_or_default()[0].container_port;
+    assert_eq!(last("EXPOSE"), port.to_string(), "same metrics port");
+    assert!(last("FROM").contains("distroless"), "minimal runtime image");
+}
+
+#[test]
+fn deploy_rbac_is_the_charts() {
+    let output = Command::new("bash")
+        .arg(repo().join("scripts/render-rbac.sh"))
+        .arg("--stdout")
+        .output()
+        .expect("render");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fresh = String::from_utf8_lossy(&output.stdout);
+    let committed =
+        std::fs::read_to_string(repo().join("deploy/rbac.yaml")).expect("deploy/rbac.yaml");
+    assert_eq!(
+        committed, fresh,
+        "deploy/rbac.yaml drifted from the chart: run scripts/render-rbac.sh"
+    );
+}
