@@ -4,7 +4,7 @@
 # loopback. No kubelet, scheduler or controller-manager: tests create Node
 # objects themselves.
 #
-#   scripts/control-plane.sh build    # once; cached in $PORTICO_CONTROL_PLANE_CACHE/<version>/bin
+#   scripts/control-plane.sh build    # once; cached in $PORTICO_CONTROL_PLANE_CACHE/<version>-r<recipe>/bin
 #   scripts/control-plane.sh start    # prints `export PORTICO_REAL_KUBECONFIG=...` etc. on stdout
 #   scripts/control-plane.sh stop
 #   scripts/control-plane.sh restart-apiserver   # same etcd, same certs: watches break, state stays
@@ -29,7 +29,9 @@ HERE="$(cd "$(dirname "$0")/.." && pwd)"
 MODULE="$HERE/tests/control-plane"
 VERSION="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$MODULE/go.mod" | sed -n 1p)"
 CACHE="${PORTICO_CONTROL_PLANE_CACHE:-$HOME/.cache/portico-control-plane}"
-BIN="$CACHE/$VERSION/bin"
+# Bump RECIPE when the way the binaries are built changes (the cache key).
+RECIPE=2
+BIN="$CACHE/$VERSION-r$RECIPE/bin"
 DIR="${PORTICO_CP_DIR:-/tmp/portico-control-plane}"
 PORT="${PORTICO_CP_PORT:-16443}"
 ETCD_PORT="${PORTICO_ETCD_PORT:-12379}"
@@ -58,7 +60,13 @@ build() {
         export CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false"
         go mod download >&2 ||
             die "go mod download failed: is the Go module proxy reachable (GOPROXY=$(go env GOPROXY))?"
-        go build -ldflags="-s -w" -o "$BIN.partial/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver >&2
+        # Stamp the version as the Kubernetes release build does, so clients
+        # (helm's kubeVersion check, kubectl version) see v1.X.Y.
+        local minor="${VERSION#v1.}"
+        minor="${minor%%.*}"
+        local stamp="k8s.io/component-base/version"
+        go build -ldflags="-s -w -X $stamp.gitVersion=$VERSION -X $stamp.gitMajor=1 -X $stamp.gitMinor=$minor -X $stamp.gitTreeState=clean" \
+            -o "$BIN.partial/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver >&2
         go build -ldflags="-s -w" -o "$BIN.partial/etcd" ./cmd/etcd >&2
     )
     rm -rf "$BIN"

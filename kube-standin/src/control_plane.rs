@@ -254,6 +254,22 @@ impl ControlPlane {
         namespace: &str,
         account: &str,
     ) -> Result<kube::Config, ControlPlaneError> {
+        let token = self.service_account_token(namespace, account).await?;
+        let mut config = self.config.clone();
+        config.auth_info = kube::config::AuthInfo {
+            token: Some(token.into()),
+            ..Default::default()
+        };
+        Ok(config)
+    }
+
+    /// A token for `namespace/account` from the TokenRequest API, valid for
+    /// an hour.
+    pub async fn service_account_token(
+        &self,
+        namespace: &str,
+        account: &str,
+    ) -> Result<String, ControlPlaneError> {
         let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), namespace);
         let request = TokenRequest {
             spec: Some(TokenRequestSpec {
@@ -266,13 +282,7 @@ impl ControlPlane {
             .create_token_request(account, &PostParams::default(), &request)
             .await
             .map_err(api_error(format!("token for {namespace}/{account}")))?;
-        let token = answer.status.and_then(|s| s.token).unwrap_or_default();
-        let mut config = self.config.clone();
-        config.auth_info = kube::config::AuthInfo {
-            token: Some(token.into()),
-            ..Default::default()
-        };
-        Ok(config)
+        Ok(answer.status.and_then(|s| s.token).unwrap_or_default())
     }
 
     /// The controller's client configuration: `deploy/rbac.yaml` applied,
