@@ -125,9 +125,7 @@ impl Context {
     /// The periodic re-ensure, spread by ±10% so Services created together
     /// are not all re-ensured in the same instant forever.
     fn resync_after(&self) -> Duration {
-        self.config
-            .resync
-            .mul_f64(rand::rng().random_range(0.9..=1.1))
+        spread(self.config.resync, rand::rng().random_range(0.0..=1.0))
     }
 
     fn succeeded(&self, obj: &ObjectRef<Service>) {
@@ -200,6 +198,11 @@ impl Context {
             .map_err(|_| Error::NodesUnavailable)?;
         ready.clone().ok_or(Error::NodesUnavailable)
     }
+}
+
+/// `period` moved by up to ±10%: `unit` in [0, 1] picks where.
+fn spread(period: Duration, unit: f64) -> Duration {
+    period.mul_f64(0.9 + 0.2 * unit.clamp(0.0, 1.0))
 }
 
 /// The most an Event's note may hold (events.k8s.io validation).
@@ -835,4 +838,41 @@ fn enqueue_affected(
         ?change,
         "node change re-enqueued Services"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resyncs_are_spread_by_ten_percent() {
+        let ten_minutes = Duration::from_secs(600);
+        assert_eq!(spread(ten_minutes, 0.0), Duration::from_secs(540));
+        assert_eq!(spread(ten_minutes, 1.0), Duration::from_secs(660));
+        assert_eq!(spread(ten_minutes, 0.5), ten_minutes);
+        let mut seen: Vec<Duration> = (0..50)
+            .map(|_| spread(ten_minutes, rand::rng().random_range(0.0..=1.0)))
+            .collect();
+        seen.dedup();
+        assert!(
+            seen.len() > 1,
+            "Services created together do not resync together"
+        );
+    }
+
+    #[test]
+    fn long_notes_are_cut_to_what_the_api_server_keeps() {
+        let cases = [
+            ("short note kept", "ok".to_string(), "ok".to_string()),
+            ("exactly 1 KiB kept", "x".repeat(1024), "x".repeat(1024)),
+        ];
+        for (desc, note, want) in cases {
+            assert_eq!(truncate_note(note), want, "{desc}");
+        }
+        let cut = truncate_note("é".repeat(1000));
+        assert!(
+            cut.len() <= 1024 && cut.ends_with('…'),
+            "multi-byte text cut on a char boundary"
+        );
+    }
 }

@@ -245,6 +245,26 @@ mod tests {
     }
 
     #[test]
+    fn ip_mode_is_spelled_out() {
+        let mut status = provider_status();
+        status.ingress[0].ip_mode = None;
+        let ingress = ingress_of(&status);
+        assert_eq!(
+            ingress[0].ip_mode.as_deref(),
+            Some("VIP"),
+            "what the API server would default, so a re-read matches"
+        );
+        status.ingress[0].ip = None;
+        status.ingress[0].hostname = Some("lb.example.com".into());
+        status.ingress[0].ip_mode = Some(IpMode::Vip);
+        assert_eq!(
+            ingress_of(&status)[0].ip_mode,
+            None,
+            "no ipMode without an ip (the API server refuses it)"
+        );
+    }
+
+    #[test]
     fn condition_writes_are_guarded_by_the_resource_version_read() {
         let mut s = svc("default", "web").lb().port(80, 30080).build();
         s.metadata.resource_version = Some("41".into());

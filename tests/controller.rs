@@ -630,7 +630,51 @@ async fn controllers_of_different_classes_do_not_fight(backend: Backend) {
     .await;
 }
 
+/// `externalTrafficPolicy: Local`: the balancer health-checks the
+/// Service's `healthCheckNodePort` (allocated by the API server) on
+/// `/healthz`; switching back to Cluster goes back to the traffic port.
+async fn local_traffic_policy_checks_the_health_check_node_port(backend: Backend) {
+    within(60, async {
+        let env = Env::start(backend, 1).await;
+        let mut local = svc("default", "api").lb().port(443, 30443).build();
+        if let Some(spec) = local.spec.as_mut() {
+            spec.external_traffic_policy = Some("Local".into());
+        }
+        let created = env.create(local).await;
+        let allocated = created
+            .spec
+            .as_ref()
+            .and_then(|s| s.health_check_node_port)
+            .expect("the API server allocates a healthCheckNodePort");
+        let spec = eventually("balancer", 20, || async {
+            env.provider().spec_for("default", "api")
+        })
+        .await;
+        assert_eq!(
+            spec.health_check,
+            portico_provider::HealthCheck::Http {
+                port: u16::try_from(allocated).expect("a port"),
+                path: "/healthz".into()
+            },
+            "health check on healthCheckNodePort /healthz"
+        );
+        let cluster = serde_json::json!({"spec": {"externalTrafficPolicy": "Cluster"}});
+        env.services()
+            .patch("api", &PatchParams::default(), &Patch::Merge(&cluster))
+            .await
+            .expect("patch");
+        eventually("health check back on the traffic port", 20, || async {
+            env.provider()
+                .spec_for("default", "api")
+                .filter(|s| s.health_check == portico_provider::HealthCheck::TrafficPort)
+        })
+        .await;
+    })
+    .await;
+}
+
 on_both_backends!(
+    local_traffic_policy_checks_the_health_check_node_port,
     create_update_delete,
     steady_state_makes_no_writes_and_few_calls,
     node_changes_follow_and_heartbeats_do_nothing,

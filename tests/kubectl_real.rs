@@ -53,9 +53,29 @@ async fn kubectl_apply_get_describe(backend: Backend) {
         .await;
         assert!(applied.contains("service/web created"), "{applied}");
 
+        // Every example, the AWS ones included, passes the server's strict
+        // validation (a dry run: nothing is stored).
+        let checked = run_kubectl(&[
+            "apply",
+            "--dry-run=server",
+            "--validate=strict",
+            "--recursive",
+            "-f",
+            examples.to_str().expect("utf-8 path"),
+        ])
+        .await;
+        assert!(
+            checked.contains("service/payments created (server dry run)"),
+            "{checked}"
+        );
+
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&examples).expect("examples/") {
-            let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+            let path = entry.expect("entry").path();
+            if path.extension().is_none_or(|x| x != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(path).expect("read");
             for line in text.lines() {
                 if let Some(name) = line.strip_prefix("  name: ") {
                     names.push(name.trim().to_string());

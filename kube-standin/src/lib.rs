@@ -43,6 +43,16 @@
 //!
 //! # Known differences from a real API server
 //!
+//! `tests/differential.rs` sends the same requests to the stand-in and to a
+//! real kube-apiserver (`scripts/control-plane.sh`) and requires the same
+//! answers for what portico depends on: Service defaults and NodePort
+//! sharing between TCP and UDP on one port, strategic merge of `spec.ports`,
+//! Service status defaulting (`ipMode: VIP`) and validation, an immutable
+//! `loadBalancerClass`, type changes clearing `status.loadBalancer`, field
+//! selectors, Lease updates without a resourceVersion, Event validation,
+//! the finalizer flow with JSON-patch `test`s, source-range validation.
+//! What is left different on purpose:
+//!
 //! - No authentication, authorization, admission, TLS, or HTTP/2.
 //! - No OpenAPI (`/openapi/v2`, `/openapi/v3` are 404): use
 //!   `kubectl apply --validate=false`. No aggregated discovery (kubectl falls
@@ -61,9 +71,18 @@
 //!   `resourceVersionMatch=Exact` for anything but the current version
 //!   gets 410; other `resourceVersion`s are served from the current state.
 //! - Validation is minimal: object names (RFC 1123 subdomain), namespace
-//!   existence on create, Service ports/types/node ports/cluster IPs (see
-//!   [`defaults`]); no schema validation, unknown fields are stored, CRD
-//!   schemas are ignored.
+//!   existence on create, Service ports/types/node ports/cluster IPs/source
+//!   ranges and status, `events.k8s.io` Events (see [`defaults`]); no schema
+//!   validation, unknown fields are stored, CRD schemas are ignored.
+//! - Field selectors are checked against the real server's lists for
+//!   Services, Nodes, Namespaces, ConfigMaps and Leases only; other
+//!   resources accept any field.
+//! - Error `causes` may list a field once where the real server lists it
+//!   twice (the differential suite compares the set of fields named).
+//! - `metadata.generation` is kept for Pods and custom resources with a
+//!   status subresource, not for Services, Nodes and Namespaces (as upstream);
+//!   other built-in kinds that the real server versions (Deployments) are
+//!   not served.
 //! - Only one version is stored per resource; all served versions return
 //!   the same JSON with their own `apiVersion` (no conversion). core/v1 and
 //!   events.k8s.io/v1 events are separate resources.
