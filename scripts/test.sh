@@ -60,8 +60,17 @@ step "RBAC: what the controller used (audit log) == what deploy/rbac.yaml grants
 cargo nextest run --workspace --all-features --locked --ignore-default-filter -E 'binary(rbac_audit)' --no-capture
 cargo test --workspace --all-features --locked --doc
 
-step "demo, end to end"
+step "demo, end to end, 20 runs in a row (from another directory: the examples are built in)"
 cargo build --locked --bin portico
-"$CARGO_TARGET_DIR/debug/portico" demo --nodes 3
+demo_dir="$(mktemp -d)"
+(cd "$demo_dir" && "$CARGO_TARGET_DIR/debug/portico" demo --nodes 3)
+for run in $(seq 2 20); do
+    (cd "$demo_dir" && "$CARGO_TARGET_DIR/debug/portico" demo --nodes 3 >"$demo_dir/run.log" 2>&1) || {
+        cat "$demo_dir/run.log"
+        echo "test.sh: demo run $run of 20 failed" >&2
+        exit 1
+    }
+done
+echo "demo: 20 of 20 runs passed"
 
 step "all green"

@@ -168,9 +168,10 @@ pub struct DemoArgs {
     /// Simulated nodes.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
     pub nodes: u8,
-    /// Directory of example Service manifests to apply.
-    #[arg(long, default_value = "examples")]
-    pub examples: PathBuf,
+    /// Directory of example Service manifests to apply (default: the
+    /// examples built into the binary, the same as `examples/`).
+    #[arg(long)]
+    pub examples: Option<PathBuf>,
     /// Where to write the demo cluster's kubeconfig.
     #[arg(long)]
     pub kubeconfig_out: Option<PathBuf>,

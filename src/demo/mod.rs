@@ -380,6 +380,31 @@ async fn udp_request(addr: SocketAddr) -> Option<String> {
         .flatten()
 }
 
+/// The manifests of `examples/`, built into the binary so `portico demo`
+/// works from any directory.
+const BUILT_IN_EXAMPLES: [(&str, &str); 3] = [
+    (
+        "api-local.yaml",
+        include_str!("../../examples/api-local.yaml"),
+    ),
+    ("dns.yaml", include_str!("../../examples/dns.yaml")),
+    ("web.yaml", include_str!("../../examples/web.yaml")),
+];
+
+/// The Services the demo applies: from `dir` when given, else built in.
+pub fn examples(dir: Option<&Path>) -> Result<Vec<Service>, Error> {
+    match dir {
+        Some(dir) => load_examples(dir),
+        None => {
+            let mut out = Vec::new();
+            for (name, text) in BUILT_IN_EXAMPLES {
+                out.extend(parse_services(Path::new(name), text)?);
+            }
+            Ok(out)
+        }
+    }
+}
+
 /// Services from every `*.yaml`/`*.yml` file in `dir`, in file name order.
 pub fn load_examples(dir: &Path) -> Result<Vec<Service>, Error> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -397,7 +422,22 @@ pub fn load_examples(dir: &Path) -> Result<Vec<Service>, Error> {
     for file in files {
         let text = std::fs::read_to_string(&file)
             .map_err(|e| Error::Demo(format!("reading {}: {e}", file.display())))?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        out.extend(parse_services(&file, &text)?);
+    }
+    if out.is_empty() {
+        return Err(Error::Demo(format!(
+            "no Service manifests in {}",
+            dir.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// The Services of one manifest file (anything but a Service is an error).
+fn parse_services(file: &Path, text: &str) -> Result<Vec<Service>, Error> {
+    let mut out = Vec::new();
+    {
+        for doc in serde_yaml::Deserializer::from_str(text) {
             let value = serde_yaml::Value::deserialize(doc)
                 .map_err(|e| Error::Demo(format!("{}: {e}", file.display())))?;
             if value.is_null() {
@@ -418,18 +458,12 @@ pub fn load_examples(dir: &Path) -> Result<Vec<Service>, Error> {
             out.push(svc);
         }
     }
-    if out.is_empty() {
-        return Err(Error::Demo(format!(
-            "no Service manifests in {}",
-            dir.display()
-        )));
-    }
     Ok(out)
 }
 
 /// Run the tour; exit status 0 means every step worked.
 pub async fn run(args: DemoArgs) -> Result<(), Error> {
-    let examples = load_examples(&args.examples)?;
+    let examples = examples(args.examples.as_deref())?;
     let names: Vec<String> = examples.iter().map(|s| s.name_any()).collect();
     println!(
         "portico demo: Kubernetes API stand-in + {} simulated nodes + embedded SLB cloud + the real controller\n",
@@ -460,8 +494,12 @@ pub async fn run(args: DemoArgs) -> Result<(), Error> {
 }
 
 async fn tour(demo: &Demo, args: &DemoArgs, names: &[String]) -> Result<(), Error> {
-    println!("\n== 1. apply {}", args.examples.display());
-    demo.apply(&load_examples(&args.examples)?).await?;
+    let source = args.examples.as_ref().map_or_else(
+        || "the built-in examples".to_string(),
+        |d| d.display().to_string(),
+    );
+    println!("\n== 1. apply {source}");
+    demo.apply(&examples(args.examples.as_deref())?).await?;
     demo.watch_until_ready(names, Duration::from_secs(60))
         .await?;
 
@@ -493,4 +531,34 @@ async fn tour(demo: &Demo, args: &DemoArgs, names: &[String]) -> Result<(), Erro
 
     println!("\n== 4. delete the Services");
     demo.delete_all(Duration::from_secs(30)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_examples_are_the_examples_directory() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let from_disk = load_examples(&dir).expect("examples/");
+        let built_in = examples(None).expect("built in");
+        assert_eq!(
+            built_in, from_disk,
+            "BUILT_IN_EXAMPLES must list every file of examples/ (the demo works from any directory)"
+        );
+    }
+
+    #[test]
+    fn a_manifest_of_another_kind_is_refused_by_name() {
+        let err = parse_services(
+            Path::new("x.yaml"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
+        )
+        .expect_err("not a Service");
+        assert!(
+            err.to_string()
+                .contains("x.yaml: kind \"Pod\" is not a Service"),
+            "{err}"
+        );
+    }
 }

@@ -648,3 +648,81 @@ async fn openapi_and_metrics_are_served() {
     })
     .await;
 }
+
+/// A sink that takes its time, as a data plane binding sockets might.
+#[derive(Debug, Clone)]
+struct SlowSink(RecordingSink);
+
+#[async_trait::async_trait]
+impl portico_slb::forwarding::ForwardingSink for SlowSink {
+    async fn apply(
+        &self,
+        config: portico_slb::forwarding::BalancerForwarding,
+    ) -> Result<(), portico_slb::forwarding::ForwardingError> {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.0.apply(config).await
+    }
+    async fn remove(&self, balancer_id: &str) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.0.remove(balancer_id).await;
+    }
+}
+
+/// Read-your-writes: the API answers a change only once the data plane has
+/// applied it, so "ensure returned" means traffic follows.
+#[tokio::test]
+async fn a_change_is_acknowledged_only_once_the_data_plane_has_it() {
+    with_timeout(async {
+        let recorded = RecordingSink::new();
+        let server = CloudServer::start(
+            CloudConfig::default(),
+            "127.0.0.1:0".parse().expect("addr"),
+            Arc::new(SlowSink(recorded.clone())),
+        )
+        .await
+        .expect("cloud starts");
+        let cloud = Cloud {
+            server,
+            sink: recorded.clone(),
+            http: reqwest::Client::new(),
+        };
+        let lb = cloud.create_lb("ryw", json!({})).await;
+        let group = cloud
+            .create_group(&lb.id, json!([{"address": "10.0.0.1", "port": 30080}]))
+            .await;
+        let (s, v) = cloud
+            .post(
+                &format!("/v1/load-balancers/{}/listeners", lb.id),
+                json!({"port": 80, "protocol": "udp", "backend_server_group_id": group.id}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let listeners = |c: Option<portico_slb::forwarding::BalancerForwarding>| {
+            c.map(|c| c.listeners.len()).unwrap_or(0)
+        };
+        assert_eq!(
+            listeners(recorded.current(&lb.id)),
+            1,
+            "the listener is forwarding when the API answers"
+        );
+        let (s, v) = cloud
+            .post(
+                &format!(
+                    "/v1/load-balancers/{}/backend-server-groups/{}/servers/remove",
+                    lb.id, group.id
+                ),
+                json!({"servers": [{"address": "10.0.0.1", "port": 30080}]}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let backends = recorded
+            .current(&lb.id)
+            .map(|c| c.listeners[0].backends.len())
+            .unwrap_or(usize::MAX);
+        assert_eq!(
+            backends, 0,
+            "the removed server is out of the data plane when the API answers"
+        );
+    })
+    .await;
+}

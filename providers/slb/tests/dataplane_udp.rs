@@ -148,3 +148,138 @@ async fn udp_session_to_a_dead_backend_moves_on() {
     })
     .await;
 }
+
+/// Spin `threads` busy threads until the guard drops (bounded: at most 60 s),
+/// so races between reconfiguration and forwarding have a chance to show.
+struct CpuLoad {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CpuLoad {
+    fn start(threads: usize) -> CpuLoad {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..threads)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let until = std::time::Instant::now() + Duration::from_secs(60);
+                    let mut x = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && std::time::Instant::now() < until
+                    {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        std::hint::black_box(x);
+                    }
+                })
+            })
+            .collect();
+        CpuLoad { stop, threads }
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Removing a backend (not draining it with weight 0) ends its UDP sessions
+/// at once: once `apply` returns, a client that keeps sending from the same
+/// source port never reaches it again, even with every core busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_gets_no_datagram_after_apply() {
+    within(120, async {
+        let _load = CpuLoad::start(2);
+        for round in 0..20u8 {
+            let (a, b) = (UdpBackend::start("a").await, UdpBackend::start("b").await);
+            let dp = dataplane();
+            let vip = vip(FILE, 10 + round);
+            let both = listener(5310, Transport::Udp)
+                .backends(&[a.addr, b.addr])
+                .build();
+            dp.apply(balancer("lb-removal", vip, vec![both]))
+                .await
+                .expect("apply");
+            let to = SocketAddr::new(vip, 5310);
+            let c = client("127.0.0.1").await;
+            let (reply, _) = round_trip(&c, to, "hello").await.expect("a reply");
+            let (first, _) = reply.split_once(':').expect("name:payload");
+            let (gone, stays) = if first == "a" { (&a, &b) } else { (&b, &a) };
+            let remaining = listener(5310, Transport::Udp)
+                .backends(&[stays.addr])
+                .build();
+            dp.apply(balancer("lb-removal", vip, vec![remaining]))
+                .await
+                .expect("apply");
+            let before = gone.received.load(std::sync::atomic::Ordering::SeqCst);
+            let mut answered = 0;
+            for i in 0..30 {
+                if let Some((reply, _)) = round_trip(&c, to, &format!("m{i}")).await {
+                    assert!(
+                        !reply.starts_with(first),
+                        "round {round}: the removed backend answered {reply}"
+                    );
+                    answered += 1;
+                }
+            }
+            assert_eq!(
+                gone.received.load(std::sync::atomic::Ordering::SeqCst),
+                before,
+                "round {round}: a datagram reached the removed backend after apply returned"
+            );
+            assert!(
+                answered >= 25,
+                "round {round}: the remaining backend serves ({answered}/30)"
+            );
+        }
+    })
+    .await;
+}
+
+/// Draining (weight 0) is not removal: an open UDP session stays on its
+/// backend until the drain timeout.
+#[tokio::test]
+async fn a_draining_backend_keeps_its_udp_sessions() {
+    within(30, async {
+        let (a, b) = (UdpBackend::start("a").await, UdpBackend::start("b").await);
+        let dp = dataplane();
+        let vip = vip(FILE, 40);
+        let both = listener(5311, Transport::Udp)
+            .backends(&[a.addr, b.addr])
+            .build();
+        dp.apply(balancer("lb-drain", vip, vec![both]))
+            .await
+            .expect("apply");
+        let to = SocketAddr::new(vip, 5311);
+        let c = client("127.0.0.1").await;
+        let (reply, _) = round_trip(&c, to, "hello").await.expect("a reply");
+        let (first, _) = reply.split_once(':').expect("name:payload");
+        let (draining, other) = if first == "a" { (&a, &b) } else { (&b, &a) };
+        let weighted = listener(5311, Transport::Udp)
+            .backend(draining.addr, 0)
+            .backend(other.addr, 100)
+            .build();
+        dp.apply(balancer("lb-drain", vip, vec![weighted]))
+            .await
+            .expect("apply");
+        for i in 0..5 {
+            let (reply, _) = round_trip(&c, to, &format!("m{i}")).await.expect("a reply");
+            assert!(
+                reply.starts_with(first),
+                "the session stays while draining: {reply}"
+            );
+        }
+        // A new client goes to the weighted backend only.
+        let fresh = client("127.0.0.1").await;
+        let (reply, _) = round_trip(&fresh, to, "new").await.expect("a reply");
+        assert!(
+            !reply.starts_with(first),
+            "no new session on a draining backend: {reply}"
+        );
+    })
+    .await;
+}

@@ -98,27 +98,43 @@ impl Inner {
         let store = lock(&self.store);
         for id in store.balancers.keys() {
             if let Some(fwd) = store.forwarding(id, self.config.drain_timeout) {
-                let _ = self.applier.send(ApplierMsg::Apply(fwd));
+                let _ = self.applier.send(ApplierMsg::Apply(fwd, None));
             }
         }
     }
 
     /// Run a mutation under the lock; on success hand its effects to the
-    /// data plane (in order, still under the lock) and make it durable
-    /// before returning.
+    /// data plane (in order, still under the lock), make it durable, and
+    /// return only once the data plane forwards accordingly: what the API
+    /// acknowledges is what traffic sees (read-your-writes).
     async fn mutate<T>(
         &self,
         f: impl FnOnce(&mut Store) -> Result<(T, Effects), ApiError>,
     ) -> Result<T, ApiError> {
+        let mut applied = Vec::new();
         let (value, snapshot) = {
             let mut store = lock(&self.store);
             let (value, effects) = f(&mut store)?;
             for id in &effects.remove {
-                let _ = self.applier.send(ApplierMsg::Remove(id.clone()));
+                let (done, wait) = tokio::sync::oneshot::channel();
+                if self
+                    .applier
+                    .send(ApplierMsg::Remove(id.clone(), Some(done)))
+                    .is_ok()
+                {
+                    applied.push(wait);
+                }
             }
             for id in &effects.apply {
                 if let Some(fwd) = store.forwarding(id, self.config.drain_timeout) {
-                    let _ = self.applier.send(ApplierMsg::Apply(fwd));
+                    let (done, wait) = tokio::sync::oneshot::channel();
+                    if self
+                        .applier
+                        .send(ApplierMsg::Apply(fwd, Some(done)))
+                        .is_ok()
+                    {
+                        applied.push(wait);
+                    }
                 }
             }
             let snapshot = match &self.config.state_file {
@@ -145,6 +161,10 @@ impl Inner {
                 })?;
                 *written = generation;
             }
+        }
+        for wait in applied {
+            // An error means the applier stopped (the cloud is shutting down).
+            let _ = wait.await;
         }
         Ok(value)
     }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::forwarding::{BalancerForwarding, ForwardingError, ForwardingSink};
 
@@ -111,11 +111,13 @@ impl ForwardingSink for RecordingSink {
     }
 }
 
-/// What the applier task is told to do.
+/// What the applier task is told to do. `done` (when given) is answered
+/// once the sink has carried it out, so an API call can return only when
+/// the data plane forwards accordingly.
 #[derive(Debug)]
 pub(crate) enum ApplierMsg {
-    Apply(BalancerForwarding),
-    Remove(String),
+    Apply(BalancerForwarding, Option<oneshot::Sender<()>>),
+    Remove(String, Option<oneshot::Sender<()>>),
 }
 
 /// Feeds the sink from one task, so calls for one balancer keep their order
@@ -129,14 +131,22 @@ pub(crate) fn spawn_applier(
     let (tx, mut rx) = mpsc::unbounded_channel::<ApplierMsg>();
     let handle = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            match msg {
-                ApplierMsg::Apply(config) => {
+            let done = match msg {
+                ApplierMsg::Apply(config, done) => {
                     let id = config.balancer_id.clone();
                     if let Err(err) = sink.apply(config).await {
                         tracing::warn!(balancer = %id, error = %err, "data plane could not apply the balancer");
                     }
+                    done
                 }
-                ApplierMsg::Remove(id) => sink.remove(&id).await,
+                ApplierMsg::Remove(id, done) => {
+                    sink.remove(&id).await;
+                    done
+                }
+            };
+            if let Some(done) = done {
+                // The caller may have given up waiting; nothing to tell then.
+                let _ = done.send(());
             }
         }
     });

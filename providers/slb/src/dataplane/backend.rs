@@ -3,10 +3,11 @@
 //! a drain runs out.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::BackendMetrics;
@@ -52,6 +53,12 @@ pub(crate) struct Backend {
     pub retired: CancellationToken,
     /// The running health-check task, if any.
     pub health_task: Mutex<Option<CancellationToken>>,
+    /// Out of the listener's configuration (not merely weighted to zero).
+    /// Its UDP sessions end at once, as kube-proxy flushes the conntrack
+    /// entries of a removed endpoint; TCP connections drain.
+    removed: AtomicBool,
+    /// Woken when `removed` is set.
+    pub removal: Notify,
 }
 
 impl Backend {
@@ -69,6 +76,8 @@ impl Backend {
             metrics,
             retired: CancellationToken::new(),
             health_task: Mutex::new(None),
+            removed: AtomicBool::new(false),
+            removal: Notify::new(),
         };
         b.set_health(health);
         b
@@ -91,6 +100,21 @@ impl Backend {
         self.metrics
             .healthy
             .set(i64::from(state == HealthState::Healthy));
+    }
+
+    /// The backend left the configuration: no datagram goes to it any more.
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::SeqCst);
+        self.removal.notify_waiters();
+    }
+
+    /// The backend is configured again (back before its drain ended).
+    pub(crate) fn mark_restored(&self) {
+        self.removed.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
     }
 
     pub(crate) fn active(&self) -> u64 {

@@ -240,6 +240,7 @@ impl ListenerShared {
                 // Removed recently and back before its drain ended.
                 let d = st.draining.swap_remove(i);
                 d.revived.cancel();
+                d.backend.mark_restored();
                 d.backend.set_weight(want.weight);
                 self.start_health(&d.backend, &config);
                 info!(backend = %want.addr, "backend back before its drain ended");
@@ -268,7 +269,8 @@ impl ListenerShared {
         let drain_timeout = config.drain_timeout;
         for b in old {
             if !next.iter().any(|n| n.addr == b.addr) {
-                info!(backend = %b.addr, ?drain_timeout, "backend removed, draining");
+                info!(backend = %b.addr, ?drain_timeout, "backend removed: its UDP sessions end, its TCP connections drain");
+                b.mark_removed();
                 self.drain(&mut st, b, drain_timeout);
             }
         }

@@ -1,8 +1,11 @@
 //! UDP listener: one session per client address, each with its own
 //! connected socket to the chosen backend; replies go back to the client
 //! from the VIP socket. Sessions end after `udp_idle_timeout` without
-//! traffic either way, when their backend's drain ends, or when the backend
-//! refuses (ICMP port unreachable).
+//! traffic either way, when their backend is removed from the configuration
+//! (at once, as kube-proxy flushes conntrack for a removed endpoint: the
+//! client's next datagram opens a session to a configured backend), when a
+//! draining (weight 0) backend's drain ends, or when the backend refuses
+//! (ICMP port unreachable).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -91,6 +94,14 @@ pub(crate) async fn serve(shared: Arc<ListenerShared>, socket: Arc<UdpSocket>) {
                     shared.metrics.rejected.inc();
                     trace!(%client, "datagram refused by access control");
                     continue;
+                }
+                // A session to a removed backend ends here, before its
+                // next datagram could reach it.
+                if sessions.get(&client).is_some_and(|s| s.backend.is_removed())
+                    && let Some(old) = sessions.remove(&client)
+                {
+                    trace!(%client, backend = %old.backend.addr, "udp session to a removed backend ended");
+                    old.stop.cancel();
                 }
                 let session = match sessions.entry(client) {
                     Entry::Occupied(e) => e.into_mut(),
@@ -221,6 +232,13 @@ impl Replies {
                 _ = backend.retired.cancelled() => {
                     debug!(backend = %backend.addr, "udp session closed at the end of the drain");
                     break;
+                }
+                _ = backend.removal.notified() => {
+                    if backend.is_removed() {
+                        debug!(backend = %backend.addr, "udp session closed: backend removed");
+                        break;
+                    }
+                    continue;
                 }
                 r = upstream.recv(&mut buf) => r,
             };

@@ -308,9 +308,11 @@ impl Drop for Healthz {
     }
 }
 
-/// A UDP backend that answers each datagram with `name:payload`.
+/// A UDP backend that answers each datagram with `name:payload`, and
+/// counts what it received.
 pub struct UdpBackend {
     pub addr: SocketAddr,
+    pub received: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -321,18 +323,25 @@ impl UdpBackend {
             .expect("bind udp backend");
         let addr = s.local_addr().expect("udp backend address");
         let name = name.to_owned();
+        let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = received.clone();
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; 65536];
             loop {
                 let Ok((n, from)) = s.recv_from(&mut buf).await else {
                     return;
                 };
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mut reply = format!("{name}:").into_bytes();
                 reply.extend_from_slice(&buf[..n]);
                 let _ = s.send_to(&reply, from).await;
             }
         });
-        UdpBackend { addr, task }
+        UdpBackend {
+            addr,
+            received,
+            task,
+        }
     }
 }
 
