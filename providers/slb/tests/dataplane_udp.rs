@@ -283,3 +283,49 @@ async fn a_draining_backend_keeps_its_udp_sessions() {
     })
     .await;
 }
+
+/// A listener keeps at most `max_udp_sessions` clients; the next client's
+/// datagrams are dropped and counted, and it gets in once a session ends.
+#[tokio::test]
+async fn udp_sessions_are_capped_per_listener() {
+    use portico_slb::dataplane::{DataPlane, DataPlaneConfig};
+    within(30, async {
+        let a = UdpBackend::start("a").await;
+        let dp = DataPlane::new(DataPlaneConfig {
+            udp_idle_timeout: Duration::from_millis(600),
+            max_udp_sessions: 2,
+            ..DataPlaneConfig::default()
+        });
+        let mut registry = prometheus_client::registry::Registry::default();
+        dp.register_metrics(&mut registry);
+        let vip = vip(FILE, 41);
+        let l = listener(5312, Transport::Udp).backends(&[a.addr]).build();
+        dp.apply(balancer("lb-cap", vip, vec![l]))
+            .await
+            .expect("apply");
+        let to = SocketAddr::new(vip, 5312);
+        let (one, two, three) = (
+            client("127.0.0.1").await,
+            client("127.0.0.1").await,
+            client("127.0.0.1").await,
+        );
+        assert!(round_trip(&one, to, "1").await.is_some());
+        assert!(round_trip(&two, to, "2").await.is_some());
+        assert!(
+            round_trip(&three, to, "3").await.is_none(),
+            "the third client is over the cap"
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("slb_dataplane_udp_session_limit_total{")
+                    && l.ends_with(" 1")),
+            "the drop is counted:\n{text}"
+        );
+        // Once the first two go idle, the third gets in.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(round_trip(&three, to, "3 again").await.is_some());
+    })
+    .await;
+}

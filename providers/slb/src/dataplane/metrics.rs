@@ -39,6 +39,7 @@ pub(crate) struct Metrics {
     udp_sessions: Family<BackendLabels, Gauge>,
     rejected: Family<ListenerLabels, Counter>,
     no_backend: Family<ListenerLabels, Counter>,
+    udp_session_limit: Family<ListenerLabels, Counter>,
     /// How many live backends/listeners hold each label set: a listener
     /// removed and re-added while its old backends drain shares their series,
     /// which may only be dropped when the last holder is gone.
@@ -72,6 +73,8 @@ pub(crate) struct ListenerMetrics {
     pub rejected: Counter,
     /// Connections or datagrams dropped because no backend could take them.
     pub no_backend: Counter,
+    /// Datagrams of new UDP clients dropped at the session cap.
+    pub udp_session_limit: Counter,
 }
 
 impl Metrics {
@@ -121,6 +124,11 @@ impl Metrics {
             "TCP connections and UDP datagrams dropped because no backend could take them",
             self.no_backend.clone(),
         );
+        registry.register(
+            "slb_dataplane_udp_session_limit",
+            "Datagrams of new UDP clients dropped because the listener holds its most sessions",
+            self.udp_session_limit.clone(),
+        );
     }
 
     fn holders(&self) -> std::sync::MutexGuard<'_, Holders> {
@@ -150,6 +158,7 @@ impl Metrics {
         ListenerMetrics {
             rejected: self.rejected.get_or_create(&labels).clone(),
             no_backend: self.no_backend.get_or_create(&labels).clone(),
+            udp_session_limit: self.udp_session_limit.get_or_create(&labels).clone(),
             labels,
         }
     }
@@ -177,6 +186,7 @@ impl Metrics {
         }
         self.rejected.remove(&m.labels);
         self.no_backend.remove(&m.labels);
+        self.udp_session_limit.remove(&m.labels);
     }
 }
 

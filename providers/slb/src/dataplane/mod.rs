@@ -90,6 +90,9 @@ pub struct DataPlaneConfig {
     pub connect_attempts: usize,
     /// A UDP session without traffic either way for this long is closed.
     pub udp_idle_timeout: Duration,
+    /// The most UDP client sessions one listener keeps; datagrams of new
+    /// clients beyond it are dropped (and counted) until sessions end.
+    pub max_udp_sessions: usize,
     /// How TCP connections move bytes.
     pub copy: CopyMode,
     /// Size of each of the two copy buffers (or pipes, for
@@ -113,6 +116,7 @@ impl Default for DataPlaneConfig {
             connect_timeout: Duration::from_secs(2),
             connect_attempts: 3,
             udp_idle_timeout: Duration::from_secs(30),
+            max_udp_sessions: 16_384,
             copy: CopyMode::Splice,
             buffer_size: 256 * 1024,
         }

@@ -5,7 +5,9 @@
 //! (at once, as kube-proxy flushes conntrack for a removed endpoint: the
 //! client's next datagram opens a session to a configured backend), when a
 //! draining (weight 0) backend's drain ends, or when the backend refuses
-//! (ICMP port unreachable).
+//! (ICMP port unreachable). A listener keeps at most
+//! [`DataPlaneConfig::max_udp_sessions`](super::DataPlaneConfig) sessions;
+//! sessions hold no buffer of their own.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -25,6 +27,12 @@ use super::listener::ListenerShared;
 
 /// Largest UDP payload.
 const DATAGRAM: usize = 65_536;
+
+thread_local! {
+    /// One receive buffer per worker thread, shared by every session's
+    /// reply path (used only between awaits).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; DATAGRAM]);
+}
 
 #[derive(Debug)]
 struct Session {
@@ -103,8 +111,14 @@ pub(crate) async fn serve(shared: Arc<ListenerShared>, socket: Arc<UdpSocket>) {
                     trace!(%client, backend = %old.backend.addr, "udp session to a removed backend ended");
                     old.stop.cancel();
                 }
+                let at_cap = sessions.len() >= shared.settings.max_udp_sessions;
                 let session = match sessions.entry(client) {
                     Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(_) if at_cap => {
+                        shared.metrics.udp_session_limit.inc();
+                        trace!(%client, "udp session cap reached; datagram dropped");
+                        continue;
+                    }
                     Entry::Vacant(v) => {
                         next_id += 1;
                         match open(&shared, &socket, client, next_id, &ended_tx, clock) {
@@ -225,9 +239,8 @@ impl Replies {
             clock,
         } = self;
         let backend = Arc::clone(active.backend());
-        let mut buf = vec![0u8; DATAGRAM];
-        loop {
-            let received = tokio::select! {
+        'session: loop {
+            let ready = tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = backend.retired.cancelled() => {
                     debug!(backend = %backend.addr, "udp session closed at the end of the drain");
@@ -240,23 +253,37 @@ impl Replies {
                     }
                     continue;
                 }
-                r = upstream.recv(&mut buf) => r,
+                r = upstream.readable() => r,
             };
-            match received {
-                Ok(n) => {
-                    last.store(clock.now_ms(), Ordering::Relaxed);
-                    match vip.send_to(&buf[..n], client).await {
-                        Ok(sent) => {
-                            backend.metrics.bytes_out.inc_by(sent as u64);
-                        }
-                        Err(e) => debug!(error = %e, "udp reply to client failed"),
+            if let Err(e) = ready {
+                debug!(backend = %backend.addr, error = %e, "udp backend socket failed");
+                break;
+            }
+            // Move every datagram waiting, without an await in between, so
+            // the sessions share one buffer per thread instead of holding
+            // 64 KiB each. A reply the VIP socket cannot take at once is
+            // dropped, as a congested UDP path would.
+            loop {
+                let moved = SCRATCH.with_borrow_mut(|buf| {
+                    let n = upstream.try_recv(buf)?;
+                    Ok::<_, io::Error>(vip.try_send_to(&buf[..n], client))
+                });
+                match moved {
+                    Ok(Ok(sent)) => {
+                        last.store(clock.now_ms(), Ordering::Relaxed);
+                        backend.metrics.bytes_out.inc_by(sent as u64);
                     }
-                }
-                Err(e) => {
-                    // ICMP port unreachable shows up here as ConnectionRefused.
-                    debug!(backend = %backend.addr, error = %e, "udp backend unreachable");
-                    backend.metrics.connect_failures.inc();
-                    break;
+                    Ok(Err(e)) => {
+                        last.store(clock.now_ms(), Ordering::Relaxed);
+                        debug!(error = %e, "udp reply to client dropped");
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // ICMP port unreachable shows up here as ConnectionRefused.
+                        debug!(backend = %backend.addr, error = %e, "udp backend unreachable");
+                        backend.metrics.connect_failures.inc();
+                        break 'session;
+                    }
                 }
             }
         }
