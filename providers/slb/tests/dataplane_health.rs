@@ -208,3 +208,115 @@ async fn a_new_backend_waits_for_its_first_good_probe() {
     })
     .await;
 }
+
+/// A backend whose port accepts (so the active TCP check passes) and then
+/// resets every connection, counting them.
+struct Resetter {
+    addr: SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Resetter {
+    async fn start() -> Resetter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                // Wait for the request, then close with RST (SO_LINGER 0).
+                let mut buf = [0u8; 64];
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_millis(200),
+                    tokio::io::AsyncReadExt::read(&mut stream, &mut buf),
+                )
+                .await;
+                let _ = stream.set_zero_linger();
+                drop(stream);
+            }
+        });
+        Resetter {
+            addr,
+            accepted,
+            task,
+        }
+    }
+}
+
+impl Drop for Resetter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Passive health checking: a backend that passes its active check but
+/// resets real connections is ejected after the configured failures in a
+/// row, gets no traffic during its cool-down, and is tried again after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_resets_connections_is_ejected_and_comes_back() {
+    use portico_slb::dataplane::{DataPlane, DataPlaneConfig, OutlierDetection};
+    within(60, async {
+        let good = Backend::name("good").await;
+        let bad = Resetter::start().await;
+        let dp = DataPlane::new(DataPlaneConfig {
+            connect_timeout: std::time::Duration::from_millis(500),
+            connect_attempts: 1,
+            outlier: OutlierDetection {
+                consecutive_failures: 3,
+                ejection: std::time::Duration::from_millis(1500),
+            },
+            ..DataPlaneConfig::default()
+        });
+        let mut registry = prometheus_client::registry::Registry::default();
+        dp.register_metrics(&mut registry);
+        let vip = vip(FILE, 20);
+        let l = listener(8090, Transport::Tcp)
+            .backends(&[good.addr, bad.addr])
+            .build();
+        dp.apply(balancer("lb-outlier", vip, vec![l]))
+            .await
+            .expect("apply");
+        wait_for(&dp, "lb-outlier", 10, "both pass the active check", |s| {
+            health_of(s, good.addr) == Some(HealthState::Healthy)
+                && health_of(s, bad.addr) == Some(HealthState::Healthy)
+        })
+        .await;
+        let addr = SocketAddr::new(vip, 8090);
+
+        let (counts, failed) = tally(addr, 30).await;
+        assert!(
+            (3..=4).contains(&failed),
+            "ejected after 3 resets in a row (WRR alternates): {failed} failed, {counts:?}"
+        );
+        let (counts, failed) = tally(addr, 20).await;
+        assert_eq!(failed, 0, "no traffic to the ejected backend: {counts:?}");
+        assert_eq!(counts.get("good"), Some(&20));
+
+        let before = bad.accepted.load(Ordering::SeqCst);
+        tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+        let _ = tally(addr, 10).await;
+        assert!(
+            bad.accepted.load(Ordering::SeqCst) > before,
+            "tried again after its cool-down"
+        );
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        let ejections = text
+            .lines()
+            .find(|l| {
+                l.starts_with("slb_dataplane_backend_ejections_total{")
+                    && l.contains(&bad.addr.to_string())
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok());
+        assert!(ejections.is_some_and(|n| n >= 1), "counted:\n{text}");
+    })
+    .await;
+}

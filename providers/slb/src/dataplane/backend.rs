@@ -5,11 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::OutlierDetection;
 use super::metrics::BackendMetrics;
 
 /// Health-check verdict of a backend.
@@ -59,6 +61,18 @@ pub(crate) struct Backend {
     removed: AtomicBool,
     /// Woken when `removed` is set.
     pub removal: Notify,
+    /// Real connections that failed in a row (passive health checking).
+    consecutive_failures: AtomicU32,
+    /// Out of the pick until this instant (milliseconds on [`EPOCH`]), after
+    /// too many failures in a row; 0 when not ejected.
+    ejected_until: AtomicU64,
+}
+
+/// The clock of ejections: milliseconds since the first use in the process.
+static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+fn now_ms() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Backend {
@@ -78,6 +92,8 @@ impl Backend {
             health_task: Mutex::new(None),
             removed: AtomicBool::new(false),
             removal: Notify::new(),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
         };
         b.set_health(health);
         b
@@ -96,7 +112,13 @@ impl Backend {
     }
 
     pub(crate) fn set_health(&self, state: HealthState) {
-        self.health.store(state.as_u8(), Ordering::Relaxed);
+        let before = HealthState::from_u8(self.health.swap(state.as_u8(), Ordering::Relaxed));
+        // As Envoy: a backend the active checks bring back from unhealthy is
+        // trusted again at once, ejected or not.
+        if before == HealthState::Unhealthy && state == HealthState::Healthy {
+            self.ejected_until.store(0, Ordering::SeqCst);
+            self.consecutive_failures.store(0, Ordering::SeqCst);
+        }
         self.metrics
             .healthy
             .set(i64::from(state == HealthState::Healthy));
@@ -115,6 +137,33 @@ impl Backend {
 
     pub(crate) fn is_removed(&self) -> bool {
         self.removed.load(Ordering::SeqCst)
+    }
+
+    /// A real connection (or datagram) to the backend failed; after
+    /// `outlier.consecutive_failures` in a row it is ejected for
+    /// `outlier.ejection`. Returns whether this failure ejected it.
+    pub(crate) fn record_failure(&self, outlier: OutlierDetection) -> bool {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1;
+        if outlier.consecutive_failures == 0 || failures < outlier.consecutive_failures {
+            return false;
+        }
+        self.consecutive_failures.store(0, Ordering::SeqCst);
+        let until = now_ms()
+            .saturating_add(u64::try_from(outlier.ejection.as_millis()).unwrap_or(u64::MAX));
+        self.ejected_until.store(until.max(1), Ordering::SeqCst);
+        self.metrics.ejections.inc();
+        true
+    }
+
+    /// A real connection succeeded: the failure count starts over.
+    pub(crate) fn record_success(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether passive health checking has taken the backend out for now.
+    pub(crate) fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
     }
 
     pub(crate) fn active(&self) -> u64 {

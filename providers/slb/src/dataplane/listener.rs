@@ -149,7 +149,8 @@ impl ListenerShared {
     /// Choose the backend for a new connection from `client`, skipping the
     /// backends in `exclude` (already tried).
     ///
-    /// Eligible: weight > 0 and healthy. When no such backend is left the
+    /// Eligible: weight > 0, healthy, not ejected by passive health
+    /// checking. When no such backend is left the
     /// listener fails open and uses every backend with weight > 0 whatever
     /// its health (this is also how a fresh listener serves before its first
     /// probes complete).
@@ -157,17 +158,17 @@ impl ListenerShared {
         let mut st = self.state();
         let st = &mut *st;
         let usable = |b: &Backend| b.weight() > 0 && !exclude.contains(&b.addr);
-        let any_healthy = st
-            .backends
-            .iter()
-            .any(|b| usable(b) && b.health() == HealthState::Healthy);
+        // Healthy: the active checks say so and real traffic has not just
+        // failed on it too often (passive checks).
+        let healthy = |b: &Backend| b.health() == HealthState::Healthy && !b.is_ejected();
+        let any_healthy = st.backends.iter().any(|b| usable(b) && healthy(b));
         let candidates: Vec<Candidate> = st
             .backends
             .iter()
             .map(|b| Candidate {
                 weight: b.weight(),
                 active: b.active(),
-                eligible: usable(b) && (!any_healthy || b.health() == HealthState::Healthy),
+                eligible: usable(b) && (!any_healthy || healthy(b)),
             })
             .collect();
 

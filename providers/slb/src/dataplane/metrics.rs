@@ -37,6 +37,7 @@ pub(crate) struct Metrics {
     connect_failures: Family<BackendLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
     udp_sessions: Family<BackendLabels, Gauge>,
+    ejections: Family<BackendLabels, Counter>,
     rejected: Family<ListenerLabels, Counter>,
     no_backend: Family<ListenerLabels, Counter>,
     udp_session_limit: Family<ListenerLabels, Counter>,
@@ -63,6 +64,8 @@ pub(crate) struct BackendMetrics {
     pub connect_failures: Counter,
     pub healthy: Gauge,
     pub udp_sessions: Gauge,
+    /// Times passive health checking took the backend out.
+    pub ejections: Counter,
 }
 
 /// The series of one listener, resolved once.
@@ -115,6 +118,11 @@ impl Metrics {
             self.udp_sessions.clone(),
         );
         registry.register(
+            "slb_dataplane_backend_ejections",
+            "Times a backend was taken out by passive health checking (real connections failing in a row)",
+            self.ejections.clone(),
+        );
+        registry.register(
             "slb_dataplane_rejected",
             "TCP connections and UDP datagrams refused by the listener's access control",
             self.rejected.clone(),
@@ -147,6 +155,7 @@ impl Metrics {
             connect_failures: self.connect_failures.get_or_create(&labels).clone(),
             healthy: self.backend_healthy.get_or_create(&labels).clone(),
             udp_sessions: self.udp_sessions.get_or_create(&labels).clone(),
+            ejections: self.ejections.get_or_create(&labels).clone(),
             labels,
         }
     }
@@ -176,6 +185,7 @@ impl Metrics {
         self.connect_failures.remove(&m.labels);
         self.backend_healthy.remove(&m.labels);
         self.udp_sessions.remove(&m.labels);
+        self.ejections.remove(&m.labels);
     }
 
     /// Drop the series of a listener that is gone.

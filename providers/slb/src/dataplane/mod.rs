@@ -93,11 +93,35 @@ pub struct DataPlaneConfig {
     /// The most UDP client sessions one listener keeps; datagrams of new
     /// clients beyond it are dropped (and counted) until sessions end.
     pub max_udp_sessions: usize,
+    /// Passive health checking: backends that fail real traffic are taken
+    /// out between active probes.
+    pub outlier: OutlierDetection,
     /// How TCP connections move bytes.
     pub copy: CopyMode,
     /// Size of each of the two copy buffers (or pipes, for
     /// [`CopyMode::Splice`]) of a TCP connection.
     pub buffer_size: usize,
+}
+
+/// Passive health checking, as Envoy's and HAProxy's outlier detection: a
+/// backend whose real connections fail `consecutive_failures` times in a row
+/// (connect refused or timed out, reset by the backend, ICMP unreachable for
+/// UDP) gets no new connection for `ejection`, then is tried again. Any
+/// success resets the count. Active health checks keep running meanwhile,
+/// and one that brings the backend back from unhealthy ends its ejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutlierDetection {
+    pub consecutive_failures: u32,
+    pub ejection: Duration,
+}
+
+impl Default for OutlierDetection {
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_failures: 5,
+            ejection: Duration::from_secs(10),
+        }
+    }
 }
 
 /// How a TCP connection's bytes are moved between client and backend.
@@ -117,6 +141,7 @@ impl Default for DataPlaneConfig {
             connect_attempts: 3,
             udp_idle_timeout: Duration::from_secs(30),
             max_udp_sessions: 16_384,
+            outlier: OutlierDetection::default(),
             copy: CopyMode::Splice,
             buffer_size: 256 * 1024,
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{Instrument, debug, trace, warn};
+use tracing::{Instrument, debug, info, trace, warn};
 
 use super::backend::ActiveGuard;
 use super::listener::ListenerShared;
@@ -75,6 +75,9 @@ async fn handle(shared: Arc<ListenerShared>, client: TcpStream, peer: SocketAddr
             Err(_) => debug!(backend = %addr, "connect timed out"),
         }
         active.backend().metrics.connect_failures.inc();
+        if active.backend().record_failure(settings.outlier) {
+            info!(backend = %addr, "connections keep failing: backend ejected (passive health check)");
+        }
         tried.push(addr);
     };
     let backend = Arc::clone(active.backend());
@@ -96,8 +99,20 @@ async fn handle(shared: Arc<ListenerShared>, client: TcpStream, peer: SocketAddr
     };
     drop(active);
     match result {
-        Ok((up, down)) => trace!(backend = %backend.addr, up, down, "connection done"),
-        Err(e) => debug!(backend = %backend.addr, error = %e, "connection ended with an error"),
+        Ok((up, down)) => {
+            backend.record_success();
+            trace!(backend = %backend.addr, up, down, "connection done");
+        }
+        Err(e) => {
+            // A reset from the backend counts against it; other errors
+            // (the client went away) do not.
+            if e.kind() == io::ErrorKind::ConnectionReset
+                && backend.record_failure(settings.outlier)
+            {
+                info!(backend = %backend.addr, "connections keep being reset: backend ejected (passive health check)");
+            }
+            debug!(backend = %backend.addr, error = %e, "connection ended with an error");
+        }
     }
 }
 

@@ -191,6 +191,7 @@ fn open(
         ended: ended.clone(),
         id,
         clock,
+        outlier: shared.settings.outlier,
     }
     .run();
     let span = tracing::debug_span!("udp_session", %client);
@@ -223,6 +224,7 @@ struct Replies {
     ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
     id: u64,
     clock: Clock,
+    outlier: super::OutlierDetection,
 }
 
 impl Replies {
@@ -237,6 +239,7 @@ impl Replies {
             ended,
             id,
             clock,
+            outlier,
         } = self;
         let backend = Arc::clone(active.backend());
         'session: loop {
@@ -282,6 +285,7 @@ impl Replies {
                         // ICMP port unreachable shows up here as ConnectionRefused.
                         debug!(backend = %backend.addr, error = %e, "udp backend unreachable");
                         backend.metrics.connect_failures.inc();
+                        backend.record_failure(outlier);
                         break 'session;
                     }
                 }
