@@ -4,8 +4,12 @@
 //! into the real control plane with the controller running as the chart's
 //! ServiceAccount with the chart's arguments.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::tool;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
@@ -23,26 +27,12 @@ fn chart() -> PathBuf {
     repo().join("charts/portico")
 }
 
-/// The real helm `scripts/tools.sh` installs (on PATH in `scripts/test.sh`).
-fn helm() -> PathBuf {
-    let tools = std::env::var_os("PORTICO_TOOLS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/portico-tools")));
-    if let Some(bin) = tools.map(|t| t.join("bin/helm")).filter(|p| p.exists()) {
-        return bin;
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("helm"))
-                .find(|p| p.exists())
-        })
-        .expect("helm: run scripts/tools.sh (scripts/test.sh does) to install it")
-}
-
 /// Run helm; `Ok(stdout)` or `Err(stderr)`.
 fn run_helm(args: &[&str]) -> Result<String, String> {
-    let output = Command::new(helm()).args(args).output().expect("run helm");
+    let output = Command::new(tool("helm"))
+        .args(args)
+        .output()
+        .expect("run helm");
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {

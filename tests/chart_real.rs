@@ -25,11 +25,7 @@ const FULLNAME: &str = "chart-test-portico";
 
 fn helm(args: &[&str]) -> String {
     let kubeconfig = std::env::var("PORTICO_REAL_KUBECONFIG").expect("PORTICO_REAL_KUBECONFIG");
-    let tools = std::env::var_os("PORTICO_TOOLS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/portico-tools")))
-        .expect("tools dir");
-    let output = Command::new(tools.join("bin/helm"))
+    let output = Command::new(tool("helm"))
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(args)

@@ -4,31 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use common::*;
-
-/// The real kubectl `scripts/tools.sh` installs (on PATH in `scripts/test.sh`).
-fn kubectl() -> PathBuf {
-    let tools = std::env::var_os("PORTICO_TOOLS")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/portico-tools")));
-    if let Some(bin) = tools.map(|t| t.join("bin/kubectl")).filter(|p| p.exists()) {
-        return bin;
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("kubectl"))
-                .find(|p| p.exists())
-        })
-        .expect("kubectl: run scripts/tools.sh (scripts/test.sh does) to install it")
-}
 
 async fn run_kubectl(args: &[&str]) -> String {
     let kubeconfig =
         std::env::var("PORTICO_REAL_KUBECONFIG").expect("PORTICO_REAL_KUBECONFIG (control plane)");
-    let mut command = tokio::process::Command::new(kubectl());
+    let mut command = tokio::process::Command::new(tool("kubectl"));
     command.arg("--kubeconfig").arg(kubeconfig).args(args);
     let output = command.output().await.expect("run kubectl");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();

@@ -378,6 +378,31 @@ where
     }
 }
 
+/// A real `kubectl` or `helm` from `scripts/tools.sh` ($PORTICO_TOOLS/bin,
+/// on PATH in `scripts/test.sh`), else from PATH.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let tools = std::env::var_os("PORTICO_TOOLS")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/portico-tools"))
+        });
+    if let Some(bin) = tools
+        .map(|t| t.join("bin").join(name))
+        .filter(|p| p.exists())
+    {
+        return bin;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(name))
+                .find(|p| p.exists())
+        })
+        .unwrap_or_else(|| {
+            panic!("{name}: run scripts/tools.sh (scripts/test.sh does) to install it")
+        })
+}
+
 /// A relay to the API server the test can cut (see [`client_through`]).
 pub async fn partition(env: &Env) -> partition::Partition {
     let url = &env.controller_config.cluster_url;
