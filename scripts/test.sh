@@ -60,8 +60,11 @@ step "RBAC: what the controller used (audit log) == what deploy/rbac.yaml grants
 cargo nextest run --workspace --all-features --locked --ignore-default-filter -E 'binary(rbac_audit)' --no-capture
 cargo test --workspace --all-features --locked --doc
 
-step "demo, end to end, 20 runs in a row (from another directory: the examples are built in)"
+step "the mock cloud's API against its OpenAPI document (schemathesis)"
 cargo build --locked --bin portico
+scripts/schemathesis.sh "$CARGO_TARGET_DIR/debug/portico"
+
+step "demo, end to end, 20 runs in a row (from another directory: the examples are built in)"
 demo_dir="$(mktemp -d)"
 (cd "$demo_dir" && "$CARGO_TARGET_DIR/debug/portico" demo --nodes 3)
 for run in $(seq 2 20); do

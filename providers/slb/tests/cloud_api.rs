@@ -726,3 +726,77 @@ async fn a_change_is_acknowledged_only_once_the_data_plane_has_it() {
     })
     .await;
 }
+
+/// What the OpenAPI document allows, the server takes, and nothing else:
+/// integral numbers in any spelling, repeated servers and CIDRs folded into
+/// one (the last listing counts), tokens without spaces, and a bad request
+/// refused even under a token seen before.
+#[tokio::test]
+async fn requests_follow_the_document() {
+    with_timeout(async {
+        let cloud = Cloud::start(CloudConfig::default()).await;
+        let lb = cloud.create_lb("doc", json!({})).await;
+        let (s, v) = cloud
+            .post(
+                &format!("/v1/load-balancers/{}/backend-server-groups", lb.id),
+                json!({"name": "g", "servers": [
+                    {"address": "10.0.0.1", "port": 30080.0, "weight": 10},
+                    {"address": "10.0.0.1", "port": 30080, "weight": 20.0}
+                ]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let group: BackendServerGroup = serde_json::from_value(v).expect("group");
+        assert_eq!(group.servers.len(), 1, "a repeated server is one server");
+        assert_eq!(group.servers[0].weight, 20, "its last listing counts");
+
+        let (s, v) = cloud
+            .post(
+                "/v1/acls",
+                json!({"name": "a", "entries": [
+                    {"cidr": "10.0.0.1/8", "description": "first"},
+                    {"cidr": "10.0.0.0/8", "description": "last"}
+                ]}),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        let acl: Acl = serde_json::from_value(v).expect("acl");
+        assert_eq!(
+            acl.entries,
+            vec![AclEntry {
+                cidr: "10.0.0.0/8".into(),
+                description: "last".into()
+            }]
+        );
+
+        let (s, v, _) = cloud
+            .call(
+                reqwest::Method::POST,
+                "/v1/load-balancers",
+                Some(json!({"name": "t"})),
+                Some("has space"),
+            )
+            .await;
+        assert_error(s, &v, 400, "InvalidParameter", "x-client-token");
+
+        let (s, _, _) = cloud
+            .call(
+                reqwest::Method::POST,
+                "/v1/load-balancers",
+                Some(json!({"name": "t"})),
+                Some("tok-1"),
+            )
+            .await;
+        assert_eq!(s, 201);
+        let (s, v, _) = cloud
+            .call(
+                reqwest::Method::POST,
+                "/v1/load-balancers",
+                Some(json!({"name": "t", "tags": {"": "x"}})),
+                Some("tok-1"),
+            )
+            .await;
+        assert_error(s, &v, 400, "InvalidParameter", "tags");
+    })
+    .await;
+}

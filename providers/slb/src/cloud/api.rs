@@ -31,7 +31,7 @@ use super::sink::ApplierMsg;
 use super::state::{DEFAULT_PAGE_SIZE, Effects, MAX_PAGE_SIZE, PageRequest, Store};
 
 /// Counts of API calls, served at `GET /admin/stats`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApiStats {
     /// Calls by operation name, including failed and fault-injected ones.
     pub calls: BTreeMap<String, u64>,
@@ -374,10 +374,14 @@ fn no_content() -> Result<Response, ApiError> {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Parse a JSON body; errors name the offending field.
+/// Parse a JSON body; errors name the offending field. A number with no
+/// fraction is an integer whatever its spelling (`8080.0`), as JSON Schema
+/// has it.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let mut raw: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    integral_floats_to_integers(&mut raw);
+    let value: T = serde_path_to_error::deserialize(raw).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." {
             "body".to_string()
@@ -386,9 +390,25 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         };
         ApiError::invalid(field, e.into_inner().to_string())
     })?;
-    de.end()
-        .map_err(|e| ApiError::invalid("body", e.to_string()))?;
     Ok(value)
+}
+
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64()
+                && n.is_f64()
+                && f.fract() == 0.0
+                && (0.0..=u64::MAX as f64).contains(&f)
+            {
+                // Integral and in range: the cast is exact.
+                *value = serde_json::Value::from(f as u64);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        _ => {}
+    }
 }
 
 fn client_token(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -402,6 +422,12 @@ fn client_token(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
                 return Err(ApiError::invalid(
                     CLIENT_TOKEN_HEADER,
                     "must have 1..=64 characters",
+                ));
+            }
+            if !token.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
+                return Err(ApiError::invalid(
+                    CLIENT_TOKEN_HEADER,
+                    "must be visible ASCII without spaces",
                 ));
             }
             Ok(Some(token.to_string()))
@@ -776,8 +802,9 @@ async fn reset_stats(State(s): State<AppState>) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
-async fn openapi() -> Response {
-    (StatusCode::OK, axum::Json(super::openapi::document())).into_response()
+async fn openapi(State(s): State<AppState>) -> Response {
+    let document = super::openapi::document(s.config.vip_range);
+    (StatusCode::OK, axum::Json(document)).into_response()
 }
 
 async fn not_found(call: Call) -> Response {

@@ -6,16 +6,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// What may go wrong with one operation (or, as the default, with all).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultRule {
     /// Added to every call, in milliseconds.
     pub latency_ms: u64,
     /// Probability (0..=1) that a call fails with 503 `ServiceUnavailable`.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub error_rate: f64,
     /// Every n-th call fails with 503 (0 = never); deterministic, for tests.
     pub error_every: u64,
     /// Probability (0..=1) that a call is refused with 429 `Throttling`.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub throttle_rate: f64,
     /// Every n-th call is throttled (0 = never).
     pub throttle_every: u64,
@@ -27,7 +29,7 @@ pub struct FaultRule {
 /// The faults of the whole API: a default rule and per-operation overrides
 /// keyed by operation name (`CreateLoadBalancer`, `DescribeListeners`...).
 /// Admin endpoints and `/openapi.json` never fail.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultConfig {
     pub default: FaultRule,

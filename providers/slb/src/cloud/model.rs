@@ -1,10 +1,13 @@
 //! The wire types of the mock cloud's HTTP/JSON API, shared by the server
-//! and the provider's client. Request bodies reject unknown fields.
+//! and the provider's client. Request bodies reject unknown fields. Their
+//! JSON schemas (in `/openapi.json`) are derived from these types, with the
+//! server's rules as `schemars` attributes, so the document cannot drift.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Balancer specs (sizes) the cloud sells.
@@ -27,7 +30,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Millisecond variant of `Retry-After` on throttled responses.
 pub const RETRY_AFTER_MS_HEADER: &str = "retry-after-ms";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AddressType {
     #[default]
@@ -44,7 +47,7 @@ impl AddressType {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LoadBalancer {
     pub id: String,
     pub name: String,
@@ -56,35 +59,43 @@ pub struct LoadBalancer {
     pub created_at: u64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLoadBalancerRequest {
+    #[schemars(length(min = 1, max = 80), regex(pattern = r"\S"))]
     pub name: String,
     #[serde(default)]
     pub address_type: AddressType,
     #[serde(default)]
+    #[schemars(schema_with = "spec_schema")]
     pub spec: Option<String>,
     /// A wanted VIP; must be inside the cloud's range and free.
     #[serde(default)]
+    #[schemars(schema_with = "optional_ip_schema")]
     pub address: Option<IpAddr>,
     #[serde(default)]
+    #[schemars(schema_with = "tags_schema")]
     pub tags: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateLoadBalancerRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 80), regex(pattern = r"\S"))]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "spec_schema")]
     pub spec: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "tags_schema")]
     pub add_tags: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove_tags: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "{T}Page")]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `page_token` to get the next page; absent on the last page.
@@ -92,7 +103,9 @@ pub struct Page<T> {
     pub next_page_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerProtocol {
     #[serde(alias = "TCP")]
@@ -110,7 +123,7 @@ impl ListenerProtocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthCheckType {
     #[default]
@@ -176,7 +189,7 @@ impl Default for HealthCheck {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SchedulerKind {
     #[default]
@@ -184,7 +197,7 @@ pub enum SchedulerKind {
     Wlc,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AclMode {
     /// Only the ACL's entries may connect.
@@ -194,7 +207,7 @@ pub enum AclMode {
     Black,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerAcl {
     pub acl_id: String,
@@ -202,15 +215,16 @@ pub struct ListenerAcl {
     pub mode: AclMode,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StickySession {
     /// Client-IP stickiness, 1..=86400 seconds.
+    #[schemars(range(min = 1, max = 86400))]
     pub timeout_seconds: u32,
 }
 
 /// The settings of a listener that can change in place.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSettings {
     pub backend_server_group_id: String,
@@ -223,10 +237,11 @@ pub struct ListenerSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_session: Option<StickySession>,
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub description: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Listener {
     pub id: String,
     pub load_balancer_id: String,
@@ -236,10 +251,11 @@ pub struct Listener {
     pub settings: ListenerSettings,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateListenerRequest {
     /// 1..=65535 (validated by the server so the error names the field).
+    #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
     pub protocol: ListenerProtocol,
     pub backend_server_group_id: String,
@@ -252,6 +268,7 @@ pub struct CreateListenerRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_session: Option<StickySession>,
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub description: String,
 }
 
@@ -285,21 +302,27 @@ fn default_weight() -> u32 {
     100
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct BackendServer {
+    #[schemars(schema_with = "ip_schema")]
     pub address: IpAddr,
     /// 1..=65535.
+    #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
     /// 0..=100; 0 takes no new traffic.
     #[serde(default = "default_weight")]
+    #[schemars(range(max = 100))]
     pub weight: u32,
     /// Free text, e.g. the node's name.
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub description: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BackendServerGroup {
     pub id: String,
     pub load_balancer_id: String,
@@ -307,9 +330,10 @@ pub struct BackendServerGroup {
     pub servers: Vec<BackendServer>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBackendServerGroupRequest {
+    #[schemars(length(min = 1, max = 80), regex(pattern = r"\S"))]
     pub name: String,
     #[serde(default)]
     pub servers: Vec<BackendServer>,
@@ -317,18 +341,22 @@ pub struct CreateBackendServerGroupRequest {
 
 /// Body of set (replace all), add (insert or update weight/description) and
 /// remove (by address and port; absent ones are ignored) server calls.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServersRequest {
     pub servers: Vec<BackendServer>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct AclEntry {
     /// An IPv4 or IPv6 CIDR such as `10.0.0.0/8`.
+    #[schemars(schema_with = "cidr_schema")]
     pub cidr: String,
     #[serde(default)]
+    #[schemars(length(max = 256))]
     pub description: String,
 }
 
@@ -341,7 +369,7 @@ impl AclEntry {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Acl {
     pub id: String,
     pub name: String,
@@ -349,29 +377,115 @@ pub struct Acl {
     pub tags: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAclRequest {
+    #[schemars(length(min = 1, max = 80), regex(pattern = r"\S"))]
     pub name: String,
     #[serde(default)]
     pub entries: Vec<AclEntry>,
     #[serde(default)]
+    #[schemars(schema_with = "tags_schema")]
     pub tags: BTreeMap<String, String>,
 }
 
 /// Replaces the name (when given) and the whole entry list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateAclRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 80), regex(pattern = r"\S"))]
     pub name: Option<String>,
     pub entries: Vec<AclEntry>,
 }
 
 /// Every error response's body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Error")]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
     pub request_id: String,
+}
+
+/// The most tags an object carries.
+pub const MAX_TAGS: usize = 20;
+
+// Schemas of what the derive cannot say: the server's rules as JSON Schema
+// (OpenAPI 3.1), so a request the document allows is one the server takes.
+
+fn ip_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}],
+        "examples": ["10.0.0.1"]
+    })
+}
+
+fn optional_ip_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [
+            {"type": "string", "format": "ipv4"},
+            {"type": "string", "format": "ipv6"},
+            {"type": "null"}
+        ]
+    })
+}
+
+/// IPv4 CIDRs only, though the server takes IPv6 ones too: a pattern for
+/// every IPv6 spelling would be unreadable, and a narrower document is
+/// still a true one.
+fn cidr_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "pattern": "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])$",
+        "examples": ["10.0.0.0/8"]
+    })
+}
+
+fn tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": MAX_TAGS,
+        "propertyNames": {"minLength": 1, "maxLength": 128},
+        "additionalProperties": {"type": "string", "maxLength": 256}
+    })
+}
+
+fn spec_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "anyOf": [{"type": "string", "enum": BALANCER_SPECS}, {"type": "null"}]
+    })
+}
+
+impl JsonSchema for HealthCheck {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HealthCheck".into()
+    }
+
+    /// Either a `tcp` check (no port, no path) or an `http` one (a port, a
+    /// path starting with `/`), as the server insists.
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let common = serde_json::json!({
+            "enabled": {"type": "boolean", "default": true},
+            "interval_seconds": {"type": "integer", "minimum": 1, "maximum": 50, "default": 2},
+            "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 300, "default": 5},
+            "healthy_threshold": {"type": "integer", "minimum": 2, "maximum": 10, "default": 3},
+            "unhealthy_threshold": {"type": "integer", "minimum": 2, "maximum": 10, "default": 3}
+        });
+        let mut tcp = common.clone();
+        tcp["type"] = serde_json::json!({"type": "string", "enum": ["tcp"], "default": "tcp"});
+        let mut http = common;
+        http["type"] = serde_json::json!({"type": "string", "enum": ["http"]});
+        http["port"] = serde_json::json!({"type": "integer", "minimum": 1, "maximum": 65535});
+        http["path"] =
+            serde_json::json!({"type": "string", "pattern": "^/[^\\s]*$", "maxLength": 200});
+        schemars::json_schema!({
+            "description": "Active health check: tcp connects to each backend's own port; http GETs `path` on `port`.",
+            "oneOf": [
+                {"type": "object", "additionalProperties": false, "properties": tcp},
+                {"type": "object", "additionalProperties": false, "required": ["type", "port"], "properties": http}
+            ]
+        })
+    }
 }

@@ -1,4 +1,6 @@
-//! The OpenAPI 3 description of the mock cloud's API, served at `/openapi.json`.
+//! The OpenAPI 3.1 description of the mock cloud's API, served at
+//! `/openapi.json`: the operations listed here, every body's schema derived
+//! from its Rust type. `scripts/schemathesis.sh` checks the server keeps it.
 
 use serde_json::{Value, json};
 
@@ -30,8 +32,16 @@ fn op(id: &str, summary: &str, body: Option<&str>, ok: (&str, Option<&str>)) -> 
     o
 }
 
+/// A create that takes an idempotency token: a replay answers 200 with the
+/// object the first call made.
 fn with_token(mut o: Value) -> Value {
     o["parameters"] = json!([{"$ref": "#/components/parameters/ClientToken"}]);
+    if let Some(created) = o["responses"].get("201").cloned() {
+        let mut replayed = created;
+        replayed["description"] =
+            json!("replayed: the object an earlier call with the same x-client-token made");
+        o["responses"]["200"] = replayed;
+    }
     o
 }
 
@@ -47,17 +57,17 @@ fn with_list(mut o: Value, tags: bool) -> Value {
     o
 }
 
-/// The document.
-pub fn document() -> Value {
+/// The document of a cloud whose VIPs come from `vips`.
+pub fn document(vips: ipnet::IpNet) -> Value {
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "portico mock SLB cloud",
             "version": "1",
             "description": "An Alibaba-SLB-style API: load balancers with VIPs, listeners, backend server groups, ACLs and tags. Errors are {code, message, request_id}; every response carries x-request-id; creates are idempotent under the x-client-token header."
         },
         "paths": paths(),
-        "components": components(),
+        "components": components(vips),
     })
 }
 
@@ -129,69 +139,88 @@ fn paths() -> Value {
     })
 }
 
-fn components() -> Value {
-    let port = json!({"type": "integer", "minimum": 1, "maximum": 65535});
+fn components(vips: ipnet::IpNet) -> Value {
     json!({
             "parameters": {
                 "Lb": {"name": "lb", "in": "path", "required": true, "schema": {"type": "string"}},
                 "Id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
-                "ClientToken": {"name": "x-client-token", "in": "header", "required": false, "description": "Idempotency token (1..=64 chars): a create retried with the same token returns the object the first one made, while it exists.", "schema": {"type": "string"}},
+                "ClientToken": {"name": "x-client-token", "in": "header", "required": false, "description": "Idempotency token: a create retried with the same token returns the object the first one made, while it exists.", "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[!-~]+$"}},
                 "PageSize": {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
                 "PageToken": {"name": "page_token", "in": "query", "schema": {"type": "string"}},
-                "Tag": {"name": "tag", "in": "query", "description": "key=value; repeat to require several tags", "schema": {"type": "array", "items": {"type": "string"}}, "style": "form", "explode": true}
+                "Tag": {"name": "tag", "in": "query", "description": "key=value; repeat to require several tags", "schema": {"type": "array", "items": {"type": "string", "pattern": "="}}, "style": "form", "explode": true}
             },
             "responses": {
                 "Error": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                 "Throttled": {"description": "throttled; wait Retry-After seconds (retry-after-ms has milliseconds)", "headers": {"Retry-After": {"schema": {"type": "integer"}}, "retry-after-ms": {"schema": {"type": "integer"}}}, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             },
-            "schemas": schemas(&port)
+            "schemas": schemas(vips)
     })
 }
 
-fn schemas(port: &Value) -> Value {
-    let mut out = serde_json::Map::new();
-    out.extend(schemas_a(port));
-    out.extend(schemas_b(port));
-    Value::Object(out)
-}
-
-fn object(v: Value) -> serde_json::Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => serde_json::Map::new(),
+/// Every request and response body's schema, derived from the wire types
+/// (`model.rs`), so the document and the server cannot disagree on shape.
+fn schemas(vips: ipnet::IpNet) -> Value {
+    use crate::cloud::model::*;
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    let mut generator = settings.into_generator();
+    generator.subschema_for::<ErrorBody>();
+    generator.subschema_for::<Page<LoadBalancer>>();
+    generator.subschema_for::<CreateLoadBalancerRequest>();
+    generator.subschema_for::<UpdateLoadBalancerRequest>();
+    generator.subschema_for::<Page<Listener>>();
+    generator.subschema_for::<CreateListenerRequest>();
+    generator.subschema_for::<ListenerSettings>();
+    generator.subschema_for::<Page<BackendServerGroup>>();
+    generator.subschema_for::<CreateBackendServerGroupRequest>();
+    generator.subschema_for::<ServersRequest>();
+    generator.subschema_for::<Page<Acl>>();
+    generator.subschema_for::<CreateAclRequest>();
+    generator.subschema_for::<UpdateAclRequest>();
+    generator.subschema_for::<crate::cloud::FaultConfig>();
+    generator.subschema_for::<crate::cloud::ApiStats>();
+    let mut schemas = generator.take_definitions(true);
+    // A requested VIP must lie in this cloud's range: say which.
+    if let Some(address) = schemas
+        .get_mut("CreateLoadBalancerRequest")
+        .and_then(|r| r["properties"].get_mut("address"))
+    {
+        *address = requested_vip_schema(vips);
     }
+    Value::Object(schemas)
 }
 
-fn schemas_a(port: &Value) -> serde_json::Map<String, Value> {
-    object(json!({
-                "Error": {"type": "object", "required": ["code", "message", "request_id"], "properties": {"code": {"type": "string", "example": "InvalidParameter"}, "message": {"type": "string"}, "request_id": {"type": "string"}}},
-                "Tags": {"type": "object", "additionalProperties": {"type": "string"}},
-                "LoadBalancer": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "address": {"type": "string"}, "address_type": {"type": "string", "enum": ["internet", "intranet"]}, "spec": {"type": "string"}, "tags": {"$ref": "#/components/schemas/Tags"}, "created_at": {"type": "integer"}}},
-                "LoadBalancerPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/LoadBalancer"}}, "next_page_token": {"type": "string"}}},
-                "CreateLoadBalancerRequest": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {"name": {"type": "string", "maxLength": 80}, "address_type": {"type": "string", "enum": ["internet", "intranet"]}, "spec": {"type": "string", "enum": crate::cloud::model::BALANCER_SPECS}, "address": {"type": "string"}, "tags": {"$ref": "#/components/schemas/Tags"}}},
-                "UpdateLoadBalancerRequest": {"type": "object", "additionalProperties": false, "properties": {"name": {"type": "string"}, "spec": {"type": "string"}, "add_tags": {"$ref": "#/components/schemas/Tags"}, "remove_tags": {"type": "array", "items": {"type": "string"}}}},
-                "HealthCheck": {"type": "object", "additionalProperties": false, "properties": {"enabled": {"type": "boolean", "default": true}, "type": {"type": "string", "enum": ["tcp", "http"]}, "port": port, "path": {"type": "string"}, "interval_seconds": {"type": "integer", "minimum": 1, "maximum": 50, "default": 2}, "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 300, "default": 5}, "healthy_threshold": {"type": "integer", "minimum": 2, "maximum": 10, "default": 3}, "unhealthy_threshold": {"type": "integer", "minimum": 2, "maximum": 10, "default": 3}}},
-                "ListenerSettings": {"type": "object", "additionalProperties": false, "required": ["backend_server_group_id"], "properties": {"backend_server_group_id": {"type": "string"}, "health_check": {"$ref": "#/components/schemas/HealthCheck"}, "scheduler": {"type": "string", "enum": ["wrr", "wlc"]}, "acl": {"type": "object", "properties": {"acl_id": {"type": "string"}, "mode": {"type": "string", "enum": ["white", "black"]}}}, "sticky_session": {"type": "object", "properties": {"timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 86400}}}, "description": {"type": "string"}}},
-                "CreateListenerRequest": {"allOf": [{"type": "object", "required": ["port", "protocol"], "properties": {"port": port, "protocol": {"type": "string", "enum": ["tcp", "udp"]}}}, {"$ref": "#/components/schemas/ListenerSettings"}]},
-                "Listener": {"allOf": [{"type": "object", "properties": {"id": {"type": "string"}, "load_balancer_id": {"type": "string"}, "port": port, "protocol": {"type": "string"}}}, {"$ref": "#/components/schemas/ListenerSettings"}]},
-    }))
-}
-
-fn schemas_b(port: &Value) -> serde_json::Map<String, Value> {
-    object(json!({
-                "ListenerPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Listener"}}, "next_page_token": {"type": "string"}}},
-                "BackendServer": {"type": "object", "additionalProperties": false, "required": ["address", "port"], "properties": {"address": {"type": "string"}, "port": port, "weight": {"type": "integer", "minimum": 0, "maximum": 100, "default": 100}, "description": {"type": "string"}}},
-                "BackendServerGroup": {"type": "object", "properties": {"id": {"type": "string"}, "load_balancer_id": {"type": "string"}, "name": {"type": "string"}, "servers": {"type": "array", "items": {"$ref": "#/components/schemas/BackendServer"}}}},
-                "BackendServerGroupPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/BackendServerGroup"}}, "next_page_token": {"type": "string"}}},
-                "CreateBackendServerGroupRequest": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {"name": {"type": "string"}, "servers": {"type": "array", "items": {"$ref": "#/components/schemas/BackendServer"}}}},
-                "ServersRequest": {"type": "object", "additionalProperties": false, "required": ["servers"], "properties": {"servers": {"type": "array", "items": {"$ref": "#/components/schemas/BackendServer"}}}},
-                "AclEntry": {"type": "object", "additionalProperties": false, "required": ["cidr"], "properties": {"cidr": {"type": "string", "example": "10.0.0.0/8"}, "description": {"type": "string"}}},
-                "Acl": {"type": "object", "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AclEntry"}}, "tags": {"$ref": "#/components/schemas/Tags"}}},
-                "AclPage": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Acl"}}, "next_page_token": {"type": "string"}}},
-                "CreateAclRequest": {"type": "object", "additionalProperties": false, "required": ["name"], "properties": {"name": {"type": "string"}, "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AclEntry"}}, "tags": {"$ref": "#/components/schemas/Tags"}}},
-                "UpdateAclRequest": {"type": "object", "additionalProperties": false, "required": ["entries"], "properties": {"name": {"type": "string"}, "entries": {"type": "array", "items": {"$ref": "#/components/schemas/AclEntry"}}}},
-                "FaultRule": {"type": "object", "additionalProperties": false, "properties": {"latency_ms": {"type": "integer"}, "error_rate": {"type": "number", "minimum": 0, "maximum": 1}, "error_every": {"type": "integer"}, "throttle_rate": {"type": "number", "minimum": 0, "maximum": 1}, "throttle_every": {"type": "integer"}, "retry_after_ms": {"type": "integer"}}},
-                "FaultConfig": {"type": "object", "additionalProperties": false, "properties": {"default": {"$ref": "#/components/schemas/FaultRule"}, "operations": {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/FaultRule"}}}},
-                "ApiStats": {"type": "object", "properties": {"calls": {"type": "object", "additionalProperties": {"type": "integer"}}, "mutating_calls": {"type": "integer"}, "faults_injected": {"type": "integer"}, "errors": {"type": "object", "additionalProperties": {"type": "integer"}}}}
-    }))
+/// An address inside `vips` (IPv4: a pattern over its octets), or none.
+/// An IPv6 range is not described by a pattern: the document then only
+/// allows leaving the address to the cloud, which is narrower than the
+/// server, so still true.
+fn requested_vip_schema(vips: ipnet::IpNet) -> Value {
+    let ipnet::IpNet::V4(net) = vips else {
+        return json!({"type": "null", "description": "leave it out: the cloud picks a VIP"});
+    };
+    let any = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])".to_string();
+    let octets = net.network().octets();
+    let prefix = usize::from(net.prefix_len());
+    let parts: Vec<String> = (0..4)
+        .map(|i| {
+            let fixed_bits = prefix.saturating_sub(i * 8).min(8);
+            match fixed_bits {
+                0 => any.clone(),
+                8 => octets[i].to_string(),
+                bits => {
+                    let size = 1u16 << (8 - bits);
+                    let from = u16::from(octets[i]);
+                    let choices: Vec<String> = (from..from + size).map(|v| v.to_string()).collect();
+                    format!("({})", choices.join("|"))
+                }
+            }
+        })
+        .collect();
+    json!({
+        "anyOf": [
+            {"type": "string", "pattern": format!("^{}$", parts.join("\\."))},
+            {"type": "null"}
+        ],
+        "description": format!("a VIP inside {vips}, free; leave it out to let the cloud pick one")
+    })
 }

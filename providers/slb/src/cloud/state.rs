@@ -18,7 +18,6 @@ use crate::forwarding::{
     Scheduler, Transport,
 };
 
-const MAX_TAGS: usize = 20;
 /// Largest page a list call may ask for.
 pub const MAX_PAGE_SIZE: usize = 100;
 pub const DEFAULT_PAGE_SIZE: usize = 50;
@@ -224,54 +223,54 @@ fn check_health(field: &str, hc: &HealthCheck) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_servers(field: &str, servers: &[BackendServer]) -> Result<(), ApiError> {
-    let mut seen = BTreeSet::new();
-    for (i, s) in servers.iter().enumerate() {
-        let port = check_port(&format!("{field}[{i}].port"), s.port)?;
+/// Validate `servers` and fold repeats: a server (address and port) listed
+/// more than once counts once, as its last listing says (a set, as the
+/// document's schema can describe it).
+fn check_servers(field: &str, servers: Vec<BackendServer>) -> Result<Vec<BackendServer>, ApiError> {
+    let mut out: Vec<BackendServer> = Vec::with_capacity(servers.len());
+    for (i, s) in servers.into_iter().enumerate() {
+        check_port(&format!("{field}[{i}].port"), s.port)?;
         check_range(&format!("{field}[{i}].weight"), s.weight, 0, 100)?;
         check_description(&format!("{field}[{i}].description"), &s.description)?;
-        if !seen.insert((s.address, port)) {
-            return Err(ApiError::invalid(
-                format!("{field}[{i}]"),
-                format!("server {}:{port} is listed twice", s.address),
-            ));
+        match out
+            .iter_mut()
+            .find(|o| o.address == s.address && o.port == s.port)
+        {
+            Some(earlier) => *earlier = s,
+            None => out.push(s),
         }
     }
-    Ok(())
+    Ok(out)
 }
 
-fn parse_entries(field: &str, entries: &[AclEntry]) -> Result<Vec<IpNet>, ApiError> {
-    let mut nets = Vec::with_capacity(entries.len());
-    let mut seen = BTreeSet::new();
-    for (i, e) in entries.iter().enumerate() {
-        let net: IpNet = e.cidr.trim().parse().map_err(|_| {
-            ApiError::invalid(
-                format!("{field}[{i}].cidr"),
-                format!("{:?} is not a CIDR such as 10.0.0.0/8", e.cidr),
-            )
-        })?;
+/// Parse the entries' CIDRs, folding repeats: a CIDR listed more than once
+/// counts once, with its last description.
+fn parse_entries(field: &str, entries: Vec<AclEntry>) -> Result<Vec<AclEntry>, ApiError> {
+    let mut out: Vec<(IpNet, AclEntry)> = Vec::with_capacity(entries.len());
+    for (i, e) in entries.into_iter().enumerate() {
+        let net: IpNet = e
+            .cidr
+            .trim()
+            .parse::<IpNet>()
+            .map_err(|_| {
+                ApiError::invalid(
+                    format!("{field}[{i}].cidr"),
+                    format!("{:?} is not a CIDR such as 10.0.0.0/8", e.cidr),
+                )
+            })?
+            .trunc();
         check_description(&format!("{field}[{i}].description"), &e.description)?;
-        if !seen.insert(net) {
-            return Err(ApiError::invalid(
-                format!("{field}[{i}].cidr"),
-                format!("{net} is listed twice"),
-            ));
-        }
-        nets.push(net);
-    }
-    Ok(nets)
-}
-
-/// Normalise entries to their canonical CIDR text (validated already).
-fn normalise_entries(entries: Vec<AclEntry>, nets: &[IpNet]) -> Vec<AclEntry> {
-    entries
-        .into_iter()
-        .zip(nets)
-        .map(|(e, n)| AclEntry {
-            cidr: n.to_string(),
+        // Canonical text, so `10.0.0.1/8` and `10.0.0.0/8` are one entry.
+        let entry = AclEntry {
+            cidr: net.to_string(),
             description: e.description,
-        })
-        .collect()
+        };
+        match out.iter_mut().find(|(n, _)| *n == net) {
+            Some(earlier) => earlier.1 = entry,
+            None => out.push((net, entry)),
+        }
+    }
+    Ok(out.into_iter().map(|(_, e)| e).collect())
 }
 
 /// A validated page request.
@@ -431,6 +430,13 @@ impl Store {
         req: CreateLoadBalancerRequest,
         token: Option<&str>,
     ) -> Result<Created<LoadBalancer>, ApiError> {
+        // A bad request is refused even when its token was seen before.
+        check_name("name", &req.name)?;
+        let spec = req
+            .spec
+            .unwrap_or_else(|| DEFAULT_BALANCER_SPEC.to_string());
+        check_spec("spec", &spec)?;
+        check_tags("tags", &req.tags)?;
         if let Some(id) = self.token_lookup("lb", token)
             && let Some(lb) = self.balancers.get(id)
         {
@@ -439,12 +445,6 @@ impl Store {
                 replayed: true,
             });
         }
-        check_name("name", &req.name)?;
-        let spec = req
-            .spec
-            .unwrap_or_else(|| DEFAULT_BALANCER_SPEC.to_string());
-        check_spec("spec", &spec)?;
-        check_tags("tags", &req.tags)?;
         if self.balancers.len() >= config.quotas.balancers {
             return Err(ApiError::quota("balancers", config.quotas.balancers));
         }
@@ -600,6 +600,7 @@ impl Store {
         token: Option<&str>,
     ) -> Result<(Created<Listener>, Effects), ApiError> {
         self.balancer(lb)?;
+        let port = check_port("port", req.port)?;
         if let Some(id) = self.token_lookup("listener", token)
             && let Some(l) = self.listeners.get(id)
             && l.load_balancer_id == lb
@@ -612,7 +613,6 @@ impl Store {
                 Effects::default(),
             ));
         }
-        let port = check_port("port", req.port)?;
         let settings = req.settings();
         self.check_settings(lb, &settings)?;
         let existing: Vec<&Listener> = self
@@ -717,6 +717,8 @@ impl Store {
         token: Option<&str>,
     ) -> Result<Created<BackendServerGroup>, ApiError> {
         self.balancer(lb)?;
+        check_name("name", &req.name)?;
+        let servers = check_servers("servers", req.servers)?;
         if let Some(id) = self.token_lookup("group", token)
             && let Some(g) = self.groups.get(id)
             && g.load_balancer_id == lb
@@ -726,9 +728,7 @@ impl Store {
                 replayed: true,
             });
         }
-        check_name("name", &req.name)?;
-        check_servers("servers", &req.servers)?;
-        if req.servers.len() > quotas.servers_per_group {
+        if servers.len() > quotas.servers_per_group {
             return Err(ApiError::quota(
                 "servers_per_group",
                 quotas.servers_per_group,
@@ -749,7 +749,7 @@ impl Store {
             id: new_id("sg"),
             load_balancer_id: lb.to_string(),
             name: req.name,
-            servers: req.servers,
+            servers,
         };
         self.remember_token("group", token, &group.id);
         self.groups.insert(group.id.clone(), group.clone());
@@ -783,7 +783,7 @@ impl Store {
         servers: Vec<BackendServer>,
     ) -> Result<(BackendServerGroup, Effects), ApiError> {
         let mut group = self.group_of(lb, id)?.clone();
-        check_servers("servers", &servers)?;
+        let servers = check_servers("servers", servers)?;
         if servers.len() > quotas.servers_per_group {
             return Err(ApiError::quota(
                 "servers_per_group",
@@ -818,7 +818,7 @@ impl Store {
         id: &str,
         add: Vec<BackendServer>,
     ) -> Result<(BackendServerGroup, Effects), ApiError> {
-        check_servers("servers", &add)?;
+        let add = check_servers("servers", add)?;
         let mut servers = self.group_of(lb, id)?.servers.clone();
         for new in add {
             match servers
@@ -886,6 +886,9 @@ impl Store {
         req: CreateAclRequest,
         token: Option<&str>,
     ) -> Result<Created<Acl>, ApiError> {
+        check_name("name", &req.name)?;
+        let entries = parse_entries("entries", req.entries)?;
+        check_tags("tags", &req.tags)?;
         if let Some(id) = self.token_lookup("acl", token)
             && let Some(acl) = self.acls.get(id)
         {
@@ -894,10 +897,7 @@ impl Store {
                 replayed: true,
             });
         }
-        check_name("name", &req.name)?;
-        let nets = parse_entries("entries", &req.entries)?;
-        check_tags("tags", &req.tags)?;
-        if req.entries.len() > quotas.entries_per_acl {
+        if entries.len() > quotas.entries_per_acl {
             return Err(ApiError::quota("entries_per_acl", quotas.entries_per_acl));
         }
         if self.acls.len() >= quotas.acls {
@@ -906,7 +906,7 @@ impl Store {
         let acl = Acl {
             id: new_id("acl"),
             name: req.name,
-            entries: normalise_entries(req.entries, &nets),
+            entries,
             tags: req.tags,
         };
         self.remember_token("acl", token, &acl.id);
@@ -941,11 +941,10 @@ impl Store {
             check_name("name", &name)?;
             acl.name = name;
         }
-        let nets = parse_entries("entries", &req.entries)?;
-        if req.entries.len() > quotas.entries_per_acl {
+        let entries = parse_entries("entries", req.entries)?;
+        if entries.len() > quotas.entries_per_acl {
             return Err(ApiError::quota("entries_per_acl", quotas.entries_per_acl));
         }
-        let entries = normalise_entries(req.entries, &nets);
         let changed = acl.entries != entries;
         acl.entries = entries;
         self.acls.insert(id.to_string(), acl.clone());
