@@ -366,3 +366,38 @@ async fn bulk_transfer_with_half_close_in_both_copy_modes() {
     })
     .await;
 }
+
+/// Removing a backend: once `apply` returns, no new TCP connection reaches
+/// it, even with every core busy (its open connections drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_gets_no_new_connection_after_apply() {
+    within(120, async {
+        let _load = CpuLoad::start(2);
+        for round in 0..20u8 {
+            let (a, b) = (Backend::name("a").await, Backend::name("b").await);
+            let dp = dataplane();
+            let vip = vip(FILE, 100 + round);
+            let both = listener(8200, Transport::Tcp)
+                .backends(&[a.addr, b.addr])
+                .build();
+            dp.apply(balancer("lb-removal", vip, vec![both]))
+                .await
+                .expect("apply");
+            let addr = SocketAddr::new(vip, 8200);
+            let first = ask(addr).await.expect("an answer");
+            let stays = if first == "a" { b.addr } else { a.addr };
+            let remaining = listener(8200, Transport::Tcp).backends(&[stays]).build();
+            dp.apply(balancer("lb-removal", vip, vec![remaining]))
+                .await
+                .expect("apply");
+            for _ in 0..20 {
+                let answer = ask(addr).await.expect("an answer");
+                assert_ne!(
+                    answer, first,
+                    "round {round}: the removed backend took a new connection"
+                );
+            }
+        }
+    })
+    .await;
+}
