@@ -129,7 +129,10 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let config = ControllerConfig {
         cluster,
-        class: args.load_balancer_class.clone(),
+        class: args
+            .load_balancer_class
+            .clone()
+            .unwrap_or_else(|| args.provider.default_class()),
         claim_classless: args
             .claim_classless
             .unwrap_or_else(|| args.provider.claims_classless_by_default()),

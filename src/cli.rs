@@ -7,8 +7,6 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
-use crate::config::DEFAULT_CLASS;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "portico",
@@ -51,6 +49,14 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// The `spec.loadBalancerClass` answered to when none is configured.
+    pub fn default_class(self) -> String {
+        match self {
+            ProviderKind::Slb => crate::config::DEFAULT_CLASS.to_string(),
+            ProviderKind::Aws => "portico.io/aws".to_string(),
+        }
+    }
+
     /// Whether Services without a class are claimed when the flag is not
     /// given: on AWS the cluster usually has a cloud controller of its own
     /// (EKS's) serving them, so portico waits to be asked by class.
@@ -81,8 +87,9 @@ pub struct RunArgs {
     #[arg(long, env = "PORTICO_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
     /// The spec.loadBalancerClass this controller answers to.
-    #[arg(long, default_value = DEFAULT_CLASS, env = "PORTICO_LOAD_BALANCER_CLASS")]
-    pub load_balancer_class: String,
+    /// Default: `portico.io/<provider>` (`portico.io/slb`, `portico.io/aws`).
+    #[arg(long, env = "PORTICO_LOAD_BALANCER_CLASS")]
+    pub load_balancer_class: Option<String>,
     /// Also take Services without a loadBalancerClass (be the cluster's
     /// default). Default per provider: slb yes; aws no (EKS's own cloud
     /// controller already serves class-less Services).

@@ -38,3 +38,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "provider: arp (bare metal: IP pools and the ARP speaker) is not available in this version; use slb or aws" -}}
 {{- end -}}
 {{- end -}}
+
+{{- define "portico.loadBalancerClass" -}}
+{{- default (printf "portico.io/%s" .Values.provider) .Values.loadBalancerClass -}}
+{{- end -}}
