@@ -171,22 +171,24 @@ impl Context {
         result
     }
 
+    /// Write `update` unless the Service shows it already; whether it wrote.
     async fn patch_status(
         &self,
         api: &Api<Service>,
         svc: &Service,
         update: StatusUpdate,
-    ) -> Result<(), Error> {
-        if let Some(patch) = status::status_patch(svc, &update, Timestamp::now()) {
-            api.patch_status(
-                &svc.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-            .map_err(Error::kube("patching Service status"))?;
-        }
-        Ok(())
+    ) -> Result<bool, Error> {
+        let Some(patch) = status::status_patch(svc, &update, Timestamp::now()) else {
+            return Ok(false);
+        };
+        api.patch_status(
+            &svc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map_err(Error::kube("patching Service status"))?;
+        Ok(true)
     }
 
     /// Wait for the first node list, then hand out the eligible targets.
@@ -441,10 +443,9 @@ async fn stand_back(svc: &Service, ctx: &Context, conflict: Conflict) -> Result<
         condition: Some(Some(Readiness::conflict(conflict.message.clone()))),
     };
     // The condition doubles as the record that the Event was sent.
-    if status::status_patch(svc, &update, Timestamp::now()).is_some() {
+    if ctx.patch_status(&api, svc, update).await? {
         ctx.event(svc, EventType::Warning, CONFLICT_REASON, conflict.message)
             .await;
-        ctx.patch_status(&api, svc, update).await?;
     }
     ctx.metrics.reconciled("conflict");
     Ok(Action::requeue(ctx.resync_after()))
@@ -471,15 +472,14 @@ async fn cleanup(svc: &Service, ctx: &Context, plan: CleanupPlan) -> Result<Acti
             }
         }
     }
-    if plan.release_finalizer || plan.ownership == Ownership::IfBalancerFound {
-        ctx.event(
-            svc,
-            EventType::Normal,
-            "DeletingLoadBalancer",
-            "Deleting load balancer".into(),
-        )
-        .await;
-    }
+    // Past this point the Service is portico's (claimed, or its balancer found).
+    ctx.event(
+        svc,
+        EventType::Normal,
+        "DeletingLoadBalancer",
+        "Deleting load balancer".into(),
+    )
+    .await;
     if let Err(err) = ctx
         .provider_call("delete", ctx.provider.delete(&plan.key))
         .await
@@ -510,15 +510,13 @@ async fn cleanup(svc: &Service, ctx: &Context, plan: CleanupPlan) -> Result<Acti
     if plan.release_finalizer {
         remove_finalizer(&api, svc).await?;
     }
-    if plan.release_finalizer || plan.ownership == Ownership::IfBalancerFound {
-        ctx.event(
-            svc,
-            EventType::Normal,
-            "DeletedLoadBalancer",
-            "Deleted load balancer".into(),
-        )
-        .await;
-    }
+    ctx.event(
+        svc,
+        EventType::Normal,
+        "DeletedLoadBalancer",
+        "Deleted load balancer".into(),
+    )
+    .await;
     info!(reason = ?plan.reason, "load balancer deleted");
     ctx.forget(&obj);
     ctx.metrics.reconciled("deleted");

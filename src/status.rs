@@ -187,14 +187,16 @@ pub fn status_patch(svc: &Service, update: &StatusUpdate, now: Timestamp) -> Opt
     if patch.is_empty() {
         return None;
     }
-    let mut body = json!({ "status": Value::Object(patch.clone()) });
     // A merge patch replaces the conditions list whole, and it was built from
     // the cache: guard it with the resourceVersion it was built from, so a
     // condition another controller added meanwhile is never lost (the write
     // fails with 409 and the reconcile retries on a fresh copy).
-    if patch.contains_key("conditions")
-        && let Some(rv) = svc.metadata.resource_version.as_deref()
-    {
+    let guard = patch
+        .contains_key("conditions")
+        .then_some(svc.metadata.resource_version.as_deref())
+        .flatten();
+    let mut body = json!({ "status": Value::Object(patch) });
+    if let Some(rv) = guard {
         body["metadata"] = json!({ "resourceVersion": rv });
     }
     Some(body)

@@ -23,21 +23,8 @@ const RELEASE: &str = "chart-test";
 const NAMESPACE: &str = "portico-chart";
 const FULLNAME: &str = "chart-test-portico";
 
-fn helm(args: &[&str]) -> String {
-    let kubeconfig = std::env::var("PORTICO_REAL_KUBECONFIG").expect("PORTICO_REAL_KUBECONFIG");
-    let output = Command::new(tool("helm"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("run helm (scripts/tools.sh installs it)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "helm {args:?}: {}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+async fn helm(args: &[&str]) -> String {
+    on_real_cluster("helm", args).await
 }
 
 fn free_addr() -> SocketAddr {
@@ -132,7 +119,8 @@ async fn install_upgrade_uninstall(backend: Backend) {
             NAMESPACE,
             "--ignore-not-found",
             "--wait",
-        ]);
+        ])
+        .await;
 
         // The cloud, as its own server (the chart points at it).
         let cloud_addr = free_addr();
@@ -164,7 +152,8 @@ async fn install_upgrade_uninstall(backend: Backend) {
             "--create-namespace",
             "--set",
             &endpoint,
-        ]);
+        ])
+        .await;
 
         // Every object was accepted by the real API server, as rendered.
         let admin = &plane.admin;
@@ -217,7 +206,8 @@ async fn install_upgrade_uninstall(backend: Backend) {
             "--reuse-values",
             "--set",
             "workers=8",
-        ]);
+        ])
+        .await;
         drop(controller);
         let args = Api::<Deployment>::namespaced(admin.clone(), NAMESPACE)
             .get(FULLNAME)
@@ -249,7 +239,7 @@ async fn install_upgrade_uninstall(backend: Backend) {
 
         // Uninstall: the controller goes; a LoadBalancer Service deleted
         // afterwards waits on its finalizer, and its balancer stays.
-        helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait"]);
+        helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait"]).await;
         drop(controller);
         assert!(
             Api::<ClusterRole>::all(admin.clone())
@@ -267,7 +257,8 @@ async fn install_upgrade_uninstall(backend: Backend) {
         // As NOTES.txt says: installing again finishes the clean-up.
         helm(&[
             "install", RELEASE, chart, "-n", NAMESPACE, "--set", &endpoint,
-        ]);
+        ])
+        .await;
         let controller = run_as_the_pod(&plane, dir.path()).await;
         eventually("Service deleted once portico is back", 60, || async {
             env.get("web").await.is_none().then_some(())
@@ -275,7 +266,7 @@ async fn install_upgrade_uninstall(backend: Backend) {
         .await;
         assert_eq!(owned_balancers(&plane, &cloud).await, 0, "cloud empty");
         drop(controller);
-        helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait"]);
+        helm(&["uninstall", RELEASE, "-n", NAMESPACE, "--wait"]).await;
     })
     .await;
 }

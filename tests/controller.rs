@@ -497,31 +497,17 @@ async fn orphans_are_collected(backend: Backend) {
 async fn leader_election_one_acts_other_takes_over(backend: Backend) {
     within(90, async {
         let env = Env::api_only(backend, 1).await;
-        let lease = |id: &str| {
-            let mut l = portico::leader::LeaseConfig::new("kube-system", id.into());
-            l.duration = Duration::from_secs(3);
-            l.retry_period = Duration::from_millis(200);
-            l
-        };
         let a = env.replica(RecordingProvider::new(),
             test_config(),
-            Some(lease("replica-a")),
+            Some(fast_lease("replica-a")),
         );
         eventually("a leads", 10, || async {
-            let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-                kube::Api::namespaced(env.client.clone(), "kube-system");
-            leases
-                .get_opt("portico-controller")
-                .await
-                .ok()
-                .flatten()
-                .and_then(|l| l.spec?.holder_identity)
-                .filter(|h| h == "replica-a")
+            env.lease_holder().await.filter(|h| h == "replica-a")
         })
         .await;
         let b = env.replica(RecordingProvider::new(),
             test_config(),
-            Some(lease("replica-b")),
+            Some(fast_lease("replica-b")),
         );
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
@@ -539,16 +525,8 @@ async fn leader_election_one_acts_other_takes_over(backend: Backend) {
         let stopped = tokio::time::Instant::now();
         a.stop().await;
         // Released, not expired: b holds the lease well before the 3 s duration runs out.
-        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-            kube::Api::namespaced(env.client.clone(), "kube-system");
         loop {
-            let holder = leases
-                .get_opt("portico-controller")
-                .await
-                .ok()
-                .flatten()
-                .and_then(|l| l.spec?.holder_identity);
-            if holder.as_deref() == Some("replica-b") {
+            if env.lease_holder().await.as_deref() == Some("replica-b") {
                 break;
             }
             assert!(

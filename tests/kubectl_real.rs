@@ -9,18 +9,7 @@ use std::path::Path;
 use common::*;
 
 async fn run_kubectl(args: &[&str]) -> String {
-    let kubeconfig =
-        std::env::var("PORTICO_REAL_KUBECONFIG").expect("PORTICO_REAL_KUBECONFIG (control plane)");
-    let mut command = tokio::process::Command::new(tool("kubectl"));
-    command.arg("--kubeconfig").arg(kubeconfig).args(args);
-    let output = command.output().await.expect("run kubectl");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    on_real_cluster("kubectl", args).await
 }
 
 async fn kubectl_apply_get_describe(backend: Backend) {
@@ -52,19 +41,12 @@ async fn kubectl_apply_get_describe(backend: Backend) {
             "{checked}"
         );
 
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(&examples).expect("examples/") {
-            let path = entry.expect("entry").path();
-            if path.extension().is_none_or(|x| x != "yaml") {
-                continue;
-            }
-            let text = std::fs::read_to_string(path).expect("read");
-            for line in text.lines() {
-                if let Some(name) = line.strip_prefix("  name: ") {
-                    names.push(name.trim().to_string());
-                }
-            }
-        }
+        // The demo's reader of examples/ (top-level files) names them.
+        let names: Vec<String> = portico::demo::load_examples(&examples)
+            .expect("examples/")
+            .iter()
+            .map(kube::ResourceExt::name_any)
+            .collect();
         assert!(names.len() >= 3, "examples: {names:?}");
         for name in &names {
             env.ready(name).await;

@@ -12,56 +12,25 @@ use std::collections::BTreeSet;
 
 use common::rbac_manifest;
 use kube_standin::control_plane::{
-    AuditEvent, CONTROLLER_ACCOUNT, CONTROLLER_NAMESPACE, ControlPlane,
+    AuditEvent, CONTROLLER_ACCOUNT, CONTROLLER_NAMESPACE, ControlPlane, grants,
 };
-use serde::Deserialize;
 
 /// (API group, resource or resource/subresource, verb).
 type Permission = (String, String, String);
 
-#[derive(Deserialize)]
-struct Rule {
-    #[serde(rename = "apiGroups", default)]
-    api_groups: Vec<String>,
-    #[serde(default)]
-    resources: Vec<String>,
-    #[serde(default)]
-    verbs: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct RoleDoc {
-    kind: String,
-    #[serde(default)]
-    rules: Vec<Rule>,
-}
-
 /// Every (group, resource, verb) the roles in the manifest grant.
 fn granted() -> BTreeSet<Permission> {
-    let text = std::fs::read_to_string(rbac_manifest()).expect("read deploy/rbac.yaml");
-    let mut granted = BTreeSet::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let Ok(role) = RoleDoc::deserialize(doc) else {
-            continue;
-        };
-        if role.kind != "ClusterRole" && role.kind != "Role" {
-            continue;
-        }
-        for rule in role.rules {
-            for group in &rule.api_groups {
-                for resource in &rule.resources {
-                    for verb in &rule.verbs {
-                        assert!(
-                            group != "*" && resource != "*" && verb != "*",
-                            "wildcards are not least privilege: {group}/{resource} {verb}"
-                        );
-                        granted.insert((group.clone(), resource.clone(), verb.clone()));
-                    }
-                }
-            }
-        }
-    }
-    granted
+    grants(&rbac_manifest())
+        .expect("read deploy/rbac.yaml")
+        .into_iter()
+        .map(|g| {
+            assert!(
+                g.group != "*" && g.resource != "*" && g.verb != "*",
+                "wildcards are not least privilege: {g:?}"
+            );
+            (g.group, g.resource, g.verb)
+        })
+        .collect()
 }
 
 fn permission(event: &AuditEvent) -> Option<Permission> {

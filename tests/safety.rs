@@ -267,12 +267,6 @@ async fn gc_off_deletes_nothing(backend: Backend) {
 async fn deposed_leader_stops_at_once(backend: Backend) {
     within(90, async {
         let env = Env::api_only(backend, 1).await;
-        let lease = |id: &str| {
-            let mut l = portico::leader::LeaseConfig::new("kube-system", id.into());
-            l.duration = std::time::Duration::from_secs(3);
-            l.retry_period = std::time::Duration::from_millis(200);
-            l
-        };
         let quiet = portico::config::ControllerConfig {
             gc: false,
             ..test_config()
@@ -284,18 +278,10 @@ async fn deposed_leader_stops_at_once(backend: Backend) {
             client_through(&env, &link),
             slow.clone(),
             quiet.clone(),
-            Some(lease("replica-a")),
+            Some(fast_lease("replica-a")),
         );
-        let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
-            kube::Api::namespaced(env.client.clone(), "kube-system");
         eventually("a leads", 20, || async {
-            leases
-                .get_opt("portico-controller")
-                .await
-                .ok()
-                .flatten()
-                .and_then(|l| l.spec?.holder_identity)
-                .filter(|h| h == "replica-a")
+            env.lease_holder().await.filter(|h| h == "replica-a")
         })
         .await;
         env.create(svc("default", "web").lb().port(80, 30080).build())
@@ -305,7 +291,11 @@ async fn deposed_leader_stops_at_once(backend: Backend) {
         })
         .await;
         link.cut();
-        let b = env.replica(RecordingProvider::new(), quiet, Some(lease("replica-b")));
+        let b = env.replica(
+            RecordingProvider::new(),
+            quiet,
+            Some(fast_lease("replica-b")),
+        );
         eventually("b took over and serves web", 30, || async {
             b.provider.spec_for("default", "web")
         })

@@ -293,22 +293,8 @@ impl ControlPlane {
     ) -> Result<kube::Config, ControlPlaneError> {
         self.apply_manifest(manifest).await?;
         let user = Self::service_account_user(CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT);
-        self.wait_authorized(
-            &user,
-            &[
-                ("", "services", "watch", None),
-                ("", "nodes", "list", None),
-                ("", "services/status", "patch", Some("default")),
-                ("events.k8s.io", "events", "create", Some("default")),
-                (
-                    "coordination.k8s.io",
-                    "leases",
-                    "create",
-                    Some("kube-system"),
-                ),
-            ],
-        )
-        .await?;
+        let grants = grants(manifest)?;
+        self.wait_authorized(&user, &grants).await?;
         self.service_account_config(CONTROLLER_NAMESPACE, CONTROLLER_ACCOUNT)
             .await
     }
@@ -365,32 +351,32 @@ impl ControlPlane {
             .collect()
     }
 
-    /// Wait until the RBAC authorizer lets `user` do each of `checks`
-    /// (`(group, resource, verb, namespace)`): bindings just applied take a
-    /// moment to reach its cache.
+    /// Wait until the RBAC authorizer lets `user` do each of `grants`:
+    /// bindings just applied take a moment to reach its cache.
     pub async fn wait_authorized(
         &self,
         user: &str,
-        checks: &[(&str, &str, &str, Option<&str>)],
+        grants: &[Grant],
     ) -> Result<(), ControlPlaneError> {
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
         };
         let reviews: Api<SubjectAccessReview> = Api::all(self.admin.clone());
-        for (group, resource, verb, namespace) in checks {
-            let (resource, subresource) = match resource.split_once('/') {
-                Some((r, s)) => (r, Some(s.to_string())),
-                None => (*resource, None),
+        for grant in grants {
+            let (resource, subresource) = match grant.resource.split_once('/') {
+                Some((r, s)) => (r.to_string(), Some(s.to_string())),
+                None => (grant.resource.clone(), None),
             };
             let review = SubjectAccessReview {
                 spec: SubjectAccessReviewSpec {
                     user: Some(user.to_string()),
                     resource_attributes: Some(ResourceAttributes {
-                        group: Some(group.to_string()),
-                        resource: Some(resource.to_string()),
-                        subresource: subresource.clone(),
-                        verb: Some(verb.to_string()),
-                        namespace: namespace.map(str::to_string),
+                        group: Some(grant.group.clone()),
+                        resource: Some(resource),
+                        subresource,
+                        verb: Some(grant.verb.clone()),
+                        namespace: grant.namespace.clone(),
+                        name: grant.name.clone(),
                         ..Default::default()
                     }),
                     ..Default::default()
@@ -412,7 +398,7 @@ impl ControlPlane {
             if !allowed {
                 return Err(ControlPlaneError::Manifest {
                     path: PathBuf::from("deploy/rbac.yaml"),
-                    message: format!("{user} may not {verb} {group}/{resource} after 10 s"),
+                    message: format!("{user} may not {grant:?} after 10 s"),
                 });
             }
         }
@@ -438,6 +424,67 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
+
+/// One permission a manifest's Roles and ClusterRoles grant: API group,
+/// `resource` or `resource/subresource`, verb, and where (the Role's
+/// namespace; the first of its resourceNames, if it names any).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Grant {
+    pub group: String,
+    pub resource: String,
+    pub verb: String,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Every permission the Roles and ClusterRoles of `manifest` grant.
+pub fn grants(manifest: &Path) -> Result<Vec<Grant>, ControlPlaneError> {
+    use k8s_openapi::api::rbac::v1::PolicyRule;
+    let text = std::fs::read_to_string(manifest).map_err(|source| ControlPlaneError::Io {
+        path: manifest.to_path_buf(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value =
+            serde_json::Value::deserialize(doc).map_err(|e| ControlPlaneError::Manifest {
+                path: manifest.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        if !matches!(value["kind"].as_str(), Some("Role" | "ClusterRole")) {
+            continue;
+        }
+        let namespace = value["metadata"]["namespace"].as_str().map(str::to_string);
+        let rules: Vec<PolicyRule> =
+            serde_json::from_value(value["rules"].clone()).map_err(|e| {
+                ControlPlaneError::Manifest {
+                    path: manifest.to_path_buf(),
+                    message: e.to_string(),
+                }
+            })?;
+        for rule in rules {
+            let name = rule
+                .resource_names
+                .as_ref()
+                .and_then(|n| n.first())
+                .cloned();
+            for group in rule.api_groups.iter().flatten() {
+                for resource in rule.resources.iter().flatten() {
+                    for verb in &rule.verbs {
+                        out.push(Grant {
+                            group: group.clone(),
+                            resource: resource.clone(),
+                            verb: verb.clone(),
+                            namespace: namespace.clone(),
+                            name: name.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn gone_is_ok<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {

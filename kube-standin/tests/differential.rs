@@ -75,7 +75,10 @@ async fn namespace(client: &Client, name: &str) {
 /// Run `probe` on both servers and require the same observations.
 async fn same_on_both(name: &str, probe: Probe) {
     timed(60, async {
-        let ns = format!("diff-{name}-{:06x}", rand_suffix());
+        let ns = format!(
+            "diff-{name}-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let server = ApiServer::start().await.expect("stand-in starts");
         let standin = client(&server).await;
         let plane = ControlPlane::connect()
@@ -105,14 +108,6 @@ async fn same_on_both(name: &str, probe: Probe) {
         );
     })
     .await;
-}
-
-fn rand_suffix() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    nanos ^ std::process::id()
 }
 
 fn service(name: &str, spec: Value) -> Service {

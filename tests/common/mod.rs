@@ -244,6 +244,18 @@ impl Env {
         }
     }
 
+    /// Who holds the controller's Lease in `kube-system` now, if anyone.
+    pub async fn lease_holder(&self) -> Option<String> {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), "kube-system");
+        leases
+            .get_opt("portico-controller")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+    }
+
     /// Break every open watch: the stand-in closes them; the real control
     /// plane restarts kube-apiserver (etcd keeps the state).
     pub async fn break_watches(&self) {
@@ -401,6 +413,35 @@ pub fn tool(name: &str) -> std::path::PathBuf {
         .unwrap_or_else(|| {
             panic!("{name}: run scripts/tools.sh (scripts/test.sh does) to install it")
         })
+}
+
+/// A Lease for replica `id` with fast timings (3 s, renewed every 200 ms).
+pub fn fast_lease(id: &str) -> LeaseConfig {
+    let mut lease = LeaseConfig::new("kube-system", id.into());
+    lease.duration = Duration::from_secs(3);
+    lease.retry_period = Duration::from_millis(200);
+    lease
+}
+
+/// Run the real `kubectl` or `helm` against the real control plane; its
+/// stdout, or a panic with what it said.
+pub async fn on_real_cluster(name: &str, args: &[&str]) -> String {
+    let kubeconfig =
+        std::env::var("PORTICO_REAL_KUBECONFIG").expect("PORTICO_REAL_KUBECONFIG (control plane)");
+    let output = tokio::process::Command::new(tool(name))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run {name}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{name} {args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 /// A relay to the API server the test can cut (see [`client_through`]).

@@ -163,7 +163,18 @@ impl Backend {
     /// Whether passive health checking has taken the backend out for now.
     pub(crate) fn is_ejected(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
+        if until == 0 {
+            return false;
+        }
+        if now_ms() < until {
+            return true;
+        }
+        // The cool-down is over: later picks skip the clock (a concurrent
+        // new ejection wins over this reset).
+        let _ = self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::SeqCst, Ordering::Relaxed);
+        false
     }
 
     pub(crate) fn active(&self) -> u64 {

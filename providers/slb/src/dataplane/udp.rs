@@ -103,16 +103,26 @@ pub(crate) async fn serve(shared: Arc<ListenerShared>, socket: Arc<UdpSocket>) {
                     trace!(%client, "datagram refused by access control");
                     continue;
                 }
-                // A session to a removed backend ends here, before its
-                // next datagram could reach it.
-                if sessions.get(&client).is_some_and(|s| s.backend.is_removed())
-                    && let Some(old) = sessions.remove(&client)
-                {
-                    trace!(%client, backend = %old.backend.addr, "udp session to a removed backend ended");
-                    old.stop.cancel();
-                }
                 let at_cap = sessions.len() >= shared.settings.max_udp_sessions;
                 let session = match sessions.entry(client) {
+                    // A session to a removed backend ends here, before its
+                    // next datagram could reach it; the client moves to a
+                    // configured backend.
+                    Entry::Occupied(mut e) if e.get().backend.is_removed() => {
+                        trace!(%client, backend = %e.get().backend.addr, "udp session to a removed backend ended");
+                        e.get().stop.cancel();
+                        next_id += 1;
+                        match open(&shared, &socket, client, next_id, &ended_tx, clock) {
+                            Some(s) => {
+                                e.insert(s);
+                                e.into_mut()
+                            }
+                            None => {
+                                e.remove();
+                                continue;
+                            }
+                        }
+                    }
                     Entry::Occupied(e) => e.into_mut(),
                     Entry::Vacant(_) if at_cap => {
                         shared.metrics.udp_session_limit.inc();
