@@ -171,13 +171,8 @@ async fn another_controllers_address_is_not_overwritten(backend: Backend) {
         assert_eq!(ingress_ip(&svc).as_deref(), Some("198.51.100.77"), "address kept");
         assert!(!has_finalizer(&svc), "no finalizer added");
         assert_eq!(replica.provider.creates(), 0, "nothing created");
-        let events = env.events("served").await;
-        assert!(
-            events
-                .iter()
-                .any(|(t, r, n)| t == "Warning" && r == "ConflictingController" && n.contains("198.51.100.77")),
-            "{events:?}"
-        );
+        let note = env.event("served", "Warning", "ConflictingController").await;
+        assert!(note.contains("198.51.100.77"), "{note}");
         replica.stop().await;
     })
     .await;
@@ -217,14 +212,7 @@ async fn long_errors_still_make_an_event(backend: Backend) {
         let replica = env.replica(provider, test_config(), None);
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
-        let note = eventually("SyncLoadBalancerFailed event", 20, || async {
-            env.events("web")
-                .await
-                .into_iter()
-                .find(|(_, r, _)| r == "SyncLoadBalancerFailed")
-                .map(|(_, _, n)| n)
-        })
-        .await;
+        let note = env.event("web", "Warning", "SyncLoadBalancerFailed").await;
         assert!(note.len() <= 1024, "note of {} bytes", note.len());
         assert!(note.ends_with('…'), "cut notes say so");
         replica.stop().await;

@@ -323,6 +323,20 @@ impl Env {
             .collect()
     }
 
+    /// Wait for an Event of `type_` and `reason` about Service `name`, and
+    /// return its note. Events are posted beside the status write, not
+    /// before it, so a test that saw the status must still wait for them.
+    pub async fn event(&self, name: &str, type_: &str, reason: &str) -> String {
+        eventually(&format!("{type_} {reason} event on {name}"), 20, || async {
+            self.events(name)
+                .await
+                .into_iter()
+                .find(|(t, r, _)| t == type_ && r == reason)
+                .map(|(_, _, note)| note)
+        })
+        .await
+    }
+
     /// Wait until Service `name` shows an EXTERNAL-IP, and return it.
     pub async fn ready(&self, name: &str) -> Service {
         eventually(&format!("{name} has an EXTERNAL-IP"), 20, || async {
