@@ -14,7 +14,7 @@ use kube::runtime::controller::{Action, Config as RuntimeConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::utils::PredicateConfig;
 use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
-use portico_provider::{LoadBalancerProvider, LoadBalancerSpec, ProviderError, Targets};
+use portico_provider::{DynProvider, LoadBalancerSpec, ProviderError};
 use rand::Rng;
 use serde_json::json;
 use tokio::sync::watch;
@@ -81,7 +81,7 @@ struct Memory {
 /// Shared state of one controller run.
 pub struct Context {
     client: Client,
-    provider: Arc<dyn LoadBalancerProvider>,
+    provider: Arc<dyn DynProvider>,
     config: ControllerConfig,
     targets: watch::Receiver<Option<TargetSnapshot>>,
     recorder: Recorder,
@@ -228,17 +228,36 @@ fn truncate_note(note: String) -> String {
 /// fingerprint of the snapshot the spec was built from, so no reconcile
 /// walks the node list to hash it.
 fn spec_hashes(spec: &LoadBalancerSpec, targets: u64) -> (u64, u64) {
-    let hash = |value: &dyn Fn(&mut DefaultHasher)| {
-        let mut h = DefaultHasher::new();
-        value(&mut h);
-        h.finish()
-    };
-    let without_targets = LoadBalancerSpec {
-        targets: Targets::default(),
-        ..spec.clone()
-    };
-    let rest = hash(&|h| without_targets.hash(h));
-    (hash(&|h| (rest, targets).hash(h)), rest)
+    // Every field but the targets, named so a new field is not forgotten.
+    let LoadBalancerSpec {
+        key,
+        listeners,
+        targets: _,
+        health_check,
+        source_ranges,
+        requested_ips,
+        ip_families,
+        traffic_policy,
+        session_affinity,
+        annotations,
+    } = spec;
+    let mut h = DefaultHasher::new();
+    (
+        key,
+        listeners,
+        health_check,
+        source_ranges,
+        requested_ips,
+        ip_families,
+        traffic_policy,
+        session_affinity,
+        annotations,
+    )
+        .hash(&mut h);
+    let rest = h.finish();
+    let mut h = DefaultHasher::new();
+    (rest, targets).hash(&mut h);
+    (h.finish(), rest)
 }
 
 /// Reconcile one Service: plan, then carry the plan out.
@@ -254,10 +273,7 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
             .lock(&svc.namespace().unwrap_or_default(), &svc.name_any())
             .await;
         let targets = ctx.eligible_targets().await?;
-        let provider = ctx.provider.clone();
-        let plan = plan::plan(&svc, &targets.targets, &ctx.config, &|spec| {
-            provider.validate(spec)
-        });
+        let plan = plan::plan(&svc, &targets.targets, &ctx.config, ctx.provider.as_ref());
         let result = match plan {
             Plan::Ignore(reason) => {
                 debug!(?reason, "not ours");
@@ -330,7 +346,7 @@ async fn ensure(
     } else {
         svc
     };
-    let hashes = spec_hashes(&plan.spec, targets_fingerprint);
+    let hashes = spec_hashes(plan.spec(), targets_fingerprint);
     let previous = ctx.memory().ensured.get(&obj).copied();
     let quiet = previous == Some(hashes);
     let only_targets_changed =
@@ -345,7 +361,7 @@ async fn ensure(
         .await;
     }
     match ctx
-        .provider_call("ensure", ctx.provider.ensure(&plan.spec))
+        .provider_call("ensure", ctx.provider.ensure(&plan.prepared))
         .await
     {
         Ok(lb_status) => {
@@ -376,7 +392,7 @@ async fn ensure(
             // failed before this point repeats its Events.
             ctx.memory().ensured.insert(obj, hashes);
             if only_targets_changed {
-                let hosts = plan.spec.targets.len();
+                let hosts = plan.spec().targets.len();
                 ctx.event(
                     svc,
                     EventType::Normal,
@@ -392,14 +408,14 @@ async fn ensure(
                     "Ensured load balancer".into(),
                 )
                 .await;
-                for note in ctx.provider.unenforced(&plan.spec) {
+                for note in plan.prepared.unenforced() {
                     warn!(note, "accepted but not enforced");
-                    ctx.event(svc, EventType::Warning, "UnenforcedField", note)
+                    ctx.event(svc, EventType::Warning, "UnenforcedField", note.clone())
                         .await;
                 }
             }
             info!(
-                targets = plan.spec.targets.len(),
+                targets = plan.spec().targets.len(),
                 quiet, "load balancer ensured"
             );
             ctx.metrics.reconciled("ensured");
@@ -593,18 +609,10 @@ fn trim_service(svc: &mut Service) {
     }
 }
 
-/// Whether a Service picks its targets by node label (those need a
-/// reconcile when only labels change).
-fn selects_nodes_by_label(svc: &Service) -> bool {
-    svc.annotations()
-        .keys()
-        .any(|k| k.ends_with("target-node-labels"))
-}
-
 /// Everything the controller needs to run.
 pub struct ControllerParts {
     pub client: Client,
-    pub provider: Arc<dyn LoadBalancerProvider>,
+    pub provider: Arc<dyn DynProvider>,
     pub config: ControllerConfig,
     pub metrics: Arc<Metrics>,
     /// Event reporter instance (the replica's identity).
@@ -673,12 +681,15 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
     // Dropping the controller (a deposed leader) must stop these too.
     let node_task = AbortOnDropHandle::new(tokio::spawn(
         watch_nodes(
-            nodes,
-            reader.clone(),
-            config.clone(),
-            targets_tx,
-            trigger_tx,
-            metrics.clone(),
+            NodeWatcher {
+                nodes,
+                services: reader.clone(),
+                config: config.clone(),
+                provider: provider.clone(),
+                targets_tx,
+                trigger_tx,
+                metrics: metrics.clone(),
+            },
             shutdown.clone(),
         )
         .instrument(info_span!("nodes")),
@@ -743,17 +754,29 @@ async fn forget_deleted_periodically(
     }
 }
 
-/// Keep the eligible-node index, publish target snapshots, and re-enqueue
-/// exactly the Services a node change affects, debounced.
-async fn watch_nodes(
+/// What the node watcher reads and where it reports.
+struct NodeWatcher {
     nodes: Api<Node>,
     services: Store<Service>,
     config: ControllerConfig,
+    provider: Arc<dyn DynProvider>,
     targets_tx: watch::Sender<Option<TargetSnapshot>>,
     trigger_tx: mpsc::UnboundedSender<ObjectRef<Service>>,
     metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
+}
+
+/// Keep the eligible-node index, publish target snapshots, and re-enqueue
+/// exactly the Services a node change affects, debounced.
+async fn watch_nodes(watcher_parts: NodeWatcher, shutdown: CancellationToken) {
+    let NodeWatcher {
+        nodes,
+        services,
+        config,
+        provider,
+        targets_tx,
+        trigger_tx,
+        metrics,
+    } = watcher_parts;
     let mut index = NodeIndex::default();
     let mut relist: Vec<Node> = Vec::new();
     let mut pending = Change::default();
@@ -769,7 +792,7 @@ async fn watch_nodes(
                 deadline = None;
                 metrics.pending_node_changes.set(0);
                 publish(&index, &mut published, &targets_tx, &metrics);
-                enqueue_affected(&services, &config, pending, &trigger_tx);
+                enqueue_affected(&services, &config, provider.as_ref(), pending, &trigger_tx);
                 pending = Change::default();
             }
             event = stream.next() => {
@@ -816,13 +839,16 @@ fn publish(
 fn enqueue_affected(
     services: &Store<Service>,
     config: &ControllerConfig,
+    provider: &dyn DynProvider,
     change: Change,
     trigger_tx: &mpsc::UnboundedSender<ObjectRef<Service>>,
 ) {
     let mut count = 0usize;
     for svc in services.state() {
-        let affected =
-            plan::is_ours(&svc, config) && (change.targets || selects_nodes_by_label(&svc));
+        let affected = plan::is_ours(&svc, config, provider)
+            && (change.targets
+                || (change.labels_only
+                    && provider.selects_targets_by_node_labels(svc.annotations())));
         if affected
             && trigger_tx
                 .unbounded_send(ObjectRef::from_obj(svc.as_ref()))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use portico_aws::{AwsProvider, AwsProviderConfig};
-use portico_provider::{ClusterName, LoadBalancerProvider};
+use portico_provider::{ClusterName, DynProvider};
 use portico_slb::cloud::{CloudConfig, CloudServer};
 use portico_slb::dataplane::{DataPlane, DataPlaneConfig};
 use portico_slb::provider::{SlbProvider, SlbProviderConfig};
@@ -56,7 +56,7 @@ impl EmbeddedSlb {
 
 /// A provider and whatever must live as long as it.
 pub struct BuiltProvider {
-    pub provider: Arc<dyn LoadBalancerProvider>,
+    pub provider: Arc<dyn DynProvider>,
     pub embedded: Option<EmbeddedSlb>,
 }
 
@@ -68,10 +68,7 @@ impl std::fmt::Debug for BuiltProvider {
     }
 }
 
-pub fn slb_provider(
-    endpoint: String,
-    cluster: ClusterName,
-) -> Result<Arc<dyn LoadBalancerProvider>, Error> {
+pub fn slb_provider(endpoint: String, cluster: ClusterName) -> Result<Arc<dyn DynProvider>, Error> {
     let provider = SlbProvider::new(SlbProviderConfig::new(endpoint, cluster))
         .map_err(|e| Error::Provider(format!("slb: {e}")))?;
     Ok(Arc::new(provider))

@@ -16,7 +16,7 @@ use portico::builders::svc;
 use portico::demo::{KubeProxySim, SimNode};
 use portico::providers::{EmbeddedSlb, slb_provider};
 use portico::runtime::{ReplicaOptions, run_replica};
-use portico_provider::{ClusterName, LoadBalancerProvider};
+use portico_provider::ClusterName;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

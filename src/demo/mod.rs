@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{DeleteParams, PostParams};
 use kube_standin::ApiServer;
-use portico_provider::{ClusterName, LoadBalancerProvider};
+use portico_provider::{ClusterName, DynProvider};
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,7 +43,7 @@ struct Demo {
     nodes: Vec<SimNode>,
     kube_proxy: KubeProxySim,
     cloud: EmbeddedSlb,
-    provider: Arc<dyn LoadBalancerProvider>,
+    provider: Arc<dyn DynProvider>,
     controller: tokio::task::JoinHandle<Result<(), Error>>,
     shutdown: CancellationToken,
     kubeconfig: PathBuf,

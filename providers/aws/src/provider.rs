@@ -16,8 +16,8 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use futures::future::try_join_all;
 use portico_provider::{
-    Annotations, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, LoadBalancerStatus,
-    ProviderError,
+    Annotations, Declined, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
+    LoadBalancerStatus, Prepared, ProviderError, ServiceAnnotations,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -908,9 +908,13 @@ impl AwsProvider {
         Ok(())
     }
 
-    async fn ensure_inner(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus> {
-        let opts = AwsOptions::parse(spec)?;
-        let desired = Desired::new(spec, &opts)?;
+    async fn ensure_inner(&self, prepared: &Prepared<AwsPrepared>) -> Result<LoadBalancerStatus> {
+        let spec = &prepared.spec;
+        let AwsPrepared {
+            options: opts,
+            desired,
+        } = &prepared.options;
+        let (opts, desired) = (opts.clone(), desired.clone());
         let mut found = match self.find_lb(&desired.name).await? {
             Some(lb) => Found::Existing(lb),
             None => self.create_lb(&desired, &opts).await?,
@@ -1009,24 +1013,45 @@ fn is_invalid_target(err: &SdkError<RegisterTargetsError, HttpResponse>) -> bool
     err.as_service_error().and_then(|e| e.code()) == Some("InvalidTarget")
 }
 
+/// What `prepare` reads from a spec: the annotations, and the NLB they ask
+/// for (computed once, used by `ensure`).
+#[derive(Debug, Clone)]
+pub struct AwsPrepared {
+    options: AwsOptions,
+    desired: Desired,
+}
+
 #[async_trait]
 impl LoadBalancerProvider for AwsProvider {
+    type Options = AwsPrepared;
+
     fn name(&self) -> &str {
         "aws"
     }
 
-    fn validate(&self, spec: &LoadBalancerSpec) -> Result<()> {
-        let opts = AwsOptions::parse(spec)?;
-        Desired::new(spec, &opts).map(|_| ())
+    fn prepare(&self, spec: LoadBalancerSpec) -> Result<Prepared<AwsPrepared>> {
+        let options = AwsOptions::parse(&spec)?;
+        let desired = Desired::new(&spec, &options)?;
+        let unenforced = crate::plan::source_ranges_note(&spec).into_iter().collect();
+        Ok(Prepared {
+            spec,
+            options: AwsPrepared { options, desired },
+            unenforced,
+        })
     }
 
-    fn unenforced(&self, spec: &LoadBalancerSpec) -> Vec<String> {
-        crate::plan::source_ranges_note(spec).into_iter().collect()
+    fn declines(&self, annotations: &ServiceAnnotations) -> Option<Declined> {
+        crate::options::declined_for_aws_lb_controller(annotations)
     }
 
-    async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus> {
-        let span = info_span!("aws.ensure", service = %spec.key, uid = %spec.key.uid);
-        self.ensure_inner(spec).instrument(span).await
+    fn selects_targets_by_node_labels(&self, annotations: &ServiceAnnotations) -> bool {
+        annotations.contains_key(crate::options::TARGET_NODE_LABELS)
+    }
+
+    async fn ensure(&self, prepared: &Prepared<AwsPrepared>) -> Result<LoadBalancerStatus> {
+        let key = &prepared.spec.key;
+        let span = info_span!("aws.ensure", service = %key, uid = %key.uid);
+        self.ensure_inner(prepared).instrument(span).await
     }
 
     async fn get(&self, key: &LoadBalancerKey) -> Result<Option<LoadBalancerStatus>> {

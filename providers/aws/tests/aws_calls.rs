@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::AwsHarness;
 use portico_aws::CallStats;
+use portico_provider::testing::EnsureSpec;
 use portico_provider::{
     Annotations, ClusterName, HealthCheck, Listener, LoadBalancerKey, LoadBalancerProvider,
     LoadBalancerSpec, Protocol, TrafficPolicy,
@@ -71,7 +72,7 @@ where
 }
 
 async fn ensure(h: &AwsHarness, s: &LoadBalancerSpec) -> CallStats {
-    let (r, stats) = calls(h, h.provider.ensure(s)).await;
+    let (r, stats) = calls(h, h.provider.ensure_spec(s)).await;
     r.unwrap_or_else(|e| panic!("ensure {}: {e}", s.key));
     stats
 }
@@ -293,7 +294,7 @@ aws_test!(subnets_from_the_annotation, |h: AwsHarness| async move {
     let mut s = spec(&h2, "named", 1).await;
     let err = h2
         .provider
-        .ensure(&s)
+        .ensure_spec(&s)
         .await
         .expect_err("no subnet is tagged");
     assert!(
@@ -311,7 +312,7 @@ aws_test!(subnets_from_the_annotation, |h: AwsHarness| async move {
     annotate(&mut missing, &[("subnets", "no-such-subnet")]);
     let err = h2
         .provider
-        .ensure(&missing)
+        .ensure_spec(&missing)
         .await
         .expect_err("unknown subnet");
     assert!(err.to_string().contains("no-such-subnet"), "{err}");

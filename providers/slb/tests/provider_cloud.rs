@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use portico_provider::testing::EnsureSpec;
 use portico_provider::{
     Annotations, ClusterName, IpMode, Listener as SpecListener, LoadBalancerKey,
     LoadBalancerProvider, LoadBalancerSpec, Protocol, ProviderError, Target,
@@ -75,7 +76,7 @@ async fn status_and_annotations_reach_the_cloud() {
     tokio::time::timeout(TIMEOUT, async {
         let (cloud, provider, _) = setup(CloudConfig::default()).await;
         let s = spec("annotated", &[("address-type", "intranet"), ("spec", "slb.s2.small"), ("ip", "127.240.9.9")]);
-        let status = provider.ensure(&s).await.expect("ensure");
+        let status = provider.ensure_spec(&s).await.expect("ensure");
         let ingress = &status.ingress[0];
         assert_eq!(ingress.ip, Some("127.240.9.9".parse().expect("ip")));
         assert_eq!(ingress.ip_mode, Some(IpMode::Proxy));
@@ -89,13 +90,13 @@ async fn status_and_annotations_reach_the_cloud() {
 
         // A spec change is made in place; an address type change is refused.
         let s2 = spec("annotated", &[("address-type", "intranet"), ("spec", "slb.s3.large"), ("ip", "127.240.9.9")]);
-        provider.ensure(&s2).await.expect("spec change");
+        provider.ensure_spec(&s2).await.expect("spec change");
         assert_eq!(cloud.snapshot().balancers.values().next().map(|b| b.spec.clone()), Some("slb.s3.large".into()));
         let s3 = spec("annotated", &[("address-type", "internet"), ("ip", "127.240.9.9")]);
-        assert!(matches!(provider.ensure(&s3).await, Err(ProviderError::InvalidSpec { field, .. }) if field.contains("address-type")));
+        assert!(matches!(provider.ensure_spec(&s3).await, Err(ProviderError::InvalidSpec { field, .. }) if field.contains("address-type")));
 
         let outside = spec("outside", &[("ip", "192.0.2.1")]);
-        match provider.ensure(&outside).await {
+        match provider.ensure_spec(&outside).await {
             Err(ProviderError::InvalidSpec { field, .. }) => assert!(field.contains("address"), "{field}"),
             other => panic!("{other:?}"),
         }
@@ -139,7 +140,7 @@ async fn reused_balancer_is_never_deleted() {
         assert!(resp.status().is_success());
 
         let s = spec("reuser", &[("id", &lb.id)]);
-        let status = provider.ensure(&s).await.expect("ensure on reused");
+        let status = provider.ensure_spec(&s).await.expect("ensure on reused");
         assert_eq!(status.ingress[0].ip, Some(lb.address));
         assert_eq!(
             cloud.snapshot().listeners.len(),
@@ -160,7 +161,7 @@ async fn reused_balancer_is_never_deleted() {
             name: None,
         });
         assert!(matches!(
-            provider.ensure(&clash).await,
+            provider.ensure_spec(&clash).await,
             Err(ProviderError::InvalidSpec { .. })
         ));
 
@@ -180,7 +181,7 @@ async fn reused_balancer_is_never_deleted() {
 
         let missing = spec("missing", &[("id", "lb-does-not-exist")]);
         assert!(matches!(
-            provider.ensure(&missing).await,
+            provider.ensure_spec(&missing).await,
             Err(ProviderError::NotFound { .. })
         ));
     })
@@ -199,8 +200,11 @@ async fn errors_map_to_what_the_controller_should_do() {
             ..CloudConfig::default()
         })
         .await;
-        provider.ensure(&spec("first", &[])).await.expect("first");
-        match provider.ensure(&spec("second", &[])).await {
+        provider
+            .ensure_spec(&spec("first", &[]))
+            .await
+            .expect("first");
+        match provider.ensure_spec(&spec("second", &[])).await {
             Err(ProviderError::QuotaExceeded { resource, .. }) => assert_eq!(resource, "balancers"),
             other => panic!("{other:?}"),
         }
@@ -220,7 +224,7 @@ async fn errors_map_to_what_the_controller_should_do() {
         )
         .await;
         let started = Instant::now();
-        match provider.ensure(&spec("first", &[])).await {
+        match provider.ensure_spec(&spec("first", &[])).await {
             Err(ProviderError::Throttled { retry_after }) => {
                 assert_eq!(retry_after, Some(Duration::from_secs(30)))
             }
@@ -243,7 +247,7 @@ async fn errors_map_to_what_the_controller_should_do() {
         )
         .await;
         provider
-            .ensure(&spec("first", &[]))
+            .ensure_spec(&spec("first", &[]))
             .await
             .expect("retries through throttling");
 
@@ -261,7 +265,7 @@ async fn errors_map_to_what_the_controller_should_do() {
         )
         .await;
         assert!(matches!(
-            provider.ensure(&spec("first", &[])).await,
+            provider.ensure_spec(&spec("first", &[])).await,
             Err(ProviderError::Transient { .. })
         ));
         set_faults(&http, &cloud, FaultConfig::default()).await;
@@ -318,7 +322,7 @@ async fn source_ranges_and_user_acls() {
         let (cloud, provider, http) = setup(CloudConfig::default()).await;
         let mut s = spec("ranged", &[]);
         s.source_ranges = vec!["10.0.0.0/8".parse().expect("net")];
-        provider.ensure(&s).await.expect("ensure");
+        provider.ensure_spec(&s).await.expect("ensure");
         let state = cloud.snapshot();
         let acl = state.acls.values().next().expect("managed acl");
         assert_eq!(
@@ -354,7 +358,7 @@ async fn source_ranges_and_user_acls() {
                 ("acl-type", "black"),
             ],
         );
-        provider.ensure(&s).await.expect("ensure");
+        provider.ensure_spec(&s).await.expect("ensure");
         let state = cloud.snapshot();
         let l = state.listeners.values().next().expect("listener");
         assert_eq!(

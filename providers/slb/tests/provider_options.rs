@@ -266,8 +266,8 @@ fn acl_and_source_ranges_are_exclusive() {
 }
 
 #[test]
-fn validate_checks_listeners_and_annotations_without_io() {
-    // The endpoint is never contacted: validate is pure.
+fn prepare_checks_listeners_and_annotations_without_io() {
+    // The endpoint is never contacted: prepare is pure.
     let provider = SlbProvider::new(SlbProviderConfig::new(
         "http://127.0.0.1:9",
         ClusterName::new("c"),
@@ -275,7 +275,7 @@ fn validate_checks_listeners_and_annotations_without_io() {
     .expect("provider");
     let mut s = spec(&[("weight", "500")]);
     assert!(matches!(
-        provider.validate(&s),
+        provider.prepare(s.clone()).map(|_| ()),
         Err(ProviderError::InvalidSpec { .. })
     ));
     s.annotations = Annotations::default();
@@ -286,15 +286,15 @@ fn validate_checks_listeners_and_annotations_without_io() {
         name: None,
     }];
     assert!(matches!(
-        provider.validate(&s),
+        provider.prepare(s.clone()).map(|_| ()),
         Err(ProviderError::Unsupported { .. })
     ));
     s.listeners[0].protocol = portico_provider::Protocol::Tcp;
-    assert!(provider.validate(&s).is_ok());
+    assert!(provider.prepare(s.clone()).map(|_| ()).is_ok());
     s.key.cluster = ClusterName::new("other");
     assert!(
         matches!(
-            provider.validate(&s),
+            provider.prepare(s.clone()).map(|_| ()),
             Err(ProviderError::InvalidSpec { .. })
         ),
         "a foreign cluster's key"

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use portico_provider::{
     ClusterName, IngressStatus, IpMode, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
-    LoadBalancerStatus, PortStatus, Protocol, ProviderError, owned_name, short_hash,
+    LoadBalancerStatus, PortStatus, Prepared, Protocol, ProviderError, cluster_tags,
 };
 use tracing::Instrument;
 
@@ -26,15 +26,10 @@ use plan::{Action, GroupRef, Mode};
 
 use crate::cloud::model::*;
 
-/// Ownership tags written on every balancer (and managed ACL) portico makes.
-pub mod tags {
-    pub const CLUSTER: &str = "portico.io/cluster";
-    pub const NAMESPACE: &str = "portico.io/service-namespace";
-    pub const NAME: &str = "portico.io/service-name";
-    pub const UID: &str = "portico.io/service-uid";
-    /// On a balancer reused through the `id` annotation: never delete it.
-    pub const REUSED: &str = "portico.io/reused";
-}
+/// The SLB-only tag beside the contract's ownership tags
+/// ([`portico_provider::tag`]): on a balancer reused through the `id`
+/// annotation, which portico must never delete.
+pub const REUSED_TAG: &str = "portico.io/reused";
 
 /// How to reach the cloud.
 #[derive(Debug, Clone)]
@@ -73,59 +68,12 @@ const _: () = {
 
 /// Marks portico's listeners (description) and groups (name prefix) of one key.
 pub fn marker(key: &LoadBalancerKey) -> String {
-    owned_name(
-        "portico",
-        &[key.cluster.as_str(), &key.namespace, &key.name, &key.uid],
-        24,
-    )
+    key.cloud_name("portico", 24)
 }
 
+/// The idempotency token of creating `what` for `key`.
 fn token(key: &LoadBalancerKey, what: &str) -> String {
-    format!(
-        "portico-{}",
-        short_hash(
-            &[
-                key.cluster.as_str(),
-                &key.namespace,
-                &key.name,
-                &key.uid,
-                what
-            ],
-            40
-        )
-    )
-}
-
-fn owner_tags(key: &LoadBalancerKey) -> BTreeMap<String, String> {
-    [
-        (tags::CLUSTER, key.cluster.as_str()),
-        (tags::NAMESPACE, key.namespace.as_str()),
-        (tags::NAME, key.name.as_str()),
-        (tags::UID, key.uid.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-fn lookup_tags(key: &LoadBalancerKey) -> BTreeMap<String, String> {
-    [
-        (tags::CLUSTER.to_string(), key.cluster.as_str().to_string()),
-        (tags::UID.to_string(), key.uid.clone()),
-    ]
-    .into()
-}
-
-fn key_from_tags(
-    cluster: &ClusterName,
-    tags: &BTreeMap<String, String>,
-) -> Option<LoadBalancerKey> {
-    Some(LoadBalancerKey::new(
-        cluster.clone(),
-        tags.get(tags::NAMESPACE)?,
-        tags.get(tags::NAME)?,
-        tags.get(tags::UID)?,
-    ))
+    format!("portico-{}", key.hash(&[what], 40))
 }
 
 fn status(lb: &LoadBalancer, ports: Vec<PortStatus>) -> LoadBalancerStatus {
@@ -170,7 +118,7 @@ impl SlbProvider {
 
     /// Balancers owned by `key`, oldest first.
     async fn owned(&self, key: &LoadBalancerKey) -> Result<Vec<LoadBalancer>, ClientError> {
-        let mut found = self.client.balancers(&lookup_tags(key)).await?;
+        let mut found = self.client.balancers(&key.lookup_tags()).await?;
         found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         Ok(found)
     }
@@ -195,7 +143,7 @@ impl SlbProvider {
                 }
                 Err(e) => return Err(e.into()),
             };
-            if let Some(uid) = lb.tags.get(tags::UID)
+            if let Some(uid) = lb.tags.get(portico_provider::tag::UID)
                 && uid != &key.uid
             {
                 return Err(ProviderError::invalid(
@@ -203,8 +151,8 @@ impl SlbProvider {
                     format!("balancer {id} already belongs to another Service"),
                 ));
             }
-            let mut want = owner_tags(key);
-            want.insert(tags::REUSED.into(), "true".into());
+            let mut want = key.owner_tags();
+            want.insert(REUSED_TAG.into(), "true".into());
             let missing: BTreeMap<String, String> = want
                 .into_iter()
                 .filter(|(k, v)| lb.tags.get(k) != Some(v))
@@ -238,7 +186,7 @@ impl SlbProvider {
             );
         }
         if let Some(lb) = found.into_iter().next() {
-            let mode = if lb.tags.contains_key(tags::REUSED) {
+            let mode = if lb.tags.contains_key(REUSED_TAG) {
                 Mode::ReuseAddOnly
             } else {
                 Mode::Owned
@@ -250,7 +198,7 @@ impl SlbProvider {
             address_type: opts.address_type,
             spec: opts.spec.clone(),
             address: plan::requested_address(spec, opts),
-            tags: owner_tags(key),
+            tags: key.owner_tags(),
         };
         let lb = self
             .client
@@ -333,7 +281,7 @@ impl SlbProvider {
         want.sort();
         want.dedup();
         let key = &spec.key;
-        let existing = self.client.acls(&lookup_tags(key)).await?;
+        let existing = self.client.acls(&key.lookup_tags()).await?;
         let acl = match existing.into_iter().next() {
             Some(acl) => {
                 let mut have = acl.entries.clone();
@@ -358,7 +306,7 @@ impl SlbProvider {
                         &CreateAclRequest {
                             name: marker(key),
                             entries: want,
-                            tags: owner_tags(key),
+                            tags: key.owner_tags(),
                         },
                         &token(key, "acl"),
                     )
@@ -373,7 +321,7 @@ impl SlbProvider {
 
     /// Delete portico's ACLs of `key` (once no listener uses them).
     async fn delete_managed_acls(&self, key: &LoadBalancerKey) -> Result<(), ProviderError> {
-        for acl in self.client.acls(&lookup_tags(key)).await? {
+        for acl in self.client.acls(&key.lookup_tags()).await? {
             client::gone_ok(self.client.delete_acl(&acl.id).await)?;
         }
         Ok(())
@@ -454,15 +402,15 @@ impl SlbProvider {
 
     async fn ensure_inner(
         &self,
-        spec: &LoadBalancerSpec,
+        prepared: &Prepared<SlbOptions>,
     ) -> Result<LoadBalancerStatus, ProviderError> {
-        let opts = self.check(spec)?;
+        let (spec, opts) = (&prepared.spec, &prepared.options);
         let key = &spec.key;
         let mark = marker(key);
-        let (lb, mode) = self.balancer_for(spec, &opts).await?;
-        let lb = self.converge_balancer(lb, mode, spec, &opts).await?;
-        let acl = self.resolve_acl(spec, &opts).await?;
-        let desired = plan::desired_listeners(spec, &opts, acl.clone())?;
+        let (lb, mode) = self.balancer_for(spec, opts).await?;
+        let lb = self.converge_balancer(lb, mode, spec, opts).await?;
+        let acl = self.resolve_acl(spec, opts).await?;
+        let desired = plan::desired_listeners(spec, opts, acl.clone())?;
         let listeners = self.client.listeners(&lb.id).await?;
         let groups = self.client.groups(&lb.id).await?;
         let actions = plan::plan(mode, &mark, &desired, &listeners, &groups)?;
@@ -473,16 +421,7 @@ impl SlbProvider {
         if acl.is_none() && opts.acl.is_none() {
             self.delete_managed_acls(key).await?;
         }
-        let ports = spec
-            .listeners
-            .iter()
-            .map(|l| PortStatus {
-                port: l.port,
-                protocol: l.protocol,
-                error: None,
-            })
-            .collect();
-        Ok(status(&lb, ports))
+        Ok(status(&lb, PortStatus::of_listeners(&spec.listeners)))
     }
 
     fn check(&self, spec: &LoadBalancerSpec) -> Result<SlbOptions, ProviderError> {
@@ -502,7 +441,7 @@ impl SlbProvider {
     async fn delete_inner(&self, key: &LoadBalancerKey) -> Result<(), ProviderError> {
         let mark = marker(key);
         for lb in self.owned(key).await? {
-            if lb.tags.contains_key(tags::REUSED) {
+            if lb.tags.contains_key(REUSED_TAG) {
                 let listeners = match self.client.listeners(&lb.id).await {
                     Err(e) if e.is_not_found() => continue,
                     other => other?,
@@ -513,8 +452,8 @@ impl SlbProvider {
                 };
                 let actions = plan::cleanup_reused(&mark, &listeners, &groups);
                 self.execute(&lb.id, key, actions).await?;
-                let mut remove: Vec<String> = owner_tags(key).into_keys().collect();
-                remove.push(tags::REUSED.into());
+                let mut remove: Vec<String> = key.owner_tags().into_keys().collect();
+                remove.push(REUSED_TAG.into());
                 let untag = self
                     .client
                     .update_balancer(
@@ -562,17 +501,24 @@ impl SlbProvider {
 
 #[async_trait]
 impl LoadBalancerProvider for SlbProvider {
+    type Options = SlbOptions;
+
     fn name(&self) -> &str {
         "slb"
     }
 
-    fn validate(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
-        self.check(spec).map(|_| ())
+    fn prepare(&self, spec: LoadBalancerSpec) -> Result<Prepared<SlbOptions>, ProviderError> {
+        let options = self.check(&spec)?;
+        Ok(Prepared::new(spec, options))
     }
 
-    async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError> {
-        let span = tracing::info_span!("slb.ensure", service = %spec.key, uid = %spec.key.uid);
-        self.ensure_inner(spec).instrument(span).await
+    async fn ensure(
+        &self,
+        prepared: &Prepared<SlbOptions>,
+    ) -> Result<LoadBalancerStatus, ProviderError> {
+        let key = &prepared.spec.key;
+        let span = tracing::info_span!("slb.ensure", service = %key, uid = %key.uid);
+        self.ensure_inner(prepared).instrument(span).await
     }
 
     async fn get(
@@ -591,17 +537,13 @@ impl LoadBalancerProvider for SlbProvider {
     async fn list_owned(&self) -> Result<Vec<LoadBalancerKey>, ProviderError> {
         let span = tracing::debug_span!("slb.list_owned", cluster = %self.config.cluster);
         async {
-            let tags: BTreeMap<String, String> = [(
-                tags::CLUSTER.to_string(),
-                self.config.cluster.as_str().to_string(),
-            )]
-            .into();
+            let cluster = &self.config.cluster;
             let mut keys: Vec<LoadBalancerKey> = self
                 .client
-                .balancers(&tags)
+                .balancers(&cluster_tags(cluster))
                 .await?
                 .iter()
-                .filter_map(|lb| key_from_tags(&self.config.cluster, &lb.tags))
+                .filter_map(|lb| LoadBalancerKey::from_tags(cluster, &lb.tags))
                 .collect();
             keys.sort();
             keys.dedup();
