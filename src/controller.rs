@@ -13,7 +13,7 @@ use kube::Resource;
 use kube::runtime::controller::{Action, Config as RuntimeConfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::utils::PredicateConfig;
-use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
+use kube::runtime::watcher::{self, watcher};
 use portico_provider::{DynProvider, LoadBalancerSpec, ProviderError};
 use rand::Rng;
 use serde_json::json;
@@ -30,7 +30,8 @@ use crate::k8s::{
 };
 use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
-use crate::nodes::{Change, NodeIndex, TargetSnapshot};
+use crate::node_watcher::{self, NodeWatcher};
+use crate::nodes::TargetSnapshot;
 use crate::plan::{
     self, CONFLICT_REASON, CleanupPlan, Conflict, EnsurePlan, Ownership, Plan, Rejection,
 };
@@ -680,7 +681,7 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
 
     // Dropping the controller (a deposed leader) must stop these too.
     let node_task = AbortOnDropHandle::new(tokio::spawn(
-        watch_nodes(
+        node_watcher::run(
             NodeWatcher {
                 nodes,
                 services: reader.clone(),
@@ -752,116 +753,6 @@ async fn forget_deleted_periodically(
             () = tokio::time::sleep(Duration::from_secs(5)) => backlog.forget_deleted(&services),
         }
     }
-}
-
-/// What the node watcher reads and where it reports.
-struct NodeWatcher {
-    nodes: Api<Node>,
-    services: Store<Service>,
-    config: ControllerConfig,
-    provider: Arc<dyn DynProvider>,
-    targets_tx: watch::Sender<Option<TargetSnapshot>>,
-    trigger_tx: mpsc::UnboundedSender<ObjectRef<Service>>,
-    metrics: Arc<Metrics>,
-}
-
-/// Keep the eligible-node index, publish target snapshots, and re-enqueue
-/// exactly the Services a node change affects, debounced.
-async fn watch_nodes(watcher_parts: NodeWatcher, shutdown: CancellationToken) {
-    let NodeWatcher {
-        nodes,
-        services,
-        config,
-        provider,
-        targets_tx,
-        trigger_tx,
-        metrics,
-    } = watcher_parts;
-    let mut index = NodeIndex::default();
-    let mut relist: Vec<Node> = Vec::new();
-    let mut pending = Change::default();
-    let mut deadline: Option<tokio::time::Instant> = None;
-    let mut published = false;
-    let mut stream = std::pin::pin!(watcher(nodes, watcher::Config::default()).default_backoff());
-    loop {
-        let sleep_until =
-            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
-                deadline = None;
-                metrics.pending_node_changes.set(0);
-                publish(&index, &mut published, &targets_tx, &metrics);
-                enqueue_affected(&services, &config, provider.as_ref(), pending, &trigger_tx);
-                pending = Change::default();
-            }
-            event = stream.next() => {
-                let change = match event {
-                    None => return,
-                    Some(Err(err)) => { warn!(error = %err, "node watch error"); continue; }
-                    Some(Ok(WatchEvent::Apply(node))) => index.apply(&node),
-                    Some(Ok(WatchEvent::Delete(node))) => index.remove(&node.name_any()),
-                    Some(Ok(WatchEvent::Init)) => { relist.clear(); Change::default() }
-                    Some(Ok(WatchEvent::InitApply(node))) => { relist.push(node); Change::default() }
-                    Some(Ok(WatchEvent::InitDone)) => {
-                        let change = index.replace_all(relist.iter());
-                        relist = Vec::new();
-                        if !published {
-                            // The first list gates every reconcile: publish at once.
-                            publish(&index, &mut published, &targets_tx, &metrics);
-                            continue;
-                        }
-                        change
-                    }
-                };
-                if change.any() && published {
-                    pending = pending.merge(change);
-                    metrics.pending_node_changes.inc();
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.node_debounce);
-                }
-            }
-        }
-    }
-}
-
-fn publish(
-    index: &NodeIndex,
-    published: &mut bool,
-    targets_tx: &watch::Sender<Option<TargetSnapshot>>,
-    metrics: &Metrics,
-) {
-    *published = true;
-    metrics.eligible_nodes.set(index.len() as i64);
-    targets_tx.send_replace(Some(index.snapshot()));
-    info!(eligible = index.len(), "eligible nodes updated");
-}
-
-fn enqueue_affected(
-    services: &Store<Service>,
-    config: &ControllerConfig,
-    provider: &dyn DynProvider,
-    change: Change,
-    trigger_tx: &mpsc::UnboundedSender<ObjectRef<Service>>,
-) {
-    let mut count = 0usize;
-    for svc in services.state() {
-        let affected = plan::is_ours(&svc, config, provider)
-            && (change.targets
-                || (change.labels_only
-                    && provider.selects_targets_by_node_labels(svc.annotations())));
-        if affected
-            && trigger_tx
-                .unbounded_send(ObjectRef::from_obj(svc.as_ref()))
-                .is_ok()
-        {
-            count += 1;
-        }
-    }
-    debug!(
-        services = count,
-        ?change,
-        "node change re-enqueued Services"
-    );
 }
 
 #[cfg(test)]

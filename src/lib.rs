@@ -16,6 +16,7 @@ pub mod k8s;
 pub mod keylock;
 pub mod leader;
 pub mod metrics;
+pub mod node_watcher;
 pub mod nodes;
 pub mod plan;
 pub mod providers;
