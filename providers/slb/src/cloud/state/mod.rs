@@ -155,3 +155,103 @@ impl Store {
         self.tokens.retain(|_, v| v != id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cloud::model::{ListenerAcl, ListenerProtocol, ListenerSettings};
+
+    fn listener(lb: &str, group: &str, acl: Option<&str>) -> Listener {
+        Listener {
+            id: "lsn-1".into(),
+            load_balancer_id: lb.into(),
+            port: 80,
+            protocol: ListenerProtocol::Tcp,
+            settings: ListenerSettings {
+                backend_server_group_id: group.into(),
+                health_check: Default::default(),
+                scheduler: Default::default(),
+                acl: acl.map(|id| ListenerAcl {
+                    acl_id: id.into(),
+                    mode: Default::default(),
+                }),
+                sticky_session: None,
+                description: String::new(),
+            },
+        }
+    }
+
+    /// A store with balancer `lb-1`, its group `sg-1` and ACL `acl-1`.
+    fn store() -> Store {
+        serde_json::from_value(serde_json::json!({
+            "version": STORE_VERSION,
+            "balancers": {"lb-1": {"id": "lb-1", "name": "a", "address": "127.240.0.1",
+                "address_type": "internet", "spec": "slb.s1.small", "tags": {}, "created_at": 0}},
+            "listeners": {},
+            "groups": {"sg-1": {"id": "sg-1", "load_balancer_id": "lb-1", "name": "g", "servers": []}},
+            "acls": {"acl-1": {"id": "acl-1", "name": "x", "entries": [], "tags": {}}},
+            "tokens": {},
+            "vip_cursor": 0
+        }))
+        .expect("store")
+    }
+
+    #[test]
+    fn a_loaded_store_must_be_consistent() {
+        let with_listener = |l: Listener| {
+            let mut s = store();
+            s.listeners.insert(l.id.clone(), l);
+            s
+        };
+        let mut orphan_group = store();
+        orphan_group
+            .groups
+            .get_mut("sg-1")
+            .expect("group")
+            .load_balancer_id = "lb-gone".into();
+        let cases = [
+            (
+                "consistent",
+                with_listener(listener("lb-1", "sg-1", Some("acl-1"))),
+                None,
+            ),
+            (
+                "other version",
+                Store {
+                    version: STORE_VERSION + 1,
+                    ..store()
+                },
+                Some("version"),
+            ),
+            (
+                "listener of no balancer",
+                with_listener(listener("lb-gone", "sg-1", None)),
+                Some("missing balancer lb-gone"),
+            ),
+            (
+                "listener of no group",
+                with_listener(listener("lb-1", "sg-gone", None)),
+                Some("missing group sg-gone"),
+            ),
+            (
+                "listener with no acl",
+                with_listener(listener("lb-1", "sg-1", Some("acl-gone"))),
+                Some("missing acl acl-gone"),
+            ),
+            (
+                "group of no balancer",
+                orphan_group,
+                Some("group sg-1 refers to missing balancer lb-gone"),
+            ),
+        ];
+        for (desc, store, problem) in cases {
+            match (store.check_consistency(), problem) {
+                (Ok(()), None) => {}
+                (Err(err), Some(text)) => {
+                    assert!(err.to_string().contains(text), "{desc}: {err}");
+                }
+                (got, want) => panic!("{desc}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

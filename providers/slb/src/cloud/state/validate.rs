@@ -215,3 +215,137 @@ pub(super) fn parse_entries(
     }
     Ok(out.into_iter().map(|(_, e)| e).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_checks_are_tcp_without_port_or_http_with_one() {
+        let tcp = HealthCheck::default();
+        let http = HealthCheck {
+            kind: HealthCheckType::Http,
+            port: Some(10256),
+            path: Some("/healthz".into()),
+            ..HealthCheck::default()
+        };
+        let cases = [
+            ("tcp as defaulted", tcp.clone(), None),
+            ("http with port and path", http.clone(), None),
+            (
+                "http without a path",
+                HealthCheck {
+                    path: None,
+                    ..http.clone()
+                },
+                None,
+            ),
+            (
+                "tcp with a port",
+                HealthCheck {
+                    port: Some(80),
+                    ..tcp.clone()
+                },
+                Some("hc.port"),
+            ),
+            (
+                "tcp with a path",
+                HealthCheck {
+                    path: Some("/".into()),
+                    ..tcp.clone()
+                },
+                Some("hc.path"),
+            ),
+            (
+                "http without a port",
+                HealthCheck {
+                    port: None,
+                    ..http.clone()
+                },
+                Some("hc.port"),
+            ),
+            (
+                "http on port 0",
+                HealthCheck {
+                    port: Some(0),
+                    ..http.clone()
+                },
+                Some("hc.port"),
+            ),
+            (
+                "path without /",
+                HealthCheck {
+                    path: Some("healthz".into()),
+                    ..http.clone()
+                },
+                Some("hc.path"),
+            ),
+            (
+                "path with a space",
+                HealthCheck {
+                    path: Some("/a b".into()),
+                    ..http.clone()
+                },
+                Some("hc.path"),
+            ),
+            (
+                "interval too long",
+                HealthCheck {
+                    interval_seconds: 51,
+                    ..tcp.clone()
+                },
+                Some("hc.interval_seconds"),
+            ),
+            (
+                "threshold of one",
+                HealthCheck {
+                    healthy_threshold: 1,
+                    ..tcp
+                },
+                Some("hc.healthy_threshold"),
+            ),
+        ];
+        for (desc, hc, bad_field) in cases {
+            match (check_health("hc", &hc), bad_field) {
+                (Ok(()), None) => {}
+                (Err(err), Some(field)) => assert!(
+                    err.message.starts_with(&format!("{field}:")),
+                    "{desc}: {}",
+                    err.message
+                ),
+                (got, want) => panic!("{desc}: got {got:?}, want an error on {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn repeats_fold_into_their_last_listing() {
+        let server = |port, weight| BackendServer {
+            address: "10.0.0.1".parse().expect("address"),
+            port,
+            weight,
+            description: String::new(),
+        };
+        let folded = check_servers("servers", vec![server(80, 1), server(81, 1), server(80, 2)])
+            .expect("valid servers");
+        assert_eq!(folded, [server(80, 2), server(81, 1)]);
+
+        let entry = |cidr: &str, description: &str| AclEntry {
+            cidr: cidr.into(),
+            description: description.into(),
+        };
+        let folded = parse_entries(
+            "entries",
+            vec![
+                entry("10.0.0.1/8", "first"),
+                entry("192.0.2.0/24", ""),
+                entry("10.0.0.0/8", "last"),
+            ],
+        )
+        .expect("valid entries");
+        assert_eq!(
+            folded,
+            [entry("10.0.0.0/8", "last"), entry("192.0.2.0/24", "")]
+        );
+    }
+}
