@@ -19,8 +19,11 @@ use axum::routing::{get, post, put};
 
 pub use call::{ApiMetrics, ApiStats, RequestLabels};
 pub(crate) use request::TagFilter;
-pub(crate) use shared::{AppState, Inner};
+pub(crate) use shared::Inner;
 
+use shared::AppState;
+
+/// Every route of the API, each call given a request id.
 pub(crate) fn router(state: AppState) -> Router {
     let lb = "/v1/load-balancers/{lb}";
     Router::new()

@@ -18,7 +18,7 @@ use crate::forwarding::projection::balancer_forwarding;
 /// The shared state behind every handler.
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) config: CloudConfig,
+    pub(super) config: CloudConfig,
     pub(crate) store: Mutex<Store>,
     pub(super) faults: Mutex<FaultState>,
     pub(super) stats: Mutex<ApiStats>,
