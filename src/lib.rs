@@ -64,6 +64,11 @@ pub enum Error {
     Config(String),
     #[error("provider setup failed: {0}")]
     Provider(String),
+    #[error("cannot start the embedded SLB cloud")]
+    EmbeddedSlb {
+        #[source]
+        source: portico_slb::cloud::CloudError,
+    },
     #[error("demo: {0}")]
     Demo(String),
 }

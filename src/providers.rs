@@ -40,7 +40,7 @@ impl EmbeddedSlb {
         };
         let cloud = CloudServer::start(config, listen, Arc::new(dataplane.clone()))
             .await
-            .map_err(|e| Error::Provider(format!("starting the embedded SLB cloud: {e}")))?;
+            .map_err(|source| Error::EmbeddedSlb { source })?;
         info!(api = %cloud.url(), %vip_range, "embedded SLB cloud running");
         Ok(Self { cloud, dataplane })
     }
