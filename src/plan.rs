@@ -79,7 +79,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason: reason.into(),
