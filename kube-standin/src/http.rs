@@ -20,7 +20,9 @@ use crate::patch::{self, PatchType};
 use crate::record::{RecordedRequest, Recorder};
 use crate::resources::ResourceType;
 use crate::selectors::Selectors;
-use crate::store::{self, ListParams, Preconditions, Store, StoredEvent, WatchFrom, WriteOptions};
+use crate::store::{
+    self, DeleteOptions, ListParams, Preconditions, Store, StoredEvent, WatchFrom, WriteOptions,
+};
 use crate::table::{self, IncludeObject};
 
 /// Shared state of the HTTP handlers.
@@ -339,7 +341,7 @@ async fn resource_request(
     };
     match (method, rp.name.as_deref()) {
         (&Method::GET, Some(name)) => {
-            let obj = present(&rt, store.get_typed(&rt, &ns, name)?);
+            let obj = present(&rt, store.get(&rt, &ns, name)?);
             if ctx.wants_table() {
                 let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
                 return Ok(json_response(
@@ -359,7 +361,7 @@ async fn resource_request(
                 resource_version: ctx.q("resourceVersion").map(str::to_string),
                 resource_version_match: ctx.q("resourceVersionMatch").map(str::to_string),
             };
-            let mut page = store.list_typed(&rt, &params)?;
+            let mut page = store.list(&rt, &params)?;
             page.items = page.items.into_iter().map(|o| present(&rt, o)).collect();
             if ctx.wants_table() {
                 let mut meta = json!({"resourceVersion": page.rv.to_string()});
@@ -376,13 +378,13 @@ async fn resource_request(
         (&Method::POST, None) => {
             let obj = parse_object(ctx, body)?;
             check_kind(&rt, &obj)?;
-            let created = store.create_typed(&rt, &ns, obj, &write)?;
+            let created = store.create(&rt, &ns, obj, &write)?;
             Ok(json_response(StatusCode::CREATED, &present(&rt, created)))
         }
         (&Method::PUT, Some(name)) => {
             let obj = parse_object(ctx, body)?;
             check_kind(&rt, &obj)?;
-            let out = store.replace_typed(&rt, &ns, name, obj, &write)?;
+            let out = store.replace(&rt, &ns, name, obj, &write)?;
             Ok(json_response(StatusCode::OK, &present(&rt, out)))
         }
         (&Method::PATCH, Some(name)) => {
@@ -391,7 +393,7 @@ async fn resource_request(
                 StandinError::UnsupportedMediaType(format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})"))
             })?;
             let patch_body = patch::parse_body(ty, body)?;
-            let (out, created) = store.patch_typed(&rt, &ns, name, ty, &patch_body, &write)?;
+            let (out, created) = store.patch(&rt, &ns, name, ty, &patch_body, &write)?;
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -406,15 +408,17 @@ async fn resource_request(
                 serde_json::from_slice(body)
                     .map_err(|e| StandinError::BadRequest(format!("invalid delete options: {e}")))?
             };
-            let pre = Preconditions {
-                uid: opts["preconditions"]["uid"].as_str().map(str::to_string),
-                resource_version: opts["preconditions"]["resourceVersion"]
-                    .as_str()
-                    .map(str::to_string),
+            let delete = DeleteOptions {
+                preconditions: Preconditions {
+                    uid: opts["preconditions"]["uid"].as_str().map(str::to_string),
+                    resource_version: opts["preconditions"]["resourceVersion"]
+                        .as_str()
+                        .map(str::to_string),
+                },
+                dry_run: ctx.dry_run() || opts["dryRun"].as_array().is_some_and(|a| !a.is_empty()),
             };
-            let dry_run = ctx.dry_run() || opts["dryRun"].as_array().is_some_and(|a| !a.is_empty());
-            let out = store.delete_typed(&rt, &ns, name, &pre, dry_run)?;
-            if out["metadata"]["deletionTimestamp"].is_string() || dry_run {
+            let out = store.delete(&rt, &ns, name, &delete)?;
+            if out["metadata"]["deletionTimestamp"].is_string() || delete.dry_run {
                 return Ok(json_response(StatusCode::OK, &present(&rt, out)));
             }
             Ok(json_response(StatusCode::OK, &success_status(&rt, &out)))
@@ -425,7 +429,11 @@ async fn resource_request(
                 selectors: ctx.selectors(&rt)?,
                 ..ListParams::default()
             };
-            let page = store.list_typed(&rt, &params)?;
+            let page = store.list(&rt, &params)?;
+            let delete = DeleteOptions {
+                dry_run: ctx.dry_run(),
+                ..DeleteOptions::default()
+            };
             let mut items = Vec::new();
             for o in page.items {
                 let ons = o["metadata"]["namespace"]
@@ -433,13 +441,7 @@ async fn resource_request(
                     .unwrap_or("")
                     .to_string();
                 let oname = o["metadata"]["name"].as_str().unwrap_or("").to_string();
-                match store.delete_typed(
-                    &rt,
-                    &ons,
-                    &oname,
-                    &Preconditions::default(),
-                    ctx.dry_run(),
-                ) {
+                match store.delete(&rt, &ons, &oname, &delete) {
                     Ok(d) => items.push(present(&rt, d)),
                     Err(StandinError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -508,14 +510,11 @@ fn start_watch(
     let selectors = ctx.selectors(rt)?;
     let send_initial = ctx.flag("sendInitialEvents");
     let bookmarks = ctx.flag("allowWatchBookmarks");
-    let from =
-        match ctx.q("resourceVersion") {
-            _ if send_initial => WatchFrom::Current,
-            None | Some("0") => WatchFrom::Current,
-            Some(rv) => WatchFrom::Rv(rv.parse().map_err(|_| {
-                StandinError::BadRequest(format!("invalid resource version {rv:?}"))
-            })?),
-        };
+    let from = match ctx.q("resourceVersion") {
+        _ if send_initial => WatchFrom::Current,
+        None | Some("0") => WatchFrom::Current,
+        Some(rv) => WatchFrom::Rv(store::parse_rv(rv)?),
+    };
     let timeout = ctx
         .q("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
@@ -523,7 +522,7 @@ fn start_watch(
     let as_table = ctx.wants_table();
     let include = ctx.include();
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-    let start = match ctx.st.store.watch_typed(rt, from) {
+    let start = match ctx.st.store.watch(rt, from) {
         Ok(s) => s,
         Err(e @ StandinError::Expired(_)) => {
             // the real server answers 200 and sends one ERROR event
