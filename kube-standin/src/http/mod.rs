@@ -1,8 +1,10 @@
 //! The HTTP surface: one handler that parses Kubernetes API paths and
-//! dispatches to the store, discovery and table rendering.
+//! dispatches to the store, discovery and table rendering; watch streams
+//! are in [`watch`].
+
+mod watch;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::StandinError;
 use crate::discovery;
@@ -20,9 +21,7 @@ use crate::patch::{self, PatchType};
 use crate::record::{RecordedRequest, Recorder};
 use crate::resources::ResourceType;
 use crate::selectors::Selectors;
-use crate::store::{
-    self, DeleteOptions, ListParams, Preconditions, Store, StoredEvent, WatchFrom, WriteOptions,
-};
+use crate::store::{self, DeleteOptions, ListParams, Preconditions, Store, WriteOptions};
 use crate::table::{self, IncludeObject};
 
 /// Shared state of the HTTP handlers.
@@ -351,7 +350,7 @@ async fn resource_request(
             }
             Ok(json_response(StatusCode::OK, &obj))
         }
-        (&Method::GET, None) if watch => start_watch(ctx, &rt, rp.namespace.clone()),
+        (&Method::GET, None) if watch => watch::start(ctx, &rt, rp.namespace.clone()),
         (&Method::GET, None) => {
             let params = ListParams {
                 namespace: rp.namespace.clone(),
@@ -475,118 +474,4 @@ fn success_status(rt: &ResourceType, obj: &Value) -> Value {
             "uid": obj["metadata"]["uid"],
         }
     })
-}
-
-fn line(v: &Value) -> Result<Bytes, Infallible> {
-    let mut b = serde_json::to_vec(v).unwrap_or_default();
-    b.push(b'\n');
-    Ok(Bytes::from(b))
-}
-
-fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Value {
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if initial_end {
-        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-    }
-    json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}})
-}
-
-fn streaming(rx: mpsc::Receiver<Result<Bytes, Infallible>>) -> Response {
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn start_watch(
-    ctx: &Ctx<'_>,
-    rt: &ResourceType,
-    namespace: Option<String>,
-) -> Result<Response, StandinError> {
-    let selectors = ctx.selectors(rt)?;
-    let send_initial = ctx.flag("sendInitialEvents");
-    let bookmarks = ctx.flag("allowWatchBookmarks");
-    let from = match ctx.q("resourceVersion") {
-        _ if send_initial => WatchFrom::Current,
-        None | Some("0") => WatchFrom::Current,
-        Some(rv) => WatchFrom::Rv(store::parse_rv(rv)?),
-    };
-    let timeout = ctx
-        .q("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let as_table = ctx.wants_table();
-    let include = ctx.include();
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-    let start = match ctx.st.store.watch(rt, from) {
-        Ok(s) => s,
-        Err(e @ StandinError::Expired(_)) => {
-            // the real server answers 200 and sends one ERROR event
-            let ev = json!({"type": "ERROR", "object": e.to_status()});
-            let _ = tx.try_send(line(&ev));
-            return Ok(streaming(rx));
-        }
-        Err(e) => return Err(e),
-    };
-    let rt = rt.clone();
-    let interval = ctx.st.bookmark_interval;
-    tokio::spawn(async move {
-        let ns = namespace.as_deref();
-        let render = |kind: &str, obj: &Value| -> Value {
-            let obj = present(&rt, obj.clone());
-            let obj = if as_table {
-                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
-                table::table(&rt, &[obj], meta, include)
-            } else {
-                obj
-            };
-            json!({"type": kind, "object": obj})
-        };
-        let send = |ev: &StoredEvent| {
-            ev.project(ns, &selectors)
-                .map(|(k, o)| line(&render(k.as_str(), o)))
-        };
-        for ev in &start.initial {
-            if let Some(l) = send(ev)
-                && tx.send(l).await.is_err()
-            {
-                return;
-            }
-        }
-        let mut last_rv = start.rv;
-        if send_initial && tx.send(line(&bookmark(&rt, last_rv, true))).await.is_err() {
-            return;
-        }
-        let mut live = start.live;
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        loop {
-            tokio::select! {
-                _ = tx.closed() => break,
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
-                ev = live.recv() => match ev {
-                    Some(ev) => {
-                        last_rv = last_rv.max(ev.rv);
-                        if let Some(l) = send(&ev)
-                            && tx.send(l).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
-                _ = tick.tick(), if bookmarks => {
-                    if tx.send(line(&bookmark(&rt, last_rv, false))).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        tracing::debug!(resource = %rt.qualified_name(), "watch stream closed");
-    });
-    Ok(streaming(rx))
 }
