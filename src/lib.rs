@@ -6,11 +6,11 @@
 
 pub mod app;
 pub mod backlog;
+#[cfg(any(test, feature = "testing"))]
 pub mod builders;
 pub mod cli;
 pub mod config;
 pub mod controller;
-pub mod demo;
 pub mod gc;
 pub mod k8s;
 pub mod keylock;
@@ -63,6 +63,7 @@ pub enum Error {
     Config(String),
     #[error("provider setup failed: {0}")]
     Provider(String),
-    #[error("demo: {0}")]
-    Demo(String),
+    #[cfg(feature = "demo")]
+    #[error(transparent)]
+    Demo(#[from] portico_demo::Error),
 }
