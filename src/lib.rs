@@ -6,12 +6,12 @@
 
 pub mod app;
 pub mod backlog;
+#[cfg(any(test, feature = "testing"))]
 pub mod builders;
 pub mod cli;
 pub mod config;
 pub mod context;
 pub mod controller;
-pub mod demo;
 pub mod finalizer;
 pub mod gc;
 pub mod k8s;
@@ -73,6 +73,7 @@ pub enum Error {
         #[source]
         source: portico_slb::cloud::CloudError,
     },
-    #[error("demo: {0}")]
-    Demo(String),
+    #[cfg(feature = "demo")]
+    #[error(transparent)]
+    Demo(#[from] portico_demo::Error),
 }
