@@ -3,7 +3,7 @@
 //!
 //! - `ensure`: what the spec asks ([`desired`]), what the cloud holds
 //!   ([`observe`]), the calls between them ([`plan::plan`], pure), carried
-//!   out in order ([`execute`]). An unchanged spec makes no mutating call.
+//!   out in order (`execute`). An unchanged spec makes no mutating call.
 //! - `delete`: what the Service owns ([`observe::owned`]), what to delete
 //!   or give back ([`plan::teardown`], pure), carried out.
 //!
@@ -131,6 +131,7 @@ impl SlbProvider {
         let plan = plan::plan(&observed, &desired)?;
         if !plan.steps.is_empty() {
             tracing::info!(
+                mode = ?plan.mode,
                 steps = plan.steps.len(),
                 operations = ?plan.steps.iter().map(Step::operation).collect::<Vec<_>>(),
                 "converging load balancer"

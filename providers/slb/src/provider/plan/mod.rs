@@ -199,14 +199,14 @@ fn age(lb: &LoadBalancer) -> (u64, &str) {
     (lb.created_at, &lb.id)
 }
 
-/// The oldest of `items` by their balancer's [`age`].
+/// The oldest of `items` by their balancer's creation time, then id.
 pub fn oldest<T>(items: &[T], balancer: impl Fn(&T) -> &LoadBalancer) -> Option<&T> {
     items.iter().min_by_key(|item| age(balancer(item)))
 }
 
 /// Whether portico reused the balancer (through the `id` annotation)
 /// rather than made it: then it is never deleted, only released.
-pub fn is_reused(balancer: &LoadBalancer) -> bool {
+fn is_reused(balancer: &LoadBalancer) -> bool {
     balancer.tags.contains_key(REUSED_TAG)
 }
 
@@ -227,7 +227,6 @@ struct Chosen<'a> {
 }
 
 fn choose<'a>(found: &'a Found, desired: &Desired) -> Result<Chosen<'a>, ProviderError> {
-    let id_field = || Annotations::field(&annotation(keys::ID));
     match found {
         Found::Named { id, balancer: None } => Err(ProviderError::NotFound {
             what: format!(
@@ -244,7 +243,7 @@ fn choose<'a>(found: &'a Found, desired: &Desired) -> Result<Chosen<'a>, Provide
                 && uid != &desired.key.uid
             {
                 return Err(ProviderError::invalid(
-                    id_field(),
+                    Annotations::field(&annotation(keys::ID)),
                     format!("balancer {id} already belongs to another Service"),
                 ));
             }
