@@ -1,6 +1,7 @@
 //! Fixtures shared by the plan tests: a two-listener spec, the cloud after
-//! a perfect convergence of it, and a check that every plan refers only to
-//! what exists or what an earlier step creates.
+//! a perfect convergence of it (balancers of the Service's, reused ones,
+//! someone else's), and a check that every plan refers only to what exists
+//! or what an earlier step creates.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -10,11 +11,11 @@ use portico_provider::{
     Protocol, Target,
 };
 use portico_slb::cloud::model::*;
-use portico_slb::provider::SlbOptions;
 use portico_slb::provider::desired::{Desired, DesiredListener, desired_listeners};
-use portico_slb::provider::marker;
+use portico_slb::provider::observe::{Found, ObservedBalancer};
 use portico_slb::provider::options::PREFIX;
 use portico_slb::provider::plan::{AclRef, GroupRef, Step, group_name};
+use portico_slb::provider::{REUSED_TAG, SlbOptions, marker};
 
 pub const MARK: &str = "portico-0123456789abcdef";
 
@@ -159,4 +160,99 @@ pub fn assert_refs_resolve(desc: &str, steps: &[Step]) {
             _ => {}
         }
     }
+}
+
+pub const ADDRESS: &str = "127.240.0.10";
+
+pub fn balancer(id: &str, created_at: u64, tags: BTreeMap<String, String>) -> LoadBalancer {
+    LoadBalancer {
+        id: id.into(),
+        name: "some-name".into(),
+        address: ADDRESS.parse().expect("ip"),
+        address_type: AddressType::Internet,
+        spec: DEFAULT_BALANCER_SPEC.into(),
+        tags,
+        created_at,
+    }
+}
+
+pub fn reused_tags() -> BTreeMap<String, String> {
+    let mut tags = key().owner_tags();
+    tags.insert(REUSED_TAG.into(), "true".into());
+    tags
+}
+
+/// A balancer holding exactly what `d` asks, with `tags` and `acl` on its listeners.
+pub fn holding(
+    id: &str,
+    created_at: u64,
+    tags: BTreeMap<String, String>,
+    d: &Desired,
+    acl: Option<ListenerAcl>,
+) -> ObservedBalancer {
+    let (listeners, groups) = converged_with(&d.marker, &d.listeners, acl);
+    ObservedBalancer {
+        balancer: balancer(id, created_at, tags),
+        listeners,
+        groups,
+    }
+}
+
+pub fn ours(id: &str, created_at: u64, d: &Desired) -> ObservedBalancer {
+    holding(id, created_at, key().owner_tags(), d, None)
+}
+
+/// Someone else's balancer with one listener of theirs on port 9000.
+pub fn bare(id: &str) -> ObservedBalancer {
+    let group = BackendServerGroup {
+        id: "sg-theirs".into(),
+        load_balancer_id: id.into(),
+        name: "theirs".into(),
+        servers: Vec::new(),
+    };
+    let listener = Listener {
+        id: "lsn-theirs".into(),
+        load_balancer_id: id.into(),
+        port: 9000,
+        protocol: ListenerProtocol::Tcp,
+        settings: ListenerSettings {
+            backend_server_group_id: group.id.clone(),
+            health_check: HealthCheck::default(),
+            scheduler: SchedulerKind::Wrr,
+            acl: None,
+            sticky_session: None,
+            description: "made by hand".into(),
+        },
+    };
+    ObservedBalancer {
+        balancer: balancer(id, 1, BTreeMap::new()),
+        listeners: vec![listener],
+        groups: vec![group],
+    }
+}
+
+pub fn named(id: &str, balancer: Option<ObservedBalancer>) -> Found {
+    Found::Named {
+        id: id.into(),
+        balancer: balancer.map(Box::new),
+    }
+}
+
+pub fn acl(id: &str, cidrs: &[&str]) -> Acl {
+    Acl {
+        id: id.into(),
+        name: key_marker(),
+        entries: cidrs
+            .iter()
+            .map(|c| AclEntry::new(c.parse().expect("cidr")))
+            .collect(),
+        tags: key().owner_tags(),
+    }
+}
+
+pub fn whitelist(id: &str) -> Option<ListenerAcl> {
+    Some(ListenerAcl {
+        acl_id: id.into(),
+        mode: AclMode::White,
+    })
 }
