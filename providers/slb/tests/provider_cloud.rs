@@ -11,7 +11,9 @@ use portico_provider::{
     LoadBalancerProvider, LoadBalancerSpec, Protocol, ProviderError, Target,
 };
 use portico_slb::cloud::model::*;
-use portico_slb::cloud::{CloudConfig, CloudServer, FaultConfig, FaultRule, NullSink, Quotas};
+use portico_slb::cloud::{
+    ApiStats, CloudConfig, CloudServer, FaultConfig, FaultRule, NullSink, Quotas,
+};
 use portico_slb::provider::options::PREFIX;
 use portico_slb::provider::{SlbProvider, SlbProviderConfig};
 use serde_json::json;
@@ -71,10 +73,23 @@ async fn set_faults(http: &reqwest::Client, cloud: &CloudServer, faults: FaultCo
     assert!(resp.status().is_success());
 }
 
+/// Mutating calls the cloud has answered so far.
+async fn mutating_calls(http: &reqwest::Client, cloud: &CloudServer) -> u64 {
+    let stats: ApiStats = http
+        .get(format!("{}/admin/stats", cloud.url()))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json");
+    stats.mutating_calls
+}
+
 #[tokio::test]
 async fn status_and_annotations_reach_the_cloud() {
     tokio::time::timeout(TIMEOUT, async {
-        let (cloud, provider, _) = setup(CloudConfig::default()).await;
+        let (cloud, provider, http) = setup(CloudConfig::default()).await;
         let s = spec("annotated", &[("address-type", "intranet"), ("spec", "slb.s2.small"), ("ip", "127.240.9.9")]);
         let status = provider.ensure_spec(&s).await.expect("ensure");
         let ingress = &status.ingress[0];
@@ -92,6 +107,9 @@ async fn status_and_annotations_reach_the_cloud() {
         let s2 = spec("annotated", &[("address-type", "intranet"), ("spec", "slb.s3.large"), ("ip", "127.240.9.9")]);
         provider.ensure_spec(&s2).await.expect("spec change");
         assert_eq!(cloud.snapshot().balancers.values().next().map(|b| b.spec.clone()), Some("slb.s3.large".into()));
+        let before = mutating_calls(&http, &cloud).await;
+        provider.ensure_spec(&s2).await.expect("at rest");
+        assert_eq!(mutating_calls(&http, &cloud).await, before, "a resized balancer at rest");
         let s3 = spec("annotated", &[("address-type", "internet"), ("ip", "127.240.9.9")]);
         assert!(matches!(provider.ensure_spec(&s3).await, Err(ProviderError::InvalidSpec { field, .. }) if field.contains("address-type")));
 
@@ -139,8 +157,36 @@ async fn reused_balancer_is_never_deleted() {
             .expect("listener");
         assert!(resp.status().is_success());
 
+        // A clash with their listener is refused before anything changes:
+        // the balancer is not even tagged as the Service's.
+        let mut clash = spec("reuser", &[("id", &lb.id)]);
+        clash.listeners.push(SpecListener {
+            port: 9000,
+            protocol: Protocol::Tcp,
+            node_port: 30900,
+            name: None,
+        });
+        let before = mutating_calls(&http, &cloud).await;
+        assert!(matches!(
+            provider.ensure_spec(&clash).await,
+            Err(ProviderError::InvalidSpec { .. })
+        ));
+        assert_eq!(
+            mutating_calls(&http, &cloud).await,
+            before,
+            "a refused reuse"
+        );
+        assert!(provider.list_owned().await.expect("owned").is_empty());
+
         let s = spec("reuser", &[("id", &lb.id)]);
         let status = provider.ensure_spec(&s).await.expect("ensure on reused");
+        let before = mutating_calls(&http, &cloud).await;
+        provider.ensure_spec(&s).await.expect("at rest");
+        assert_eq!(
+            mutating_calls(&http, &cloud).await,
+            before,
+            "a reused balancer at rest"
+        );
         assert_eq!(status.ingress[0].ip, Some(lb.address));
         assert_eq!(
             cloud.snapshot().listeners.len(),
@@ -152,14 +198,7 @@ async fn reused_balancer_is_never_deleted() {
             vec![s.key.clone()]
         );
 
-        // A clash with their listener needs force-override-listeners.
-        let mut clash = s.clone();
-        clash.listeners.push(SpecListener {
-            port: 9000,
-            protocol: Protocol::Tcp,
-            node_port: 30900,
-            name: None,
-        });
+        // Still refused once the balancer is the Service's.
         assert!(matches!(
             provider.ensure_spec(&clash).await,
             Err(ProviderError::InvalidSpec { .. })

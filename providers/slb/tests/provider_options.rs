@@ -8,7 +8,7 @@ use portico_provider::{
     ProviderError,
 };
 use portico_slb::cloud::model::{AclMode, AddressType, HealthCheckType, SchedulerKind};
-use portico_slb::provider::options::{PREFIX, SlbOptions, UserAcl};
+use portico_slb::provider::options::{ForeignListeners, PREFIX, Reuse, SlbOptions, UserAcl};
 use portico_slb::provider::{SlbProvider, SlbProviderConfig};
 
 fn spec(pairs: &[(&str, &str)]) -> LoadBalancerSpec {
@@ -42,8 +42,7 @@ fn good_values_parse() {
                 && o.scheduler == SchedulerKind::Wrr
                 && o.weight == 100
                 && o.acl.is_none()
-                && o.reuse_id.is_none()
-                && !o.force_override_listeners
+                && o.reuse.is_none()
         }),
         ("intranet", &[("address-type", "intranet")], |o| {
             o.address_type == AddressType::Intranet
@@ -124,7 +123,23 @@ fn good_values_parse() {
         (
             "reuse",
             &[("id", "lb-abc"), ("force-override-listeners", "true")],
-            |o| o.reuse_id.as_deref() == Some("lb-abc") && o.force_override_listeners,
+            |o| {
+                o.reuse
+                    == Some(Reuse {
+                        id: "lb-abc".into(),
+                        foreign_listeners: ForeignListeners::Override,
+                    })
+            },
+        ),
+        (
+            "reuse keeps foreign listeners by default",
+            &[("id", "lb-abc")],
+            |o| o.reuse.as_ref().map(|r| r.foreign_listeners) == Some(ForeignListeners::Keep),
+        ),
+        (
+            "force-override-listeners alone reuses nothing",
+            &[("force-override-listeners", "true")],
+            |o| o.reuse.is_none(),
         ),
         ("weight", &[("weight", "1")], |o| o.weight == 1),
         ("persistence", &[("persistence-timeout", "1800")], |o| {
