@@ -65,4 +65,6 @@ pub enum Error {
     Provider(String),
     #[error("demo: {0}")]
     Demo(String),
+    #[error("speaker")]
+    Speaker(#[source] portico_arp::Error),
 }

@@ -30,6 +30,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => portico::app::run(*args).await,
         Command::SlbServer(args) => portico::app::slb_server(args).await,
         Command::Demo(args) => portico::demo::run(args).await,
+        Command::Speaker(args) => portico::app::speaker(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
