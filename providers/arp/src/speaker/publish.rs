@@ -201,6 +201,26 @@ mod tests {
         }
     }
 
+    /// The chart ships the CRD from this file; it must be what the Rust
+    /// type generates. `PORTICO_WRITE_CRDS=1` rewrites it.
+    #[test]
+    fn the_chart_ships_the_generated_crd() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../charts/portico/files/vipannouncements.portico.io.yaml");
+        let generated = serde_yaml::to_string(&VipAnnouncement::crd()).expect("yaml");
+        if std::env::var_os("PORTICO_WRITE_CRDS").is_some() {
+            let header = "# Generated from portico_arp::speaker::publish::VipAnnouncement\n# (PORTICO_WRITE_CRDS=1 cargo test -p portico-arp the_chart_ships_the_generated_crd).\n";
+            std::fs::write(&path, format!("{header}{generated}")).expect("write the CRD");
+        }
+        let shipped = std::fs::read_to_string(&path).expect("the chart's CRD file");
+        let shipped: serde_json::Value = serde_yaml::from_str(&shipped).expect("valid YAML");
+        let generated: serde_json::Value = serde_yaml::from_str(&generated).expect("valid YAML");
+        assert_eq!(
+            shipped, generated,
+            "charts/portico/files/vipannouncements.portico.io.yaml is stale: run PORTICO_WRITE_CRDS=1 cargo test -p portico-arp the_chart_ships_the_generated_crd"
+        );
+    }
+
     #[test]
     fn the_crd_prints_ip_service_and_node() {
         let crd = VipAnnouncement::crd();
