@@ -66,7 +66,9 @@ impl GossipConfig {
     }
 
     fn foca_config(&self) -> foca::Config {
-        let mut config = foca::Config::new_lan(NonZeroU32::MIN.saturating_add(15));
+        // LAN defaults sized for a few dozen speakers (how many times an
+        // update is retransmitted); the timings are ours.
+        let mut config = foca::Config::new_lan(NonZeroU32::MIN.saturating_add(31));
         config.probe_period = self.probe_period;
         config.probe_rtt = self.probe_rtt;
         config.suspect_to_down_after = self.suspect_timeout;

@@ -230,15 +230,13 @@ impl Announcer {
         });
         let stop = CancellationToken::new();
         {
-            let shared = shared.clone();
-            let stop = stop.clone();
+            let (answering, stop) = (shared.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("arp-answer".into())
-                .spawn(move || answer_arp(&shared, arp_rx, &stop))
-                .map_err(|source| Error::RawSocket {
-                    what: "ARP",
-                    interface: "thread".into(),
-                    source,
+                .spawn(move || answer_arp(&answering, arp_rx, &stop))
+                .map_err(|e| Error::Interface {
+                    name: shared.iface.name.clone(),
+                    problem: format!("cannot start the thread answering ARP: {e}"),
                 })?;
         }
         if shared.ndp.is_some() {
