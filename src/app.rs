@@ -185,6 +185,14 @@ pub async fn demo(args: portico_demo::DemoArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// `portico speaker`: the bare-metal announcer on this node.
+pub async fn speaker(args: portico_arp::speaker::SpeakerArgs) -> Result<(), Error> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    portico_arp::speaker::run_with(client, args, shutdown_on_signal())
+        .await
+        .map_err(Error::Speaker)
+}
+
 /// `portico slb-server`.
 pub async fn slb_server(args: SlbServerArgs) -> Result<(), Error> {
     let mut registry = Registry::default();

@@ -39,13 +39,17 @@ pub enum Command {
     /// Run the whole path on this machine with no cluster and no cloud account.
     #[cfg(feature = "demo")]
     Demo(portico_demo::DemoArgs),
+    /// Announce bare-metal VIPs from this node with ARP/NDP (the arp
+    /// provider's DaemonSet; host network, NET_RAW and NET_ADMIN).
+    #[command(args_override_self = true)]
+    Speaker(Box<portico_arp::speaker::SpeakerArgs>),
 }
 
 impl Command {
     /// The log filter unless `RUST_LOG` says otherwise.
     pub fn default_log_filter(&self) -> &'static str {
         match self {
-            Command::Run(_) | Command::SlbServer(_) => "info,kube=warn",
+            Command::Run(_) | Command::SlbServer(_) | Command::Speaker(_) => "info,kube=warn",
             // The demo narrates on stdout; its logs stay quiet.
             #[cfg(feature = "demo")]
             Command::Demo(_) => "warn",
@@ -229,5 +233,36 @@ mod tests {
         ]);
         assert_eq!(args.claim_classless, Some(true), "the flag wins");
         assert!(!args.gc);
+    }
+
+    #[test]
+    fn speaker_takes_its_node_and_interface() {
+        let cli = Cli::try_parse_from([
+            "portico",
+            "speaker",
+            "--node-name",
+            "worker-1",
+            "--interface",
+            "eth1",
+            "--gossip-port",
+            "7947",
+            "--http-addr",
+            "127.0.0.1:7473",
+        ])
+        .expect("parses");
+        let Command::Speaker(args) = cli.command else {
+            panic!("expected speaker, got {:?}", cli.command);
+        };
+        assert_eq!(args.node_name, "worker-1");
+        assert_eq!(args.interface.as_deref(), Some("eth1"));
+        assert_eq!(args.gossip_port, 7947);
+        assert_eq!(
+            args.http_addr.0,
+            Some("127.0.0.1:7473".parse().expect("addr"))
+        );
+        let missing = Cli::try_parse_from(["portico", "speaker"]);
+        if std::env::var_os("NODE_NAME").is_none() {
+            assert!(missing.is_err(), "the node name is required");
+        }
     }
 }

@@ -76,4 +76,6 @@ pub enum Error {
     #[cfg(feature = "demo")]
     #[error(transparent)]
     Demo(#[from] portico_demo::Error),
+    #[error("speaker")]
+    Speaker(#[source] portico_arp::Error),
 }

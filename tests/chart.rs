@@ -52,7 +52,10 @@ fn values_files() -> Vec<Option<PathBuf>> {
 }
 
 fn render(values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
-    let chart = chart();
+    render_chart(&chart(), values, set)
+}
+
+fn render_chart(chart: &Path, values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
     let mut args = vec![
         "template",
         "portico",
@@ -211,6 +214,109 @@ fn the_controller_is_hardened_and_highly_available() {
     assert!(
         find(&single, "Role").is_none(),
         "no Lease rights without leader election"
+    );
+}
+
+/// The speaker DaemonSet as it renders once `provider: arp` is allowed (the
+/// chart still refuses arp until the IP pools land: rendered here from a
+/// copy of the chart with that one refusal lifted).
+#[test]
+fn the_speaker_daemonset_is_host_network_with_only_raw_capabilities() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+
+    let default = render(None, &[]).expect("renders");
+    assert!(
+        find(&default, "DaemonSet").is_none(),
+        "no speaker unless provider is arp"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("portico");
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(chart())
+        .arg(&copy)
+        .output()
+        .expect("cp");
+    assert!(out.status.success());
+    let helpers = copy.join("templates/_helpers.tpl");
+    let text = std::fs::read_to_string(&helpers).expect("helpers");
+    let refusal = text
+        .lines()
+        .find(|l| l.contains("fail \"provider: arp"))
+        .expect("the arp refusal is still in place");
+    std::fs::write(&helpers, text.replace(refusal, "")).expect("lift the refusal");
+    let docs = render_chart(&copy, None, &["provider=arp"]).expect("renders with arp");
+    let crd = find(&docs, "CustomResourceDefinition").expect("the VipAnnouncement CRD");
+    assert_eq!(crd["metadata"]["name"], "vipannouncements.portico.io");
+    let daemonset: DaemonSet = typed(find(&docs, "DaemonSet").expect("speaker DaemonSet"));
+    let pod = daemonset
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec");
+    assert_eq!(
+        pod.host_network,
+        Some(true),
+        "answers on the node's interface"
+    );
+    assert!(
+        pod.tolerations.is_some_and(|t| !t.is_empty()),
+        "tolerations"
+    );
+    assert!(pod.node_selector.is_some(), "node selector");
+    let container = &pod.containers[0];
+    let caps = container
+        .security_context
+        .clone()
+        .and_then(|s| s.capabilities)
+        .expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    let mut added = caps.add.expect("added capabilities");
+    added.sort();
+    assert_eq!(added, vec!["NET_ADMIN".to_string(), "NET_RAW".to_string()]);
+    let node_name = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NODE_NAME")
+        .and_then(|e| e.value_from.clone())
+        .and_then(|v| v.field_ref)
+        .map(|f| f.field_path);
+    assert_eq!(node_name.as_deref(), Some("spec.nodeName"), "downward API");
+    // The rendered arguments are ones `portico speaker` accepts.
+    let mut argv = vec!["portico".to_string()];
+    argv.extend(container.args.clone().expect("args"));
+    argv.extend(["--node-name".to_string(), "n1".to_string()]);
+    let parsed = <portico::cli::Cli as clap::Parser>::try_parse_from(&argv);
+    assert!(
+        matches!(
+            parsed.as_ref().map(|c| &c.command),
+            Ok(portico::cli::Command::Speaker(_))
+        ),
+        "{argv:?}: {:?}",
+        parsed.err()
+    );
+    let role: ClusterRole = typed(
+        docs.iter()
+            .find(|d| {
+                d["kind"] == "ClusterRole"
+                    && d["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.ends_with("-speaker"))
+            })
+            .expect("speaker ClusterRole"),
+    );
+    assert!(
+        role.rules.iter().flatten().all(|r| r
+            .verbs
+            .iter()
+            .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
+            || r.resources
+                .iter()
+                .flatten()
+                .all(|res| res == "events" || res == "vipannouncements")),
+        "the speaker writes only Events and VipAnnouncements"
     );
 }
 

@@ -42,3 +42,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "portico.loadBalancerClass" -}}
 {{- default (printf "portico.io/%s" .Values.provider) .Values.loadBalancerClass -}}
 {{- end -}}
+
+{{- define "portico.speakerSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: speaker
+{{- end -}}
+
+{{- define "portico.speakerLabels" -}}
+{{ include "portico.speakerSelectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
