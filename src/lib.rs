@@ -26,6 +26,7 @@ pub mod providers;
 pub mod reconcile;
 pub mod runtime;
 pub mod server;
+pub mod service_spec;
 pub mod status;
 
 use std::net::SocketAddr;
