@@ -77,6 +77,6 @@ pub enum Error {
     #[cfg(feature = "demo")]
     #[error(transparent)]
     Demo(#[from] portico_demo::Error),
-    #[error("speaker")]
+    #[error("the speaker failed")]
     Speaker(#[source] portico_arp::Error),
 }
