@@ -94,3 +94,7 @@ pub mod addresses;
 pub mod allocator;
 pub mod pool;
 pub mod pools;
+pub mod provider;
+pub mod request;
+
+pub use provider::{ArpProvider, ArpProviderConfig};
