@@ -74,7 +74,14 @@ impl ArpProvider {
     /// Serve one leadership term: until `stop`, keep the allocator loaded
     /// from the API server (calls wait until it is). Run it beside the
     /// Service controller, only while leading.
+    ///
+    /// # Cancellation
+    /// Dropping the future (a deposed leader) or `stop` ends the term: the
+    /// provider answers nothing until the next term has loaded again.
     pub async fn sync(&self, client: Client, stop: CancellationToken) {
+        // Whatever a previous term knew may be stale by now.
+        let _term = NotReady(self);
+        self.shared.ready.send_replace(false);
         let (pools, pools_writer) = reflector::store::<IpPool>();
         let (services, services_writer) = reflector::store::<Service>();
         let (namespaces, namespaces_writer) = reflector::store();
@@ -130,12 +137,17 @@ impl ArpProvider {
             _ = watches => {}
             () = term.run(namespaces, &mut rx) => {}
         }
-        self.shared.ready.send_replace(false);
-        *self
-            .shared
-            .directory
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// Ends a term however its future ends (returned, or dropped).
+struct NotReady<'a>(&'a ArpProvider);
+
+impl Drop for NotReady<'_> {
+    fn drop(&mut self) {
+        let shared = &self.0.shared;
+        shared.ready.send_replace(false);
+        *shared.directory.write().unwrap_or_else(|e| e.into_inner()) = None;
         info!("IP allocator stopped (not leading)");
     }
 }
