@@ -253,6 +253,11 @@ impl Allocator {
         self.allocations.get(key)
     }
 
+    /// A Service of ours holding `ip`, if any.
+    pub fn owner_of(&self, ip: IpAddr) -> Option<&LoadBalancerKey> {
+        self.holders.get(&ip)?.owned.iter().next()
+    }
+
     /// Every Service holding addresses.
     pub fn keys(&self) -> impl Iterator<Item = &LoadBalancerKey> {
         self.allocations.keys()

@@ -293,6 +293,11 @@ impl Term<'_> {
                 Vec::new()
             };
             let reserved = !ips.is_empty();
+            for ip in &ips {
+                if let Some(ours) = state.allocator.owner_of(*ip) {
+                    warn!(service = %id, %ip, ours = %ours, "another controller's Service shows an address one of ours holds; ours moves at its next sync");
+                }
+            }
             state.allocator.set_foreign(&id, ips);
             return if reserved {
                 Observed::Reserved
