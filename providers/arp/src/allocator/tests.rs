@@ -1,6 +1,7 @@
 //! Table tests: each row is one described step against one allocator,
 //! checked before the next row runs (MetalLB's allocator tests read the
-//! same way).
+//! same way). One file on purpose, though long: the tables share one small
+//! step language (`Op`, `Want`, `run`) and read top to bottom.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
