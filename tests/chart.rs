@@ -324,11 +324,6 @@ fn the_speaker_daemonset_is_host_network_with_only_raw_capabilities() {
 fn bad_values_are_refused_by_name() {
     let cases = [
         ("unknown provider", "provider=gcp", "/provider"),
-        (
-            "arp before bare metal lands",
-            "provider=arp",
-            "provider: arp",
-        ),
         ("no replicas", "replicaCount=0", "/replicaCount"),
         ("a typo in a key", "replicas=3", "replicas"),
         (
@@ -353,6 +348,77 @@ fn bad_values_are_refused_by_name() {
             ),
         }
     }
+}
+
+/// (API group, resource, verb) of every ClusterRole rule rendered.
+fn cluster_grants(docs: &[Value]) -> std::collections::BTreeSet<(String, String, String)> {
+    docs.iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+        .map(typed::<ClusterRole>)
+        .flat_map(|role| role.rules.unwrap_or_default())
+        .flat_map(|rule| {
+            let groups = rule.api_groups.unwrap_or_default();
+            let resources = rule.resources.unwrap_or_default();
+            let mut out = Vec::new();
+            for g in &groups {
+                for r in &resources {
+                    for v in &rule.verbs {
+                        out.push((g.clone(), r.clone(), v.clone()));
+                    }
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn the_arp_provider_ships_its_crd_and_only_it_may_touch_ippools() {
+    let arp = render(Some(&chart().join("ci/arp-values.yaml")), &[]).expect("renders");
+    let grants = cluster_grants(&arp);
+    for (group, resource, verb) in [
+        ("portico.io", "ippools", "list"),
+        ("portico.io", "ippools", "watch"),
+        ("portico.io", "ippools/status", "patch"),
+        ("", "namespaces", "watch"),
+    ] {
+        assert!(
+            grants.contains(&(group.into(), resource.into(), verb.into())),
+            "arp may {verb} {group}/{resource}: {grants:?}"
+        );
+    }
+    for (desc, values) in [
+        ("slb", None),
+        ("aws", Some(chart().join("ci/aws-values.yaml"))),
+    ] {
+        let docs = render(values.as_deref(), &[]).expect("renders");
+        assert!(
+            cluster_grants(&docs)
+                .iter()
+                .all(|(g, _, _)| g != "portico.io"),
+            "{desc}: no IPPool rights"
+        );
+    }
+    // helm installs crds/ before the templates; the file is generated from
+    // the Rust types (portico-arp's test keeps them in step).
+    let chart = chart();
+    let out = run_helm(&[
+        "template",
+        "portico",
+        chart.to_str().expect("utf-8"),
+        "--include-crds",
+        "--set",
+        "provider=arp",
+    ])
+    .expect("renders with CRDs");
+    let crd = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|doc| Value::deserialize(doc).ok())
+        .find(|d| d["kind"] == "CustomResourceDefinition")
+        .expect("the IPPool CRD");
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        typed(&crd);
+    assert_eq!(crd.metadata.name.as_deref(), Some("ippools.portico.io"));
+    assert_eq!(crd.spec.scope, "Cluster");
 }
 
 #[test]

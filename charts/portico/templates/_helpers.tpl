@@ -32,11 +32,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Release.Namespace .Values.leaderElection.namespace -}}
 {{- end -}}
 
-{{/* Refuse what the schema cannot explain well. */}}
+{{/* Refuse what the schema cannot explain well (nothing yet). */}}
 {{- define "portico.validate" -}}
-{{- if eq .Values.provider "arp" -}}
-{{- fail "provider: arp (bare metal: IP pools and the ARP speaker) is not available in this version; use slb or aws" -}}
-{{- end -}}
 {{- end -}}
 
 {{- define "portico.loadBalancerClass" -}}

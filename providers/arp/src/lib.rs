@@ -88,3 +88,13 @@ impl From<kube::Error> for Error {
         Error::Kube(Box::new(err))
     }
 }
+
+// The controller side: IP pools and the allocator (apart from every socket).
+pub mod addresses;
+pub mod allocator;
+pub mod pool;
+pub mod pools;
+pub mod provider;
+pub mod request;
+
+pub use provider::{ArpProvider, ArpProviderConfig};
