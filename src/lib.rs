@@ -61,6 +61,11 @@ pub enum Error {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("invalid leader election settings")]
+    Lease {
+        #[source]
+        source: leader::LeaseConfigError,
+    },
     #[error("provider setup failed: {0}")]
     Provider(String),
     #[error("demo: {0}")]

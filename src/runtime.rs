@@ -39,6 +39,9 @@ pub async fn run_replica(
     mut registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    if let Some(lease) = &options.lease {
+        lease.validate().map_err(|source| Error::Lease { source })?;
+    }
     let metrics = Metrics::register(&mut registry);
     registry.sub_registry_with_prefix("portico").register(
         "cluster",
