@@ -552,16 +552,15 @@ async fn leader_election_one_acts_other_takes_over(backend: Backend) {
         let stopped = tokio::time::Instant::now();
         a.stop().await;
         // Released, not expired: b holds the lease well before the 3 s duration runs out.
-        loop {
-            if env.lease_holder().await.as_deref() == Some("replica-b") {
-                break;
-            }
-            assert!(
-                stopped.elapsed() < Duration::from_millis(2500),
-                "b did not take over before the lease would have expired: the leader did not release it"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually("b holds the lease", 10, || async {
+            env.lease_holder().await.filter(|h| h == "replica-b")
+        })
+        .await;
+        assert!(
+            stopped.elapsed() < Duration::from_millis(2500),
+            "b took over {:?} after a stopped, not before the lease would have expired: the leader did not release it",
+            stopped.elapsed()
+        );
         env.create(svc("default", "second").lb().port(81, 30081).build())
             .await;
         eventually("b serves after takeover", 20, || async {
