@@ -67,6 +67,11 @@ pub enum Error {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("invalid leader election settings")]
+    Lease {
+        #[source]
+        source: leader::LeaseConfigError,
+    },
     #[error("provider setup failed: {0}")]
     Provider(String),
     #[error("cannot start the embedded SLB cloud")]

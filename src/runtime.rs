@@ -75,6 +75,9 @@ pub async fn run_replica_with(
     shutdown: CancellationToken,
     leader_task: Option<LeaderTask>,
 ) -> Result<(), Error> {
+    if let Some(lease) = &options.lease {
+        lease.validate().map_err(|source| Error::Lease { source })?;
+    }
     let metrics = Metrics::register(&mut registry);
     registry.sub_registry_with_prefix("portico").register(
         "cluster",
