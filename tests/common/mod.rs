@@ -355,10 +355,11 @@ impl Env {
 
     /// A positive barrier after a change that should do nothing: create
     /// Service `name` (portico's class) and wait until `provider` has
-    /// ensured it. The controller handles watch events in the order they
-    /// arrive, and this Service's ensure waits for its finalizer write
-    /// first, so whatever an earlier event made the controller do has
-    /// reached the provider by then.
+    /// ensured it and the controller has made its last write for it (the
+    /// `EnsuredLoadBalancer` Event). The controller handles watch events in
+    /// the order they arrive, and this Service's ensure waits for its
+    /// finalizer write first, so whatever an earlier event made the
+    /// controller do has reached the provider by then.
     pub async fn barrier(&self, provider: &RecordingProvider, name: &str) {
         let port = 31000 + i32::from(name.bytes().fold(0u8, |h, b| h.wrapping_mul(31) ^ b));
         self.create(
@@ -377,6 +378,8 @@ impl Env {
                 .then_some(())
         })
         .await;
+        self.ready(name).await;
+        self.event(name, "Normal", "EnsuredLoadBalancer").await;
     }
 
     /// Wait until the Lease has been renewed `n` more times: as many retry
