@@ -17,10 +17,13 @@
 
 mod counter;
 mod errors;
+mod execute;
 mod names;
+mod network;
 pub mod options;
 mod plan;
 mod provider;
+mod read;
 mod subnets;
 #[cfg(feature = "testing")]
 pub mod testing;
