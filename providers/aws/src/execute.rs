@@ -6,25 +6,33 @@ use aws_sdk_elasticloadbalancingv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_elasticloadbalancingv2::operation::register_targets::RegisterTargetsError;
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, IpAddressType as SdkIpAddressType, LoadBalancerAttribute,
-    LoadBalancerSchemeEnum, LoadBalancerTypeEnum, ProtocolEnum, SubnetMapping, TargetDescription,
-    TargetTypeEnum,
+    LoadBalancerSchemeEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum, SubnetMapping,
+    TargetDescription, TargetTypeEnum,
 };
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use portico_provider::{Annotations, LoadBalancerKey, ProviderError};
 use tracing::{debug, info, warn};
 
+use crate::desired::{Desired, HealthSettings};
 use crate::errors::{from_sdk, gone_is_ok};
 use crate::names::{self, owned_by};
+use crate::network::rule_description;
 use crate::options::AwsOptions;
-use crate::plan::{Desired, GroupRef, HealthSettings, ObservedLb, Step};
+use crate::plan::{GroupRef, ObservedLb, Step};
 use crate::provider::{AwsProvider, Found, Result};
 use crate::read::{CROSS_ZONE, observed_lb, sdk_tags};
 
 impl AwsProvider {
-    /// Create the NLB; when its name is taken, the NLB that has it (which the
-    /// caller must check is ours: it may be anyone's).
-    pub(crate) async fn create_lb(&self, desired: &Desired, opts: &AwsOptions) -> Result<Found> {
-        let subnet_ids = self.resolve_subnets(opts).await?;
+    /// Create the NLB in `subnet_ids` with `security_groups`; when its name
+    /// is taken, the NLB that has it (which the caller must check is ours:
+    /// it may be anyone's).
+    pub(crate) async fn create_lb(
+        &self,
+        desired: &Desired,
+        opts: &AwsOptions,
+        subnet_ids: &[String],
+        security_groups: &[String],
+    ) -> Result<Found> {
         let eips = &opts.eip_allocations;
         let ips = &opts.private_ipv4_addresses;
         for (what, n) in [
@@ -52,7 +60,7 @@ impl AwsProvider {
                     .build()
             })
             .collect();
-        info!(name = %desired.name, subnets = ?subnet_ids, "creating network load balancer");
+        info!(name = %desired.name, subnets = ?subnet_ids, ?security_groups, "creating network load balancer");
         let out = self
             .elb
             .create_load_balancer()
@@ -61,6 +69,7 @@ impl AwsProvider {
             .scheme(LoadBalancerSchemeEnum::from(desired.scheme.as_str()))
             .ip_address_type(SdkIpAddressType::from(desired.ip_address_type.as_str()))
             .set_subnet_mappings(Some(mappings))
+            .set_security_groups((!security_groups.is_empty()).then(|| security_groups.to_vec()))
             .set_tags(Some(sdk_tags(&desired.tags)))
             .send()
             .await;
@@ -69,7 +78,11 @@ impl AwsProvider {
                 .load_balancers()
                 .first()
                 .and_then(observed_lb)
-                .map(Found::Created)
+                .map(|mut lb| {
+                    // What it was created with, whether or not the answer repeats it.
+                    lb.security_groups = security_groups.to_vec();
+                    Found::Created(lb)
+                })
                 .ok_or_else(|| {
                     ProviderError::transient("CreateLoadBalancer returned no load balancer")
                 }),
@@ -94,7 +107,7 @@ impl AwsProvider {
         &self,
         key: &LoadBalancerKey,
         vpc_id: Option<&str>,
-        g: &crate::plan::DesiredGroup,
+        g: &crate::desired::DesiredGroup,
         tags: &BTreeMap<String, String>,
     ) -> Result<String> {
         let h = &g.health;
@@ -110,6 +123,11 @@ impl AwsProvider {
             .health_check_protocol(ProtocolEnum::from(h.protocol.as_str()))
             .health_check_port(h.port_string())
             .set_health_check_path(h.path.clone())
+            .set_matcher(
+                h.success_codes
+                    .as_ref()
+                    .map(|codes| Matcher::builder().http_code(codes).build()),
+            )
             .health_check_interval_seconds(h.interval)
             .health_check_timeout_seconds(h.timeout)
             .healthy_threshold_count(h.healthy)
@@ -164,6 +182,11 @@ impl AwsProvider {
             .health_check_protocol(ProtocolEnum::from(h.protocol.as_str()))
             .health_check_port(h.port_string())
             .set_health_check_path(h.path.clone())
+            .set_matcher(
+                h.success_codes
+                    .as_ref()
+                    .map(|codes| Matcher::builder().http_code(codes).build()),
+            )
             .health_check_interval_seconds(h.interval)
             .health_check_timeout_seconds(h.timeout)
             .healthy_threshold_count(h.healthy)
@@ -303,6 +326,23 @@ impl AwsProvider {
                 }
                 Step::DeleteListener { arn } => self.delete_listener(&arn).await?,
                 Step::DeleteGroup { arn } => self.delete_group(&arn).await?,
+                Step::SetSecurityGroups(groups) => {
+                    self.elb
+                        .set_security_groups()
+                        .load_balancer_arn(&lb.arn)
+                        .set_security_groups(Some(groups))
+                        .send()
+                        .await
+                        .map_err(|e| from_sdk("SetSecurityGroups", e))?;
+                }
+                Step::Authorize { group, rules } => {
+                    self.authorize(&group, &rules, &rule_description(key))
+                        .await?;
+                }
+                Step::Revoke { group, rules } => {
+                    self.revoke(&group, &rules, &rule_description(key)).await?;
+                }
+                Step::DeleteSecurityGroup(id) => self.delete_security_group(&id).await?,
             }
         }
         Ok(())

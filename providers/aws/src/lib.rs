@@ -16,6 +16,7 @@
 //! carries the steps out.
 
 mod counter;
+mod desired;
 mod errors;
 mod execute;
 mod names;
@@ -24,6 +25,7 @@ pub mod options;
 mod plan;
 mod provider;
 mod read;
+mod security;
 mod subnets;
 #[cfg(feature = "testing")]
 pub mod testing;

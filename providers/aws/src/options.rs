@@ -82,10 +82,12 @@ impl HealthProtocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthPort {
     TrafficPort,
     Port(u16),
+    /// A Service port's name: the health check goes to that port's NodePort.
+    Named(String),
 }
 
 /// How subnets are chosen for a new NLB.
@@ -108,6 +110,8 @@ pub struct HealthOverrides {
     pub timeout: Option<i32>,
     pub healthy_threshold: Option<i32>,
     pub unhealthy_threshold: Option<i32>,
+    /// HTTP codes of a healthy answer (`200`, `200,202`, `200-399`).
+    pub success_codes: Option<String>,
 }
 
 /// Every AWS-specific option of one Service, typed.
@@ -123,6 +127,11 @@ pub struct AwsOptions {
     pub eip_allocations: Vec<String>,
     pub private_ipv4_addresses: Vec<Ipv4Addr>,
     pub ip_address_type: IpAddressType,
+    /// Groups the user gives the NLB (ids or names) instead of portico's
+    /// own frontend group; empty: portico's group filters clients.
+    pub security_groups: Vec<String>,
+    /// Whether portico opens the nodes' cluster group to the NLB.
+    pub manage_backend_rules: bool,
 }
 
 fn invalid(suffix: &str, reason: impl Into<String>) -> ProviderError {
@@ -216,10 +225,13 @@ impl AwsOptions {
             Some("traffic-port") => Some(HealthPort::TrafficPort),
             Some(raw) => match raw.parse::<u16>() {
                 Ok(p) if p > 0 => Some(HealthPort::Port(p)),
+                _ if is_port_name(raw) => Some(HealthPort::Named(raw.to_string())),
                 _ => {
                     return Err(invalid(
                         "healthcheck-port",
-                        format!("{raw:?} is neither a port (1..=65535) nor traffic-port"),
+                        format!(
+                            "{raw:?} is neither a port (1..=65535), traffic-port nor a Service port name"
+                        ),
                     ));
                 }
             },
@@ -246,6 +258,12 @@ impl AwsOptions {
             timeout: range("healthcheck-timeout", 2, 120)?,
             healthy_threshold: range("healthcheck-healthy-threshold", 2, 10)?,
             unhealthy_threshold: range("healthcheck-unhealthy-threshold", 2, 10)?,
+            success_codes: match a.get(&key("healthcheck-success-codes")) {
+                None => None,
+                Some(raw) => Some(success_codes(raw).map_err(|reason| {
+                    invalid("healthcheck-success-codes", format!("{raw:?}: {reason}"))
+                })?),
+            },
         };
         if let (Some(interval), Some(timeout)) = (health.interval, health.timeout)
             && timeout >= interval
@@ -253,6 +271,12 @@ impl AwsOptions {
             return Err(invalid(
                 "healthcheck-timeout",
                 format!("{timeout}s must be shorter than the interval ({interval}s)"),
+            ));
+        }
+        if health.success_codes.is_some() && health.protocol == Some(HealthProtocol::Tcp) {
+            return Err(invalid(
+                "healthcheck-success-codes",
+                "success codes need healthcheck-protocol http or https, not tcp",
             ));
         }
         if health.path.is_some() && health.protocol == Some(HealthProtocol::Tcp) {
@@ -344,6 +368,16 @@ impl AwsOptions {
             }
         };
 
+        let security_groups = a.list(&key("security-groups")).unwrap_or_default();
+        if a.get(&key("security-groups")).is_some() && security_groups.is_empty() {
+            return Err(invalid("security-groups", "lists no security group"));
+        }
+        // As the AWS Load Balancer Controller: with the user's own groups,
+        // portico opens the nodes only when asked to.
+        let manage_backend_rules = a
+            .parse_bool(&key("manage-backend-security-group-rules"))?
+            .unwrap_or(security_groups.is_empty());
+
         Ok(Self {
             scheme,
             subnets,
@@ -354,8 +388,84 @@ impl AwsOptions {
             eip_allocations,
             private_ipv4_addresses,
             ip_address_type,
+            security_groups,
+            manage_backend_rules,
         })
     }
+}
+
+/// A Service port name as Kubernetes allows it (IANA_SVC_NAME: lowercase
+/// letters, digits and `-`, at most 15, with a letter).
+fn is_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().any(|c| c.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// `200`, `200,202` or `200-399`: codes AWS accepts for an NLB's HTTP check
+/// (200..=599).
+fn success_codes(raw: &str) -> Result<String, String> {
+    let code = |s: &str| -> Result<u16, String> {
+        match s.trim().parse::<u16>() {
+            Ok(c) if (200..=599).contains(&c) => Ok(c),
+            _ => Err(format!("{s:?} is not an HTTP code in 200..=599")),
+        }
+    };
+    let raw = raw.trim();
+    if let Some((lo, hi)) = raw.split_once('-') {
+        if code(lo)? > code(hi)? {
+            return Err("the range is reversed".into());
+        }
+    } else {
+        for c in raw.split(',') {
+            code(c)?;
+        }
+    }
+    Ok(raw.replace(' ', ""))
+}
+
+/// Every `aws-load-balancer-*` annotation portico reads; any other one a
+/// Service carries is reported as not enforced.
+pub const IMPLEMENTED: &[&str] = &[
+    "type",
+    "internal",
+    "scheme",
+    "subnets",
+    "cross-zone-load-balancing-enabled",
+    "healthcheck-protocol",
+    "healthcheck-port",
+    "healthcheck-path",
+    "healthcheck-interval",
+    "healthcheck-timeout",
+    "healthcheck-healthy-threshold",
+    "healthcheck-unhealthy-threshold",
+    "healthcheck-success-codes",
+    "additional-resource-tags",
+    "target-node-labels",
+    "eip-allocations",
+    "private-ipv4-addresses",
+    "ip-address-type",
+    "security-groups",
+    "manage-backend-security-group-rules",
+];
+
+/// One note per `aws-load-balancer-*` annotation portico does not implement,
+/// naming it, so nothing a user writes is dropped silently.
+pub fn unimplemented_notes(annotations: &Annotations) -> Vec<String> {
+    annotations
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix(PREFIX))
+        .filter(|suffix| !IMPLEMENTED.contains(suffix))
+        .map(|suffix| {
+            format!(
+                "metadata.annotations[{PREFIX}{suffix}] is not implemented by the aws provider and has no effect"
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -499,7 +609,7 @@ mod tests {
             ("hc port", &[("healthcheck-port", "0")], "healthcheck-port"),
             (
                 "hc port word",
-                &[("healthcheck-port", "http")],
+                &[("healthcheck-port", "Not_A_Port")],
                 "healthcheck-port",
             ),
             (

@@ -15,11 +15,14 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::counter::CallCounter;
+use crate::desired::{Desired, TgProtocol};
 use crate::errors::from_sdk;
 use crate::names::{self, key_from_tags, owned_by};
-use crate::options::AwsOptions;
-use crate::plan::{Desired, Observed, ObservedLb, Step, TgProtocol, plan};
+use crate::network::Ec2Cache;
+use crate::options::{AwsOptions, SubnetSelector};
+use crate::plan::{Observed, ObservedLb, ObservedSecurity, OwnGroup, Step, plan, replacement};
 use crate::read::is_network;
+use crate::security::InstanceInfo;
 
 /// How the provider reaches AWS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +59,7 @@ pub struct AwsProvider {
     pub(crate) elb: elb::Client,
     pub(crate) ec2: ec2::Client,
     calls: CallCounter,
+    pub(crate) cache: std::sync::Arc<Ec2Cache>,
 }
 
 pub(crate) type Result<T, E = ProviderError> = std::result::Result<T, E>;
@@ -116,6 +120,7 @@ impl AwsProvider {
             elb: elb::Client::from_conf(elb_conf.build()),
             ec2: ec2::Client::from_conf(ec2_conf.build()),
             calls,
+            cache: Default::default(),
         }
     }
 
@@ -131,34 +136,52 @@ impl AwsProvider {
     async fn ensure_inner(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus> {
         let opts = AwsOptions::parse(spec)?;
         let desired = Desired::new(spec, &opts)?;
-        let mut found = match self.find_lb(&desired.name).await? {
-            Some(lb) => Found::Existing(lb),
-            None => self.create_lb(&desired, &opts).await?,
-        };
-        if let Found::Existing(lb) = &found
-            && lb
-                .scheme
-                .as_deref()
-                .is_some_and(|s| s != desired.scheme.as_str())
+        let mut existing = self.find_lb(&desired.name).await?;
+        if let Some(lb) = &existing
+            && let Some(reason) = replacement(lb, &desired)
         {
             // Only ours may be deleted: check the tags before replacing.
             let tags = self.tags(std::slice::from_ref(&lb.arn)).await?;
             check_owned(&spec.key, lb, tags.get(&lb.arn))?;
-            info!(from = ?lb.scheme, to = desired.scheme.as_str(), "scheme changed: replacing the load balancer");
+            info!(%reason, "replacing the load balancer");
             self.delete_lb(&spec.key, lb).await?;
-            found = self.create_lb(&desired, &opts).await?;
+            existing = None;
         }
-        let (lb, observed) = match found {
-            Found::Existing(lb) => {
-                let observed = self.observe(&spec.key, lb.clone(), &desired).await?;
-                check_owned(&spec.key, &lb, Some(&observed.tags))?;
-                (lb, observed)
-            }
-            Found::Created(lb) => {
-                let observed = Observed::fresh(lb.clone(), desired.tags.clone());
-                (lb, observed)
+        // The nodes' instances: for the VPC of a new NLB, and for the groups
+        // to open (both read once and then cached).
+        let discover_vpc = existing.is_none()
+            && self.config.vpc_id.is_none()
+            && opts.subnets == SubnetSelector::Discover;
+        let instances = if discover_vpc || !desired.security.backend_ports.is_empty() {
+            let ids = desired
+                .groups
+                .first()
+                .map(|g| g.targets.clone())
+                .unwrap_or_default();
+            self.instances(&ids).await?
+        } else {
+            Vec::new()
+        };
+        let (lb, mut observed, start) = match existing {
+            Some(lb) => self.observe_owned(&spec.key, lb, &desired).await?,
+            None => {
+                let (found, start) = self.create(&spec.key, &desired, &opts, &instances).await?;
+                match found {
+                    Found::Created(lb) => {
+                        let observed =
+                            Observed::fresh(lb.clone(), desired.tags.clone(), Default::default());
+                        (lb, observed, Some(start))
+                    }
+                    Found::Existing(lb) => {
+                        let (lb, observed, _) = self.observe_owned(&spec.key, lb, &desired).await?;
+                        (lb, observed, Some(start))
+                    }
+                }
             }
         };
+        observed.security = self
+            .observe_security(&spec.key, &lb, &desired, &instances, start)
+            .await?;
         let steps = plan(&observed, &desired);
         if steps.is_empty() {
             debug!("load balancer up to date");
@@ -172,6 +195,129 @@ impl AwsProvider {
         self.execute(&spec.key, &lb, &desired, steps).await?;
         Ok(desired.status(&lb.dns_name))
     }
+
+    /// What AWS has for `lb`, once its tags say it is `key`'s.
+    async fn observe_owned(
+        &self,
+        key: &LoadBalancerKey,
+        lb: ObservedLb,
+        desired: &Desired,
+    ) -> Result<(ObservedLb, Observed, Option<SecurityStart>)> {
+        let observed = self.observe(key, lb.clone(), desired).await?;
+        check_owned(key, &lb, Some(&observed.tags))?;
+        Ok((lb, observed, None))
+    }
+
+    /// A new NLB: its subnets (and so its VPC), its own security group
+    /// (found again after an interrupted ensure, else created) and the
+    /// user's groups, then the NLB itself.
+    async fn create(
+        &self,
+        key: &LoadBalancerKey,
+        desired: &Desired,
+        opts: &AwsOptions,
+        instances: &[InstanceInfo],
+    ) -> Result<(Found, SecurityStart)> {
+        let vpc = match &opts.subnets {
+            SubnetSelector::Discover => Some(self.vpc(instances)?),
+            SubnetSelector::Listed(_) => self.config.vpc_id.clone(),
+        };
+        let (subnet_ids, vpc) = self
+            .resolve_subnets(opts, vpc.as_deref(), &self.cluster_keys(instances))
+            .await?;
+        let own = if desired.security.own_group {
+            Some(match self.own_group(key).await? {
+                Some(own) => (own, false),
+                None => (self.create_own_group(key, &vpc, &desired.tags).await?, true),
+            })
+        } else {
+            None
+        };
+        let user_groups = self
+            .user_groups(&desired.security.user_groups, Some(&vpc))
+            .await?;
+        let mut groups = user_groups.clone();
+        groups.extend(own.iter().map(|(g, _)| g.id.clone()));
+        let found = self.create_lb(desired, opts, &subnet_ids, &groups).await?;
+        let start = SecurityStart {
+            brand_new: own.as_ref().is_some_and(|(_, new)| *new),
+            own: own.map(|(g, _)| g),
+            user_groups,
+        };
+        Ok((found, start))
+    }
+
+    /// The security groups around `lb`: its own group (made now if the
+    /// Service newly wants one), the user's groups as ids, the rules that
+    /// name the own group, and the cluster groups of the targets.
+    async fn observe_security(
+        &self,
+        key: &LoadBalancerKey,
+        lb: &ObservedLb,
+        desired: &Desired,
+        instances: &[InstanceInfo],
+        start: Option<SecurityStart>,
+    ) -> Result<ObservedSecurity> {
+        let want = &desired.security;
+        if lb.security_groups.is_empty() {
+            if want.own_group || !want.user_groups.is_empty() {
+                warn!(
+                    name = %lb.name,
+                    "this load balancer was created without security groups and AWS cannot add any: \
+                     source ranges and node rules are not managed for it (delete the Service's \
+                     load balancer to have it made again with them)"
+                );
+            }
+            return Ok(ObservedSecurity::default());
+        }
+        let vpc = lb.vpc_id.as_deref();
+        let (mut own, brand_new, user_groups) = match start {
+            Some(s) => (s.own, s.brand_new, s.user_groups),
+            None => {
+                let (own, users) = tokio::try_join!(
+                    self.own_group(key),
+                    self.user_groups(&want.user_groups, vpc)
+                )?;
+                (own, false, users)
+            }
+        };
+        let mut brand_new = brand_new;
+        if own.is_none()
+            && want.own_group
+            && let Some(vpc) = vpc
+        {
+            own = Some(self.create_own_group(key, vpc, &desired.tags).await?);
+            brand_new = true;
+        }
+        let node_rules = async {
+            match &own {
+                Some(g) if !brand_new => self.rules_referencing(&g.id).await,
+                _ => Ok(Default::default()),
+            }
+        };
+        let node_groups = async {
+            if want.backend_ports.is_empty() {
+                Ok(Default::default())
+            } else {
+                self.node_groups(instances).await
+            }
+        };
+        let (node_rules, node_groups) = tokio::try_join!(node_rules, node_groups)?;
+        Ok(ObservedSecurity {
+            own,
+            user_groups,
+            node_rules,
+            node_groups,
+        })
+    }
+}
+
+/// What creating an NLB already learned about its security groups.
+struct SecurityStart {
+    own: Option<OwnGroup>,
+    /// The own group was made just now: nothing can refer to it yet.
+    brand_new: bool,
+    user_groups: Vec<String>,
 }
 
 #[async_trait]
@@ -186,7 +332,12 @@ impl LoadBalancerProvider for AwsProvider {
     }
 
     fn unenforced(&self, spec: &LoadBalancerSpec) -> Vec<String> {
-        crate::plan::source_ranges_note(spec).into_iter().collect()
+        let Ok(opts) = AwsOptions::parse(spec) else {
+            return Vec::new();
+        };
+        let mut notes = crate::options::unimplemented_notes(&spec.annotations);
+        notes.extend(crate::desired::unenforced_ranges(spec, &opts));
+        notes
     }
 
     async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus> {
@@ -214,7 +365,7 @@ impl LoadBalancerProvider for AwsProvider {
                 .collect();
             ports.sort();
             ports.dedup_by_key(|(port, _)| *port);
-            Ok(Some(crate::plan::status(&lb.dns_name, &ports)))
+            Ok(Some(crate::desired::status(&lb.dns_name, &ports)))
         }
         .instrument(span)
         .await
@@ -241,7 +392,9 @@ impl LoadBalancerProvider for AwsProvider {
                 }
                 // The balancer is gone; its target groups may not be (interrupted delete).
                 None => self.sweep_groups(key).await,
-            }
+            }?;
+            // Last: the NLB held its own group until it was deleted.
+            self.delete_own_group(key).await
         }
         .instrument(span)
         .await
@@ -277,11 +430,14 @@ impl LoadBalancerProvider for AwsProvider {
                     break;
                 }
             }
-            let tags = self.tags(&arns).await?;
+            let (tags, group_keys) =
+                tokio::try_join!(self.tags(&arns), self.keys_of_owned_groups())?;
             let mut keys: Vec<LoadBalancerKey> = arns
                 .iter()
                 .filter_map(|arn| key_from_tags(&self.config.cluster, tags.get(arn)?))
                 .collect();
+            // A security group whose NLB is gone (an interrupted delete) is owned too.
+            keys.extend(group_keys);
             keys.sort();
             keys.dedup();
             Ok(keys)

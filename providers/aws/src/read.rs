@@ -4,14 +4,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_elasticloadbalancingv2 as elb;
-use aws_sdk_elasticloadbalancingv2::types::{Action, LoadBalancerTypeEnum, Tag};
+use aws_sdk_elasticloadbalancingv2::types::{
+    Action, LoadBalancerTypeEnum, Tag, TargetHealthStateEnum,
+};
 use futures::future::try_join_all;
 use portico_provider::{LoadBalancerKey, ProviderError};
 use tracing::debug;
 
+use crate::desired::Desired;
 use crate::errors::{from_sdk, gone_is_ok};
 use crate::names;
-use crate::plan::{Desired, Observed, ObservedGroup, ObservedHealth, ObservedLb, ObservedListener};
+use crate::plan::{
+    Observed, ObservedGroup, ObservedHealth, ObservedLb, ObservedListener, ObservedSecurity,
+};
 use crate::provider::{AwsProvider, Result};
 
 pub(crate) const CROSS_ZONE: &str = "load_balancing.cross_zone.enabled";
@@ -40,6 +45,7 @@ pub(crate) fn observed_lb(lb: &elb::types::LoadBalancer) -> Option<ObservedLb> {
         scheme: lb.scheme().map(|s| s.as_str().to_string()),
         ip_address_type: lb.ip_address_type().map(|t| t.as_str().to_string()),
         vpc_id: lb.vpc_id().map(String::from),
+        security_groups: lb.security_groups().to_vec(),
     })
 }
 
@@ -186,9 +192,13 @@ impl AwsProvider {
             .send()
             .await
             .map_err(|e| from_sdk("DescribeTargetHealth", e))?;
+        // A draining target is leaving: not registered as far as the plan goes.
         Ok(out
             .target_health_descriptions()
             .iter()
+            .filter(|d| {
+                d.target_health().and_then(|h| h.state()) != Some(&TargetHealthStateEnum::Draining)
+            })
             .filter_map(|d| d.target()?.id().map(String::from))
             .collect())
     }
@@ -292,6 +302,7 @@ impl AwsProvider {
                         protocol: g.health_check_protocol().map(|p| p.as_str().to_string()),
                         port: g.health_check_port().map(String::from),
                         path: g.health_check_path().map(String::from),
+                        success_codes: g.matcher().and_then(|m| m.http_code()).map(String::from),
                         interval: g.health_check_interval_seconds(),
                         timeout: g.health_check_timeout_seconds(),
                         healthy: g.healthy_threshold_count(),
@@ -309,6 +320,7 @@ impl AwsProvider {
             cross_zone,
             listeners,
             groups: observed_groups,
+            security: ObservedSecurity::default(),
         })
     }
 }

@@ -78,6 +78,10 @@ pub struct AwsHarness {
     pub elb: elb::Client,
     pub vpc_id: String,
     pub subnets: Vec<(String, String)>,
+    /// The nodes' cluster group (tagged `kubernetes.io/cluster/<cluster>`);
+    /// instances also carry the VPC's default group, as EKS nodes carry more than one.
+    pub node_group: String,
+    default_group: Option<String>,
     instances: Mutex<Vec<Instance>>,
 }
 
@@ -139,6 +143,39 @@ impl AwsHarness {
                 .to_string();
             subnets.push((id, zone.to_string()));
         }
+        let node_group = ec2
+            .create_security_group()
+            .group_name(format!("{cluster}-nodes"))
+            .description("the nodes' cluster group")
+            .vpc_id(&vpc_id)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::SecurityGroup)
+                    .tags(tag(&format!("kubernetes.io/cluster/{cluster}"), "owned"))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("create node group")
+            .group_id()
+            .expect("group id")
+            .to_string();
+        let default_group = ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(&vpc_id).build())
+            .filters(
+                Filter::builder()
+                    .name("group-name")
+                    .values("default")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("default group")
+            .security_groups()
+            .first()
+            .and_then(|g| g.group_id())
+            .map(String::from);
         let mut config = AwsProviderConfig::new(cluster.as_str());
         config.region = Some(REGION.into());
         config.endpoint_url = Some(endpoint);
@@ -151,6 +188,8 @@ impl AwsHarness {
             elb,
             vpc_id,
             subnets,
+            node_group,
+            default_group,
             instances: Mutex::new(Vec::new()),
         }
     }
@@ -169,6 +208,12 @@ impl AwsHarness {
                 .image_id("ami-12c6146b")
                 .instance_type(ec2::types::InstanceType::T3Micro)
                 .subnet_id(subnet)
+                .security_group_ids(&self.node_group)
+                .set_security_group_ids(Some(
+                    std::iter::once(self.node_group.clone())
+                        .chain(self.default_group.clone())
+                        .collect(),
+                ))
                 .min_count(count as i32)
                 .max_count(count as i32)
                 .send()
