@@ -221,7 +221,8 @@ impl AwsProvider {
                 }),
             }
         };
-        for step in steps {
+        let mut steps: std::collections::VecDeque<Step> = steps.into();
+        while let Some(step) = steps.pop_front() {
             debug!(op = step.operation(), "aws call");
             match step {
                 Step::SetIpAddressType(t) => {
@@ -279,20 +280,28 @@ impl AwsProvider {
                 Step::ModifyHealth { arn, health } => self.modify_health(&arn, &health).await?,
                 Step::Register { group, ids } => {
                     let arn = resolve(&group, &created)?;
-                    self.register(&arn, &ids).await?;
+                    match self.register(&arn, &ids).await {
+                        // At the group's target quota: make room first (the
+                        // plan deregisters after registering, so that no
+                        // moment has fewer targets than needed), then again.
+                        Err(ProviderError::QuotaExceeded { .. })
+                            if steps.iter().any(|s| deregisters_from(s, &arn)) =>
+                        {
+                            info!(target_group = %arn, "target quota reached: deregistering before registering");
+                            let (room, rest): (Vec<Step>, Vec<Step>) =
+                                steps.drain(..).partition(|s| deregisters_from(s, &arn));
+                            steps.extend(rest);
+                            for s in room {
+                                if let Step::Deregister { arn, ids } = s {
+                                    self.deregister(&arn, &ids).await?;
+                                }
+                            }
+                            self.register(&arn, &ids).await?;
+                        }
+                        other => other?,
+                    }
                 }
-                Step::Deregister { arn, ids } => {
-                    let result = self
-                        .elb
-                        .deregister_targets()
-                        .target_group_arn(arn)
-                        .set_targets(Some(target_descriptions(&ids)))
-                        .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| from_sdk("DeregisterTargets", e));
-                    gone_is_ok(result)?;
-                }
+                Step::Deregister { arn, ids } => self.deregister(&arn, &ids).await?,
                 Step::CreateListener {
                     port,
                     protocol,
@@ -346,6 +355,19 @@ impl AwsProvider {
             }
         }
         Ok(())
+    }
+
+    pub(crate) async fn deregister(&self, arn: &str, ids: &[String]) -> Result<()> {
+        gone_is_ok(
+            self.elb
+                .deregister_targets()
+                .target_group_arn(arn)
+                .set_targets(Some(target_descriptions(ids)))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk("DeregisterTargets", e)),
+        )
     }
 
     pub(crate) async fn delete_listener(&self, arn: &str) -> Result<()> {
@@ -458,6 +480,10 @@ impl AwsProvider {
             .await
             .map(|_| ())
     }
+}
+
+fn deregisters_from(step: &Step, group: &str) -> bool {
+    matches!(step, Step::Deregister { arn, .. } if arn == group)
 }
 
 fn target_descriptions(ids: &[String]) -> Vec<TargetDescription> {

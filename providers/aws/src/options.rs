@@ -731,4 +731,27 @@ mod tests {
             Some("portico.io/lb")
         ));
     }
+
+    #[test]
+    fn every_unimplemented_aws_annotation_is_named() {
+        let s = spec(&[
+            ("internal", "true"),
+            ("access-log-enabled", "true"),
+            ("nlb-target-type", "ip"),
+        ]);
+        let notes = unimplemented_notes(&s.annotations);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains(&key("access-log-enabled")), "{notes:?}");
+        assert!(notes[1].contains(&key("nlb-target-type")), "{notes:?}");
+        let parsed = AwsOptions::parse(&spec(
+            &IMPLEMENTED
+                .iter()
+                .filter(|k| **k != "type")
+                .map(|k| (*k, ""))
+                .filter(|(k, _)| *k == "internal")
+                .collect::<Vec<_>>(),
+        ));
+        assert!(parsed.is_err(), "an empty boolean is refused, not ignored");
+        assert!(unimplemented_notes(&spec(&[("internal", "true")]).annotations).is_empty());
+    }
 }

@@ -82,6 +82,7 @@ pub struct AwsHarness {
     /// instances also carry the VPC's default group, as EKS nodes carry more than one.
     pub node_group: String,
     default_group: Option<String>,
+    sdk: SdkConfig,
     instances: Mutex<Vec<Instance>>,
 }
 
@@ -180,7 +181,7 @@ impl AwsHarness {
         config.region = Some(REGION.into());
         config.endpoint_url = Some(endpoint);
         config.vpc_id = Some(vpc_id.clone());
-        let provider = AwsProvider::from_sdk_config(config, &sdk);
+        let provider = AwsProvider::from_sdk_config(config, &sdk.clone());
         Self {
             provider,
             cluster,
@@ -190,6 +191,7 @@ impl AwsHarness {
             subnets,
             node_group,
             default_group,
+            sdk,
             instances: Mutex::new(Vec::new()),
         }
     }
@@ -281,6 +283,62 @@ impl AwsHarness {
             }
         }
         out
+    }
+
+    /// Another provider on this harness's cluster, its configuration edited
+    /// by `edit` (e.g. no `vpc_id`, to discover it).
+    pub fn provider_with(&self, edit: impl FnOnce(&mut AwsProviderConfig)) -> AwsProvider {
+        let mut config = self.provider.config().clone();
+        edit(&mut config);
+        AwsProvider::from_sdk_config(config, &self.sdk)
+    }
+
+    /// Make subnet `index` public: an internet gateway on the VPC and a
+    /// route table sending 0.0.0.0/0 to it, associated with the subnet.
+    pub async fn make_public(&self, index: usize) {
+        let igw = self
+            .ec2
+            .create_internet_gateway()
+            .send()
+            .await
+            .expect("create internet gateway")
+            .internet_gateway()
+            .and_then(|g| g.internet_gateway_id())
+            .expect("igw id")
+            .to_string();
+        self.ec2
+            .attach_internet_gateway()
+            .internet_gateway_id(&igw)
+            .vpc_id(&self.vpc_id)
+            .send()
+            .await
+            .expect("attach internet gateway");
+        let table = self
+            .ec2
+            .create_route_table()
+            .vpc_id(&self.vpc_id)
+            .send()
+            .await
+            .expect("create route table")
+            .route_table()
+            .and_then(|t| t.route_table_id())
+            .expect("route table id")
+            .to_string();
+        self.ec2
+            .create_route()
+            .route_table_id(&table)
+            .destination_cidr_block("0.0.0.0/0")
+            .gateway_id(&igw)
+            .send()
+            .await
+            .expect("create route");
+        self.ec2
+            .associate_route_table()
+            .route_table_id(&table)
+            .subnet_id(&self.subnets[index].0)
+            .send()
+            .await
+            .expect("associate route table");
     }
 
     pub fn subnet_filter(&self) -> Filter {

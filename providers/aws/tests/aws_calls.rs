@@ -452,3 +452,40 @@ aws_test!(
         h.provider.delete(&s.key).await.expect("delete");
     }
 );
+
+aws_test!(
+    vpc_from_the_nodes_and_untagged_public_subnets,
+    |h: AwsHarness| async move {
+        // No subnet is tagged and no VPC configured: the VPC comes from the
+        // nodes' instances, the subnet from its route to an internet gateway.
+        let h2 = AwsHarness::with_options(false).await;
+        h2.make_public(1).await;
+        let provider = h2.provider_with(|c| c.vpc_id = None);
+        let s = spec(&h2, "discovered", 2).await;
+        let before = provider.calls().stats();
+        provider.ensure(&s).await.expect("ensure");
+        let created = provider.calls().stats().since(&before);
+        assert_eq!(
+            (
+                created.count("ec2:DescribeInstances"),
+                created.count("ec2:DescribeRouteTables")
+            ),
+            (1, 1),
+            "{created:?}"
+        );
+        assert_eq!(lb_subnets(&h2, &s.key).await, vec![h2.subnets[1].0.clone()]);
+        let again = {
+            let before = provider.calls().stats();
+            provider.ensure(&s).await.expect("re-ensure");
+            provider.calls().stats().since(&before)
+        };
+        assert_eq!(again.mutations, 0, "{again:?}");
+        assert_eq!(
+            again.count("ec2:DescribeInstances"),
+            0,
+            "instances are cached: {again:?}"
+        );
+        provider.delete(&s.key).await.expect("delete");
+        drop(h);
+    }
+);

@@ -1183,3 +1183,70 @@ async fn an_instance_aws_refuses_does_not_hold_back_the_others() {
         "one batch, then one by one after the refusal"
     );
 }
+
+#[tokio::test]
+async fn a_draining_target_still_wanted_is_registered_again() {
+    // A node that left and came back within the deregistration delay: AWS
+    // still lists it, as draining. moto never reports draining.
+    let k = key("draining");
+    let (aws, provider) = serve(
+        Account::new(vec![Lb::ours(&k, &[(80, 30080)], &NODES, "draining")]),
+        |c| (c.action == "RegisterTargets").then(|| ok("RegisterTargets", "")),
+    )
+    .await;
+    timed(provider.ensure(&spec(&k, &[(80, 30080)], &NODES)))
+        .await
+        .expect("ensure");
+    let calls: Vec<Vec<String>> = aws
+        .calls_of("RegisterTargets")
+        .iter()
+        .map(registered_ids)
+        .collect();
+    assert_eq!(
+        calls,
+        vec![NODES.iter().map(|n| n.to_string()).collect::<Vec<_>>()],
+        "draining is not registered"
+    );
+    assert!(aws.calls_of("DeregisterTargets").is_empty());
+}
+
+#[tokio::test]
+async fn at_the_target_quota_room_is_made_before_registering() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let k = key("quota");
+    let replaced = ["i-0a1b2c3d4e5f60003", "i-0a1b2c3d4e5f60004"];
+    let deregistered = Arc::new(AtomicBool::new(false));
+    let seen = deregistered.clone();
+    let (aws, provider) = serve(
+        Account::new(vec![Lb::ours(&k, &[(80, 30080)], &NODES, "healthy")]),
+        move |c| match c.action.as_str() {
+            "DeregisterTargets" => {
+                seen.store(true, Ordering::SeqCst);
+                Some(ok("DeregisterTargets", ""))
+            }
+            // The group is full until the old targets leave.
+            "RegisterTargets" if !seen.load(Ordering::SeqCst) => Some(error(
+                "TooManyTargets",
+                "You've reached the limit on the number of targets per target group",
+            )),
+            "RegisterTargets" => Some(ok("RegisterTargets", "")),
+            _ => None,
+        },
+    )
+    .await;
+    timed(provider.ensure(&spec(&k, &[(80, 30080)], &replaced)))
+        .await
+        .expect("room is made, then the new nodes register");
+    assert!(deregistered.load(Ordering::SeqCst));
+    let order: Vec<String> = aws
+        .mutations()
+        .into_iter()
+        .filter(|a| a.ends_with("Targets"))
+        .collect();
+    assert_eq!(
+        order,
+        ["RegisterTargets", "DeregisterTargets", "RegisterTargets"],
+        "register first; at the quota, deregister and register again"
+    );
+}
