@@ -13,7 +13,7 @@ use crate::cli::{RunArgs, SlbServerArgs};
 use crate::config::ControllerConfig;
 use crate::k8s::{Api, Client, Namespace};
 use crate::leader::LeaseConfig;
-use crate::providers::{EmbeddedSlb, build_provider};
+use crate::providers::{build_provider, start_embedded_slb};
 use crate::runtime::{ReplicaOptions, run_replica};
 
 /// A client from an explicit kubeconfig, or the usual inference.
@@ -158,10 +158,37 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     result
 }
 
+/// `portico demo`: the tour of `portico-demo` around this controller, one
+/// replica without leader election.
+#[cfg(feature = "demo")]
+pub async fn demo(args: portico_demo::DemoArgs) -> Result<(), Error> {
+    portico_demo::run(args, |stage| {
+        let options = ReplicaOptions {
+            config: ControllerConfig {
+                cluster: stage.cluster,
+                node_debounce: stage.node_debounce,
+                ..ControllerConfig::default()
+            },
+            lease: None,
+            http_addr: None,
+            identity: "portico-demo".into(),
+        };
+        run_replica(
+            stage.client,
+            stage.provider,
+            options,
+            stage.registry,
+            stage.shutdown,
+        )
+    })
+    .await?;
+    Ok(())
+}
+
 /// `portico slb-server`.
 pub async fn slb_server(args: SlbServerArgs) -> Result<(), Error> {
     let mut registry = Registry::default();
-    let cloud = EmbeddedSlb::start(
+    let cloud = start_embedded_slb(
         args.vip_range,
         args.state.clone(),
         args.listen,

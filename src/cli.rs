@@ -37,7 +37,20 @@ pub enum Command {
     /// Run the SLB-style mock cloud (API + data plane) on its own.
     SlbServer(SlbServerArgs),
     /// Run the whole path on this machine with no cluster and no cloud account.
-    Demo(DemoArgs),
+    #[cfg(feature = "demo")]
+    Demo(portico_demo::DemoArgs),
+}
+
+impl Command {
+    /// The log filter unless `RUST_LOG` says otherwise.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            Command::Run(_) | Command::SlbServer(_) => "info,kube=warn",
+            // The demo narrates on stdout; its logs stay quiet.
+            #[cfg(feature = "demo")]
+            Command::Demo(_) => "warn",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -165,23 +178,6 @@ pub struct SlbServerArgs {
     /// Address of the data plane's /metrics.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
-}
-
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Keep everything running after the tour (Ctrl-C to stop).
-    #[arg(long)]
-    pub keep_running: bool,
-    /// Simulated nodes.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
-    pub nodes: u8,
-    /// Directory of example Service manifests to apply (default: the
-    /// examples built into the binary, the same as `examples/`).
-    #[arg(long)]
-    pub examples: Option<PathBuf>,
-    /// Where to write the demo cluster's kubeconfig.
-    #[arg(long)]
-    pub kubeconfig_out: Option<PathBuf>,
 }
 
 #[cfg(test)]

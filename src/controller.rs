@@ -1,40 +1,35 @@
-//! The Service controller: watches, the reconcile executor that carries out
-//! a [`Plan`], and the node-change fan-out.
+//! The Service controller's wiring: the Service watch feeding
+//! kube-runtime's Controller, the node watcher, the orphan collector, and
+//! the backlog gauge, all stopped together. What one reconcile does lives
+//! in `reconcile.rs` (the executor) and `outcome.rs` (its decisions).
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::channel::mpsc;
 use futures::{StreamExt, TryStreamExt};
-use kube::Resource;
-use kube::runtime::controller::{Action, Config as RuntimeConfig};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::controller::Config as RuntimeConfig;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::utils::PredicateConfig;
-use kube::runtime::watcher::{self, Event as WatchEvent, watcher};
-use portico_provider::{LoadBalancerProvider, LoadBalancerSpec, ProviderError, Targets};
-use rand::Rng;
-use serde_json::json;
+use kube::runtime::watcher::{self, watcher};
+use portico_provider::{DynProvider, ProviderError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span};
 
 use crate::backlog::Backlog;
 use crate::config::ControllerConfig;
+use crate::context::Context;
 use crate::k8s::{
-    Api, Client, LAST_APPLIED_ANNOTATION, LB_FINALIZER, Node, ObjectRef, Patch, PatchParams,
-    ResourceExt, Service, Store, Timestamp, WatchStreamExt, reflector,
+    Api, Client, LAST_APPLIED_ANNOTATION, Node, ObjectRef, Service, Store, WatchStreamExt,
+    reflector,
 };
 use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
-use crate::nodes::{Change, NodeIndex, TargetSnapshot};
-use crate::plan::{
-    self, CONFLICT_REASON, CleanupPlan, Conflict, EnsurePlan, Ownership, Plan, Rejection,
-};
-use crate::status::{self, Readiness, StatusUpdate};
+use crate::node_watcher::{self, NodeWatcher};
+use crate::plan;
+use crate::reconcile::{error_policy, reconcile};
 
 /// Why a reconcile could not finish; the controller retries with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -45,14 +40,15 @@ pub enum Error {
         #[source]
         source: Box<kube::Error>,
     },
-    #[error("cleaning up the balancer failed")]
-    Cleanup(#[source] ProviderError),
+    /// The provider failed; retried no sooner than the error's floor.
+    #[error("the provider failed")]
+    Provider(#[source] ProviderError),
     #[error("the node watch ended before listing nodes")]
     NodesUnavailable,
 }
 
 impl Error {
-    fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Error {
+    pub(crate) fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Error {
         move |source| Error::Kube {
             context,
             source: Box::new(source),
@@ -62,526 +58,19 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube { .. } => "kubernetes",
-            Self::Cleanup(e) => e.metric_label(),
+            Self::Provider(e) => e.metric_label(),
             Self::NodesUnavailable => "nodes_unavailable",
         }
     }
-}
 
-/// What the executor remembers between reconciles of a Service.
-#[derive(Debug, Default)]
-struct Memory {
-    /// Failed attempts in a row, for exponential backoff.
-    failures: HashMap<ObjectRef<Service>, u32>,
-    /// Hashes of the last spec ensured (whole, and without targets), so a
-    /// resync of an unchanged Service emits no events.
-    ensured: HashMap<ObjectRef<Service>, (u64, u64)>,
-}
-
-/// Shared state of one controller run.
-pub struct Context {
-    client: Client,
-    provider: Arc<dyn LoadBalancerProvider>,
-    config: ControllerConfig,
-    targets: watch::Receiver<Option<TargetSnapshot>>,
-    recorder: Recorder,
-    metrics: Arc<Metrics>,
-    backlog: Arc<Backlog>,
-    memory: Mutex<Memory>,
-    /// Shared with the orphan collector: one provider caller per Service.
-    locks: Arc<KeyLocks>,
-}
-
-impl std::fmt::Debug for Context {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context")
-            .field("provider", &self.provider.name())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Context {
-    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
-        self.memory.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Exponential backoff with full jitter, at least `floor`.
-    fn backoff(&self, obj: &ObjectRef<Service>, floor: Duration) -> Duration {
-        let failures = {
-            let mut memory = self.memory();
-            let n = memory.failures.entry(obj.clone()).or_insert(0);
-            *n = n.saturating_add(1);
-            *n
-        };
-        let exp = self
-            .config
-            .backoff_base
-            .saturating_mul(1u32 << failures.min(16).saturating_sub(1));
-        let capped = exp.min(self.config.backoff_max);
-        let jittered = capped.mul_f64(rand::rng().random_range(0.5..=1.0));
-        jittered.max(floor)
-    }
-
-    /// The periodic re-ensure, spread by ±10% so Services created together
-    /// are not all re-ensured in the same instant forever.
-    fn resync_after(&self) -> Duration {
-        spread(self.config.resync, rand::rng().random_range(0.0..=1.0))
-    }
-
-    fn succeeded(&self, obj: &ObjectRef<Service>) {
-        self.memory().failures.remove(obj);
-    }
-
-    fn forget(&self, obj: &ObjectRef<Service>) {
-        let mut memory = self.memory();
-        memory.failures.remove(obj);
-        memory.ensured.remove(obj);
-    }
-
-    async fn event(&self, svc: &Service, type_: EventType, reason: &str, note: String) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            // The API server refuses (and so loses) an Event whose note is
-            // over 1 KiB; provider errors can be longer. The log keeps it all.
-            note: Some(truncate_note(note)),
-            action: "Sync".into(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&ev, &svc.object_ref(&())).await {
-            warn!(error = %err, reason, "could not publish event");
+    /// The least time before a retry: what the cloud asked for (throttling),
+    /// nothing for Kubernetes errors.
+    pub fn retry_floor(&self) -> Duration {
+        match self {
+            Self::Provider(e) => e.retry_floor(),
+            Self::Kube { .. } | Self::NodesUnavailable => Duration::ZERO,
         }
     }
-
-    /// Run a provider call with a span, timing and a metric.
-    async fn provider_call<T>(
-        &self,
-        op: &'static str,
-        fut: impl Future<Output = Result<T, ProviderError>>,
-    ) -> Result<T, ProviderError> {
-        let start = Instant::now();
-        let span = info_span!("provider", provider = self.provider.name(), op);
-        let result = fut.instrument(span).await;
-        self.metrics.provider_call(
-            self.provider.name(),
-            op,
-            result.as_ref().map(|_| ()).map_err(|e| e.metric_label()),
-            start,
-        );
-        result
-    }
-
-    /// Write `update` unless the Service shows it already; whether it wrote.
-    async fn patch_status(
-        &self,
-        api: &Api<Service>,
-        svc: &Service,
-        update: StatusUpdate,
-    ) -> Result<bool, Error> {
-        let Some(patch) = status::status_patch(svc, &update, Timestamp::now()) else {
-            return Ok(false);
-        };
-        api.patch_status(
-            &svc.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map_err(Error::kube("patching Service status"))?;
-        Ok(true)
-    }
-
-    /// Wait for the first node list, then hand out the eligible targets.
-    async fn eligible_targets(&self) -> Result<TargetSnapshot, Error> {
-        let mut rx = self.targets.clone();
-        let ready = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| Error::NodesUnavailable)?;
-        ready.clone().ok_or(Error::NodesUnavailable)
-    }
-}
-
-/// `period` moved by up to ±10%: `unit` in [0, 1] picks where.
-fn spread(period: Duration, unit: f64) -> Duration {
-    period.mul_f64(0.9 + 0.2 * unit.clamp(0.0, 1.0))
-}
-
-/// The most an Event's note may hold (events.k8s.io validation).
-const EVENT_NOTE_LIMIT: usize = 1024;
-
-/// `note` cut to [`EVENT_NOTE_LIMIT`] bytes on a character boundary, with
-/// an ellipsis when cut.
-fn truncate_note(note: String) -> String {
-    if note.len() <= EVENT_NOTE_LIMIT {
-        return note;
-    }
-    const ELLIPSIS: &str = "…";
-    let mut end = EVENT_NOTE_LIMIT - ELLIPSIS.len();
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{ELLIPSIS}", &note[..end])
-}
-
-/// Hashes of `spec` whole and without its targets; `targets` is the
-/// fingerprint of the snapshot the spec was built from, so no reconcile
-/// walks the node list to hash it.
-fn spec_hashes(spec: &LoadBalancerSpec, targets: u64) -> (u64, u64) {
-    let hash = |value: &dyn Fn(&mut DefaultHasher)| {
-        let mut h = DefaultHasher::new();
-        value(&mut h);
-        h.finish()
-    };
-    let without_targets = LoadBalancerSpec {
-        targets: Targets::default(),
-        ..spec.clone()
-    };
-    let rest = hash(&|h| without_targets.hash(h));
-    (hash(&|h| (rest, targets).hash(h)), rest)
-}
-
-/// Reconcile one Service: plan, then carry the plan out.
-pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let span = info_span!("reconcile", service = %format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()));
-    async move {
-        ctx.backlog.started(&ObjectRef::from_obj(svc.as_ref()));
-        let _timer = ctx.metrics.reconcile_timer();
-        // kube-runtime runs one reconcile per Service at a time; the orphan
-        // collector takes the same lock.
-        let _guard = ctx
-            .locks
-            .lock(&svc.namespace().unwrap_or_default(), &svc.name_any())
-            .await;
-        let targets = ctx.eligible_targets().await?;
-        let provider = ctx.provider.clone();
-        let plan = plan::plan(&svc, &targets.targets, &ctx.config, &|spec| {
-            provider.validate(spec)
-        });
-        let result = match plan {
-            Plan::Ignore(reason) => {
-                debug!(?reason, "not ours");
-                ctx.metrics.reconciled("ignored");
-                Ok(Action::await_change())
-            }
-            Plan::Reject(rejection) => reject(&svc, &ctx, rejection).await,
-            Plan::Ensure(ensure_plan) => {
-                ensure(&svc, &ctx, *ensure_plan, targets.fingerprint).await
-            }
-            Plan::Cleanup(cleanup_plan) => cleanup(&svc, &ctx, cleanup_plan).await,
-            Plan::Conflict(conflict) => stand_back(&svc, &ctx, conflict).await,
-        };
-        if let Err(err) = &result {
-            ctx.metrics.reconciled("error");
-            ctx.metrics.error(err.metric_label());
-        }
-        result
-    }
-    .instrument(span)
-    .await
-}
-
-async fn reject(svc: &Service, ctx: &Context, rejection: Rejection) -> Result<Action, Error> {
-    let message = rejection.message();
-    warn!(field = %rejection.field, reason = %rejection.reason, "invalid Service; no cloud change made");
-    ctx.event(
-        svc,
-        EventType::Warning,
-        "SyncLoadBalancerFailed",
-        format!("Error syncing load balancer: {message}"),
-    )
-    .await;
-    let api: Api<Service> =
-        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    ctx.patch_status(
-        &api,
-        svc,
-        StatusUpdate {
-            ingress: None,
-            condition: Some(Some(Readiness::invalid(message, rejection.unsupported))),
-        },
-    )
-    .await?;
-    ctx.metrics.reconciled("invalid");
-    ctx.metrics.error(if rejection.unsupported {
-        "unsupported"
-    } else {
-        "invalid_spec"
-    });
-    // Nothing to retry until the Service (or the node set) changes.
-    Ok(Action::await_change())
-}
-
-async fn ensure(
-    svc: &Service,
-    ctx: &Context,
-    plan: EnsurePlan,
-    targets_fingerprint: u64,
-) -> Result<Action, Error> {
-    let obj = ObjectRef::from_obj(svc);
-    let api: Api<Service> =
-        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    // The status write below is guarded by the resourceVersion of the object
-    // it is built from: after adding the finalizer, that is the patched one.
-    let finalized;
-    let svc = if plan.add_finalizer {
-        finalized = add_finalizer(&api, svc).await?;
-        &finalized
-    } else {
-        svc
-    };
-    let hashes = spec_hashes(&plan.spec, targets_fingerprint);
-    let previous = ctx.memory().ensured.get(&obj).copied();
-    let quiet = previous == Some(hashes);
-    let only_targets_changed =
-        previous.is_some_and(|(full, rest)| full != hashes.0 && rest == hashes.1);
-    if !quiet && !only_targets_changed {
-        ctx.event(
-            svc,
-            EventType::Normal,
-            "EnsuringLoadBalancer",
-            "Ensuring load balancer".into(),
-        )
-        .await;
-    }
-    match ctx
-        .provider_call("ensure", ctx.provider.ensure(&plan.spec))
-        .await
-    {
-        Ok(lb_status) => {
-            ctx.succeeded(&obj);
-            let readiness = if plan.no_eligible_nodes() {
-                ctx.event(
-                    svc,
-                    EventType::Warning,
-                    "UnAvailableLoadBalancer",
-                    "There are no available nodes for LoadBalancer".into(),
-                )
-                .await;
-                Readiness::no_eligible_nodes()
-            } else {
-                Readiness::ready()
-            };
-            let ingress = status::ingress_of(&lb_status);
-            ctx.patch_status(
-                &api,
-                svc,
-                StatusUpdate {
-                    ingress: Some(ingress),
-                    condition: Some(Some(readiness)),
-                },
-            )
-            .await?;
-            // Remembered only once the Service shows it: a reconcile that
-            // failed before this point repeats its Events.
-            ctx.memory().ensured.insert(obj, hashes);
-            if only_targets_changed {
-                let hosts = plan.spec.targets.len();
-                ctx.event(
-                    svc,
-                    EventType::Normal,
-                    "UpdatedLoadBalancer",
-                    format!("Updated load balancer with new hosts ({hosts} eligible)"),
-                )
-                .await;
-            } else if !quiet {
-                ctx.event(
-                    svc,
-                    EventType::Normal,
-                    "EnsuredLoadBalancer",
-                    "Ensured load balancer".into(),
-                )
-                .await;
-                for note in ctx.provider.unenforced(&plan.spec) {
-                    warn!(note, "accepted but not enforced");
-                    ctx.event(svc, EventType::Warning, "UnenforcedField", note)
-                        .await;
-                }
-            }
-            info!(
-                targets = plan.spec.targets.len(),
-                quiet, "load balancer ensured"
-            );
-            ctx.metrics.reconciled("ensured");
-            Ok(Action::requeue(ctx.resync_after()))
-        }
-        Err(err) => {
-            ctx.memory().ensured.remove(&obj);
-            warn!(error = %err, kind = err.metric_label(), "ensuring the load balancer failed");
-            ctx.event(
-                svc,
-                EventType::Warning,
-                "SyncLoadBalancerFailed",
-                format!("Error syncing load balancer: {err}"),
-            )
-            .await;
-            ctx.patch_status(
-                &api,
-                svc,
-                StatusUpdate {
-                    ingress: None,
-                    condition: Some(Some(Readiness::failed(&err))),
-                },
-            )
-            .await?;
-            ctx.metrics.reconciled("failed");
-            ctx.metrics.error(err.metric_label());
-            // Whatever the cloud said, try again: only the pure validation
-            // waits for the Service to change.
-            Ok(Action::requeue(ctx.backoff(&obj, err.retry_floor())))
-        }
-    }
-}
-
-/// Another controller serves this Service: build nothing, say so once.
-async fn stand_back(svc: &Service, ctx: &Context, conflict: Conflict) -> Result<Action, Error> {
-    warn!(message = %conflict.message, "another controller serves this Service; left alone");
-    let api: Api<Service> =
-        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    let update = StatusUpdate {
-        ingress: None,
-        condition: Some(Some(Readiness::conflict(conflict.message.clone()))),
-    };
-    // The condition doubles as the record that the Event was sent.
-    if ctx.patch_status(&api, svc, update).await? {
-        ctx.event(svc, EventType::Warning, CONFLICT_REASON, conflict.message)
-            .await;
-    }
-    ctx.metrics.reconciled("conflict");
-    Ok(Action::requeue(ctx.resync_after()))
-}
-
-async fn cleanup(svc: &Service, ctx: &Context, plan: CleanupPlan) -> Result<Action, Error> {
-    let obj = ObjectRef::from_obj(svc);
-    let api: Api<Service> =
-        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    if plan.ownership == Ownership::IfBalancerFound {
-        match ctx.provider_call("get", ctx.provider.get(&plan.key)).await {
-            Ok(Some(_)) => info!(
-                "a balancer of this cluster exists for a Service portico does not claim; removing it"
-            ),
-            Ok(None) => {
-                debug!("not portico's and no balancer of this cluster for it; left alone");
-                ctx.metrics.reconciled("ignored");
-                return Ok(Action::await_change());
-            }
-            Err(err) => {
-                warn!(error = %err, "looking for this cluster's balancer failed");
-                ctx.metrics.error(err.metric_label());
-                return Ok(Action::requeue(ctx.backoff(&obj, err.retry_floor())));
-            }
-        }
-    }
-    // Past this point the Service is portico's (claimed, or its balancer found).
-    ctx.event(
-        svc,
-        EventType::Normal,
-        "DeletingLoadBalancer",
-        "Deleting load balancer".into(),
-    )
-    .await;
-    if let Err(err) = ctx
-        .provider_call("delete", ctx.provider.delete(&plan.key))
-        .await
-    {
-        warn!(error = %err, "deleting the load balancer failed; the finalizer stays");
-        ctx.event(
-            svc,
-            EventType::Warning,
-            "SyncLoadBalancerFailed",
-            format!("Error deleting load balancer: {err}"),
-        )
-        .await;
-        ctx.metrics.reconciled("failed");
-        ctx.metrics.error(err.metric_label());
-        return Ok(Action::requeue(ctx.backoff(&obj, err.retry_floor())));
-    }
-    if plan.clear_status {
-        ctx.patch_status(
-            &api,
-            svc,
-            StatusUpdate {
-                ingress: Some(Vec::new()),
-                condition: Some(None),
-            },
-        )
-        .await?;
-    }
-    if plan.release_finalizer {
-        remove_finalizer(&api, svc).await?;
-    }
-    ctx.event(
-        svc,
-        EventType::Normal,
-        "DeletedLoadBalancer",
-        "Deleted load balancer".into(),
-    )
-    .await;
-    info!(reason = ?plan.reason, "load balancer deleted");
-    ctx.forget(&obj);
-    ctx.metrics.reconciled("deleted");
-    Ok(Action::await_change())
-}
-
-/// JSON patch guarded by a `test` of the current list, so a concurrent
-/// writer's finalizer is never lost (as kube-runtime's finalizer helper does).
-async fn add_finalizer(api: &Api<Service>, svc: &Service) -> Result<Service, Error> {
-    let ops = match svc.metadata.finalizers.as_ref() {
-        None => json!([
-            { "op": "test", "path": "/metadata/finalizers", "value": null },
-            { "op": "add", "path": "/metadata/finalizers", "value": [LB_FINALIZER] },
-        ]),
-        Some(list) => json!([
-            { "op": "test", "path": "/metadata/finalizers", "value": list },
-            { "op": "add", "path": "/metadata/finalizers/-", "value": LB_FINALIZER },
-        ]),
-    };
-    json_patch_service(api, svc, ops, "adding the finalizer").await
-}
-
-async fn remove_finalizer(api: &Api<Service>, svc: &Service) -> Result<(), Error> {
-    let Some(index) = svc.finalizers().iter().position(|f| f == LB_FINALIZER) else {
-        return Ok(());
-    };
-    let path = format!("/metadata/finalizers/{index}");
-    let ops = json!([
-        { "op": "test", "path": path, "value": LB_FINALIZER },
-        { "op": "remove", "path": path },
-    ]);
-    match json_patch_service(api, svc, ops, "removing the finalizer").await {
-        Ok(_) => Ok(()),
-        // Already gone (deleted once the last finalizer went).
-        Err(Error::Kube { source, .. }) if matches!(*source, kube::Error::Api(ref s) if s.code == 404) => {
-            Ok(())
-        }
-        Err(other) => Err(other),
-    }
-}
-
-async fn json_patch_service(
-    api: &Api<Service>,
-    svc: &Service,
-    ops: serde_json::Value,
-    context: &'static str,
-) -> Result<Service, Error> {
-    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(|e| Error::Kube {
-        context,
-        source: Box::new(kube::Error::SerdeError(e)),
-    })?;
-    api.patch(
-        &svc.name_any(),
-        &PatchParams::default(),
-        &Patch::<()>::Json(patch),
-    )
-    .await
-    .map_err(Error::kube(context))
-}
-
-/// Failed reconciles (Kubernetes API errors) back off per Service.
-pub fn error_policy(svc: Arc<Service>, err: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.backoff(&ObjectRef::from_obj(svc.as_ref()), Duration::ZERO);
-    warn!(service = %format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()), error = %err, retry_in_ms = delay.as_millis() as u64, "reconcile failed");
-    Action::requeue(delay)
 }
 
 /// Keep only what the controller reads: managedFields and kubectl's copy of
@@ -593,18 +82,10 @@ fn trim_service(svc: &mut Service) {
     }
 }
 
-/// Whether a Service picks its targets by node label (those need a
-/// reconcile when only labels change).
-fn selects_nodes_by_label(svc: &Service) -> bool {
-    svc.annotations()
-        .keys()
-        .any(|k| k.ends_with("target-node-labels"))
-}
-
 /// Everything the controller needs to run.
 pub struct ControllerParts {
     pub client: Client,
-    pub provider: Arc<dyn LoadBalancerProvider>,
+    pub provider: Arc<dyn DynProvider>,
     pub config: ControllerConfig,
     pub metrics: Arc<Metrics>,
     /// Event reporter instance (the replica's identity).
@@ -672,13 +153,16 @@ pub async fn run_controller(parts: ControllerParts, shutdown: CancellationToken)
 
     // Dropping the controller (a deposed leader) must stop these too.
     let node_task = AbortOnDropHandle::new(tokio::spawn(
-        watch_nodes(
-            nodes,
-            reader.clone(),
-            config.clone(),
-            targets_tx,
-            trigger_tx,
-            metrics.clone(),
+        node_watcher::run(
+            NodeWatcher {
+                nodes,
+                services: reader.clone(),
+                config: config.clone(),
+                provider: provider.clone(),
+                targets_tx,
+                trigger_tx,
+                metrics: metrics.clone(),
+            },
             shutdown.clone(),
         )
         .instrument(info_span!("nodes")),
@@ -740,137 +224,5 @@ async fn forget_deleted_periodically(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(5)) => backlog.forget_deleted(&services),
         }
-    }
-}
-
-/// Keep the eligible-node index, publish target snapshots, and re-enqueue
-/// exactly the Services a node change affects, debounced.
-async fn watch_nodes(
-    nodes: Api<Node>,
-    services: Store<Service>,
-    config: ControllerConfig,
-    targets_tx: watch::Sender<Option<TargetSnapshot>>,
-    trigger_tx: mpsc::UnboundedSender<ObjectRef<Service>>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    let mut index = NodeIndex::default();
-    let mut relist: Vec<Node> = Vec::new();
-    let mut pending = Change::default();
-    let mut deadline: Option<tokio::time::Instant> = None;
-    let mut published = false;
-    let mut stream = std::pin::pin!(watcher(nodes, watcher::Config::default()).default_backoff());
-    loop {
-        let sleep_until =
-            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep_until(sleep_until), if deadline.is_some() => {
-                deadline = None;
-                metrics.pending_node_changes.set(0);
-                publish(&index, &mut published, &targets_tx, &metrics);
-                enqueue_affected(&services, &config, pending, &trigger_tx);
-                pending = Change::default();
-            }
-            event = stream.next() => {
-                let change = match event {
-                    None => return,
-                    Some(Err(err)) => { warn!(error = %err, "node watch error"); continue; }
-                    Some(Ok(WatchEvent::Apply(node))) => index.apply(&node),
-                    Some(Ok(WatchEvent::Delete(node))) => index.remove(&node.name_any()),
-                    Some(Ok(WatchEvent::Init)) => { relist.clear(); Change::default() }
-                    Some(Ok(WatchEvent::InitApply(node))) => { relist.push(node); Change::default() }
-                    Some(Ok(WatchEvent::InitDone)) => {
-                        let change = index.replace_all(relist.iter());
-                        relist = Vec::new();
-                        if !published {
-                            // The first list gates every reconcile: publish at once.
-                            publish(&index, &mut published, &targets_tx, &metrics);
-                            continue;
-                        }
-                        change
-                    }
-                };
-                if change.any() && published {
-                    pending = pending.merge(change);
-                    metrics.pending_node_changes.inc();
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + config.node_debounce);
-                }
-            }
-        }
-    }
-}
-
-fn publish(
-    index: &NodeIndex,
-    published: &mut bool,
-    targets_tx: &watch::Sender<Option<TargetSnapshot>>,
-    metrics: &Metrics,
-) {
-    *published = true;
-    metrics.eligible_nodes.set(index.len() as i64);
-    targets_tx.send_replace(Some(index.snapshot()));
-    info!(eligible = index.len(), "eligible nodes updated");
-}
-
-fn enqueue_affected(
-    services: &Store<Service>,
-    config: &ControllerConfig,
-    change: Change,
-    trigger_tx: &mpsc::UnboundedSender<ObjectRef<Service>>,
-) {
-    let mut count = 0usize;
-    for svc in services.state() {
-        let affected =
-            plan::is_ours(&svc, config) && (change.targets || selects_nodes_by_label(&svc));
-        if affected
-            && trigger_tx
-                .unbounded_send(ObjectRef::from_obj(svc.as_ref()))
-                .is_ok()
-        {
-            count += 1;
-        }
-    }
-    debug!(
-        services = count,
-        ?change,
-        "node change re-enqueued Services"
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resyncs_are_spread_by_ten_percent() {
-        let ten_minutes = Duration::from_secs(600);
-        assert_eq!(spread(ten_minutes, 0.0), Duration::from_secs(540));
-        assert_eq!(spread(ten_minutes, 1.0), Duration::from_secs(660));
-        assert_eq!(spread(ten_minutes, 0.5), ten_minutes);
-        let mut seen: Vec<Duration> = (0..50)
-            .map(|_| spread(ten_minutes, rand::rng().random_range(0.0..=1.0)))
-            .collect();
-        seen.dedup();
-        assert!(
-            seen.len() > 1,
-            "Services created together do not resync together"
-        );
-    }
-
-    #[test]
-    fn long_notes_are_cut_to_what_the_api_server_keeps() {
-        let cases = [
-            ("short note kept", "ok".to_string(), "ok".to_string()),
-            ("exactly 1 KiB kept", "x".repeat(1024), "x".repeat(1024)),
-        ];
-        for (desc, note, want) in cases {
-            assert_eq!(truncate_note(note), want, "{desc}");
-        }
-        let cut = truncate_note("é".repeat(1000));
-        assert!(
-            cut.len() <= 1024 && cut.ends_with('…'),
-            "multi-byte text cut on a char boundary"
-        );
     }
 }

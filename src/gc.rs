@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use portico_provider::{LoadBalancerKey, LoadBalancerProvider};
+use portico_provider::{DynProvider, LoadBalancerKey};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -25,6 +25,7 @@ pub fn is_orphan(
     key: &LoadBalancerKey,
     services: &Store<Service>,
     config: &ControllerConfig,
+    provider: &dyn DynProvider,
 ) -> bool {
     if key.cluster != config.cluster {
         return false;
@@ -36,7 +37,7 @@ pub fn is_orphan(
         return true;
     }
     // A Service still holding our finalizer is the reconciler's to clean up.
-    !plan::is_ours(&svc, config) && !plan::has_finalizer(&svc)
+    !plan::is_ours(&svc, config, provider) && !plan::has_finalizer(&svc)
 }
 
 /// Balancers seen orphaned, and since when. A balancer is deleted only
@@ -88,7 +89,7 @@ impl OrphanTracker {
 /// What one collection pass needs.
 pub struct Collector<'a> {
     pub services: &'a Store<Service>,
-    pub provider: &'a dyn LoadBalancerProvider,
+    pub provider: &'a dyn DynProvider,
     pub config: &'a ControllerConfig,
     pub metrics: &'a Metrics,
     pub locks: &'a KeyLocks,
@@ -115,7 +116,7 @@ impl Collector<'_> {
         };
         let orphans = owned
             .into_iter()
-            .filter(|k| is_orphan(k, self.services, self.config));
+            .filter(|k| is_orphan(k, self.services, self.config, self.provider));
         let due = tracker.due(
             orphans,
             Instant::now(),
@@ -132,7 +133,7 @@ impl Collector<'_> {
             // The reconciler may be working on this Service right now, and
             // the Service may have come back while we waited for it.
             let _guard = self.locks.lock(&key.namespace, &key.name).await;
-            if !is_orphan(&key, self.services, self.config) {
+            if !is_orphan(&key, self.services, self.config, self.provider) {
                 tracker.forget(&key);
                 continue;
             }
@@ -161,7 +162,7 @@ impl Collector<'_> {
 /// Collect once the Service cache is complete, then every `gc_interval`.
 pub async fn run_gc(
     services: Store<Service>,
-    provider: Arc<dyn LoadBalancerProvider>,
+    provider: Arc<dyn DynProvider>,
     config: ControllerConfig,
     metrics: Arc<Metrics>,
     locks: Arc<KeyLocks>,

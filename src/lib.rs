@@ -6,19 +6,24 @@
 
 pub mod app;
 pub mod backlog;
+#[cfg(any(test, feature = "testing"))]
 pub mod builders;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod controller;
-pub mod demo;
+pub mod finalizer;
 pub mod gc;
 pub mod k8s;
 pub mod keylock;
 pub mod leader;
 pub mod metrics;
+pub mod node_watcher;
 pub mod nodes;
+pub mod outcome;
 pub mod plan;
 pub mod providers;
+pub mod reconcile;
 pub mod runtime;
 pub mod server;
 pub mod status;
@@ -63,6 +68,12 @@ pub enum Error {
     Config(String),
     #[error("provider setup failed: {0}")]
     Provider(String),
-    #[error("demo: {0}")]
-    Demo(String),
+    #[error("cannot start the embedded SLB cloud")]
+    EmbeddedSlb {
+        #[source]
+        source: portico_slb::cloud::CloudError,
+    },
+    #[cfg(feature = "demo")]
+    #[error(transparent)]
+    Demo(#[from] portico_demo::Error),
 }

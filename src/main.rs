@@ -19,17 +19,12 @@ fn init_tracing(format: LogFormat, default_filter: &str) {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo narrates on stdout; its logs stay quiet unless RUST_LOG asks.
-    let default_filter = if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info,kube=warn"
-    };
-    init_tracing(cli.log_format, default_filter);
+    init_tracing(cli.log_format, cli.command.default_log_filter());
     let result = match cli.command {
         Command::Run(args) => portico::app::run(*args).await,
         Command::SlbServer(args) => portico::app::slb_server(args).await,
-        Command::Demo(args) => portico::demo::run(args).await,
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => portico::app::demo(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

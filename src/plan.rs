@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use portico_provider::{
-    Annotations, HealthCheck, IpFamily, Listener, LoadBalancerKey, LoadBalancerSpec, Protocol,
-    ProviderError, SessionAffinity, Targets, TrafficPolicy,
+    Annotations, DynProvider, HealthCheck, IpFamily, Listener, LoadBalancerKey, LoadBalancerSpec,
+    PreparedSpec, Protocol, ProviderError, SessionAffinity, Targets, TrafficPolicy,
 };
 
 use crate::config::ControllerConfig;
@@ -17,15 +17,12 @@ use crate::k8s::{
     ServiceSpec,
 };
 
-/// Services with this `aws-load-balancer-type` belong to the AWS Load Balancer Controller.
-const AWS_LBC_TYPE_ANNOTATION: &str = "service.beta.kubernetes.io/aws-load-balancer-type";
-
 /// What to do about one Service.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Plan {
     /// Not ours and holding nothing of ours.
     Ignore(IgnoreReason),
-    /// Converge the balancer to this spec.
+    /// Converge the balancer to this spec, as the provider prepared it.
     Ensure(Box<EnsurePlan>),
     /// The Service asks for something that cannot be built; touch no cloud
     /// state (an existing balancer is left as it is) and tell the user.
@@ -53,17 +50,22 @@ pub enum IgnoreReason {
     BeingDeletedWithoutFinalizer,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct EnsurePlan {
-    pub spec: LoadBalancerSpec,
+    /// The spec with the provider's options parsed from it (once).
+    pub prepared: PreparedSpec,
     /// The cleanup finalizer must be added before the first cloud call.
     pub add_finalizer: bool,
 }
 
 impl EnsurePlan {
+    pub fn spec(&self) -> &LoadBalancerSpec {
+        self.prepared.spec()
+    }
+
     /// No node can receive traffic (upstream's `UnAvailableLoadBalancer`).
     pub fn no_eligible_nodes(&self) -> bool {
-        self.spec.targets.is_empty()
+        self.spec().targets.is_empty()
     }
 }
 
@@ -77,7 +79,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             reason: reason.into(),
@@ -124,8 +126,8 @@ pub enum Ownership {
 }
 
 /// Whether portico answers for this Service's balancer.
-pub fn is_ours(svc: &Service, config: &ControllerConfig) -> bool {
-    is_load_balancer(svc) && claims(svc, config)
+pub fn is_ours(svc: &Service, config: &ControllerConfig, provider: &dyn DynProvider) -> bool {
+    is_load_balancer(svc) && claims(svc, config, provider)
 }
 
 fn is_load_balancer(svc: &Service) -> bool {
@@ -133,21 +135,16 @@ fn is_load_balancer(svc: &Service) -> bool {
 }
 
 /// Whether the Service's class (whatever its type) is portico's: the
-/// configured class, or none while portico claims class-less Services.
-fn claims(svc: &Service, config: &ControllerConfig) -> bool {
+/// configured class, or none while portico claims class-less Services that
+/// the provider does not leave to another controller.
+fn claims(svc: &Service, config: &ControllerConfig, provider: &dyn DynProvider) -> bool {
     match svc
         .spec
         .as_ref()
         .and_then(|s| s.load_balancer_class.as_deref())
     {
         Some(class) => class == config.class,
-        None => {
-            let aws_lbc = svc
-                .annotations()
-                .get(AWS_LBC_TYPE_ANNOTATION)
-                .is_some_and(|t| t == "external" || t == "nlb-ip");
-            config.claim_classless && !aws_lbc
-        }
+        None => config.claim_classless && provider.declines(svc.annotations()).is_none(),
     }
 }
 
@@ -193,16 +190,17 @@ pub fn key_of(svc: &Service, config: &ControllerConfig) -> LoadBalancerKey {
     )
 }
 
-/// Decide what `svc` needs. `validate` is the provider's pure check of its
-/// own options (annotations); `targets` the eligible nodes.
+/// Decide what `svc` needs, given the eligible nodes. The provider answers
+/// only pure questions here: does it decline the Service, and does the
+/// spec parse (`prepare`).
 pub fn plan(
     svc: &Service,
     targets: &Targets,
     config: &ControllerConfig,
-    validate: &dyn Fn(&LoadBalancerSpec) -> Result<(), ProviderError>,
+    provider: &dyn DynProvider,
 ) -> Plan {
     let finalized = has_finalizer(svc);
-    let claimed = claims(svc, config);
+    let claimed = claims(svc, config, provider);
     let ownership = if claimed {
         Ownership::Claimed
     } else {
@@ -249,10 +247,10 @@ pub fn plan(
     }
     match build_spec(svc, targets, config) {
         Err(rejection) => Plan::Reject(rejection),
-        Ok(spec) => match validate(&spec) {
+        Ok(spec) => match provider.prepare(spec) {
             Err(err) => Plan::Reject(rejection_from(err)),
-            Ok(()) => Plan::Ensure(Box::new(EnsurePlan {
-                spec,
+            Ok(prepared) => Plan::Ensure(Box::new(EnsurePlan {
+                prepared,
                 add_finalizer: !finalized,
             })),
         },
@@ -521,6 +519,7 @@ mod tests {
     use crate::builders::{node, svc};
     use crate::nodes::node_target;
     use portico_provider::ClusterName;
+    use portico_provider::testing::{DECLINE_ANNOTATION, RecordingProvider};
 
     fn config() -> ControllerConfig {
         ControllerConfig {
@@ -539,12 +538,8 @@ mod tests {
             .collect()
     }
 
-    fn accept(_: &LoadBalancerSpec) -> Result<(), ProviderError> {
-        Ok(())
-    }
-
     fn plan_of(s: &Service) -> Plan {
-        plan(s, &targets(), &config(), &accept)
+        plan(s, &targets(), &config(), &RecordingProvider::new())
     }
 
     fn kind(p: &Plan) -> String {
@@ -620,9 +615,17 @@ mod tests {
                 "ignore:OtherClass",
             ),
             (
-                "AWS LB Controller's Services are left alone",
-                lb().annotation(AWS_LBC_TYPE_ANNOTATION, "external").build(),
+                "a class-less Service the provider declines is left alone",
+                lb().annotation(DECLINE_ANNOTATION, "aws-lb-controller")
+                    .build(),
                 "ignore:OtherClass",
+            ),
+            (
+                "our class wins over what the provider would decline",
+                lb().class(crate::config::DEFAULT_CLASS)
+                    .annotation(DECLINE_ANNOTATION, "aws-lb-controller")
+                    .build(),
+                "ensure:finalizer=true",
             ),
             (
                 "deleted with finalizer is cleaned up, status kept",
@@ -685,7 +688,7 @@ mod tests {
             ..config()
         };
         assert_eq!(
-            kind(&plan(&s, &targets(), &cfg, &accept)),
+            kind(&plan(&s, &targets(), &cfg, &RecordingProvider::new())),
             "ignore:OtherClass"
         );
         let deleting = svc("default", "web")
@@ -695,7 +698,12 @@ mod tests {
             .deleting()
             .build();
         assert_eq!(
-            kind(&plan(&deleting, &targets(), &cfg, &accept)),
+            kind(&plan(
+                &deleting,
+                &targets(),
+                &cfg,
+                &RecordingProvider::new()
+            )),
             "cleanup:ServiceDeleted:clear=false:release=false:IfBalancerFound",
             "a class-less Service portico does not claim keeps its (shared) finalizer"
         );
@@ -705,7 +713,7 @@ mod tests {
             .finalizer(LB_FINALIZER)
             .build();
         assert_eq!(
-            kind(&plan(&left_lb, &targets(), &cfg, &accept)),
+            kind(&plan(&left_lb, &targets(), &cfg, &RecordingProvider::new())),
             "cleanup:NoLongerLoadBalancer:clear=true:release=true:IfBalancerFound",
             "after a type change only a balancer found for the key proves it was ours"
         );
@@ -769,13 +777,11 @@ mod tests {
         let s = svc("default", "web")
             .lb()
             .port(80, 30080)
-            .annotation("x/weight", "heavy")
+            .annotation("test.portico.io/weight", "heavy")
             .build();
-        let validate =
-            |spec: &LoadBalancerSpec| spec.annotations.parse::<u8>("x/weight").map(|_| ());
-        match plan(&s, &targets(), &config(), &validate) {
+        match plan_of(&s) {
             Plan::Reject(r) => {
-                assert_eq!(r.field, "metadata.annotations[x/weight]");
+                assert_eq!(r.field, "metadata.annotations[test.portico.io/weight]");
                 assert!(r.reason.contains("heavy"), "{}", r.reason);
             }
             other => panic!("expected a rejection, got {other:?}"),
@@ -797,7 +803,7 @@ mod tests {
         let Plan::Ensure(e) = plan_of(&s) else {
             panic!("expected ensure")
         };
-        let spec = e.spec;
+        let spec = e.spec().clone();
         assert_eq!(spec.key.cluster.as_str(), "test");
         assert_eq!(
             spec.listeners
@@ -845,7 +851,12 @@ mod tests {
     #[test]
     fn no_eligible_nodes_still_ensures() {
         let s = svc("default", "web").lb().port(80, 30080).build();
-        let Plan::Ensure(e) = plan(&s, &Targets::default(), &config(), &accept) else {
+        let Plan::Ensure(e) = plan(
+            &s,
+            &Targets::default(),
+            &config(),
+            &RecordingProvider::new(),
+        ) else {
             panic!("expected ensure")
         };
         assert!(e.no_eligible_nodes());

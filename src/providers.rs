@@ -6,57 +6,29 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use portico_aws::{AwsProvider, AwsProviderConfig};
-use portico_provider::{ClusterName, LoadBalancerProvider};
-use portico_slb::cloud::{CloudConfig, CloudServer};
-use portico_slb::dataplane::{DataPlane, DataPlaneConfig};
+use portico_provider::{ClusterName, DynProvider};
+pub use portico_slb::embedded::EmbeddedSlb;
 use portico_slb::provider::{SlbProvider, SlbProviderConfig};
 use prometheus_client::registry::Registry;
-use tracing::info;
 
 use crate::Error;
 use crate::cli::{AwsArgs, ProviderKind, SlbArgs};
 
-/// The SLB-style mock cloud running inside this process: its HTTP API on
-/// loopback and its data plane forwarding VIP traffic to NodePorts.
-#[derive(Debug)]
-pub struct EmbeddedSlb {
-    pub cloud: CloudServer,
-    pub dataplane: DataPlane,
-}
-
-impl EmbeddedSlb {
-    pub async fn start(
-        vip_range: IpNet,
-        state_file: Option<PathBuf>,
-        listen: SocketAddr,
-        registry: &mut Registry,
-    ) -> Result<Self, Error> {
-        let dataplane = DataPlane::new(DataPlaneConfig::default());
-        dataplane.register_metrics(registry);
-        let config = CloudConfig {
-            vip_range,
-            state_file,
-            ..CloudConfig::default()
-        };
-        let cloud = CloudServer::start(config, listen, Arc::new(dataplane.clone()))
-            .await
-            .map_err(|e| Error::Provider(format!("starting the embedded SLB cloud: {e}")))?;
-        info!(api = %cloud.url(), %vip_range, "embedded SLB cloud running");
-        Ok(Self { cloud, dataplane })
-    }
-
-    pub fn url(&self) -> String {
-        self.cloud.url()
-    }
-
-    pub async fn shutdown(self) {
-        self.cloud.shutdown().await;
-    }
+/// Start the embedded mock cloud, its failure as a provider setup error.
+pub async fn start_embedded_slb(
+    vip_range: IpNet,
+    state_file: Option<PathBuf>,
+    listen: SocketAddr,
+    registry: &mut Registry,
+) -> Result<EmbeddedSlb, Error> {
+    EmbeddedSlb::start(vip_range, state_file, listen, registry)
+        .await
+        .map_err(|source| Error::EmbeddedSlb { source })
 }
 
 /// A provider and whatever must live as long as it.
 pub struct BuiltProvider {
-    pub provider: Arc<dyn LoadBalancerProvider>,
+    pub provider: Arc<dyn DynProvider>,
     pub embedded: Option<EmbeddedSlb>,
 }
 
@@ -68,10 +40,7 @@ impl std::fmt::Debug for BuiltProvider {
     }
 }
 
-pub fn slb_provider(
-    endpoint: String,
-    cluster: ClusterName,
-) -> Result<Arc<dyn LoadBalancerProvider>, Error> {
+pub fn slb_provider(endpoint: String, cluster: ClusterName) -> Result<Arc<dyn DynProvider>, Error> {
     let provider = SlbProvider::new(SlbProviderConfig::new(endpoint, cluster))
         .map_err(|e| Error::Provider(format!("slb: {e}")))?;
     Ok(Arc::new(provider))
@@ -91,7 +60,7 @@ pub async fn build_provider(
                 embedded: None,
             }),
             None => {
-                let embedded = EmbeddedSlb::start(
+                let embedded = start_embedded_slb(
                     slb.slb_vip_range,
                     slb.slb_state.clone(),
                     SocketAddr::from(([127, 0, 0, 1], 0)),

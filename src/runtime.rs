@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use portico_provider::LoadBalancerProvider;
+use portico_provider::DynProvider;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ pub struct ReplicaOptions {
 /// reconciles finish, then the lease is released.
 pub async fn run_replica(
     client: Client,
-    provider: Arc<dyn LoadBalancerProvider>,
+    provider: Arc<dyn DynProvider>,
     options: ReplicaOptions,
     mut registry: Registry,
     shutdown: CancellationToken,

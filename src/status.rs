@@ -121,8 +121,17 @@ pub fn has_ingress(svc: &Service) -> bool {
 pub struct StatusUpdate {
     /// `Some(vec![])` clears the ingress; `None` leaves it.
     pub ingress: Option<Vec<LoadBalancerIngress>>,
-    /// `Some(None)` removes portico's condition; `None` leaves it.
-    pub condition: Option<Option<Readiness>>,
+    pub condition: ConditionChange,
+}
+
+/// What to do with portico's condition on the Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConditionChange {
+    /// Leave it as it is.
+    Keep,
+    Set(Readiness),
+    /// Take it off (the Service is no longer portico's).
+    Remove,
 }
 
 /// The merge patch for the status subresource, or `None` if the Service
@@ -141,10 +150,15 @@ pub fn status_patch(svc: &Service, update: &StatusUpdate, now: Timestamp) -> Opt
         patch.insert("loadBalancer".into(), json!({ "ingress": value }));
     }
 
-    if let Some(want) = &update.condition {
+    let want = match &update.condition {
+        ConditionChange::Keep => None,
+        ConditionChange::Set(readiness) => Some(Some(readiness)),
+        ConditionChange::Remove => Some(None),
+    };
+    if let Some(want) = want {
         let conditions = current_conditions(svc);
         let ours = conditions.iter().find(|c| c.type_ == CONDITION_TYPE);
-        let next: Option<Condition> = want.as_ref().map(|r| {
+        let next: Option<Condition> = want.map(|r| {
             let status = if r.ready { "True" } else { "False" };
             let transition = match ours {
                 Some(c) if c.status == status => c.last_transition_time.clone(),
@@ -234,7 +248,7 @@ mod tests {
         let mut s = svc("default", "web").lb().port(80, 30080).build();
         let update = StatusUpdate {
             ingress: Some(ingress_of(&provider_status())),
-            condition: Some(Some(Readiness::ready())),
+            condition: ConditionChange::Set(Readiness::ready()),
         };
         let first = status_patch(&s, &update, Timestamp::UNIX_EPOCH).expect("first write");
         apply(&mut s, &first);
@@ -272,13 +286,13 @@ mod tests {
         s.metadata.resource_version = Some("41".into());
         let with_condition = StatusUpdate {
             ingress: Some(ingress_of(&provider_status())),
-            condition: Some(Some(Readiness::ready())),
+            condition: ConditionChange::Set(Readiness::ready()),
         };
         let patch = status_patch(&s, &with_condition, Timestamp::UNIX_EPOCH).expect("write");
         assert_eq!(patch["metadata"]["resourceVersion"], "41");
         let ingress_only = StatusUpdate {
             ingress: Some(ingress_of(&provider_status())),
-            condition: None,
+            condition: ConditionChange::Keep,
         };
         let patch = status_patch(&s, &ingress_only, Timestamp::UNIX_EPOCH).expect("write");
         assert!(
@@ -292,7 +306,7 @@ mod tests {
         let mut s = svc("default", "web").lb().port(80, 30080).build();
         let failing = |msg: &str| StatusUpdate {
             ingress: None,
-            condition: Some(Some(Readiness::failed(&ProviderError::transient(msg)))),
+            condition: ConditionChange::Set(Readiness::failed(&ProviderError::transient(msg))),
         };
         let t0 = Timestamp::UNIX_EPOCH;
         let p = status_patch(&s, &failing("a"), t0).expect("write");
@@ -328,14 +342,14 @@ mod tests {
         });
         let set = StatusUpdate {
             ingress: None,
-            condition: Some(Some(Readiness::no_eligible_nodes())),
+            condition: ConditionChange::Set(Readiness::no_eligible_nodes()),
         };
         let p = status_patch(&s, &set, Timestamp::now()).expect("write");
         apply(&mut s, &p);
         assert_eq!(current_conditions(&s).len(), 2);
         let clear = StatusUpdate {
             ingress: Some(vec![]),
-            condition: Some(None),
+            condition: ConditionChange::Remove,
         };
         let p = status_patch(&s, &clear, Timestamp::now()).expect("clear");
         apply(&mut s, &p);

@@ -15,7 +15,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use portico::builders::{node, svc};
 use portico::runtime::{ReplicaOptions, run_replica};
 use portico_aws::testing::{self as aws, AwsHarness};
-use portico_provider::LoadBalancerProvider;
+use portico_provider::DynProvider;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +68,7 @@ async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete(backend
             add(i).await;
         }
 
-        let provider: Arc<dyn LoadBalancerProvider> = Arc::new(h.provider.clone());
+        let provider: Arc<dyn DynProvider> = Arc::new(h.provider.clone());
         let config = portico::config::ControllerConfig { cluster: h.cluster.clone(), ..test_config() };
         let options = ReplicaOptions { config, lease: None, http_addr: None, identity: "e2e-aws".into() };
         let shutdown = CancellationToken::new();

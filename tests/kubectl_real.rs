@@ -42,7 +42,7 @@ async fn kubectl_apply_get_describe(backend: Backend) {
         );
 
         // The demo's reader of examples/ (top-level files) names them.
-        let names: Vec<String> = portico::demo::load_examples(&examples)
+        let names: Vec<String> = portico_demo::load_examples(&examples)
             .expect("examples/")
             .iter()
             .map(kube::ResourceExt::name_any)

@@ -306,7 +306,7 @@ async fn deposed_leader_stops_at_once(backend: Backend) {
 /// added a condition meanwhile, the write is refused (and retried on a
 /// fresh copy) instead of dropping that condition.
 async fn a_stale_status_write_cannot_drop_another_controllers_condition(backend: Backend) {
-    use portico::status::{Readiness, StatusUpdate, status_patch};
+    use portico::status::{ConditionChange, Readiness, StatusUpdate, status_patch};
     within(30, async {
         let env = Env::api_only(backend, 0).await;
         let stale = env
@@ -321,7 +321,7 @@ async fn a_stale_status_write_cannot_drop_another_controllers_condition(backend:
             .expect("another controller's condition");
         let update = StatusUpdate {
             ingress: None,
-            condition: Some(Some(Readiness::no_eligible_nodes())),
+            condition: ConditionChange::Set(Readiness::no_eligible_nodes()),
         };
         let patch =
             status_patch(&stale, &update, k8s_openapi::jiff::Timestamp::now()).expect("a change");

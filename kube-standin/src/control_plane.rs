@@ -24,8 +24,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
 use serde::Deserialize;
 
-/// The ServiceAccount the controller runs as (`deploy/rbac.yaml`).
+/// The namespace of the controller's ServiceAccount (`deploy/rbac.yaml`).
 pub const CONTROLLER_NAMESPACE: &str = "portico-system";
+/// The ServiceAccount the controller runs as (`deploy/rbac.yaml`).
 pub const CONTROLLER_ACCOUNT: &str = "portico";
 
 /// What went wrong talking to the real control plane.
@@ -57,6 +58,8 @@ pub enum ControlPlaneError {
     Manifest { path: PathBuf, message: String },
     #[error("restarting kube-apiserver failed: {0}")]
     Restart(String),
+    #[error("{user} is still not allowed to {grant:?} after 10 s")]
+    NotAuthorized { user: String, grant: Box<Grant> },
 }
 
 fn api_error(what: impl Into<String>) -> impl FnOnce(kube::Error) -> ControlPlaneError {
@@ -237,18 +240,9 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// A client that authenticates as `namespace/account` with a token from
-    /// the TokenRequest API, as a pod's projected token would.
-    pub async fn service_account_client(
-        &self,
-        namespace: &str,
-        account: &str,
-    ) -> Result<Client, ControlPlaneError> {
-        let config = self.service_account_config(namespace, account).await?;
-        Client::try_from(config).map_err(api_error("build service account client"))
-    }
-
-    /// The client configuration of [`ControlPlane::service_account_client`].
+    /// A client configuration that authenticates as `namespace/account`
+    /// with a token from the TokenRequest API, as a pod's projected token
+    /// would.
     pub async fn service_account_config(
         &self,
         namespace: &str,
@@ -396,9 +390,9 @@ impl ControlPlane {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             if !allowed {
-                return Err(ControlPlaneError::Manifest {
-                    path: PathBuf::from("deploy/rbac.yaml"),
-                    message: format!("{user} may not {grant:?} after 10 s"),
+                return Err(ControlPlaneError::NotAuthorized {
+                    user: user.to_string(),
+                    grant: Box::new(grant.clone()),
                 });
             }
         }

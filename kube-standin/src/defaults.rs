@@ -1,5 +1,5 @@
-//! Service defaulting, allocation and (partial) validation; the checks the
-//! real server makes on `events.k8s.io` Events ([`event`]).
+//! Service defaulting, allocation and (partial) validation, as the real
+//! server's Service strategy and allocators do.
 //!
 //! What is done: `spec.type`, `sessionAffinity`, `internalTrafficPolicy`,
 //! `externalTrafficPolicy`, `allocateLoadBalancerNodePorts`, IP family
@@ -18,8 +18,9 @@
 //! `loadBalancerSourceRanges` must be CIDRs; a new ClusterIP Service may not
 //! name a `nodePort`.
 //!
-//! What is not validated: names of ports, selectors, `externalIPs`, dual-stack settings, `clusterIP` immutability (a
-//! changed value is accepted).
+//! What is not validated: names of ports, selectors, `externalIPs`,
+//! dual-stack settings, `clusterIP` immutability (a changed value is
+//! accepted).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -98,7 +99,8 @@ impl Allocated {
 }
 
 /// Default, allocate and validate a Service being created (`old` is `None`)
-/// or updated. `others` are the allocations of every other Service.
+/// or updated. `others` are the allocations of every other Service (the
+/// store passes none when an update keeps the spec: nothing new can clash).
 pub fn service(
     obj: &mut Value,
     old: Option<&Value>,
@@ -473,54 +475,6 @@ fn is_cidr(text: &str) -> bool {
         Ok(std::net::IpAddr::V6(_)) => len <= 128,
         Err(_) => false,
     }
-}
-
-/// A new `events.k8s.io/v1` Event in namespace `ns`, checked as upstream's
-/// `ValidateEventCreate` does for what controllers get wrong: the regarding
-/// object's namespace, the reporting fields, and the size limits (the real
-/// server names the fields by their core/v1 names, as here).
-pub fn event(ns: &str, obj: &Value) -> Result<(), StandinError> {
-    let mut causes = Vec::new();
-    let regarding_ns = obj["regarding"]["namespace"].as_str().unwrap_or("");
-    // An Event about a cluster-scoped object (no namespace) lives in
-    // `default`; one about a namespaced object may live anywhere.
-    if regarding_ns.is_empty() && !(ns.is_empty() || ns == "default") {
-        causes.push((
-            "involvedObject.namespace".to_string(),
-            format!("Invalid value: {regarding_ns:?}: does not match event.namespace"),
-        ));
-    }
-    for (field, json_field) in [
-        ("reportingController", "reportingController"),
-        ("reportingInstance", "reportingInstance"),
-        ("action", "action"),
-        ("eventTime", "eventTime"),
-    ] {
-        if obj[json_field].as_str().unwrap_or("").is_empty() {
-            causes.push((field.to_string(), "Required value".to_string()));
-        }
-    }
-    for (field, json_field, limit) in [
-        ("reason", "reason", 128),
-        ("action", "action", 128),
-        ("message", "note", 1024),
-    ] {
-        let len = obj[json_field].as_str().map_or(0, str::len);
-        if len > limit {
-            causes.push((
-                field.to_string(),
-                format!("Too long: may not be more than {limit} bytes"),
-            ));
-        }
-    }
-    if causes.is_empty() {
-        return Ok(());
-    }
-    Err(StandinError::Invalid {
-        kind: "Event".into(),
-        name: obj["metadata"]["name"].as_str().unwrap_or("").to_string(),
-        causes,
-    })
 }
 
 #[cfg(test)]

@@ -72,8 +72,9 @@
 //!   gets 410; other `resourceVersion`s are served from the current state.
 //! - Validation is minimal: object names (RFC 1123 subdomain), namespace
 //!   existence on create, Service ports/types/node ports/cluster IPs/source
-//!   ranges and status, `events.k8s.io` Events (see [`defaults`]); no schema
-//!   validation, unknown fields are stored, CRD schemas are ignored.
+//!   ranges and status (see [`defaults`]), `events.k8s.io` Events, Lease
+//!   updates without a resourceVersion; no schema validation, unknown fields
+//!   are stored, CRD schemas are ignored.
 //! - Field selectors are checked against the real server's lists for
 //!   Services, Nodes, Namespaces, ConfigMaps and Leases only; other
 //!   resources accept any field.
@@ -212,11 +213,6 @@ impl StandinError {
         }
     }
 
-    /// A label for counting failures by kind.
-    pub fn metric_label(&self) -> &'static str {
-        self.reason()
-    }
-
     /// The `v1 Status` object the API returns for this error.
     pub fn to_status(&self) -> Value {
         let mut s = json!({
@@ -288,15 +284,6 @@ impl ApiServer {
     /// Start on `127.0.0.1` with a random port.
     pub async fn start() -> Result<ApiServer, StandinError> {
         ApiServer::start_with(ApiServerOptions::default()).await
-    }
-
-    /// Start on `addr`.
-    pub async fn start_on(addr: SocketAddr) -> Result<ApiServer, StandinError> {
-        ApiServer::start_with(ApiServerOptions {
-            addr,
-            ..ApiServerOptions::default()
-        })
-        .await
     }
 
     /// Start with options.
@@ -390,11 +377,6 @@ preferences: {{}}
     /// Every request served so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.recorder.all()
-    }
-
-    /// Forget the recorded requests.
-    pub fn clear_requests(&self) {
-        self.recorder.clear();
     }
 
     /// The object store, for direct manipulation in tests (no HTTP).

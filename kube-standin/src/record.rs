@@ -40,11 +40,6 @@ pub struct RecordedRequest {
 }
 
 impl RecordedRequest {
-    /// Whether the request was to a resource (not discovery).
-    pub fn is_resource_request(&self) -> bool {
-        !self.resource.is_empty()
-    }
-
     /// Whether the verb changes state.
     pub fn is_write(&self) -> bool {
         matches!(
@@ -78,10 +73,5 @@ impl Recorder {
     /// A copy of the log.
     pub fn all(&self) -> Vec<RecordedRequest> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Empty the log.
-    pub fn clear(&self) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }

@@ -288,23 +288,11 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// All served resources, in table order.
-    pub fn all(&self) -> &[ResourceType] {
-        &self.types
-    }
-
     /// The resource served at `group`/`version`/`plural`.
     pub fn find(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
         self.types
             .iter()
             .find(|t| t.group == group && t.version == version && t.plural == plural)
-    }
-
-    /// Any served version of the resource with this storage key.
-    pub fn find_key(&self, key: &ResourceKey) -> Option<&ResourceType> {
-        self.types
-            .iter()
-            .find(|t| t.group == key.group && t.plural == key.plural)
     }
 
     /// Resolve a kubectl-style name (`services`, `svc`, `leases.coordination.k8s.io`),

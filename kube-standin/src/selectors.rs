@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use crate::StandinError;
+use crate::resources::ResourceType;
 
 /// One requirement of a label selector.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +89,6 @@ impl LabelSelector {
         Ok(LabelSelector { reqs })
     }
 
-    /// Whether the selector selects everything.
-    pub fn is_empty(&self) -> bool {
-        self.reqs.is_empty()
-    }
-
     /// Whether the object's `metadata.labels` match.
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = &obj["metadata"]["labels"];
@@ -110,8 +106,9 @@ impl LabelSelector {
 
 /// A parsed field selector (`metadata.name=x,spec.type!=ClusterIP`).
 ///
-/// Any dotted path into the object is accepted (a real server allows only a
-/// few fields per resource); a missing field compares as `""`.
+/// Parsing takes any dotted path into the object; the fields a real server
+/// refuses are refused by [`FieldSelector::check_supported`]. A missing field
+/// compares as `""`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FieldSelector {
     reqs: Vec<(String, bool, String)>,
@@ -141,7 +138,7 @@ impl FieldSelector {
     /// Every resource takes `metadata.name` and `metadata.namespace`; the
     /// extra fields are listed for the resources the stand-in knows well,
     /// and any field is accepted on the others.
-    pub fn check_supported(&self, rt: &crate::resources::ResourceType) -> Result<(), StandinError> {
+    pub fn check_supported(&self, rt: &ResourceType) -> Result<(), StandinError> {
         let extra: &[&str] = match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "services") => &["spec.clusterIP", "spec.type"],
             ("", "nodes") => &["spec.unschedulable"],
@@ -160,15 +157,6 @@ impl FieldSelector {
             }
         }
         Ok(())
-    }
-
-    /// The value a `metadata.name=` requirement pins, if any (used to
-    /// shortcut lookups).
-    pub fn name(&self) -> Option<&str> {
-        self.reqs
-            .iter()
-            .find(|(k, eq, _)| *eq && k == "metadata.name")
-            .map(|(_, _, v)| v.as_str())
     }
 
     /// Whether the object matches.

@@ -162,9 +162,10 @@ async fn lease_manager_elects_one_leader() {
         while !*b_rx.borrow_and_update() {
             b_rx.changed().await.expect("b alive");
         }
-        let lease = server
-            .store()
-            .get("leases", "kube-system", "portico-leader")
+        let store = server.store();
+        let leases = store.resolve("leases").expect("leases");
+        let lease = store
+            .get(&leases, "kube-system", "portico-leader")
             .expect("lease");
         assert_eq!(lease["spec"]["holderIdentity"], "b");
         drop(b_rx);

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use common::timed;
-use kube_standin::ApiServer;
+use kube_standin::store::WriteOptions;
+use kube_standin::{ApiServer, StandinError};
 use serde_json::json;
 
 fn kubectl() -> Option<PathBuf> {
@@ -80,9 +81,11 @@ async fn kubectl_get_apply_delete() {
         let (ok, out) = k(&["get", "svc"], None).await;
         assert!(ok, "get svc: {out}");
         assert!(out.contains("EXTERNAL-IP") && out.contains("<pending>"), "{out}");
-        server
-            .store()
-            .update_status("services", "default", "web", json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}}))
+        let store = server.store();
+        let services = store.resolve("services").expect("services");
+        let status = WriteOptions { status: true, ..WriteOptions::default() };
+        store
+            .replace(&services, "default", "web", json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}}}), &status)
             .expect("status");
         let (ok, out) = k(&["get", "svc", "web"], None).await;
         assert!(ok && out.contains("203.0.113.9"), "{out}");
@@ -91,12 +94,12 @@ async fn kubectl_get_apply_delete() {
         let changed = manifest.replace("targetPort: 8080", "targetPort: 9090");
         let (ok, out) = k(&["apply", "--validate=false", "-f", "-"], Some(changed)).await;
         assert!(ok && out.contains("configured"), "{out}");
-        let svc = server.store().get("services", "default", "web").expect("svc");
+        let svc = store.get(&services, "default", "web").expect("svc");
         assert_eq!(svc["spec"]["ports"][0]["targetPort"], 9090);
         assert!(svc["spec"]["ports"][0]["nodePort"].as_u64().is_some());
-        server
-            .store()
-            .create("nodes", "", json!({"metadata": {"name": "node-1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}], "nodeInfo": {"kubeletVersion": "v1.33.0"}}}))
+        let nodes = store.resolve("nodes").expect("nodes");
+        store
+            .create(&nodes, "", json!({"metadata": {"name": "node-1"}, "status": {"conditions": [{"type": "Ready", "status": "True"}], "nodeInfo": {"kubeletVersion": "v1.33.0"}}}), &WriteOptions::default())
             .expect("node");
         let (ok, out) = k(&["get", "nodes"], None).await;
         assert!(ok && out.contains("node-1") && out.contains("Ready") && out.contains("v1.33.0"), "{out}");
@@ -107,7 +110,7 @@ async fn kubectl_get_apply_delete() {
         assert!(ok && out.contains("\"clusterIP\""), "{out}");
         let (ok, out) = k(&["delete", "svc", "web"], None).await;
         assert!(ok && out.contains("deleted"), "{out}");
-        assert!(server.store().get("services", "default", "web").is_none());
+        assert!(matches!(store.get(&services, "default", "web"), Err(StandinError::NotFound { .. })));
         let _ = std::fs::remove_file(&kc);
     })
     .await;

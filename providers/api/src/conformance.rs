@@ -10,18 +10,81 @@
 //! ```
 //!
 //! Every scenario uses keys with a fresh UID, so scenarios can run in
-//! parallel against one shared cloud.
+//! parallel against one shared cloud. After every change the suite reads
+//! the cloud through [`Harness::observe`] and checks it holds what the spec
+//! asks (listeners, targets, health check, source ranges): a provider that
+//! answers "ok" without building fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use ipnet::IpNet;
+
+use crate::testing::EnsureSpec;
+
 use crate::{
     ClusterName, HealthCheck, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
     LoadBalancerStatus, Protocol, ProviderError, RetryHint, Target, Targets,
 };
+
+/// A health check as the cloud holds it, in the spec's words where it can.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ObservedCheck {
+    /// A TCP connect to the port traffic goes to.
+    TrafficPort,
+    /// An HTTP GET of `path` on `port`.
+    Http { port: u16, path: String },
+    /// Anything else, described by the cloud's own words.
+    Other(String),
+}
+
+/// What the cloud holds for one key, read back by a [`Harness`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// `(port, protocol)` of every listener portico made.
+    pub listeners: BTreeSet<(u16, Protocol)>,
+    /// Where each listener sends traffic: `(port, protocol, target, node
+    /// port)`, the target as [`Harness::target_id`] names it.
+    pub routes: BTreeSet<(u16, Protocol, String, u16)>,
+    /// Every distinct health check of the balancer's listeners.
+    pub health_checks: BTreeSet<ObservedCheck>,
+    /// Who may connect; `None` when the cloud cannot filter by source.
+    pub source_ranges: Option<BTreeSet<IpNet>>,
+}
+
+impl Observed {
+    /// What a cloud that does exactly what `spec` says would hold: the
+    /// reference for [`RecordingProvider`](crate::testing::RecordingProvider).
+    pub fn exactly<H: Harness + ?Sized>(spec: &LoadBalancerSpec, h: &H) -> Self {
+        Self {
+            listeners: spec
+                .listeners
+                .iter()
+                .map(|l| (l.port, l.protocol))
+                .collect(),
+            routes: spec
+                .listeners
+                .iter()
+                .flat_map(|l| {
+                    spec.targets
+                        .iter()
+                        .map(move |t| (l.port, l.protocol, h.target_id(t), l.node_port))
+                })
+                .collect(),
+            health_checks: BTreeSet::from([match &spec.health_check {
+                HealthCheck::TrafficPort => ObservedCheck::TrafficPort,
+                HealthCheck::Http { port, path } => ObservedCheck::Http {
+                    port: *port,
+                    path: path.clone(),
+                },
+            }]),
+            source_ranges: Some(spec.source_ranges.iter().copied().collect()),
+        }
+    }
+}
 
 /// Faults a harness injects into its cloud.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,6 +118,19 @@ pub trait Harness: Send + Sync {
             })
             .collect()
     }
+
+    /// How [`Observed::routes`] names a target (an address, an instance id).
+    fn target_id(&self, target: &Target) -> String {
+        target
+            .addresses
+            .first()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| target.node_name.clone())
+    }
+
+    /// What the cloud holds for `key`, read from the cloud itself (not from
+    /// the provider's memory); `None` when it holds no balancer for it.
+    async fn observe(&self, key: &LoadBalancerKey) -> Option<Observed>;
 
     /// Mutating cloud calls (create, modify, delete, register, tag...) made so far.
     async fn mutating_calls(&self) -> u64;
@@ -101,7 +177,7 @@ async fn ensure_eventually<P: LoadBalancerProvider + ?Sized>(
 ) -> LoadBalancerStatus {
     let mut last = None;
     for _ in 0..30 {
-        match provider.ensure(spec).await {
+        match provider.ensure_spec(spec).await {
             Ok(status) => return status,
             Err(err) => {
                 match err.retry_hint() {
@@ -145,7 +221,48 @@ fn assert_reachable(status: &LoadBalancerStatus, spec: &LoadBalancerSpec) {
     }
 }
 
-/// Ensure, then assert the re-ensure of the same spec mutates nothing.
+/// Assert the cloud holds what `spec` asks, and return what it holds.
+async fn assert_cloud_matches<H: Harness + ?Sized>(
+    h: &H,
+    spec: &LoadBalancerSpec,
+    step: &str,
+) -> Observed {
+    let Some(seen) = h.observe(&spec.key).await else {
+        panic!("{step}: the cloud holds no balancer for {}", spec.key);
+    };
+    let want = Observed::exactly(spec, h);
+    assert_eq!(
+        seen.listeners, want.listeners,
+        "{step}: listeners in the cloud"
+    );
+    assert_eq!(
+        seen.routes, want.routes,
+        "{step}: targets and node ports in the cloud"
+    );
+    if let HealthCheck::Http { .. } = spec.health_check {
+        assert_eq!(
+            seen.health_checks, want.health_checks,
+            "{step}: every listener checks the spec's HTTP endpoint"
+        );
+    }
+    if let Some(ranges) = &seen.source_ranges {
+        let everyone: BTreeSet<IpNet> = ["0.0.0.0/0", "::/0"]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let open =
+            spec.source_ranges.is_empty() && (ranges.is_empty() || ranges.is_subset(&everyone));
+        assert!(
+            open || Some(ranges) == want.source_ranges.as_ref(),
+            "{step}: source ranges in the cloud {ranges:?}, spec {:?}",
+            spec.source_ranges
+        );
+    }
+    seen
+}
+
+/// Ensure, then assert the cloud matches the spec and the re-ensure of the
+/// same spec mutates nothing.
 async fn converge_and_check_noop<H: Harness + ?Sized>(
     h: &H,
     spec: &LoadBalancerSpec,
@@ -153,6 +270,7 @@ async fn converge_and_check_noop<H: Harness + ?Sized>(
 ) -> LoadBalancerStatus {
     let status = ensure_eventually(h.provider(), spec).await;
     assert_reachable(&status, spec);
+    assert_cloud_matches(h, spec, step).await;
     let before = h.mutating_calls().await;
     let again = ensure_eventually(h.provider(), spec).await;
     let after = h.mutating_calls().await;
@@ -187,6 +305,7 @@ pub async fn create<H: Harness + ?Sized>(h: &H) {
     let spec = base_spec(h, "create").await;
     let status = ensure_eventually(h.provider(), &spec).await;
     assert_reachable(&status, &spec);
+    assert_cloud_matches(h, &spec, "create").await;
     let got = h
         .provider()
         .get(&spec.key)
@@ -247,12 +366,7 @@ pub async fn listener_changes<H: Harness + ?Sized>(h: &H) {
     spec.listeners.retain(|l| l.port != 53);
     let removed = converge_and_check_noop(h, &spec, "listener removed").await;
     let ports: Vec<u16> = removed.ingress[0].ports.iter().map(|p| p.port).collect();
-    if !ports.is_empty() {
-        assert!(
-            !ports.contains(&53),
-            "removed listener still reported: {ports:?}"
-        );
-    }
+    assert_eq!(ports, vec![80, 443], "status reports the ports served");
     delete_eventually(h.provider(), &spec.key).await;
 }
 
@@ -287,6 +401,16 @@ pub async fn health_check_changes<H: Harness + ?Sized>(h: &H) {
     spec.health_check = HealthCheck::TrafficPort;
     spec.traffic_policy = crate::TrafficPolicy::Cluster;
     converge_and_check_noop(h, &spec, "back to traffic port").await;
+    let back = assert_cloud_matches(h, &spec, "back to traffic port").await;
+    let local = ObservedCheck::Http {
+        port: 32001,
+        path: "/healthz".into(),
+    };
+    assert!(
+        !back.health_checks.contains(&local),
+        "the Local-policy check stays after switching back: {:?}",
+        back.health_checks
+    );
     delete_eventually(h.provider(), &spec.key).await;
 }
 
@@ -319,6 +443,10 @@ pub async fn delete_twice<H: Harness + ?Sized>(h: &H) {
     assert!(
         h.provider().get(&spec.key).await.expect("get").is_none(),
         "balancer gone after delete"
+    );
+    assert!(
+        h.observe(&spec.key).await.is_none(),
+        "the cloud holds nothing after delete"
     );
     assert_eq!(
         count_owned(h, &spec.key).await,
@@ -423,7 +551,7 @@ pub async fn rejects_invalid_without_leaking<H: Harness + ?Sized>(h: &H) {
         },
     ];
     let before = h.mutating_calls().await;
-    let result = h.provider().ensure(&spec).await;
+    let result = h.provider().ensure_spec(&spec).await;
     match result {
         Err(ProviderError::InvalidSpec { .. } | ProviderError::Unsupported { .. }) => {}
         other => panic!("duplicate listener port must be rejected as invalid, got {other:?}"),
@@ -436,6 +564,10 @@ pub async fn rejects_invalid_without_leaking<H: Harness + ?Sized>(h: &H) {
     assert!(
         h.provider().get(&spec.key).await.expect("get").is_none(),
         "a rejected spec left a balancer"
+    );
+    assert!(
+        h.observe(&spec.key).await.is_none(),
+        "a rejected spec left a balancer in the cloud"
     );
 }
 

@@ -11,6 +11,7 @@
 //! for controller tests.
 
 mod error;
+mod identity;
 mod names;
 mod provider;
 mod spec;
@@ -21,8 +22,11 @@ pub mod conformance;
 pub mod testing;
 
 pub use error::{ProviderError, RetryHint};
+pub use identity::{cluster_tags, tag};
 pub use names::{owned_name, short_hash};
-pub use provider::LoadBalancerProvider;
+pub use provider::{
+    Declined, DynProvider, LoadBalancerProvider, Prepared, PreparedSpec, ServiceAnnotations,
+};
 pub use spec::{
     Annotations, ClusterName, HealthCheck, IngressStatus, IpFamily, IpMode, Listener,
     LoadBalancerKey, LoadBalancerSpec, LoadBalancerStatus, PortStatus, Protocol, SessionAffinity,

@@ -54,20 +54,6 @@ impl LoadBalancerKey {
             uid: uid.into(),
         }
     }
-
-    /// A deterministic cloud name `prefix-<hash>` of at most `max_len` characters.
-    pub fn cloud_name(&self, prefix: &str, max_len: usize) -> String {
-        crate::owned_name(
-            prefix,
-            &[
-                self.cluster.as_str(),
-                &self.namespace,
-                &self.name,
-                &self.uid,
-            ],
-            max_len,
-        )
-    }
 }
 
 impl fmt::Display for LoadBalancerKey {

@@ -9,11 +9,42 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::conformance::{Faults, Harness};
+use crate::conformance::{Faults, Harness, Observed};
 use crate::{
-    IngressStatus, IpMode, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
-    LoadBalancerStatus, PortStatus, ProviderError,
+    Declined, IngressStatus, IpMode, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
+    LoadBalancerStatus, PortStatus, Prepared, ProviderError, ServiceAnnotations,
 };
+
+/// A class-less Service with this annotation is declined (it stands for
+/// another controller's annotation, like AWS's `aws-load-balancer-type`).
+pub const DECLINE_ANNOTATION: &str = "test.portico.io/owner";
+/// A Service with this annotation selects its targets by node label.
+pub const NODE_LABELS_ANNOTATION: &str = "test.portico.io/target-node-labels";
+/// A Service with this annotation gets an unenforced-field note.
+pub const UNENFORCED_ANNOTATION: &str = "test.portico.io/unenforced";
+
+/// `prepare` then `ensure`, as the controller calls them: for tests that
+/// start from a spec.
+#[async_trait]
+pub trait EnsureSpec {
+    /// # Errors
+    /// Those of `prepare`, then those of `ensure`.
+    async fn ensure_spec(
+        &self,
+        spec: &LoadBalancerSpec,
+    ) -> Result<LoadBalancerStatus, ProviderError>;
+}
+
+#[async_trait]
+impl<P: LoadBalancerProvider + ?Sized> EnsureSpec for P {
+    async fn ensure_spec(
+        &self,
+        spec: &LoadBalancerSpec,
+    ) -> Result<LoadBalancerStatus, ProviderError> {
+        let prepared = self.prepare(spec.clone())?;
+        self.ensure(&prepared).await
+    }
+}
 
 /// Which provider operation a recorded call was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -158,15 +189,7 @@ impl RecordingProvider {
                 ip: Some(ip),
                 hostname: None,
                 ip_mode: Some(IpMode::Vip),
-                ports: spec
-                    .listeners
-                    .iter()
-                    .map(|l| PortStatus {
-                        port: l.port,
-                        protocol: l.protocol,
-                        error: None,
-                    })
-                    .collect(),
+                ports: PortStatus::of_listeners(&spec.listeners),
             }],
         }
     }
@@ -224,14 +247,20 @@ impl RecordingProvider {
 
 #[async_trait]
 impl LoadBalancerProvider for RecordingProvider {
+    /// The parsed `test.portico.io/weight` annotation.
+    type Options = u8;
+
     fn name(&self) -> &str {
         "recording"
     }
 
-    fn validate(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
+    fn prepare(&self, spec: LoadBalancerSpec) -> Result<Prepared<u8>, ProviderError> {
         // Mirrors a real provider's annotation parsing so controller tests can exercise bad input.
-        spec.annotations
-            .parse_in_range("test.portico.io/weight", 0, 100)?;
+        let weight = spec
+            .annotations
+            .parse_in_range("test.portico.io/weight", 0, 100)?
+            .and_then(|w| u8::try_from(w).ok())
+            .unwrap_or(1);
         let mut seen = std::collections::BTreeSet::new();
         for l in &spec.listeners {
             if !seen.insert((l.port, l.protocol)) {
@@ -250,12 +279,32 @@ impl LoadBalancerProvider for RecordingProvider {
                 what: format!("protocol SCTP on port {}", l.port),
             });
         }
-        Ok(())
+        let unenforced = spec
+            .annotations
+            .get(UNENFORCED_ANNOTATION)
+            .map(|v| format!("{UNENFORCED_ANNOTATION}={v} is accepted but not enforced"))
+            .into_iter()
+            .collect();
+        Ok(Prepared {
+            spec,
+            options: weight,
+            unenforced,
+        })
     }
 
-    async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError> {
+    fn declines(&self, annotations: &ServiceAnnotations) -> Option<Declined> {
+        annotations.get(DECLINE_ANNOTATION).map(|owner| Declined {
+            reason: format!("{DECLINE_ANNOTATION} names {owner}"),
+        })
+    }
+
+    fn selects_targets_by_node_labels(&self, annotations: &ServiceAnnotations) -> bool {
+        annotations.contains_key(NODE_LABELS_ANNOTATION)
+    }
+
+    async fn ensure(&self, prepared: &Prepared<u8>) -> Result<LoadBalancerStatus, ProviderError> {
+        let spec = &prepared.spec;
         self.begin(Op::Ensure, Some(&spec.key)).await?;
-        self.validate(spec)?;
         let (effect, status) = {
             let mut state = self.state();
             match state.balancers.get(&spec.key) {
@@ -325,6 +374,10 @@ impl Harness for RecordingProvider {
 
     async fn mutating_calls(&self) -> u64 {
         self.mutations() as u64
+    }
+
+    async fn observe(&self, key: &LoadBalancerKey) -> Option<Observed> {
+        self.spec(key).map(|spec| Observed::exactly(&spec, self))
     }
 
     async fn set_faults(&self, faults: Faults) -> bool {

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use common::AwsHarness;
 use portico_aws::CallStats;
+use portico_provider::testing::EnsureSpec;
 use portico_provider::{
     Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, Protocol,
 };
@@ -36,7 +37,7 @@ async fn ensure_all(h: &AwsHarness, specs: &[LoadBalancerSpec]) -> (CallStats, f
     let start = Instant::now();
     for s in specs {
         h.provider
-            .ensure(s)
+            .ensure_spec(s)
             .await
             .unwrap_or_else(|e| panic!("ensure {}: {e}", s.key));
     }

@@ -6,8 +6,8 @@
 //! - [`AwsProvider`] implements [`portico_provider::LoadBalancerProvider`].
 //! - [`AwsOptions`] is the typed form of the
 //!   `service.beta.kubernetes.io/aws-load-balancer-*` annotations.
-//! - [`is_owned_by_aws_lb_controller`] tells the controller which Services
-//!   the AWS Load Balancer Controller owns, so portico leaves them alone.
+//! - [`declined_for_aws_lb_controller`] answers the contract's `declines`:
+//!   class-less Services the AWS Load Balancer Controller owns.
 //! - [`CallCounter`] counts AWS calls by operation and injects faults; tests
 //!   and benchmarks read it through [`AwsProvider::calls`].
 //!
@@ -33,8 +33,8 @@ pub mod testing;
 pub use counter::{CallCounter, CallStats, FaultInjection, FaultKind, is_read_only};
 pub use errors::classify as classify_aws_error;
 pub use names::{load_balancer_name, ownership_tags, target_group_name};
-pub use options::{AwsOptions, is_owned_by_aws_lb_controller};
-pub use provider::{AwsProvider, AwsProviderConfig};
+pub use options::{AwsOptions, declined_for_aws_lb_controller};
+pub use provider::{AwsPrepared, AwsProvider, AwsProviderConfig};
 
 const _: () = {
     const fn assert_provider<P: portico_provider::LoadBalancerProvider>() {}

@@ -1,5 +1,7 @@
-//! Deterministic AWS names and ownership tags, so a balancer is always found
-//! again from its key.
+//! AWS's conventions on top of the contract's identity
+//! ([`LoadBalancerKey::owner_tags`], [`LoadBalancerKey::from_tags`]): the
+//! 32-character names AWS allows, and the `kubernetes.io/*` tags that
+//! cloud-provider-aws and AWS tooling read.
 
 use std::collections::BTreeMap;
 
@@ -8,11 +10,8 @@ use portico_provider::{ClusterName, LoadBalancerKey, short_hash};
 /// AWS's limit for load balancer and target group names.
 pub const MAX_NAME: usize = 32;
 
+/// `namespace/name`, as cloud-provider-aws tags its balancers.
 pub const TAG_SERVICE_NAME: &str = "kubernetes.io/service-name";
-pub const TAG_CLUSTER: &str = "portico.io/cluster";
-pub const TAG_NAMESPACE: &str = "portico.io/service-namespace";
-pub const TAG_NAME: &str = "portico.io/service-name";
-pub const TAG_UID: &str = "portico.io/service-uid";
 /// The keys of `additional-resource-tags` portico applied, comma-separated,
 /// so that removing one from the annotation removes the tag too, while tags
 /// someone else put on the resources are left alone.
@@ -34,11 +33,7 @@ pub fn load_balancer_name(key: &LoadBalancerKey) -> String {
 /// The part of every target group name of `key`: `k8s-<8 hex>-`, so the
 /// target groups of one Service can be found by name prefix alone.
 pub fn target_group_prefix(key: &LoadBalancerKey) -> String {
-    let h = short_hash(
-        &[key.cluster.as_str(), &key.namespace, &key.name, &key.uid],
-        8,
-    );
-    format!("{NAME_PREFIX}{h}-")
+    format!("{NAME_PREFIX}{}-", key.hash(&[], 8))
 }
 
 /// A target group name: `k8s-<8 hex of key>-<19 hex of port/protocol/nodePort>`,
@@ -58,37 +53,28 @@ pub fn target_group_name(
     format!("{prefix}{rest}")
 }
 
-/// The ownership tags of every resource of `key`.
+/// The ownership tags of every resource of `key`: the contract's, plus
+/// the `kubernetes.io/*` pair AWS tooling reads.
 pub fn ownership_tags(key: &LoadBalancerKey) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            TAG_SERVICE_NAME.to_string(),
-            format!("{}/{}", key.namespace, key.name),
-        ),
-        (cluster_tag(&key.cluster), "owned".to_string()),
-        (TAG_CLUSTER.to_string(), key.cluster.to_string()),
-        (TAG_NAMESPACE.to_string(), key.namespace.clone()),
-        (TAG_NAME.to_string(), key.name.clone()),
-        (TAG_UID.to_string(), key.uid.clone()),
-    ])
+    let mut tags = key.owner_tags();
+    tags.insert(
+        TAG_SERVICE_NAME.to_string(),
+        format!("{}/{}", key.namespace, key.name),
+    );
+    tags.insert(cluster_tag(&key.cluster), "owned".to_string());
+    tags
 }
 
-/// The key that tags say owns a resource, if they are this cluster's.
+/// The key that tags say owns a resource, if they are this cluster's and
+/// also mark it `owned` in AWS's words (never a `shared` resource).
 pub fn key_from_tags(
     cluster: &ClusterName,
     tags: &BTreeMap<String, String>,
 ) -> Option<LoadBalancerKey> {
-    if tags.get(&cluster_tag(cluster)).map(String::as_str) != Some("owned")
-        || tags.get(TAG_CLUSTER).map(String::as_str) != Some(cluster.as_str())
-    {
+    if tags.get(&cluster_tag(cluster)).map(String::as_str) != Some("owned") {
         return None;
     }
-    Some(LoadBalancerKey::new(
-        cluster.clone(),
-        tags.get(TAG_NAMESPACE)?.clone(),
-        tags.get(TAG_NAME)?.clone(),
-        tags.get(TAG_UID)?.clone(),
-    ))
+    LoadBalancerKey::from_tags(cluster, tags)
 }
 
 /// Whether `tags` mark the resource as `key`'s.

@@ -295,10 +295,13 @@ impl AwsProvider {
         let mut found = self
             .security_groups(vec![
                 filter(
-                    &format!("tag:{}", names::TAG_CLUSTER),
+                    &format!("tag:{}", portico_provider::tag::CLUSTER),
                     [key.cluster.to_string()],
                 ),
-                filter(&format!("tag:{}", names::TAG_UID), [key.uid.clone()]),
+                filter(
+                    &format!("tag:{}", portico_provider::tag::UID),
+                    [key.uid.clone()],
+                ),
             ])
             .await?;
         found.retain(|g| owned_by(key, &ec2_tags(g.tags())));
@@ -499,7 +502,7 @@ impl AwsProvider {
     pub(crate) async fn keys_of_owned_groups(&self) -> Result<Vec<LoadBalancerKey>> {
         let groups = self
             .security_groups(vec![filter(
-                &format!("tag:{}", names::TAG_CLUSTER),
+                &format!("tag:{}", portico_provider::tag::CLUSTER),
                 [self.config.cluster.to_string()],
             )])
             .await?;

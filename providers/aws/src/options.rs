@@ -9,30 +9,26 @@ use portico_provider::{Annotations, LoadBalancerSpec, ProviderError};
 /// The annotation prefix every option here shares.
 pub const PREFIX: &str = "service.beta.kubernetes.io/aws-load-balancer-";
 
-/// The `loadBalancerClass` of the AWS Load Balancer Controller.
-pub const AWS_LB_CONTROLLER_CLASS: &str = "service.k8s.aws/nlb";
-
 fn key(suffix: &str) -> String {
     format!("{PREFIX}{suffix}")
 }
 
-/// Whether the AWS Load Balancer Controller, not portico, owns this Service:
-/// `aws-load-balancer-type: external` (or `nlb-ip`), or the class
-/// `service.k8s.aws/nlb`. The controller skips such Services entirely.
-pub fn is_owned_by_aws_lb_controller(
-    annotations: &Annotations,
-    load_balancer_class: Option<&str>,
-) -> bool {
-    if load_balancer_class == Some(AWS_LB_CONTROLLER_CLASS) {
-        return true;
-    }
-    matches!(
-        annotations
-            .get(&key("type"))
-            .map(str::to_ascii_lowercase)
-            .as_deref(),
-        Some("external" | "nlb-ip")
-    )
+/// The annotation naming the Service's target nodes by label.
+pub const TARGET_NODE_LABELS: &str =
+    "service.beta.kubernetes.io/aws-load-balancer-target-node-labels";
+
+/// Whether a class-less Service belongs to the AWS Load Balancer Controller
+/// by its `aws-load-balancer-type` (`external`, or the older `nlb-ip`), as
+/// that controller decides. (A Service with the controller's class
+/// `service.k8s.aws/nlb` is another class, which portico never claims.)
+pub fn declined_for_aws_lb_controller(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Option<portico_provider::Declined> {
+    let key = key("type");
+    let value = annotations.get(&key)?.trim().to_ascii_lowercase();
+    matches!(value.as_str(), "external" | "nlb-ip").then(|| portico_provider::Declined {
+        reason: format!("{key}: {value} belongs to the AWS Load Balancer Controller"),
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,9 +299,7 @@ impl AwsOptions {
                 ));
             }
         }
-        let target_node_labels = a
-            .key_values(&key("target-node-labels"))?
-            .unwrap_or_default();
+        let target_node_labels = a.key_values(TARGET_NODE_LABELS)?.unwrap_or_default();
 
         let eip_allocations = a.list(&key("eip-allocations")).unwrap_or_default();
         if let Some(bad) = eip_allocations.iter().find(|e| !e.starts_with("eipalloc-")) {
@@ -719,17 +713,20 @@ mod tests {
             AwsOptions::parse(&s),
             Err(ProviderError::Unsupported { .. })
         ));
-        assert!(is_owned_by_aws_lb_controller(&s.annotations, None));
-        let plain = spec(&[]);
-        assert!(!is_owned_by_aws_lb_controller(&plain.annotations, None));
-        assert!(is_owned_by_aws_lb_controller(
-            &plain.annotations,
-            Some("service.k8s.aws/nlb")
-        ));
-        assert!(!is_owned_by_aws_lb_controller(
-            &spec(&[("type", "nlb")]).annotations,
-            Some("portico.io/lb")
-        ));
+        let raw = |pairs: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (key(k), v.to_string())).collect()
+        };
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+        let cases: [Case<'_>; 4] = [
+            ("external", &[("type", "external")], true),
+            ("nlb-ip in any case", &[("type", " NLB-IP ")], true),
+            ("portico's own nlb", &[("type", "nlb")], false),
+            ("no annotation", &[], false),
+        ];
+        for (desc, pairs, declined) in cases {
+            let got = declined_for_aws_lb_controller(&raw(pairs));
+            assert_eq!(got.is_some(), declined, "{desc}: {got:?}");
+        }
     }
 
     #[test]

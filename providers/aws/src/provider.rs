@@ -9,7 +9,8 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2 as ec2;
 use aws_sdk_elasticloadbalancingv2 as elb;
 use portico_provider::{
-    LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, LoadBalancerStatus, ProviderError,
+    Declined, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, LoadBalancerStatus,
+    Prepared, ProviderError, ServiceAnnotations,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -133,12 +134,15 @@ impl AwsProvider {
         &self.calls
     }
 
-    async fn ensure_inner(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus> {
-        let opts = AwsOptions::parse(spec)?;
-        let desired = Desired::new(spec, &opts)?;
+    async fn ensure_inner(&self, prepared: &Prepared<AwsPrepared>) -> Result<LoadBalancerStatus> {
+        let spec = &prepared.spec;
+        let AwsPrepared {
+            options: opts,
+            desired,
+        } = &prepared.options;
         let mut existing = self.find_lb(&desired.name).await?;
         if let Some(lb) = &existing
-            && let Some(reason) = replacement(lb, &desired)
+            && let Some(reason) = replacement(lb, desired)
         {
             // Only ours may be deleted: check the tags before replacing.
             let tags = self.tags(std::slice::from_ref(&lb.arn)).await?;
@@ -163,9 +167,9 @@ impl AwsProvider {
             Vec::new()
         };
         let (lb, mut observed, start) = match existing {
-            Some(lb) => self.observe_owned(&spec.key, lb, &desired).await?,
+            Some(lb) => self.observe_owned(&spec.key, lb, desired).await?,
             None => {
-                let (found, start) = self.create(&spec.key, &desired, &opts, &instances).await?;
+                let (found, start) = self.create(&spec.key, desired, opts, &instances).await?;
                 match found {
                     Found::Created(lb) => {
                         let observed =
@@ -180,9 +184,9 @@ impl AwsProvider {
             }
         };
         observed.security = self
-            .observe_security(&spec.key, &lb, &desired, &instances, start)
+            .observe_security(&spec.key, &lb, desired, &instances, start)
             .await?;
-        let steps = plan(&observed, &desired);
+        let steps = plan(&observed, desired);
         if steps.is_empty() {
             debug!("load balancer up to date");
         } else {
@@ -192,7 +196,7 @@ impl AwsProvider {
                 "converging load balancer"
             );
         }
-        self.execute(&spec.key, &lb, &desired, steps).await?;
+        self.execute(&spec.key, &lb, desired, steps).await?;
         Ok(desired.status(&lb.dns_name))
     }
 
@@ -320,29 +324,46 @@ struct SecurityStart {
     user_groups: Vec<String>,
 }
 
+/// What `prepare` reads from a spec: the annotations, and the NLB they ask
+/// for (computed once, used by `ensure`).
+#[derive(Debug, Clone)]
+pub struct AwsPrepared {
+    options: AwsOptions,
+    desired: Desired,
+}
+
 #[async_trait]
 impl LoadBalancerProvider for AwsProvider {
+    type Options = AwsPrepared;
+
     fn name(&self) -> &str {
         "aws"
     }
 
-    fn validate(&self, spec: &LoadBalancerSpec) -> Result<()> {
-        let opts = AwsOptions::parse(spec)?;
-        Desired::new(spec, &opts).map(|_| ())
+    fn prepare(&self, spec: LoadBalancerSpec) -> Result<Prepared<AwsPrepared>> {
+        let options = AwsOptions::parse(&spec)?;
+        let desired = Desired::new(&spec, &options)?;
+        let mut unenforced = crate::options::unimplemented_notes(&spec.annotations);
+        unenforced.extend(crate::desired::unenforced_ranges(&spec, &options));
+        Ok(Prepared {
+            spec,
+            options: AwsPrepared { options, desired },
+            unenforced,
+        })
     }
 
-    fn unenforced(&self, spec: &LoadBalancerSpec) -> Vec<String> {
-        let Ok(opts) = AwsOptions::parse(spec) else {
-            return Vec::new();
-        };
-        let mut notes = crate::options::unimplemented_notes(&spec.annotations);
-        notes.extend(crate::desired::unenforced_ranges(spec, &opts));
-        notes
+    fn declines(&self, annotations: &ServiceAnnotations) -> Option<Declined> {
+        crate::options::declined_for_aws_lb_controller(annotations)
     }
 
-    async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus> {
-        let span = info_span!("aws.ensure", service = %spec.key, uid = %spec.key.uid);
-        self.ensure_inner(spec).instrument(span).await
+    fn selects_targets_by_node_labels(&self, annotations: &ServiceAnnotations) -> bool {
+        annotations.contains_key(crate::options::TARGET_NODE_LABELS)
+    }
+
+    async fn ensure(&self, prepared: &Prepared<AwsPrepared>) -> Result<LoadBalancerStatus> {
+        let key = &prepared.spec.key;
+        let span = info_span!("aws.ensure", service = %key, uid = %key.uid);
+        self.ensure_inner(prepared).instrument(span).await
     }
 
     async fn get(&self, key: &LoadBalancerKey) -> Result<Option<LoadBalancerStatus>> {

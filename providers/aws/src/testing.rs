@@ -18,8 +18,9 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2 as ec2;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_elasticloadbalancingv2 as elb;
-use portico_provider::conformance::{Faults, Harness};
-use portico_provider::{ClusterName, Target};
+use aws_sdk_elasticloadbalancingv2::error::ProvideErrorMetadata;
+use portico_provider::conformance::{Faults, Harness, Observed, ObservedCheck};
+use portico_provider::{ClusterName, LoadBalancerKey, Protocol, Target};
 use tokio::sync::Mutex;
 
 pub const REGION: &str = "us-east-1";
@@ -363,6 +364,127 @@ impl Harness for AwsHarness {
 
     async fn targets(&self, n: usize) -> Vec<Target> {
         self.target_list(n).await
+    }
+
+    fn target_id(&self, target: &Target) -> String {
+        target
+            .provider_id
+            .as_deref()
+            .and_then(|p| p.rsplit('/').next())
+            .unwrap_or(&target.node_name)
+            .to_string()
+    }
+
+    async fn observe(&self, key: &LoadBalancerKey) -> Option<Observed> {
+        let name = crate::load_balancer_name(key);
+        let found = match self.elb.describe_load_balancers().names(&name).send().await {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("LoadBalancerNotFound") => return None,
+            Err(e) => panic!("describe load balancer {name}: {e:?}"),
+        };
+        let lb = found.load_balancers().first()?;
+        let arn = lb
+            .load_balancer_arn()
+            .expect("an NLB has an ARN")
+            .to_string();
+        let groups = lb.security_groups().to_vec();
+        let listeners = self
+            .elb
+            .describe_listeners()
+            .load_balancer_arn(&arn)
+            .send()
+            .await
+            .expect("describe listeners");
+        let mut seen = Observed::default();
+        for listener in listeners.listeners() {
+            let port = u16::try_from(listener.port().expect("a listener port")).expect("a port");
+            let protocols = match listener.protocol().map(|p| p.as_str()) {
+                Some("UDP") => vec![Protocol::Udp],
+                Some("TCP_UDP") => vec![Protocol::Tcp, Protocol::Udp],
+                _ => vec![Protocol::Tcp],
+            };
+            let group_arn = listener
+                .default_actions()
+                .iter()
+                .find_map(|a| a.target_group_arn())
+                .expect("a listener forwards to a target group");
+            let groups = self
+                .elb
+                .describe_target_groups()
+                .target_group_arns(group_arn)
+                .send()
+                .await
+                .expect("describe target group");
+            let group = groups
+                .target_groups()
+                .first()
+                .expect("the listener's target group");
+            let health = self
+                .elb
+                .describe_target_health()
+                .target_group_arn(group_arn)
+                .send()
+                .await
+                .expect("describe target health");
+            for protocol in &protocols {
+                seen.listeners.insert((port, *protocol));
+                for description in health.target_health_descriptions() {
+                    let draining = description
+                        .target_health()
+                        .and_then(|h| h.state())
+                        .is_some_and(|s| s.as_str() == "draining");
+                    let Some(target) = description.target().filter(|_| !draining) else {
+                        continue;
+                    };
+                    let node_port = target
+                        .port()
+                        .or(group.port())
+                        .and_then(|p| u16::try_from(p).ok())
+                        .expect("a target port");
+                    seen.routes.insert((
+                        port,
+                        *protocol,
+                        target.id().expect("a target id").to_string(),
+                        node_port,
+                    ));
+                }
+            }
+            let check_protocol = group
+                .health_check_protocol()
+                .map(|p| p.as_str().to_string());
+            let check_port = group.health_check_port().unwrap_or("traffic-port");
+            seen.health_checks
+                .insert(match (check_protocol.as_deref(), check_port) {
+                    (Some("TCP"), "traffic-port") => ObservedCheck::TrafficPort,
+                    (Some("HTTP"), port) if port.parse::<u16>().is_ok() => ObservedCheck::Http {
+                        port: port.parse().unwrap_or_default(),
+                        path: group.health_check_path().unwrap_or("/").to_string(),
+                    },
+                    (protocol, port) => ObservedCheck::Other(format!("{protocol:?} on {port}")),
+                });
+        }
+        // Who may connect: the CIDRs the NLB's security groups admit.
+        if !groups.is_empty() {
+            let described = self
+                .ec2
+                .describe_security_groups()
+                .set_group_ids(Some(groups))
+                .send()
+                .await
+                .expect("describe the NLB's security groups");
+            let mut ranges = std::collections::BTreeSet::new();
+            for p in described
+                .security_groups()
+                .iter()
+                .flat_map(|g| g.ip_permissions())
+            {
+                let v4 = p.ip_ranges().iter().filter_map(|r| r.cidr_ip());
+                let v6 = p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6());
+                ranges.extend(v4.chain(v6).filter_map(|c| c.parse::<ipnet::IpNet>().ok()));
+            }
+            seen.source_ranges = Some(ranges);
+        }
+        Some(seen)
     }
 
     async fn mutating_calls(&self) -> u64 {

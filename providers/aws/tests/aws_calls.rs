@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::AwsHarness;
 use portico_aws::CallStats;
+use portico_provider::testing::EnsureSpec;
 use portico_provider::{
     Annotations, ClusterName, HealthCheck, Listener, LoadBalancerKey, LoadBalancerProvider,
     LoadBalancerSpec, Protocol, TrafficPolicy,
@@ -71,7 +72,7 @@ where
 }
 
 async fn ensure(h: &AwsHarness, s: &LoadBalancerSpec) -> CallStats {
-    let (r, stats) = calls(h, h.provider.ensure(s)).await;
+    let (r, stats) = calls(h, h.provider.ensure_spec(s)).await;
     r.unwrap_or_else(|e| panic!("ensure {}: {e}", s.key));
     stats
 }
@@ -301,7 +302,7 @@ aws_test!(subnets_from_the_annotation, |h: AwsHarness| async move {
     let mut s = spec(&h2, "named", 1).await;
     let err = h2
         .provider
-        .ensure(&s)
+        .ensure_spec(&s)
         .await
         .expect_err("no subnet is tagged");
     assert!(
@@ -319,7 +320,7 @@ aws_test!(subnets_from_the_annotation, |h: AwsHarness| async move {
     annotate(&mut missing, &[("subnets", "no-such-subnet")]);
     let err = h2
         .provider
-        .ensure(&missing)
+        .ensure_spec(&missing)
         .await
         .expect_err("unknown subnet");
     assert!(err.to_string().contains("no-such-subnet"), "{err}");
@@ -463,7 +464,7 @@ aws_test!(
         let provider = h2.provider_with(|c| c.vpc_id = None);
         let s = spec(&h2, "discovered", 2).await;
         let before = provider.calls().stats();
-        provider.ensure(&s).await.expect("ensure");
+        provider.ensure_spec(&s).await.expect("ensure");
         let created = provider.calls().stats().since(&before);
         assert_eq!(
             (
@@ -476,7 +477,7 @@ aws_test!(
         assert_eq!(lb_subnets(&h2, &s.key).await, vec![h2.subnets[1].0.clone()]);
         let again = {
             let before = provider.calls().stats();
-            provider.ensure(&s).await.expect("re-ensure");
+            provider.ensure_spec(&s).await.expect("re-ensure");
             provider.calls().stats().since(&before)
         };
         assert_eq!(again.mutations, 0, "{again:?}");

@@ -17,6 +17,7 @@ use portico_aws::testing::{REGION, sdk_config};
 use portico_aws::{
     AwsProvider, AwsProviderConfig, load_balancer_name, ownership_tags, target_group_name,
 };
+use portico_provider::testing::EnsureSpec;
 use portico_provider::{
     ClusterName, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, Protocol,
     ProviderError, RetryHint, Target, short_hash,
@@ -960,7 +961,7 @@ async fn steady_state_is_found_across_pages_whatever_the_target_health() {
         let (aws, provider) = serve(account, no_script).await;
         let s = spec(&k, &ports, &NODES);
         for round in 0..2 {
-            let status = timed(provider.ensure(&s))
+            let status = timed(provider.ensure_spec(&s))
                 .await
                 .unwrap_or_else(|e| panic!("{state}, round {round}: {e}"));
             assert_eq!(status.ingress[0].ports.len(), ports.len(), "{state}");
@@ -1036,7 +1037,7 @@ async fn a_name_taken_by_someone_else_is_a_conflict_never_an_adoption() {
     ];
     for case in cases {
         let (aws, provider) = serve(Account::new(vec![case.lb.clone()]), case.script).await;
-        let err = timed(provider.ensure(&spec(&k, &[(80, 30080)], &NODES)))
+        let err = timed(provider.ensure_spec(&spec(&k, &[(80, 30080)], &NODES)))
             .await
             .expect_err(case.desc);
         assert!(
@@ -1109,7 +1110,7 @@ async fn aws_rejecting_the_spec_means_give_up_until_the_service_changes() {
             (c.action == action).then(|| error(code, message))
         })
         .await;
-        let err = timed(provider.ensure(&case.spec))
+        let err = timed(provider.ensure_spec(&case.spec))
             .await
             .expect_err(case.desc);
         assert!(
@@ -1167,9 +1168,10 @@ async fn an_instance_aws_refuses_does_not_hold_back_the_others() {
         },
     )
     .await;
-    let status = timed(provider.ensure(&spec(&k, &[(80, 30080)], &[NODES[0], NODES[1], stopped])))
-        .await
-        .expect("the other nodes are served");
+    let status =
+        timed(provider.ensure_spec(&spec(&k, &[(80, 30080)], &[NODES[0], NODES[1], stopped])))
+            .await
+            .expect("the other nodes are served");
     assert_eq!(status.ingress.len(), 1);
     let calls: Vec<Vec<String>> = aws
         .calls_of("RegisterTargets")
@@ -1194,7 +1196,7 @@ async fn a_draining_target_still_wanted_is_registered_again() {
         |c| (c.action == "RegisterTargets").then(|| ok("RegisterTargets", "")),
     )
     .await;
-    timed(provider.ensure(&spec(&k, &[(80, 30080)], &NODES)))
+    timed(provider.ensure_spec(&spec(&k, &[(80, 30080)], &NODES)))
         .await
         .expect("ensure");
     let calls: Vec<Vec<String>> = aws
@@ -1235,7 +1237,7 @@ async fn at_the_target_quota_room_is_made_before_registering() {
         },
     )
     .await;
-    timed(provider.ensure(&spec(&k, &[(80, 30080)], &replaced)))
+    timed(provider.ensure_spec(&spec(&k, &[(80, 30080)], &replaced)))
         .await
         .expect("room is made, then the new nodes register");
     assert!(deregistered.load(Ordering::SeqCst));

@@ -13,6 +13,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{Filter, IpPermission, UserIdGroupPair};
 use common::AwsHarness;
 use portico_aws::CallStats;
+use portico_provider::testing::EnsureSpec;
 use portico_provider::{
     Annotations, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, Protocol,
 };
@@ -85,7 +86,7 @@ fn rule(proto: &str, port: i32, peer: &str) -> (String, i32, i32, String) {
 async fn ensure(h: &AwsHarness, s: &LoadBalancerSpec) -> CallStats {
     let before = h.provider.calls().stats();
     h.provider
-        .ensure(s)
+        .ensure_spec(s)
         .await
         .unwrap_or_else(|e| panic!("ensure {}: {e}", s.key));
     h.provider.calls().stats().since(&before)

@@ -6,8 +6,10 @@
 //!   healthy backends, with active health checks.
 //! - [`forwarding`]: the seam between the two.
 //! - [`provider`]: the `LoadBalancerProvider` that talks to the cloud over HTTP.
+//! - [`embedded`]: cloud and data plane started together in one process.
 
 pub mod cloud;
 pub mod dataplane;
+pub mod embedded;
 pub mod forwarding;
 pub mod provider;

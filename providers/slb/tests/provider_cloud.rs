@@ -5,12 +5,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use portico_provider::testing::EnsureSpec;
 use portico_provider::{
     Annotations, ClusterName, IpMode, Listener as SpecListener, LoadBalancerKey,
     LoadBalancerProvider, LoadBalancerSpec, Protocol, ProviderError, Target,
 };
 use portico_slb::cloud::model::*;
-use portico_slb::cloud::{CloudConfig, CloudServer, FaultConfig, FaultRule, NullSink, Quotas};
+use portico_slb::cloud::{
+    ApiStats, CloudConfig, CloudServer, FaultConfig, FaultRule, NullSink, Quotas,
+};
 use portico_slb::provider::options::PREFIX;
 use portico_slb::provider::{SlbProvider, SlbProviderConfig};
 use serde_json::json;
@@ -70,12 +73,25 @@ async fn set_faults(http: &reqwest::Client, cloud: &CloudServer, faults: FaultCo
     assert!(resp.status().is_success());
 }
 
+/// Mutating calls the cloud has answered so far.
+async fn mutating_calls(http: &reqwest::Client, cloud: &CloudServer) -> u64 {
+    let stats: ApiStats = http
+        .get(format!("{}/admin/stats", cloud.url()))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json");
+    stats.mutating_calls
+}
+
 #[tokio::test]
 async fn status_and_annotations_reach_the_cloud() {
     tokio::time::timeout(TIMEOUT, async {
-        let (cloud, provider, _) = setup(CloudConfig::default()).await;
+        let (cloud, provider, http) = setup(CloudConfig::default()).await;
         let s = spec("annotated", &[("address-type", "intranet"), ("spec", "slb.s2.small"), ("ip", "127.240.9.9")]);
-        let status = provider.ensure(&s).await.expect("ensure");
+        let status = provider.ensure_spec(&s).await.expect("ensure");
         let ingress = &status.ingress[0];
         assert_eq!(ingress.ip, Some("127.240.9.9".parse().expect("ip")));
         assert_eq!(ingress.ip_mode, Some(IpMode::Proxy));
@@ -89,13 +105,16 @@ async fn status_and_annotations_reach_the_cloud() {
 
         // A spec change is made in place; an address type change is refused.
         let s2 = spec("annotated", &[("address-type", "intranet"), ("spec", "slb.s3.large"), ("ip", "127.240.9.9")]);
-        provider.ensure(&s2).await.expect("spec change");
+        provider.ensure_spec(&s2).await.expect("spec change");
         assert_eq!(cloud.snapshot().balancers.values().next().map(|b| b.spec.clone()), Some("slb.s3.large".into()));
+        let before = mutating_calls(&http, &cloud).await;
+        provider.ensure_spec(&s2).await.expect("at rest");
+        assert_eq!(mutating_calls(&http, &cloud).await, before, "a resized balancer at rest");
         let s3 = spec("annotated", &[("address-type", "internet"), ("ip", "127.240.9.9")]);
-        assert!(matches!(provider.ensure(&s3).await, Err(ProviderError::InvalidSpec { field, .. }) if field.contains("address-type")));
+        assert!(matches!(provider.ensure_spec(&s3).await, Err(ProviderError::InvalidSpec { field, .. }) if field.contains("address-type")));
 
         let outside = spec("outside", &[("ip", "192.0.2.1")]);
-        match provider.ensure(&outside).await {
+        match provider.ensure_spec(&outside).await {
             Err(ProviderError::InvalidSpec { field, .. }) => assert!(field.contains("address"), "{field}"),
             other => panic!("{other:?}"),
         }
@@ -138,8 +157,36 @@ async fn reused_balancer_is_never_deleted() {
             .expect("listener");
         assert!(resp.status().is_success());
 
+        // A clash with their listener is refused before anything changes:
+        // the balancer is not even tagged as the Service's.
+        let mut clash = spec("reuser", &[("id", &lb.id)]);
+        clash.listeners.push(SpecListener {
+            port: 9000,
+            protocol: Protocol::Tcp,
+            node_port: 30900,
+            name: None,
+        });
+        let before = mutating_calls(&http, &cloud).await;
+        assert!(matches!(
+            provider.ensure_spec(&clash).await,
+            Err(ProviderError::InvalidSpec { .. })
+        ));
+        assert_eq!(
+            mutating_calls(&http, &cloud).await,
+            before,
+            "a refused reuse"
+        );
+        assert!(provider.list_owned().await.expect("owned").is_empty());
+
         let s = spec("reuser", &[("id", &lb.id)]);
-        let status = provider.ensure(&s).await.expect("ensure on reused");
+        let status = provider.ensure_spec(&s).await.expect("ensure on reused");
+        let before = mutating_calls(&http, &cloud).await;
+        provider.ensure_spec(&s).await.expect("at rest");
+        assert_eq!(
+            mutating_calls(&http, &cloud).await,
+            before,
+            "a reused balancer at rest"
+        );
         assert_eq!(status.ingress[0].ip, Some(lb.address));
         assert_eq!(
             cloud.snapshot().listeners.len(),
@@ -151,16 +198,9 @@ async fn reused_balancer_is_never_deleted() {
             vec![s.key.clone()]
         );
 
-        // A clash with their listener needs force-override-listeners.
-        let mut clash = s.clone();
-        clash.listeners.push(SpecListener {
-            port: 9000,
-            protocol: Protocol::Tcp,
-            node_port: 30900,
-            name: None,
-        });
+        // Still refused once the balancer is the Service's.
         assert!(matches!(
-            provider.ensure(&clash).await,
+            provider.ensure_spec(&clash).await,
             Err(ProviderError::InvalidSpec { .. })
         ));
 
@@ -180,7 +220,7 @@ async fn reused_balancer_is_never_deleted() {
 
         let missing = spec("missing", &[("id", "lb-does-not-exist")]);
         assert!(matches!(
-            provider.ensure(&missing).await,
+            provider.ensure_spec(&missing).await,
             Err(ProviderError::NotFound { .. })
         ));
     })
@@ -199,8 +239,11 @@ async fn errors_map_to_what_the_controller_should_do() {
             ..CloudConfig::default()
         })
         .await;
-        provider.ensure(&spec("first", &[])).await.expect("first");
-        match provider.ensure(&spec("second", &[])).await {
+        provider
+            .ensure_spec(&spec("first", &[]))
+            .await
+            .expect("first");
+        match provider.ensure_spec(&spec("second", &[])).await {
             Err(ProviderError::QuotaExceeded { resource, .. }) => assert_eq!(resource, "balancers"),
             other => panic!("{other:?}"),
         }
@@ -220,7 +263,7 @@ async fn errors_map_to_what_the_controller_should_do() {
         )
         .await;
         let started = Instant::now();
-        match provider.ensure(&spec("first", &[])).await {
+        match provider.ensure_spec(&spec("first", &[])).await {
             Err(ProviderError::Throttled { retry_after }) => {
                 assert_eq!(retry_after, Some(Duration::from_secs(30)))
             }
@@ -243,7 +286,7 @@ async fn errors_map_to_what_the_controller_should_do() {
         )
         .await;
         provider
-            .ensure(&spec("first", &[]))
+            .ensure_spec(&spec("first", &[]))
             .await
             .expect("retries through throttling");
 
@@ -261,7 +304,7 @@ async fn errors_map_to_what_the_controller_should_do() {
         )
         .await;
         assert!(matches!(
-            provider.ensure(&spec("first", &[])).await,
+            provider.ensure_spec(&spec("first", &[])).await,
             Err(ProviderError::Transient { .. })
         ));
         set_faults(&http, &cloud, FaultConfig::default()).await;
@@ -318,7 +361,7 @@ async fn source_ranges_and_user_acls() {
         let (cloud, provider, http) = setup(CloudConfig::default()).await;
         let mut s = spec("ranged", &[]);
         s.source_ranges = vec!["10.0.0.0/8".parse().expect("net")];
-        provider.ensure(&s).await.expect("ensure");
+        provider.ensure_spec(&s).await.expect("ensure");
         let state = cloud.snapshot();
         let acl = state.acls.values().next().expect("managed acl");
         assert_eq!(
@@ -354,7 +397,7 @@ async fn source_ranges_and_user_acls() {
                 ("acl-type", "black"),
             ],
         );
-        provider.ensure(&s).await.expect("ensure");
+        provider.ensure_spec(&s).await.expect("ensure");
         let state = cloud.snapshot();
         let l = state.listeners.values().next().expect("listener");
         assert_eq!(

@@ -8,7 +8,7 @@ use portico_provider::{
     ProviderError,
 };
 use portico_slb::cloud::model::{AclMode, AddressType, HealthCheckType, SchedulerKind};
-use portico_slb::provider::options::{PREFIX, SlbOptions, UserAcl};
+use portico_slb::provider::options::{ForeignListeners, PREFIX, Reuse, SlbOptions, UserAcl};
 use portico_slb::provider::{SlbProvider, SlbProviderConfig};
 
 fn spec(pairs: &[(&str, &str)]) -> LoadBalancerSpec {
@@ -42,8 +42,7 @@ fn good_values_parse() {
                 && o.scheduler == SchedulerKind::Wrr
                 && o.weight == 100
                 && o.acl.is_none()
-                && o.reuse_id.is_none()
-                && !o.force_override_listeners
+                && o.reuse.is_none()
         }),
         ("intranet", &[("address-type", "intranet")], |o| {
             o.address_type == AddressType::Intranet
@@ -124,7 +123,23 @@ fn good_values_parse() {
         (
             "reuse",
             &[("id", "lb-abc"), ("force-override-listeners", "true")],
-            |o| o.reuse_id.as_deref() == Some("lb-abc") && o.force_override_listeners,
+            |o| {
+                o.reuse
+                    == Some(Reuse {
+                        id: "lb-abc".into(),
+                        foreign_listeners: ForeignListeners::Override,
+                    })
+            },
+        ),
+        (
+            "reuse keeps foreign listeners by default",
+            &[("id", "lb-abc")],
+            |o| o.reuse.as_ref().map(|r| r.foreign_listeners) == Some(ForeignListeners::Keep),
+        ),
+        (
+            "force-override-listeners alone reuses nothing",
+            &[("force-override-listeners", "true")],
+            |o| o.reuse.is_none(),
         ),
         ("weight", &[("weight", "1")], |o| o.weight == 1),
         ("persistence", &[("persistence-timeout", "1800")], |o| {
@@ -266,8 +281,8 @@ fn acl_and_source_ranges_are_exclusive() {
 }
 
 #[test]
-fn validate_checks_listeners_and_annotations_without_io() {
-    // The endpoint is never contacted: validate is pure.
+fn prepare_checks_listeners_and_annotations_without_io() {
+    // The endpoint is never contacted: prepare is pure.
     let provider = SlbProvider::new(SlbProviderConfig::new(
         "http://127.0.0.1:9",
         ClusterName::new("c"),
@@ -275,7 +290,7 @@ fn validate_checks_listeners_and_annotations_without_io() {
     .expect("provider");
     let mut s = spec(&[("weight", "500")]);
     assert!(matches!(
-        provider.validate(&s),
+        provider.prepare(s.clone()).map(|_| ()),
         Err(ProviderError::InvalidSpec { .. })
     ));
     s.annotations = Annotations::default();
@@ -286,15 +301,15 @@ fn validate_checks_listeners_and_annotations_without_io() {
         name: None,
     }];
     assert!(matches!(
-        provider.validate(&s),
+        provider.prepare(s.clone()).map(|_| ()),
         Err(ProviderError::Unsupported { .. })
     ));
     s.listeners[0].protocol = portico_provider::Protocol::Tcp;
-    assert!(provider.validate(&s).is_ok());
+    assert!(provider.prepare(s.clone()).map(|_| ()).is_ok());
     s.key.cluster = ClusterName::new("other");
     assert!(
         matches!(
-            provider.validate(&s),
+            provider.prepare(s.clone()).map(|_| ()),
             Err(ProviderError::InvalidSpec { .. })
         ),
         "a foreign cluster's key"

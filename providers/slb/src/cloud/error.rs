@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use axum::http::StatusCode;
 
+use super::faults::InvalidFaultRate;
+use super::state::Inconsistency;
+
 /// An error answered to an API caller: HTTP status, a stable code, a message
 /// naming the offending field or resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,14 +81,12 @@ pub enum CloudError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("state file {path} is inconsistent: {reason}")]
-    InconsistentState { path: PathBuf, reason: String },
-    #[error("cannot write state file {path}")]
-    WriteState {
+    #[error("state file {path} is inconsistent (move it away to start empty)")]
+    InconsistentState {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: Inconsistency,
     },
-    #[error("invalid cloud configuration: {0}")]
-    Config(String),
+    #[error("invalid fault configuration")]
+    InvalidFaults(#[source] InvalidFaultRate),
 }

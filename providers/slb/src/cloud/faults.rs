@@ -98,9 +98,19 @@ impl FaultState {
     }
 }
 
+/// A rate of a fault rule that is not a probability.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{rule}.{field}: {rate} is not in 0..=1")]
+pub struct InvalidFaultRate {
+    /// `default` or the operation's name.
+    pub rule: String,
+    pub field: &'static str,
+    pub rate: f64,
+}
+
 impl FaultConfig {
     /// Rates must be probabilities.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidFaultRate> {
         let rules = std::iter::once(("default", &self.default))
             .chain(self.operations.iter().map(|(k, v)| (k.as_str(), v)));
         for (name, rule) in rules {
@@ -109,7 +119,11 @@ impl FaultConfig {
                 ("throttle_rate", rule.throttle_rate),
             ] {
                 if !(0.0..=1.0).contains(&rate) {
-                    return Err(format!("{name}.{field}: {rate} is not in 0..=1"));
+                    return Err(InvalidFaultRate {
+                        rule: name.to_string(),
+                        field,
+                        rate,
+                    });
                 }
             }
         }
@@ -167,10 +181,8 @@ mod tests {
             },
             ..FaultConfig::default()
         };
-        assert!(
-            bad.validate()
-                .expect_err("rate out of range")
-                .contains("error_rate")
-        );
+        let err = bad.validate().expect_err("rate out of range");
+        assert_eq!((err.rule.as_str(), err.field), ("default", "error_rate"));
+        assert_eq!(err.to_string(), "default.error_rate: 1.5 is not in 0..=1");
     }
 }

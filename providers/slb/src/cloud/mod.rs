@@ -30,13 +30,12 @@ use tokio::sync::oneshot;
 
 pub use api::{ApiMetrics, ApiStats, RequestLabels};
 pub use error::{ApiError, CloudError};
-pub use faults::{FaultConfig, FaultRule};
+pub use faults::{FaultConfig, FaultRule, InvalidFaultRate};
 pub use sink::{NullSink, RecordingSink, SinkEvent};
-pub use state::{MAX_PAGE_SIZE, Store};
+pub use state::{Inconsistency, MAX_PAGE_SIZE, Store};
 
 use crate::forwarding::ForwardingSink;
 use api::Inner;
-use state::STORE_VERSION;
 
 /// Account limits of the cloud.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -73,8 +72,6 @@ pub struct CloudConfig {
     pub faults: FaultConfig,
     /// Durable state: loaded at start, rewritten after every change.
     pub state_file: Option<PathBuf>,
-    /// Reported by nothing yet but kept with the state, as clouds have regions.
-    pub region: String,
     /// How long the data plane lets connections to removed backends finish.
     pub drain_timeout: Duration,
 }
@@ -94,7 +91,6 @@ impl Default for CloudConfig {
             quotas: Quotas::default(),
             faults: FaultConfig::default(),
             state_file: None,
-            region: "local-1".into(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -120,20 +116,11 @@ fn load_state(config: &CloudConfig) -> Result<Store, CloudError> {
             path: path.clone(),
             source,
         })?;
-    if store.version != STORE_VERSION {
-        return Err(CloudError::InconsistentState {
-            path: path.clone(),
-            reason: format!(
-                "version {} is not the supported {STORE_VERSION}",
-                store.version
-            ),
-        });
-    }
     store
         .check_consistency()
-        .map_err(|reason| CloudError::InconsistentState {
+        .map_err(|source| CloudError::InconsistentState {
             path: path.clone(),
-            reason,
+            source,
         })?;
     Ok(store)
 }
@@ -147,7 +134,7 @@ fn build(
     config
         .faults
         .validate()
-        .map_err(|reason| CloudError::Config(format!("faults: {reason}")))?;
+        .map_err(CloudError::InvalidFaults)?;
     let store = load_state(&config)?;
     let (tx, applier) = sink::spawn_applier(sink);
     let inner = Arc::new(Inner::new(config, store, tx));
@@ -170,8 +157,8 @@ impl CloudServer {
     /// on `listen` (port 0 picks a free port; see [`CloudServer::url`]).
     ///
     /// # Errors
-    /// [`CloudError`] when the address is taken or the state file cannot be
-    /// read or is corrupt.
+    /// [`CloudError`] when the address is taken, the state file cannot be
+    /// read or is corrupt or inconsistent, or the faults are invalid.
     pub async fn start(
         config: CloudConfig,
         listen: SocketAddr,

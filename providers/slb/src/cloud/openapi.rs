@@ -4,6 +4,8 @@
 
 use serde_json::{Value, json};
 
+use super::api::TagFilter;
+
 fn op(id: &str, summary: &str, body: Option<&str>, ok: (&str, Option<&str>)) -> Value {
     let mut o = json!({
         "operationId": id,
@@ -45,12 +47,13 @@ fn with_token(mut o: Value) -> Value {
     o
 }
 
-fn with_list(mut o: Value, tags: bool) -> Value {
+/// A list call: paged, and filtered by tags where the server takes them.
+fn with_list(mut o: Value, tags: TagFilter) -> Value {
     let mut params = vec![
         json!({"$ref": "#/components/parameters/PageSize"}),
         json!({"$ref": "#/components/parameters/PageToken"}),
     ];
-    if tags {
+    if tags == TagFilter::Accepted {
         params.push(json!({"$ref": "#/components/parameters/Tag"}));
     }
     o["parameters"] = Value::Array(params);
@@ -74,7 +77,7 @@ pub fn document(vips: ipnet::IpNet) -> Value {
 fn paths() -> Value {
     json!({
             "/v1/load-balancers": {
-                "get": with_list(op("DescribeLoadBalancers", "List balancers, optionally filtered by tags", None, ("200", Some("LoadBalancerPage"))), true),
+                "get": with_list(op("DescribeLoadBalancers", "List balancers, optionally filtered by tags", None, ("200", Some("LoadBalancerPage"))), TagFilter::Accepted),
                 "post": with_token(op("CreateLoadBalancer", "Create a balancer (201; 200 when replayed from a client token)", Some("CreateLoadBalancerRequest"), ("201", Some("LoadBalancer"))))
             },
             "/v1/load-balancers/{lb}": {
@@ -85,7 +88,7 @@ fn paths() -> Value {
             },
             "/v1/load-balancers/{lb}/listeners": {
                 "parameters": [{"$ref": "#/components/parameters/Lb"}],
-                "get": with_list(op("DescribeListeners", "List listeners", None, ("200", Some("ListenerPage"))), false),
+                "get": with_list(op("DescribeListeners", "List listeners", None, ("200", Some("ListenerPage"))), TagFilter::Refused),
                 "post": with_token(op("CreateListener", "Create a listener; 409 ListenerAlreadyExists on a port/protocol clash", Some("CreateListenerRequest"), ("201", Some("Listener"))))
             },
             "/v1/load-balancers/{lb}/listeners/{id}": {
@@ -96,7 +99,7 @@ fn paths() -> Value {
             },
             "/v1/load-balancers/{lb}/backend-server-groups": {
                 "parameters": [{"$ref": "#/components/parameters/Lb"}],
-                "get": with_list(op("DescribeBackendServerGroups", "List backend server groups", None, ("200", Some("BackendServerGroupPage"))), false),
+                "get": with_list(op("DescribeBackendServerGroups", "List backend server groups", None, ("200", Some("BackendServerGroupPage"))), TagFilter::Refused),
                 "post": with_token(op("CreateBackendServerGroup", "Create a backend server group", Some("CreateBackendServerGroupRequest"), ("201", Some("BackendServerGroup"))))
             },
             "/v1/load-balancers/{lb}/backend-server-groups/{id}": {
@@ -117,7 +120,7 @@ fn paths() -> Value {
                 "post": op("RemoveBackendServers", "Remove servers by address and port; absent ones are ignored", Some("ServersRequest"), ("200", Some("BackendServerGroup")))
             },
             "/v1/acls": {
-                "get": with_list(op("DescribeAcls", "List ACLs, optionally filtered by tags", None, ("200", Some("AclPage"))), true),
+                "get": with_list(op("DescribeAcls", "List ACLs, optionally filtered by tags", None, ("200", Some("AclPage"))), TagFilter::Accepted),
                 "post": with_token(op("CreateAcl", "Create an ACL", Some("CreateAclRequest"), ("201", Some("Acl"))))
             },
             "/v1/acls/{id}": {

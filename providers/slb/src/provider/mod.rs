@@ -1,40 +1,44 @@
-//! The portico provider for the SLB-style cloud, over HTTP.
+//! The portico provider for the SLB-style cloud, over HTTP: the contract's
+//! calls, each read the same way.
+//!
+//! - `ensure`: what the spec asks ([`desired`]), what the cloud holds
+//!   ([`observe`]), the calls between them ([`plan::plan`], pure), carried
+//!   out in order (`execute`). An unchanged spec makes no mutating call.
+//! - `delete`: what the Service owns ([`observe::owned`]), what to delete
+//!   or give back ([`plan::teardown`], pure), carried out.
 //!
 //! A Service's balancer is found by ownership tags (cluster + Service UID)
 //! before anything is created; creates carry client tokens derived from the
-//! key, so a create retried after a lost answer makes one balancer. Each
-//! `ensure` reads what exists, plans the calls with pure functions
-//! ([`plan`]), and makes only those: an unchanged spec makes no mutating call.
+//! key, so a create retried after a lost answer makes one balancer.
 
 mod client;
+pub mod desired;
+mod execute;
+pub mod observe;
 pub mod options;
 pub mod plan;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use portico_provider::{
     ClusterName, IngressStatus, IpMode, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
-    LoadBalancerStatus, PortStatus, Protocol, ProviderError, owned_name, short_hash,
+    LoadBalancerStatus, PortStatus, Prepared, Protocol, ProviderError, cluster_tags,
 };
 use tracing::Instrument;
 
 pub use client::{ClientError, CloudClient};
+use desired::Desired;
+pub use execute::Unresolved;
 pub use options::SlbOptions;
-use plan::{Action, GroupRef, Mode};
+use plan::Step;
 
 use crate::cloud::model::*;
 
-/// Ownership tags written on every balancer (and managed ACL) portico makes.
-pub mod tags {
-    pub const CLUSTER: &str = "portico.io/cluster";
-    pub const NAMESPACE: &str = "portico.io/service-namespace";
-    pub const NAME: &str = "portico.io/service-name";
-    pub const UID: &str = "portico.io/service-uid";
-    /// On a balancer reused through the `id` annotation: never delete it.
-    pub const REUSED: &str = "portico.io/reused";
-}
+/// The SLB-only tag beside the contract's ownership tags
+/// ([`portico_provider::tag`]): on a balancer reused through the `id`
+/// annotation, which portico must never delete.
+pub const REUSED_TAG: &str = "portico.io/reused";
 
 /// How to reach the cloud.
 #[derive(Debug, Clone)]
@@ -73,59 +77,7 @@ const _: () = {
 
 /// Marks portico's listeners (description) and groups (name prefix) of one key.
 pub fn marker(key: &LoadBalancerKey) -> String {
-    owned_name(
-        "portico",
-        &[key.cluster.as_str(), &key.namespace, &key.name, &key.uid],
-        24,
-    )
-}
-
-fn token(key: &LoadBalancerKey, what: &str) -> String {
-    format!(
-        "portico-{}",
-        short_hash(
-            &[
-                key.cluster.as_str(),
-                &key.namespace,
-                &key.name,
-                &key.uid,
-                what
-            ],
-            40
-        )
-    )
-}
-
-fn owner_tags(key: &LoadBalancerKey) -> BTreeMap<String, String> {
-    [
-        (tags::CLUSTER, key.cluster.as_str()),
-        (tags::NAMESPACE, key.namespace.as_str()),
-        (tags::NAME, key.name.as_str()),
-        (tags::UID, key.uid.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-fn lookup_tags(key: &LoadBalancerKey) -> BTreeMap<String, String> {
-    [
-        (tags::CLUSTER.to_string(), key.cluster.as_str().to_string()),
-        (tags::UID.to_string(), key.uid.clone()),
-    ]
-    .into()
-}
-
-fn key_from_tags(
-    cluster: &ClusterName,
-    tags: &BTreeMap<String, String>,
-) -> Option<LoadBalancerKey> {
-    Some(LoadBalancerKey::new(
-        cluster.clone(),
-        tags.get(tags::NAMESPACE)?,
-        tags.get(tags::NAME)?,
-        tags.get(tags::UID)?,
-    ))
+    key.cloud_name("portico", 24)
 }
 
 fn status(lb: &LoadBalancer, ports: Vec<PortStatus>) -> LoadBalancerStatus {
@@ -168,321 +120,25 @@ impl SlbProvider {
         &self.config
     }
 
-    /// Balancers owned by `key`, oldest first.
-    async fn owned(&self, key: &LoadBalancerKey) -> Result<Vec<LoadBalancer>, ClientError> {
-        let mut found = self.client.balancers(&lookup_tags(key)).await?;
-        found.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        Ok(found)
-    }
-
-    /// Find (or make) the balancer for `spec`, with how much of it is ours.
-    async fn balancer_for(
-        &self,
-        spec: &LoadBalancerSpec,
-        opts: &SlbOptions,
-    ) -> Result<(LoadBalancer, Mode), ProviderError> {
-        let key = &spec.key;
-        if let Some(id) = &opts.reuse_id {
-            let lb = match self.client.balancer(id).await {
-                Ok(lb) => lb,
-                Err(e) if e.is_not_found() => {
-                    return Err(ProviderError::NotFound {
-                        what: format!(
-                            "load balancer {id} named by annotation {}",
-                            options::annotation(options::keys::ID)
-                        ),
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(uid) = lb.tags.get(tags::UID)
-                && uid != &key.uid
-            {
-                return Err(ProviderError::invalid(
-                    portico_provider::Annotations::field(&options::annotation(options::keys::ID)),
-                    format!("balancer {id} already belongs to another Service"),
-                ));
-            }
-            let mut want = owner_tags(key);
-            want.insert(tags::REUSED.into(), "true".into());
-            let missing: BTreeMap<String, String> = want
-                .into_iter()
-                .filter(|(k, v)| lb.tags.get(k) != Some(v))
-                .collect();
-            let lb = if missing.is_empty() {
-                lb
-            } else {
-                self.client
-                    .update_balancer(
-                        id,
-                        &UpdateLoadBalancerRequest {
-                            add_tags: missing,
-                            ..UpdateLoadBalancerRequest::default()
-                        },
-                    )
-                    .await?
-            };
-            let mode = if opts.force_override_listeners {
-                Mode::ReuseOverride
-            } else {
-                Mode::ReuseAddOnly
-            };
-            return Ok((lb, mode));
-        }
-
-        let found = self.owned(key).await?;
-        if found.len() > 1 {
-            tracing::warn!(
-                count = found.len(),
-                "several balancers carry this Service's tags; using the oldest"
-            );
-        }
-        if let Some(lb) = found.into_iter().next() {
-            let mode = if lb.tags.contains_key(tags::REUSED) {
-                Mode::ReuseAddOnly
-            } else {
-                Mode::Owned
-            };
-            return Ok((lb, mode));
-        }
-        let request = CreateLoadBalancerRequest {
-            name: key.cloud_name("portico", 80),
-            address_type: opts.address_type,
-            spec: opts.spec.clone(),
-            address: plan::requested_address(spec, opts),
-            tags: owner_tags(key),
-        };
-        let lb = self
-            .client
-            .create_balancer(&request, &token(key, "balancer"))
-            .await?;
-        tracing::info!(balancer = %lb.id, address = %lb.address, "created load balancer");
-        Ok((lb, Mode::Owned))
-    }
-
-    /// Bring the balancer's own attributes in line (spec); report what
-    /// cannot change in place.
-    async fn converge_balancer(
-        &self,
-        lb: LoadBalancer,
-        mode: Mode,
-        spec: &LoadBalancerSpec,
-        opts: &SlbOptions,
-    ) -> Result<LoadBalancer, ProviderError> {
-        if mode != Mode::Owned {
-            return Ok(lb);
-        }
-        if let Some(addr) = plan::requested_address(spec, opts)
-            && addr != lb.address
-        {
-            return Err(ProviderError::invalid(
-                "spec.loadBalancerIP",
-                format!(
-                    "the balancer has address {}; an address cannot change in place (re-create the Service)",
-                    lb.address
-                ),
-            ));
-        }
-        if opts.address_type != lb.address_type {
-            return Err(ProviderError::invalid(
-                portico_provider::Annotations::field(&options::annotation(
-                    options::keys::ADDRESS_TYPE,
-                )),
-                format!(
-                    "the balancer is {}; the address type cannot change in place (re-create the Service)",
-                    lb.address_type.as_str()
-                ),
-            ));
-        }
-        match &opts.spec {
-            Some(want) if want != &lb.spec => Ok(self
-                .client
-                .update_balancer(
-                    &lb.id,
-                    &UpdateLoadBalancerRequest {
-                        spec: Some(want.clone()),
-                        ..UpdateLoadBalancerRequest::default()
-                    },
-                )
-                .await?),
-            _ => Ok(lb),
-        }
-    }
-
-    /// The ACL the listeners should carry: the user's, or portico's own made
-    /// from `loadBalancerSourceRanges` (created or updated here).
-    async fn resolve_acl(
-        &self,
-        spec: &LoadBalancerSpec,
-        opts: &SlbOptions,
-    ) -> Result<Option<ListenerAcl>, ProviderError> {
-        if let Some(user) = &opts.acl {
-            return Ok(Some(ListenerAcl {
-                acl_id: user.id.clone(),
-                mode: user.mode,
-            }));
-        }
-        if spec.source_ranges.is_empty() {
-            return Ok(None);
-        }
-        let mut want: Vec<AclEntry> = spec
-            .source_ranges
-            .iter()
-            .map(|n| AclEntry::new(*n))
-            .collect();
-        want.sort();
-        want.dedup();
-        let key = &spec.key;
-        let existing = self.client.acls(&lookup_tags(key)).await?;
-        let acl = match existing.into_iter().next() {
-            Some(acl) => {
-                let mut have = acl.entries.clone();
-                have.sort();
-                if have == want {
-                    acl
-                } else {
-                    self.client
-                        .update_acl(
-                            &acl.id,
-                            &UpdateAclRequest {
-                                name: None,
-                                entries: want,
-                            },
-                        )
-                        .await?
-                }
-            }
-            None => {
-                self.client
-                    .create_acl(
-                        &CreateAclRequest {
-                            name: marker(key),
-                            entries: want,
-                            tags: owner_tags(key),
-                        },
-                        &token(key, "acl"),
-                    )
-                    .await?
-            }
-        };
-        Ok(Some(ListenerAcl {
-            acl_id: acl.id,
-            mode: AclMode::White,
-        }))
-    }
-
-    /// Delete portico's ACLs of `key` (once no listener uses them).
-    async fn delete_managed_acls(&self, key: &LoadBalancerKey) -> Result<(), ProviderError> {
-        for acl in self.client.acls(&lookup_tags(key)).await? {
-            client::gone_ok(self.client.delete_acl(&acl.id).await)?;
-        }
-        Ok(())
-    }
-
-    async fn execute(
-        &self,
-        lb: &str,
-        key: &LoadBalancerKey,
-        actions: Vec<Action>,
-    ) -> Result<(), ProviderError> {
-        let mut new_groups: BTreeMap<String, String> = BTreeMap::new();
-        let resolve = |g: &GroupRef, new_groups: &BTreeMap<String, String>| match g {
-            GroupRef::Id(id) => Ok(id.clone()),
-            GroupRef::New(name) => new_groups
-                .get(name)
-                .cloned()
-                .ok_or_else(|| ProviderError::transient(format!("group {name} was not created"))),
-        };
-        for action in actions {
-            tracing::debug!(action = action.name(), balancer = lb, "cloud call");
-            match action {
-                Action::CreateGroup { name, servers } => {
-                    let group = self
-                        .client
-                        .create_group(
-                            lb,
-                            &CreateBackendServerGroupRequest {
-                                name: name.clone(),
-                                servers,
-                            },
-                            &token(key, &format!("group/{lb}/{name}")),
-                        )
-                        .await?;
-                    new_groups.insert(name, group.id);
-                }
-                Action::AddServers { group_id, servers } => {
-                    self.client.add_servers(lb, &group_id, servers).await?;
-                }
-                Action::RemoveServers { group_id, servers } => {
-                    self.client.remove_servers(lb, &group_id, servers).await?;
-                }
-                Action::CreateListener {
-                    port,
-                    protocol,
-                    group,
-                    mut settings,
-                } => {
-                    settings.backend_server_group_id = resolve(&group, &new_groups)?;
-                    self.client
-                        .create_listener(
-                            lb,
-                            &CreateListenerRequest::new(port, protocol, settings),
-                            &token(key, &format!("listener/{lb}/{port}/{}", protocol.as_str())),
-                        )
-                        .await?;
-                }
-                Action::UpdateListener {
-                    listener_id,
-                    group,
-                    mut settings,
-                } => {
-                    settings.backend_server_group_id = resolve(&group, &new_groups)?;
-                    self.client
-                        .update_listener(lb, &listener_id, &settings)
-                        .await?;
-                }
-                Action::DeleteListener { listener_id } => {
-                    client::gone_ok(self.client.delete_listener(lb, &listener_id).await)?;
-                }
-                Action::DeleteGroup { group_id } => {
-                    client::gone_ok(self.client.delete_group(lb, &group_id).await)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
+    /// Observe, plan, execute.
     async fn ensure_inner(
         &self,
-        spec: &LoadBalancerSpec,
+        prepared: &Prepared<SlbOptions>,
     ) -> Result<LoadBalancerStatus, ProviderError> {
-        let opts = self.check(spec)?;
-        let key = &spec.key;
-        let mark = marker(key);
-        let (lb, mode) = self.balancer_for(spec, &opts).await?;
-        let lb = self.converge_balancer(lb, mode, spec, &opts).await?;
-        let acl = self.resolve_acl(spec, &opts).await?;
-        let desired = plan::desired_listeners(spec, &opts, acl.clone())?;
-        let listeners = self.client.listeners(&lb.id).await?;
-        let groups = self.client.groups(&lb.id).await?;
-        let actions = plan::plan(mode, &mark, &desired, &listeners, &groups)?;
-        if !actions.is_empty() {
-            tracing::info!(balancer = %lb.id, calls = actions.len(), "converging listeners");
+        let (spec, opts) = (&prepared.spec, &prepared.options);
+        let desired = Desired::new(spec, opts)?;
+        let observed = observe::for_ensure(&self.client, &desired).await?;
+        let plan = plan::plan(&observed, &desired)?;
+        if !plan.steps.is_empty() {
+            tracing::info!(
+                mode = ?plan.mode,
+                steps = plan.steps.len(),
+                operations = ?plan.steps.iter().map(Step::operation).collect::<Vec<_>>(),
+                "converging load balancer"
+            );
         }
-        self.execute(&lb.id, key, actions).await?;
-        if acl.is_none() && opts.acl.is_none() {
-            self.delete_managed_acls(key).await?;
-        }
-        let ports = spec
-            .listeners
-            .iter()
-            .map(|l| PortStatus {
-                port: l.port,
-                protocol: l.protocol,
-                error: None,
-            })
-            .collect();
-        Ok(status(&lb, ports))
+        let lb = execute::ensure(&self.client, &desired.key, plan).await?;
+        Ok(status(&lb, PortStatus::of_listeners(&spec.listeners)))
     }
 
     fn check(&self, spec: &LoadBalancerSpec) -> Result<SlbOptions, ProviderError> {
@@ -495,56 +151,22 @@ impl SlbProvider {
                 ),
             ));
         }
-        plan::check_listeners(spec)?;
+        desired::check_listeners(spec)?;
         SlbOptions::parse(spec)
     }
 
     async fn delete_inner(&self, key: &LoadBalancerKey) -> Result<(), ProviderError> {
-        let mark = marker(key);
-        for lb in self.owned(key).await? {
-            if lb.tags.contains_key(tags::REUSED) {
-                let listeners = match self.client.listeners(&lb.id).await {
-                    Err(e) if e.is_not_found() => continue,
-                    other => other?,
-                };
-                let groups = match self.client.groups(&lb.id).await {
-                    Err(e) if e.is_not_found() => continue,
-                    other => other?,
-                };
-                let actions = plan::cleanup_reused(&mark, &listeners, &groups);
-                self.execute(&lb.id, key, actions).await?;
-                let mut remove: Vec<String> = owner_tags(key).into_keys().collect();
-                remove.push(tags::REUSED.into());
-                let untag = self
-                    .client
-                    .update_balancer(
-                        &lb.id,
-                        &UpdateLoadBalancerRequest {
-                            remove_tags: remove,
-                            ..UpdateLoadBalancerRequest::default()
-                        },
-                    )
-                    .await;
-                match untag {
-                    Err(e) if e.is_not_found() => {}
-                    other => {
-                        other?;
-                    }
-                }
-                tracing::info!(balancer = %lb.id, "released reused load balancer");
-            } else {
-                client::gone_ok(self.client.delete_balancer(&lb.id).await)?;
-                tracing::info!(balancer = %lb.id, "deleted load balancer");
-            }
-        }
-        self.delete_managed_acls(key).await
+        let owned = observe::owned(&self.client, key).await?;
+        let plan = plan::teardown(key, &marker(key), &owned);
+        execute::teardown(&self.client, key, plan).await
     }
 
     async fn get_inner(
         &self,
         key: &LoadBalancerKey,
     ) -> Result<Option<LoadBalancerStatus>, ProviderError> {
-        let Some(lb) = self.owned(key).await?.into_iter().next() else {
+        let tagged = self.client.balancers(&key.lookup_tags()).await?;
+        let Some(lb) = plan::oldest(&tagged, |lb| lb) else {
             return Ok(None);
         };
         let listeners = match self.client.listeners(&lb.id).await {
@@ -556,23 +178,30 @@ impl SlbProvider {
             .into_iter()
             .filter(|l| l.settings.description == mark)
             .collect();
-        Ok(Some(status(&lb, port_status(&ours))))
+        Ok(Some(status(lb, port_status(&ours))))
     }
 }
 
 #[async_trait]
 impl LoadBalancerProvider for SlbProvider {
+    type Options = SlbOptions;
+
     fn name(&self) -> &str {
         "slb"
     }
 
-    fn validate(&self, spec: &LoadBalancerSpec) -> Result<(), ProviderError> {
-        self.check(spec).map(|_| ())
+    fn prepare(&self, spec: LoadBalancerSpec) -> Result<Prepared<SlbOptions>, ProviderError> {
+        let options = self.check(&spec)?;
+        Ok(Prepared::new(spec, options))
     }
 
-    async fn ensure(&self, spec: &LoadBalancerSpec) -> Result<LoadBalancerStatus, ProviderError> {
-        let span = tracing::info_span!("slb.ensure", service = %spec.key, uid = %spec.key.uid);
-        self.ensure_inner(spec).instrument(span).await
+    async fn ensure(
+        &self,
+        prepared: &Prepared<SlbOptions>,
+    ) -> Result<LoadBalancerStatus, ProviderError> {
+        let key = &prepared.spec.key;
+        let span = tracing::info_span!("slb.ensure", service = %key, uid = %key.uid);
+        self.ensure_inner(prepared).instrument(span).await
     }
 
     async fn get(
@@ -591,17 +220,13 @@ impl LoadBalancerProvider for SlbProvider {
     async fn list_owned(&self) -> Result<Vec<LoadBalancerKey>, ProviderError> {
         let span = tracing::debug_span!("slb.list_owned", cluster = %self.config.cluster);
         async {
-            let tags: BTreeMap<String, String> = [(
-                tags::CLUSTER.to_string(),
-                self.config.cluster.as_str().to_string(),
-            )]
-            .into();
+            let cluster = &self.config.cluster;
             let mut keys: Vec<LoadBalancerKey> = self
                 .client
-                .balancers(&tags)
+                .balancers(&cluster_tags(cluster))
                 .await?
                 .iter()
-                .filter_map(|lb| key_from_tags(&self.config.cluster, &lb.tags))
+                .filter_map(|lb| LoadBalancerKey::from_tags(cluster, &lb.tags))
                 .collect();
             keys.sort();
             keys.dedup();

@@ -67,6 +67,24 @@ pub struct UserAcl {
     pub mode: AclMode,
 }
 
+/// What portico does with listeners it did not make on a reused balancer
+/// (`force-override-listeners`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForeignListeners {
+    /// Leave them alone; a foreign listener on a wanted port is an error.
+    #[default]
+    Keep,
+    /// Take over the ones on the Service's ports.
+    Override,
+}
+
+/// An existing balancer to use instead of creating one (`id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reuse {
+    pub id: String,
+    pub foreign_listeners: ForeignListeners,
+}
+
 /// Health-check overrides from annotations; unset fields follow the spec.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HealthOptions {
@@ -88,9 +106,7 @@ pub struct SlbOptions {
     pub health: HealthOptions,
     pub acl: Option<UserAcl>,
     /// Reuse this existing balancer instead of creating one.
-    pub reuse_id: Option<String>,
-    /// With `reuse_id`: manage (change and remove) every listener on it.
-    pub force_override_listeners: bool,
+    pub reuse: Option<Reuse>,
     /// Weight of every backend, 1..=100 (default 100).
     pub weight: u32,
     /// Client-IP stickiness in seconds, overriding sessionAffinity; 0 = off.
@@ -250,13 +266,18 @@ impl SlbOptions {
             None
         };
 
-        let reuse_id = a
+        // Checked even without `id`, so a typo is reported before it matters.
+        let foreign_listeners = match a.parse_bool(&annotation(keys::FORCE_OVERRIDE_LISTENERS))? {
+            Some(true) => ForeignListeners::Override,
+            Some(false) | None => ForeignListeners::Keep,
+        };
+        let reuse = a
             .get(&annotation(keys::ID))
             .filter(|s| !s.is_empty())
-            .map(String::from);
-        let force_override_listeners = a
-            .parse_bool(&annotation(keys::FORCE_OVERRIDE_LISTENERS))?
-            .unwrap_or(false);
+            .map(|id| Reuse {
+                id: id.to_string(),
+                foreign_listeners,
+            });
         let weight = range(a, keys::WEIGHT, 1, 100)?.unwrap_or(100);
         let persistence_timeout = range(a, keys::PERSISTENCE_TIMEOUT, 0, 86_400)?;
         let ip: Option<IpAddr> = a.parse(&annotation(keys::IP))?;
@@ -267,8 +288,7 @@ impl SlbOptions {
             scheduler,
             health,
             acl,
-            reuse_id,
-            force_override_listeners,
+            reuse,
             weight,
             persistence_timeout,
             ip,

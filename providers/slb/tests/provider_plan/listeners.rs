@@ -1,109 +1,26 @@
-//! Diff planning, a pure function: given what exists and what is wanted,
-//! which calls, in which order.
-
-use std::collections::BTreeMap;
-use std::net::IpAddr;
+//! Groups, backends and listeners on one balancer: which calls turn what
+//! is on it into the wanted listeners.
 
 use portico_provider::{
-    Annotations, ClusterName, HealthCheck as SpecHealthCheck, Listener as SpecListener,
-    LoadBalancerKey, LoadBalancerSpec, Protocol, ProviderError, SessionAffinity, Target,
+    Annotations, HealthCheck as SpecHealthCheck, Listener as SpecListener, LoadBalancerSpec,
+    Protocol, ProviderError, SessionAffinity,
 };
 use portico_slb::cloud::model::*;
-use portico_slb::provider::SlbOptions;
-use portico_slb::provider::options::PREFIX;
+use portico_slb::provider::desired::DesiredListener;
+use portico_slb::provider::options::{ForeignListeners, PREFIX};
 use portico_slb::provider::plan::{
-    Action, DesiredListener, GroupRef, Mode, cleanup_reused, desired_listeners, group_name, plan,
-    server_diff,
+    GroupRef, Mode, PlannedSettings, Step, group_name, listener_steps, release_steps, server_diff,
 };
 
-const MARK: &str = "portico-0123456789abcdef";
+use crate::support::{
+    MARK, assert_refs_resolve, base_spec, converged, desired, operations, server, target,
+};
 
-fn target(name: &str, addrs: &[&str]) -> Target {
-    Target {
-        node_name: name.into(),
-        addresses: addrs.iter().map(|a| a.parse().expect("ip")).collect(),
-        provider_id: None,
-        labels: BTreeMap::new(),
-    }
-}
-
-fn base_spec() -> LoadBalancerSpec {
-    let mut spec = LoadBalancerSpec::new(LoadBalancerKey::new(
-        ClusterName::new("c"),
-        "ns",
-        "web",
-        "uid",
-    ));
-    spec.listeners = vec![
-        SpecListener {
-            port: 53,
-            protocol: Protocol::Udp,
-            node_port: 30053,
-            name: None,
-        },
-        SpecListener {
-            port: 80,
-            protocol: Protocol::Tcp,
-            node_port: 30080,
-            name: None,
-        },
-    ];
-    spec.targets = vec![
-        target("a", &["10.0.0.1"]),
-        target("b", &["fd00::2", "10.0.0.2"]),
-        target("v6-only", &["fd00::3"]),
-    ]
-    .into();
-    spec
-}
-
-fn desired(spec: &LoadBalancerSpec) -> Vec<DesiredListener> {
-    let opts = SlbOptions::parse(spec).expect("options");
-    desired_listeners(spec, &opts, None).expect("desired")
-}
-
-fn server(addr: &str, port: u32) -> BackendServer {
-    BackendServer {
-        address: addr.parse::<IpAddr>().expect("ip"),
-        port,
-        weight: 100,
-        description: String::new(),
-    }
-}
-
-/// What exists after a perfect convergence of `want`.
-fn converged(want: &[DesiredListener]) -> (Vec<Listener>, Vec<BackendServerGroup>) {
-    let mut listeners = Vec::new();
-    let mut groups = Vec::new();
-    for (i, d) in want.iter().enumerate() {
-        let gid = format!("sg-{i}");
-        groups.push(BackendServerGroup {
-            id: gid.clone(),
-            load_balancer_id: "lb-1".into(),
-            name: group_name(MARK, d.port, d.protocol),
-            servers: d.servers.clone(),
-        });
-        listeners.push(Listener {
-            id: format!("lsn-{i}"),
-            load_balancer_id: "lb-1".into(),
-            port: d.port,
-            protocol: d.protocol,
-            settings: ListenerSettings {
-                backend_server_group_id: gid,
-                health_check: d.health_check.clone(),
-                scheduler: d.scheduler,
-                acl: d.acl.clone(),
-                sticky_session: d.sticky_session,
-                description: MARK.into(),
-            },
-        });
-    }
-    (listeners, groups)
-}
-
-fn names(actions: &[Action]) -> Vec<&'static str> {
-    actions.iter().map(Action::name).collect()
-}
+const MODES: [Mode; 3] = [
+    Mode::Owned,
+    Mode::Reused(ForeignListeners::Override),
+    Mode::Reused(ForeignListeners::Keep),
+];
 
 #[test]
 fn desired_listeners_follow_the_spec() {
@@ -254,9 +171,10 @@ fn health_checks_and_annotations_shape_the_listener() {
 #[test]
 fn creates_everything_on_an_empty_balancer() {
     let want = desired(&base_spec());
-    let actions = plan(Mode::Owned, MARK, &want, &[], &[]).expect("plan");
+    let actions = listener_steps(Mode::Owned, MARK, &want, None, &[], &[]).expect("plan");
+    assert_refs_resolve("empty balancer", &actions);
     assert_eq!(
-        names(&actions),
+        operations(&actions),
         [
             "CreateBackendServerGroup",
             "CreateBackendServerGroup",
@@ -265,13 +183,18 @@ fn creates_everything_on_an_empty_balancer() {
         ]
     );
     match &actions[2] {
-        Action::CreateListener {
-            group: GroupRef::New(name),
-            settings,
+        Step::CreateListener {
+            settings:
+                PlannedSettings {
+                    group: GroupRef::Created(name),
+                    description,
+                    acl: None,
+                    ..
+                },
             ..
         } => {
             assert_eq!(name, &group_name(MARK, 53, ListenerProtocol::Udp));
-            assert_eq!(settings.description, MARK);
+            assert_eq!(description, MARK);
         }
         other => panic!("{other:?}"),
     }
@@ -279,10 +202,10 @@ fn creates_everything_on_an_empty_balancer() {
 
 #[test]
 fn converged_state_needs_no_call() {
-    for mode in [Mode::Owned, Mode::ReuseOverride, Mode::ReuseAddOnly] {
+    for mode in MODES {
         let want = desired(&base_spec());
         let (listeners, groups) = converged(&want);
-        let actions = plan(mode, MARK, &want, &listeners, &groups).expect("plan");
+        let actions = listener_steps(mode, MARK, &want, None, &listeners, &groups).expect("plan");
         assert!(actions.is_empty(), "{mode:?}: {actions:?}");
     }
 }
@@ -360,9 +283,22 @@ fn changes_make_only_the_needed_calls_in_a_safe_order() {
         let (listeners, groups) = converged(&desired(&spec));
         let mut changed = spec.clone();
         (case.change)(&mut changed);
-        let actions =
-            plan(Mode::Owned, MARK, &desired(&changed), &listeners, &groups).expect("plan");
-        assert_eq!(names(&actions), case.want, "{}: {actions:?}", case.desc);
+        let actions = listener_steps(
+            Mode::Owned,
+            MARK,
+            &desired(&changed),
+            None,
+            &listeners,
+            &groups,
+        )
+        .expect("plan");
+        assert_eq!(
+            operations(&actions),
+            case.want,
+            "{}: {actions:?}",
+            case.desc
+        );
+        assert_refs_resolve(case.desc, &actions);
     }
 }
 
@@ -388,9 +324,9 @@ fn leftovers_of_a_crash_are_reused_or_collected() {
         name: group_name(MARK, 8080, ListenerProtocol::Tcp),
         servers: vec![],
     });
-    let actions = plan(Mode::Owned, MARK, &want, &[], &groups).expect("plan");
+    let actions = listener_steps(Mode::Owned, MARK, &want, None, &[], &groups).expect("plan");
     assert_eq!(
-        names(&actions),
+        operations(&actions),
         [
             "CreateListener",
             "CreateListener",
@@ -398,9 +334,9 @@ fn leftovers_of_a_crash_are_reused_or_collected() {
         ]
     );
     assert!(
-        matches!(&actions[0], Action::CreateListener { group: GroupRef::Id(id), .. } if id == "sg-0")
+        matches!(&actions[0], Step::CreateListener { settings, .. } if settings.group == GroupRef::Id("sg-0".into()))
     );
-    assert!(matches!(&actions[2], Action::DeleteGroup { group_id } if group_id == "sg-stray"));
+    assert!(matches!(&actions[2], Step::DeleteGroup { group_id } if group_id == "sg-stray"));
 }
 
 fn foreign_listener(port: u16) -> (Listener, BackendServerGroup) {
@@ -435,7 +371,9 @@ fn reused_balancers_keep_what_is_not_ours() {
     let listeners = vec![clash.clone(), other.clone()];
     let groups = vec![clash_group, other_group];
 
-    let err = plan(Mode::ReuseAddOnly, MARK, &want, &listeners, &groups).expect_err("clash");
+    let keep = Mode::Reused(ForeignListeners::Keep);
+    let take_over = Mode::Reused(ForeignListeners::Override);
+    let err = listener_steps(keep, MARK, &want, None, &listeners, &groups).expect_err("clash");
     match err {
         ProviderError::InvalidSpec { field, .. } => {
             assert!(field.contains("force-override-listeners"), "{field}")
@@ -443,9 +381,9 @@ fn reused_balancers_keep_what_is_not_ours() {
         other => panic!("{other:?}"),
     }
 
-    let actions = plan(Mode::ReuseOverride, MARK, &want, &listeners, &groups).expect("plan");
+    let actions = listener_steps(take_over, MARK, &want, None, &listeners, &groups).expect("plan");
     assert_eq!(
-        names(&actions),
+        operations(&actions),
         [
             "CreateBackendServerGroup",
             "CreateBackendServerGroup",
@@ -455,21 +393,22 @@ fn reused_balancers_keep_what_is_not_ours() {
         "the clashing listener is taken over in place with our own group; nothing of theirs is deleted: {actions:?}"
     );
     assert!(
-        matches!(&actions[3], Action::UpdateListener { listener_id, group: GroupRef::New(_), settings }
-        if listener_id == &clash.id && settings.description == MARK)
+        matches!(&actions[3], Step::UpdateListener { listener_id, settings }
+        if listener_id == &clash.id && settings.description == MARK && matches!(settings.group, GroupRef::Created(_)))
     );
 
     // Without clashes, add-only adds and leaves the rest alone.
-    let actions = plan(
-        Mode::ReuseAddOnly,
+    let actions = listener_steps(
+        keep,
         MARK,
         &want,
+        None,
         std::slice::from_ref(&other),
         &groups[1..],
     )
     .expect("plan");
     assert_eq!(
-        names(&actions),
+        operations(&actions),
         [
             "CreateBackendServerGroup",
             "CreateBackendServerGroup",
@@ -483,20 +422,20 @@ fn reused_balancers_keep_what_is_not_ours() {
     ours.push(other);
     let mut all_groups = our_groups;
     all_groups.extend(groups);
-    let actions = cleanup_reused(MARK, &ours, &all_groups);
+    let actions = release_steps(MARK, &ours, &all_groups);
     assert_eq!(
         actions,
         vec![
-            Action::DeleteListener {
+            Step::DeleteListener {
                 listener_id: "lsn-0".into()
             },
-            Action::DeleteListener {
+            Step::DeleteListener {
                 listener_id: "lsn-1".into()
             },
-            Action::DeleteGroup {
+            Step::DeleteGroup {
                 group_id: "sg-0".into()
             },
-            Action::DeleteGroup {
+            Step::DeleteGroup {
                 group_id: "sg-1".into()
             },
         ]

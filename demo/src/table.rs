@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use crate::k8s::{ResourceExt, Service};
+use k8s_openapi::api::core::v1::Service;
+use kube::ResourceExt;
 
 /// The first ingress address, as `kubectl get svc` shows under EXTERNAL-IP.
 pub fn external_ip(svc: &Service) -> Option<String> {
@@ -97,11 +98,27 @@ pub fn bars(counts: &BTreeMap<String, usize>, total: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::svc;
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    use kube::api::ObjectMeta;
 
     #[test]
     fn pending_until_an_address() {
-        let s = svc("default", "web").lb().port(80, 30080).build();
+        let s = Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some("LoadBalancer".into()),
+                ports: Some(vec![ServicePort {
+                    port: 80,
+                    node_port: Some(30080),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            status: None,
+        };
         let table = render(&[s]);
         assert!(table.contains("<pending>"), "{table}");
         assert!(table.contains("80:30080/TCP"), "{table}");

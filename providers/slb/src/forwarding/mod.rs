@@ -2,7 +2,10 @@
 //! plane (`dataplane`): the cloud tells a [`ForwardingSink`] what each
 //! balancer should forward, the data plane makes it so with real sockets.
 //! Tests of the cloud API use a recording sink; the embedded and standalone
-//! clouds use the real data plane.
+//! clouds use the real data plane. `projection` computes a balancer's
+//! forwarding from the cloud's state.
+
+pub(crate) mod projection;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;

@@ -2,38 +2,101 @@
 //! account. A Kubernetes API stand-in with simulated nodes, the embedded
 //! SLB-style cloud with its real data plane, and the real controller talking
 //! to both over HTTP; then a guided tour with real traffic.
+//!
+//! This crate sits below the `portico` binary, which runs the tour with its
+//! controller ([`run`] takes the controller as an argument): the production
+//! build leaves the crate out, and with it the API stand-in.
 
+mod examples;
 mod nodes;
 mod table;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::api::{DeleteParams, PostParams};
+use clap::Args;
+use k8s_openapi::api::core::v1::{Node, Service};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::{Client, ResourceExt};
 use kube_standin::ApiServer;
-use portico_provider::{ClusterName, LoadBalancerProvider};
+use portico_provider::{ClusterName, DynProvider};
+use portico_slb::embedded::EmbeddedSlb;
+use portico_slb::provider::{SlbProvider, SlbProviderConfig};
 use prometheus_client::registry::Registry;
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
-use crate::Error;
-use crate::builders::node;
-use crate::cli::DemoArgs;
-use crate::config::ControllerConfig;
-use crate::k8s::{Api, Client, Node, ResourceExt, Service};
-use crate::providers::{EmbeddedSlb, slb_provider};
-use crate::runtime::{ReplicaOptions, run_replica};
+pub use examples::{examples, load_examples};
 pub use nodes::{KubeProxySim, SimNode, Tally};
+
+/// `portico demo`'s arguments.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep everything running after the tour (Ctrl-C to stop).
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=50))]
+    pub nodes: u8,
+    /// Directory of example Service manifests to apply (default: the
+    /// examples built into the binary, the same as `examples/`).
+    #[arg(long)]
+    pub examples: Option<PathBuf>,
+    /// Where to write the demo cluster's kubeconfig.
+    #[arg(long)]
+    pub kubeconfig_out: Option<PathBuf>,
+}
+
+/// Why the tour stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A step of the tour failed.
+    #[error("demo: {0}")]
+    Step(String),
+    /// The embedded cloud or its provider could not be set up.
+    #[error("provider setup failed: {0}")]
+    Provider(String),
+    /// The controller under demonstration failed; its own error, as it is.
+    #[error(transparent)]
+    Controller(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// What the demo hands the controller it runs.
+pub struct Stage {
+    /// A client for the API stand-in, which holds the simulated nodes.
+    pub client: Client,
+    /// The provider for the embedded cloud.
+    pub provider: Arc<dyn DynProvider>,
+    /// The cluster identity the provider tags balancers with.
+    pub cluster: ClusterName,
+    /// How long node changes may be gathered before balancers follow them:
+    /// short, so the tour's node removal shows quickly.
+    pub node_debounce: Duration,
+    /// Already holds the data plane's metrics.
+    pub registry: Registry,
+    /// Cancelled when the tour ends; the controller then returns.
+    pub shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage")
+            .field("provider", &self.provider.name())
+            .field("cluster", &self.cluster)
+            .field("node_debounce", &self.node_debounce)
+            .finish_non_exhaustive()
+    }
+}
 
 const REQUESTS_PER_PORT: usize = 30;
 
 fn demo_err(context: &str) -> impl Fn(kube::Error) -> Error + '_ {
-    move |e| Error::Demo(format!("{context}: {e}"))
+    move |e| Error::Step(format!("{context}: {e}"))
 }
 
 /// Everything the demo runs.
@@ -43,26 +106,35 @@ struct Demo {
     nodes: Vec<SimNode>,
     kube_proxy: KubeProxySim,
     cloud: EmbeddedSlb,
-    provider: Arc<dyn LoadBalancerProvider>,
+    provider: Arc<dyn DynProvider>,
     controller: tokio::task::JoinHandle<Result<(), Error>>,
     shutdown: CancellationToken,
     kubeconfig: PathBuf,
 }
 
 impl Demo {
-    async fn start(node_count: u8, kubeconfig_out: Option<PathBuf>) -> Result<Demo, Error> {
+    async fn start<C, F, E>(
+        node_count: u8,
+        kubeconfig_out: Option<PathBuf>,
+        controller: C,
+    ) -> Result<Demo, Error>
+    where
+        C: FnOnce(Stage) -> F,
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
         let api = ApiServer::start()
             .await
-            .map_err(|e| Error::Demo(format!("starting the API stand-in: {e}")))?;
+            .map_err(|e| Error::Step(format!("starting the API stand-in: {e}")))?;
         let client = api
             .client()
             .await
-            .map_err(|e| Error::Demo(format!("client for the API stand-in: {e}")))?;
+            .map_err(|e| Error::Step(format!("client for the API stand-in: {e}")))?;
         let kubeconfig = kubeconfig_out.unwrap_or_else(|| {
             std::env::temp_dir().join(format!("portico-demo-{}.kubeconfig", std::process::id()))
         });
         api.write_kubeconfig(&kubeconfig)
-            .map_err(|e| Error::Demo(format!("writing {}: {e}", kubeconfig.display())))?;
+            .map_err(|e| Error::Step(format!("writing {}: {e}", kubeconfig.display())))?;
 
         let nodes: Vec<SimNode> = (1..=node_count)
             .map(|i| SimNode {
@@ -72,12 +144,8 @@ impl Demo {
             .collect();
         let node_api: Api<Node> = Api::all(client.clone());
         for n in &nodes {
-            let obj = node(&n.name)
-                .ip(&n.ip.to_string())
-                .label("kubernetes.io/hostname", &n.name)
-                .build();
             node_api
-                .create(&PostParams::default(), &obj)
+                .create(&PostParams::default(), &n.object())
                 .await
                 .map_err(demo_err("creating a node"))?;
         }
@@ -90,28 +158,24 @@ impl Demo {
             SocketAddr::from(([127, 0, 0, 1], 0)),
             &mut registry,
         )
-        .await?;
+        .await
+        .map_err(|e| Error::Provider(format!("starting the embedded SLB cloud: {e}")))?;
         let cluster = ClusterName::new("demo");
-        let provider = slb_provider(cloud.url(), cluster.clone())?;
+        let provider: Arc<dyn DynProvider> = Arc::new(
+            SlbProvider::new(SlbProviderConfig::new(cloud.url(), cluster.clone()))
+                .map_err(|e| Error::Provider(format!("slb: {e}")))?,
+        );
         let shutdown = CancellationToken::new();
-        let config = ControllerConfig {
+        let running = controller(Stage {
+            client: client.clone(),
+            provider: provider.clone(),
             cluster,
             node_debounce: Duration::from_millis(200),
-            ..ControllerConfig::default()
-        };
-        let options = ReplicaOptions {
-            config,
-            lease: None,
-            http_addr: None,
-            identity: "portico-demo".into(),
-        };
-        let controller = tokio::spawn(run_replica(
-            client.clone(),
-            provider.clone(),
-            options,
             registry,
-            shutdown.clone(),
-        ));
+            shutdown: shutdown.clone(),
+        });
+        let controller =
+            tokio::spawn(async move { running.await.map_err(|e| Error::Controller(Box::new(e))) });
         Ok(Demo {
             api,
             client,
@@ -179,7 +243,7 @@ impl Demo {
                 return Ok(());
             }
             if start.elapsed() > limit {
-                return Err(Error::Demo(format!(
+                return Err(Error::Step(format!(
                     "Services did not all get an EXTERNAL-IP within {limit:?}"
                 )));
             }
@@ -234,7 +298,7 @@ impl Demo {
                     }
                 );
                 if failures == REQUESTS_PER_PORT {
-                    return Err(Error::Demo(format!(
+                    return Err(Error::Step(format!(
                         "no request through {label} was answered"
                     )));
                 }
@@ -263,7 +327,7 @@ impl Demo {
                 return Ok(());
             }
             if start.elapsed() > limit {
-                return Err(Error::Demo(format!(
+                return Err(Error::Step(format!(
                     "{name} was still a target after {limit:?}"
                 )));
             }
@@ -306,7 +370,7 @@ impl Demo {
                 .provider
                 .list_owned()
                 .await
-                .map_err(|e| Error::Demo(format!("asking the cloud: {e}")))?;
+                .map_err(|e| Error::Step(format!("asking the cloud: {e}")))?;
             if left.items.is_empty()
                 && owned.is_empty()
                 && self.cloud.dataplane.all_snapshots().is_empty()
@@ -318,7 +382,7 @@ impl Demo {
                 return Ok(());
             }
             if start.elapsed() > limit {
-                return Err(Error::Demo(format!(
+                return Err(Error::Step(format!(
                     "cleanup incomplete after {limit:?}: {} Services, {} balancers left",
                     left.items.len(),
                     owned.len()
@@ -333,7 +397,7 @@ impl Demo {
         let result = self
             .controller
             .await
-            .map_err(|e| Error::Demo(format!("controller task: {e}")))?;
+            .map_err(|e| Error::Step(format!("controller task: {e}")))?;
         self.kube_proxy.stop().await;
         self.cloud.shutdown().await;
         self.api.shutdown().await;
@@ -380,96 +444,22 @@ async fn udp_request(addr: SocketAddr) -> Option<String> {
         .flatten()
 }
 
-/// The manifests of `examples/`, built into the binary so `portico demo`
-/// works from any directory.
-const BUILT_IN_EXAMPLES: [(&str, &str); 3] = [
-    (
-        "api-local.yaml",
-        include_str!("../../examples/api-local.yaml"),
-    ),
-    ("dns.yaml", include_str!("../../examples/dns.yaml")),
-    ("web.yaml", include_str!("../../examples/web.yaml")),
-];
-
-/// The Services the demo applies: from `dir` when given, else built in.
-pub fn examples(dir: Option<&Path>) -> Result<Vec<Service>, Error> {
-    match dir {
-        Some(dir) => load_examples(dir),
-        None => {
-            let mut out = Vec::new();
-            for (name, text) in BUILT_IN_EXAMPLES {
-                out.extend(parse_services(Path::new(name), text)?);
-            }
-            Ok(out)
-        }
-    }
-}
-
-/// Services from every `*.yaml`/`*.yml` file in `dir`, in file name order.
-pub fn load_examples(dir: &Path) -> Result<Vec<Service>, Error> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| {
-            Error::Demo(format!(
-                "reading {}: {e} (run from the repository root or pass --examples)",
-                dir.display()
-            ))
-        })?
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
-        .collect();
-    files.sort();
-    let mut out = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| Error::Demo(format!("reading {}: {e}", file.display())))?;
-        out.extend(parse_services(&file, &text)?);
-    }
-    if out.is_empty() {
-        return Err(Error::Demo(format!(
-            "no Service manifests in {}",
-            dir.display()
-        )));
-    }
-    Ok(out)
-}
-
-/// The Services of one manifest file (anything but a Service is an error).
-fn parse_services(file: &Path, text: &str) -> Result<Vec<Service>, Error> {
-    let mut out = Vec::new();
-    {
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            let value = serde_yaml::Value::deserialize(doc)
-                .map_err(|e| Error::Demo(format!("{}: {e}", file.display())))?;
-            if value.is_null() {
-                continue;
-            }
-            let kind = value
-                .get("kind")
-                .and_then(|k| k.as_str())
-                .unwrap_or_default();
-            if kind != "Service" {
-                return Err(Error::Demo(format!(
-                    "{}: kind {kind:?} is not a Service",
-                    file.display()
-                )));
-            }
-            let svc: Service = serde_yaml::from_value(value)
-                .map_err(|e| Error::Demo(format!("{}: {e}", file.display())))?;
-            out.push(svc);
-        }
-    }
-    Ok(out)
-}
-
-/// Run the tour; exit status 0 means every step worked.
-pub async fn run(args: DemoArgs) -> Result<(), Error> {
+/// Run the tour around `controller`, which is started once with the
+/// [`Stage`] and must return when its `shutdown` is cancelled; `Ok` means
+/// every step worked.
+pub async fn run<C, F, E>(args: DemoArgs, controller: C) -> Result<(), Error>
+where
+    C: FnOnce(Stage) -> F,
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+{
     let examples = examples(args.examples.as_deref())?;
     let names: Vec<String> = examples.iter().map(|s| s.name_any()).collect();
     println!(
         "portico demo: Kubernetes API stand-in + {} simulated nodes + embedded SLB cloud + the real controller\n",
         args.nodes
     );
-    let demo = Demo::start(args.nodes, args.kubeconfig_out.clone()).await?;
+    let demo = Demo::start(args.nodes, args.kubeconfig_out.clone(), controller).await?;
     println!("kubeconfig: {}", demo.kubeconfig.display());
     println!(
         "  try: KUBECONFIG={} kubectl get svc,nodes",
@@ -514,7 +504,7 @@ async fn tour(demo: &Demo, args: &DemoArgs, names: &[String]) -> Result<(), Erro
             .await?;
         let after = demo.send_traffic().await?;
         if after.values().any(|t| t.counts().contains_key(&last.name)) {
-            return Err(Error::Demo(format!(
+            return Err(Error::Step(format!(
                 "traffic still reached {} after it left",
                 last.name
             )));
@@ -531,34 +521,4 @@ async fn tour(demo: &Demo, args: &DemoArgs, names: &[String]) -> Result<(), Erro
 
     println!("\n== 4. delete the Services");
     demo.delete_all(Duration::from_secs(30)).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn built_in_examples_are_the_examples_directory() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-        let from_disk = load_examples(&dir).expect("examples/");
-        let built_in = examples(None).expect("built in");
-        assert_eq!(
-            built_in, from_disk,
-            "BUILT_IN_EXAMPLES must list every file of examples/ (the demo works from any directory)"
-        );
-    }
-
-    #[test]
-    fn a_manifest_of_another_kind_is_refused_by_name() {
-        let err = parse_services(
-            Path::new("x.yaml"),
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n",
-        )
-        .expect_err("not a Service");
-        assert!(
-            err.to_string()
-                .contains("x.yaml: kind \"Pod\" is not a Service"),
-            "{err}"
-        );
-    }
 }

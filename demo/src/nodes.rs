@@ -15,13 +15,43 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::k8s::{Api, Client, ResourceExt, Service, WatchStreamExt};
+use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeCondition, NodeSpec, NodeStatus, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, ResourceExt};
 
 /// A simulated node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimNode {
     pub name: String,
     pub ip: IpAddr,
+}
+
+impl SimNode {
+    /// The Node object: Ready, its address as InternalIP, and the hostname
+    /// label kubelet sets.
+    pub fn object(&self) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some([("kubernetes.io/hostname".into(), self.name.clone())].into()),
+                ..Default::default()
+            },
+            spec: Some(NodeSpec::default()),
+            status: Some(NodeStatus {
+                addresses: Some(vec![NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: self.ip.to_string(),
+                }]),
+                conditions: Some(vec![NodeCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,8 +1,10 @@
 //! The HTTP surface: one handler that parses Kubernetes API paths and
-//! dispatches to the store, discovery and table rendering.
+//! dispatches to the store, discovery and table rendering; watch streams
+//! are in [`watch`].
+
+mod watch;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use serde_json::{Value, json};
-use tokio::sync::mpsc;
 
 use crate::StandinError;
 use crate::discovery;
@@ -20,7 +21,7 @@ use crate::patch::{self, PatchType};
 use crate::record::{RecordedRequest, Recorder};
 use crate::resources::ResourceType;
 use crate::selectors::Selectors;
-use crate::store::{self, ListParams, Preconditions, Store, StoredEvent, WatchFrom, WriteOptions};
+use crate::store::{self, DeleteOptions, ListParams, Preconditions, Store, WriteOptions};
 use crate::table::{self, IncludeObject};
 
 /// Shared state of the HTTP handlers.
@@ -339,7 +340,7 @@ async fn resource_request(
     };
     match (method, rp.name.as_deref()) {
         (&Method::GET, Some(name)) => {
-            let obj = present(&rt, store.get_typed(&rt, &ns, name)?);
+            let obj = present(&rt, store.get(&rt, &ns, name)?);
             if ctx.wants_table() {
                 let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
                 return Ok(json_response(
@@ -349,7 +350,7 @@ async fn resource_request(
             }
             Ok(json_response(StatusCode::OK, &obj))
         }
-        (&Method::GET, None) if watch => start_watch(ctx, &rt, rp.namespace.clone()),
+        (&Method::GET, None) if watch => watch::start(ctx, &rt, rp.namespace.clone()),
         (&Method::GET, None) => {
             let params = ListParams {
                 namespace: rp.namespace.clone(),
@@ -359,7 +360,7 @@ async fn resource_request(
                 resource_version: ctx.q("resourceVersion").map(str::to_string),
                 resource_version_match: ctx.q("resourceVersionMatch").map(str::to_string),
             };
-            let mut page = store.list_typed(&rt, &params)?;
+            let mut page = store.list(&rt, &params)?;
             page.items = page.items.into_iter().map(|o| present(&rt, o)).collect();
             if ctx.wants_table() {
                 let mut meta = json!({"resourceVersion": page.rv.to_string()});
@@ -376,13 +377,13 @@ async fn resource_request(
         (&Method::POST, None) => {
             let obj = parse_object(ctx, body)?;
             check_kind(&rt, &obj)?;
-            let created = store.create_typed(&rt, &ns, obj, &write)?;
+            let created = store.create(&rt, &ns, obj, &write)?;
             Ok(json_response(StatusCode::CREATED, &present(&rt, created)))
         }
         (&Method::PUT, Some(name)) => {
             let obj = parse_object(ctx, body)?;
             check_kind(&rt, &obj)?;
-            let out = store.replace_typed(&rt, &ns, name, obj, &write)?;
+            let out = store.replace(&rt, &ns, name, obj, &write)?;
             Ok(json_response(StatusCode::OK, &present(&rt, out)))
         }
         (&Method::PATCH, Some(name)) => {
@@ -391,7 +392,7 @@ async fn resource_request(
                 StandinError::UnsupportedMediaType(format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {ct:?})"))
             })?;
             let patch_body = patch::parse_body(ty, body)?;
-            let (out, created) = store.patch_typed(&rt, &ns, name, ty, &patch_body, &write)?;
+            let (out, created) = store.patch(&rt, &ns, name, ty, &patch_body, &write)?;
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -406,15 +407,17 @@ async fn resource_request(
                 serde_json::from_slice(body)
                     .map_err(|e| StandinError::BadRequest(format!("invalid delete options: {e}")))?
             };
-            let pre = Preconditions {
-                uid: opts["preconditions"]["uid"].as_str().map(str::to_string),
-                resource_version: opts["preconditions"]["resourceVersion"]
-                    .as_str()
-                    .map(str::to_string),
+            let delete = DeleteOptions {
+                preconditions: Preconditions {
+                    uid: opts["preconditions"]["uid"].as_str().map(str::to_string),
+                    resource_version: opts["preconditions"]["resourceVersion"]
+                        .as_str()
+                        .map(str::to_string),
+                },
+                dry_run: ctx.dry_run() || opts["dryRun"].as_array().is_some_and(|a| !a.is_empty()),
             };
-            let dry_run = ctx.dry_run() || opts["dryRun"].as_array().is_some_and(|a| !a.is_empty());
-            let out = store.delete_typed(&rt, &ns, name, &pre, dry_run)?;
-            if out["metadata"]["deletionTimestamp"].is_string() || dry_run {
+            let out = store.delete(&rt, &ns, name, &delete)?;
+            if out["metadata"]["deletionTimestamp"].is_string() || delete.dry_run {
                 return Ok(json_response(StatusCode::OK, &present(&rt, out)));
             }
             Ok(json_response(StatusCode::OK, &success_status(&rt, &out)))
@@ -425,7 +428,11 @@ async fn resource_request(
                 selectors: ctx.selectors(&rt)?,
                 ..ListParams::default()
             };
-            let page = store.list_typed(&rt, &params)?;
+            let page = store.list(&rt, &params)?;
+            let delete = DeleteOptions {
+                dry_run: ctx.dry_run(),
+                ..DeleteOptions::default()
+            };
             let mut items = Vec::new();
             for o in page.items {
                 let ons = o["metadata"]["namespace"]
@@ -433,13 +440,7 @@ async fn resource_request(
                     .unwrap_or("")
                     .to_string();
                 let oname = o["metadata"]["name"].as_str().unwrap_or("").to_string();
-                match store.delete_typed(
-                    &rt,
-                    &ons,
-                    &oname,
-                    &Preconditions::default(),
-                    ctx.dry_run(),
-                ) {
+                match store.delete(&rt, &ons, &oname, &delete) {
                     Ok(d) => items.push(present(&rt, d)),
                     Err(StandinError::NotFound { .. }) => {}
                     Err(e) => return Err(e),
@@ -473,121 +474,4 @@ fn success_status(rt: &ResourceType, obj: &Value) -> Value {
             "uid": obj["metadata"]["uid"],
         }
     })
-}
-
-fn line(v: &Value) -> Result<Bytes, Infallible> {
-    let mut b = serde_json::to_vec(v).unwrap_or_default();
-    b.push(b'\n');
-    Ok(Bytes::from(b))
-}
-
-fn bookmark(rt: &ResourceType, rv: u64, initial_end: bool) -> Value {
-    let mut meta = json!({"resourceVersion": rv.to_string()});
-    if initial_end {
-        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
-    }
-    json!({"type": "BOOKMARK", "object": {"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}})
-}
-
-fn streaming(rx: mpsc::Receiver<Result<Bytes, Infallible>>) -> Response {
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-    let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn start_watch(
-    ctx: &Ctx<'_>,
-    rt: &ResourceType,
-    namespace: Option<String>,
-) -> Result<Response, StandinError> {
-    let selectors = ctx.selectors(rt)?;
-    let send_initial = ctx.flag("sendInitialEvents");
-    let bookmarks = ctx.flag("allowWatchBookmarks");
-    let from =
-        match ctx.q("resourceVersion") {
-            _ if send_initial => WatchFrom::Current,
-            None | Some("0") => WatchFrom::Current,
-            Some(rv) => WatchFrom::Rv(rv.parse().map_err(|_| {
-                StandinError::BadRequest(format!("invalid resource version {rv:?}"))
-            })?),
-        };
-    let timeout = ctx
-        .q("timeoutSeconds")
-        .and_then(|t| t.parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let as_table = ctx.wants_table();
-    let include = ctx.include();
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-    let start = match ctx.st.store.watch_typed(rt, from) {
-        Ok(s) => s,
-        Err(e @ StandinError::Expired(_)) => {
-            // the real server answers 200 and sends one ERROR event
-            let ev = json!({"type": "ERROR", "object": e.to_status()});
-            let _ = tx.try_send(line(&ev));
-            return Ok(streaming(rx));
-        }
-        Err(e) => return Err(e),
-    };
-    let rt = rt.clone();
-    let interval = ctx.st.bookmark_interval;
-    tokio::spawn(async move {
-        let ns = namespace.as_deref();
-        let render = |kind: &str, obj: &Value| -> Value {
-            let obj = present(&rt, obj.clone());
-            let obj = if as_table {
-                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"]});
-                table::table(&rt, &[obj], meta, include)
-            } else {
-                obj
-            };
-            json!({"type": kind, "object": obj})
-        };
-        let send = |ev: &StoredEvent| {
-            ev.project(ns, &selectors)
-                .map(|(k, o)| line(&render(k.as_str(), o)))
-        };
-        for ev in &start.initial {
-            if let Some(l) = send(ev)
-                && tx.send(l).await.is_err()
-            {
-                return;
-            }
-        }
-        let mut last_rv = start.rv;
-        if send_initial && tx.send(line(&bookmark(&rt, last_rv, true))).await.is_err() {
-            return;
-        }
-        let mut live = start.live;
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-        loop {
-            tokio::select! {
-                _ = tx.closed() => break,
-                _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => break,
-                ev = live.recv() => match ev {
-                    Some(ev) => {
-                        last_rv = last_rv.max(ev.rv);
-                        if let Some(l) = send(&ev)
-                            && tx.send(l).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
-                _ = tick.tick(), if bookmarks => {
-                    if tx.send(line(&bookmark(&rt, last_rv, false))).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        tracing::debug!(resource = %rt.qualified_name(), "watch stream closed");
-    });
-    Ok(streaming(rx))
 }
