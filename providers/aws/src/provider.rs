@@ -177,7 +177,7 @@ impl AwsProvider {
                         (lb, observed, Some(start))
                     }
                     Found::Existing(lb) => {
-                        let (lb, observed, _) = self.observe_owned(&spec.key, lb, &desired).await?;
+                        let (lb, observed, _) = self.observe_owned(&spec.key, lb, desired).await?;
                         (lb, observed, Some(start))
                     }
                 }
