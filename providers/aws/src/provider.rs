@@ -129,9 +129,14 @@ impl AwsProvider {
         &self.config
     }
 
-    /// The AWS calls this provider made (and the fault injector).
+    /// The AWS calls this provider made (and, with `testing`, the fault injector).
     pub fn calls(&self) -> &CallCounter {
         &self.calls
+    }
+
+    /// Register the provider's metrics (AWS calls by operation) in `registry`.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.calls.register(registry);
     }
 
     async fn ensure_inner(&self, prepared: &Prepared<AwsPrepared>) -> Result<LoadBalancerStatus> {

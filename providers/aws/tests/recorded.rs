@@ -976,6 +976,18 @@ async fn steady_state_is_found_across_pages_whatever_the_target_health() {
         assert_eq!(aws.calls_of("DescribeListeners").len(), 6, "{state}");
         assert_eq!(aws.calls_of("DescribeTargetHealth").len(), 6, "{state}");
 
+        let mut registry = prometheus_client::registry::Registry::default();
+        provider.register_metrics(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains(
+                r#"portico_aws_calls_total{operation="DescribeTargetHealth",kind="read"} 6"#
+            ),
+            "calls counted by operation for Prometheus:\n{text}"
+        );
+        assert!(!text.contains(r#"kind="mutating""#), "{text}");
+
         let got = timed(provider.get(&k)).await.expect("get").expect("found");
         let ports_seen: Vec<u16> = got.ingress[0].ports.iter().map(|p| p.port).collect();
         assert_eq!(
