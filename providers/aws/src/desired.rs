@@ -328,7 +328,11 @@ impl Desired {
             if !opts
                 .target_node_labels
                 .iter()
-                .all(|(k, v)| t.labels.get(k) == Some(v))
+                .all(|(k, v)| match (t.labels.get(k), v) {
+                    (Some(have), Some(want)) => have == want,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                })
             {
                 continue;
             }

@@ -119,7 +119,8 @@ pub struct AwsOptions {
     pub cross_zone: Option<bool>,
     pub health: HealthOverrides,
     pub additional_tags: BTreeMap<String, String>,
-    pub target_node_labels: BTreeMap<String, String>,
+    /// Labels a target node must carry; `None`: any value (`k=` or bare `k`).
+    pub target_node_labels: BTreeMap<String, Option<String>>,
     pub eip_allocations: Vec<String>,
     pub private_ipv4_addresses: Vec<Ipv4Addr>,
     pub ip_address_type: IpAddressType,
@@ -166,7 +167,13 @@ impl AwsOptions {
             }
         }
 
-        let internal = a.parse_bool(&key("internal"))?;
+        // As cloud-provider-aws reads it: "false" is external, any other
+        // value (`true`, or the `0.0.0.0/0` of old manifests) is internal.
+        let internal = a.get(&key("internal")).and_then(|v| match v {
+            "" => None,
+            v if v.eq_ignore_ascii_case("false") => Some(false),
+            _ => Some(true),
+        });
         let scheme_annotation = match a.get(&key("scheme")) {
             None => None,
             Some("internet-facing") => Some(Scheme::InternetFacing),
@@ -299,7 +306,7 @@ impl AwsOptions {
                 ));
             }
         }
-        let target_node_labels = a.key_values(TARGET_NODE_LABELS)?.unwrap_or_default();
+        let target_node_labels = node_labels(a.list(TARGET_NODE_LABELS).unwrap_or_default())?;
 
         let eip_allocations = a.list(&key("eip-allocations")).unwrap_or_default();
         if let Some(bad) = eip_allocations.iter().find(|e| !e.starts_with("eipalloc-")) {
@@ -386,6 +393,25 @@ impl AwsOptions {
             manage_backend_rules,
         })
     }
+}
+
+/// `k=v` (that value), `k=` or `k` (any value), as cloud-provider-aws reads them.
+fn node_labels(items: Vec<String>) -> Result<BTreeMap<String, Option<String>>, ProviderError> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = match item.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim()).filter(|v| !v.is_empty())),
+            None => (item.trim(), None),
+        };
+        if k.is_empty() {
+            return Err(ProviderError::invalid(
+                Annotations::field(TARGET_NODE_LABELS),
+                format!("{item:?} has an empty label key"),
+            ));
+        }
+        out.insert(k.to_string(), v.map(String::from));
+    }
+    Ok(out)
 }
 
 /// A Service port name as Kubernetes allows it (IANA_SVC_NAME: lowercase
@@ -502,6 +528,20 @@ mod tests {
             ("internal false", &[("internal", "false")], |o| {
                 o.scheme == Scheme::InternetFacing
             }),
+            (
+                "internal as old manifests write it",
+                &[("internal", "0.0.0.0/0")],
+                |o| o.scheme == Scheme::Internal,
+            ),
+            (
+                "node labels by presence",
+                &[("target-node-labels", "pool=edge, gpu=, spot")],
+                |o| {
+                    o.target_node_labels.get("pool") == Some(&Some("edge".into()))
+                        && o.target_node_labels.get("gpu") == Some(&None)
+                        && o.target_node_labels.get("spot") == Some(&None)
+                },
+            ),
             ("scheme internal", &[("scheme", "internal")], |o| {
                 o.scheme == Scheme::Internal
             }),
@@ -582,7 +622,6 @@ mod tests {
     fn bad_annotations_name_the_annotation() {
         let cases: &[(&str, Pairs, &str)] = &[
             ("type alb", &[("type", "alb")], "type"),
-            ("internal yes", &[("internal", "yes")], "internal"),
             ("scheme bogus", &[("scheme", "public")], "scheme"),
             (
                 "scheme contradicts internal",
@@ -740,15 +779,6 @@ mod tests {
         assert_eq!(notes.len(), 2, "{notes:?}");
         assert!(notes[0].contains(&key("access-log-enabled")), "{notes:?}");
         assert!(notes[1].contains(&key("nlb-target-type")), "{notes:?}");
-        let parsed = AwsOptions::parse(&spec(
-            &IMPLEMENTED
-                .iter()
-                .filter(|k| **k != "type")
-                .map(|k| (*k, ""))
-                .filter(|(k, _)| *k == "internal")
-                .collect::<Vec<_>>(),
-        ));
-        assert!(parsed.is_err(), "an empty boolean is refused, not ignored");
         assert!(unimplemented_notes(&spec(&[("internal", "true")]).annotations).is_empty());
     }
 }
