@@ -249,7 +249,10 @@ pub struct Desired {
     pub name: String,
     pub scheme: Scheme,
     pub ip_address_type: IpAddressType,
-    pub cross_zone: Option<bool>,
+    /// NLB attributes portico manages (only these keys).
+    pub lb_attributes: BTreeMap<String, String>,
+    /// Target-group attributes portico manages, the same on every group.
+    pub group_attributes: BTreeMap<String, String>,
     /// Tags of the NLB, of every target group and of the own security group.
     pub tags: BTreeMap<String, String>,
     /// By port.
@@ -387,7 +390,8 @@ impl Desired {
             name: names::load_balancer_name(&spec.key),
             scheme: opts.scheme,
             ip_address_type: opts.ip_address_type,
-            cross_zone: opts.cross_zone,
+            lb_attributes: opts.load_balancer_attributes.clone(),
+            group_attributes: opts.target_group_attributes.clone(),
             tags,
             groups,
             security,

@@ -7,7 +7,7 @@ use aws_sdk_elasticloadbalancingv2::operation::register_targets::RegisterTargets
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, IpAddressType as SdkIpAddressType, LoadBalancerAttribute,
     LoadBalancerSchemeEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum, SubnetMapping,
-    TargetDescription, TargetTypeEnum,
+    TargetDescription, TargetGroupAttribute, TargetTypeEnum,
 };
 use aws_smithy_runtime_api::http::Response as HttpResponse;
 use portico_provider::{Annotations, LoadBalancerKey, ProviderError};
@@ -20,7 +20,7 @@ use crate::network::rule_description;
 use crate::options::AwsOptions;
 use crate::plan::{GroupRef, ObservedLb, Step};
 use crate::provider::{AwsProvider, Found, Result};
-use crate::read::{CROSS_ZONE, observed_lb, sdk_tags};
+use crate::read::{observed_lb, sdk_tags};
 
 impl AwsProvider {
     /// Create the NLB in `subnet_ids` with `security_groups`; when its name
@@ -234,19 +234,38 @@ impl AwsProvider {
                         .await
                         .map_err(|e| from_sdk("SetIpAddressType", e))?;
                 }
-                Step::SetCrossZone(on) => {
+                Step::SetLbAttributes(attributes) => {
                     self.elb
                         .modify_load_balancer_attributes()
                         .load_balancer_arn(&lb.arn)
-                        .attributes(
-                            LoadBalancerAttribute::builder()
-                                .key(CROSS_ZONE)
-                                .value(on.to_string())
-                                .build(),
-                        )
+                        .set_attributes(Some(
+                            attributes
+                                .iter()
+                                .map(|(k, v)| {
+                                    LoadBalancerAttribute::builder().key(k).value(v).build()
+                                })
+                                .collect(),
+                        ))
                         .send()
                         .await
                         .map_err(|e| from_sdk("ModifyLoadBalancerAttributes", e))?;
+                }
+                Step::SetGroupAttributes { group, attributes } => {
+                    let arn = resolve(&group, &created)?;
+                    self.elb
+                        .modify_target_group_attributes()
+                        .target_group_arn(arn)
+                        .set_attributes(Some(
+                            attributes
+                                .iter()
+                                .map(|(k, v)| {
+                                    TargetGroupAttribute::builder().key(k).value(v).build()
+                                })
+                                .collect(),
+                        ))
+                        .send()
+                        .await
+                        .map_err(|e| from_sdk("ModifyTargetGroupAttributes", e))?;
                 }
                 Step::AddTags { resource, tags } => {
                     let arn = resolve(&resource, &created)?;

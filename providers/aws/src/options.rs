@@ -117,6 +117,12 @@ pub struct AwsOptions {
     pub subnets: SubnetSelector,
     /// `None`: leave the attribute as AWS has it.
     pub cross_zone: Option<bool>,
+    /// `aws-load-balancer-attributes` (with `cross-zone-load-balancing-enabled`
+    /// folded in when the map does not name it): only these keys are managed.
+    pub load_balancer_attributes: BTreeMap<String, String>,
+    /// `target-group-attributes`, plus `proxy_protocol_v2.enabled=true` for
+    /// `proxy-protocol: "*"`: only these keys are managed.
+    pub target_group_attributes: BTreeMap<String, String>,
     pub health: HealthOverrides,
     pub additional_tags: BTreeMap<String, String>,
     /// Labels a target node must carry; `None`: any value (`k=` or bare `k`).
@@ -206,6 +212,26 @@ impl AwsOptions {
         };
 
         let cross_zone = a.parse_bool(&key("cross-zone-load-balancing-enabled"))?;
+        let mut load_balancer_attributes = attributes(a, "attributes")?;
+        if let Some(on) = cross_zone {
+            load_balancer_attributes
+                .entry(CROSS_ZONE_ATTRIBUTE.to_string())
+                .or_insert_with(|| on.to_string());
+        }
+        let mut target_group_attributes = attributes(a, "target-group-attributes")?;
+        match a.get(&key("proxy-protocol")) {
+            None => {}
+            Some("*") => {
+                target_group_attributes
+                    .insert(PROXY_PROTOCOL_ATTRIBUTE.to_string(), "true".to_string());
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "proxy-protocol",
+                    format!("{other:?}: only \"*\" (PROXY protocol v2 on every port) is supported"),
+                ));
+            }
+        }
 
         let protocol = match a
             .get(&key("healthcheck-protocol"))
@@ -383,6 +409,8 @@ impl AwsOptions {
             scheme,
             subnets,
             cross_zone,
+            load_balancer_attributes,
+            target_group_attributes,
             health,
             additional_tags,
             target_node_labels,
@@ -393,6 +421,20 @@ impl AwsOptions {
             manage_backend_rules,
         })
     }
+}
+
+/// The NLB attribute the cross-zone annotation sets.
+pub const CROSS_ZONE_ATTRIBUTE: &str = "load_balancing.cross_zone.enabled";
+/// The target-group attribute `proxy-protocol: "*"` sets.
+pub const PROXY_PROTOCOL_ATTRIBUTE: &str = "proxy_protocol_v2.enabled";
+
+/// `key=value,...` attributes, in the AWS Load Balancer Controller's format.
+fn attributes(a: &Annotations, suffix: &str) -> Result<BTreeMap<String, String>, ProviderError> {
+    let map = a.key_values(&key(suffix))?.unwrap_or_default();
+    if let Some((k, _)) = map.iter().find(|(_, v)| v.is_empty()) {
+        return Err(invalid(suffix, format!("attribute {k:?} has no value")));
+    }
+    Ok(map)
 }
 
 /// `k=v` (that value), `k=` or `k` (any value), as cloud-provider-aws reads them.
@@ -471,6 +513,9 @@ pub const IMPLEMENTED: &[&str] = &[
     "ip-address-type",
     "security-groups",
     "manage-backend-security-group-rules",
+    "attributes",
+    "target-group-attributes",
+    "proxy-protocol",
 ];
 
 /// One note per `aws-load-balancer-*` annotation portico does not implement,
@@ -608,6 +653,33 @@ mod tests {
                 ],
                 |o| o.private_ipv4_addresses == vec![Ipv4Addr::new(10, 0, 1, 10)],
             ),
+            (
+                "attributes",
+                &[
+                    ("attributes", "deletion_protection.enabled=true"),
+                    ("cross-zone-load-balancing-enabled", "true"),
+                ],
+                |o| {
+                    o.load_balancer_attributes.len() == 2
+                        && o.load_balancer_attributes.get(CROSS_ZONE_ATTRIBUTE)
+                            == Some(&"true".to_string())
+                },
+            ),
+            (
+                "proxy protocol and group attributes",
+                &[
+                    ("proxy-protocol", "*"),
+                    (
+                        "target-group-attributes",
+                        "deregistration_delay.timeout_seconds=30,stickiness.enabled=true,stickiness.type=source_ip",
+                    ),
+                ],
+                |o| {
+                    o.target_group_attributes.len() == 4
+                        && o.target_group_attributes.get(PROXY_PROTOCOL_ATTRIBUTE)
+                            == Some(&"true".to_string())
+                },
+            ),
             ("dualstack", &[("ip-address-type", "dualstack")], |o| {
                 o.ip_address_type == IpAddressType::Dualstack
             }),
@@ -732,6 +804,16 @@ mod tests {
                 "private-ipv4-addresses",
             ),
             ("ip type", &[("ip-address-type", "ipv6")], "ip-address-type"),
+            (
+                "proxy protocol per port",
+                &[("proxy-protocol", "80")],
+                "proxy-protocol",
+            ),
+            (
+                "attribute without value",
+                &[("target-group-attributes", "stickiness.enabled=")],
+                "target-group-attributes",
+            ),
         ];
         for (desc, pairs, suffix) in cases {
             let err = AwsOptions::parse(&spec(pairs)).expect_err(desc);

@@ -40,6 +40,8 @@ pub struct ObservedGroup {
     /// must be registered again if it is still wanted.
     pub targets: BTreeSet<String>,
     pub tags: BTreeMap<String, String>,
+    /// Its attributes; empty when not read (the spec manages none).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// What AWS has for one NLB.
@@ -47,8 +49,8 @@ pub struct ObservedGroup {
 pub struct Observed {
     pub lb: ObservedLb,
     pub tags: BTreeMap<String, String>,
-    /// `None` when not read (the spec does not manage it).
-    pub cross_zone: Option<bool>,
+    /// The NLB's attributes; empty when not read (the spec manages none).
+    pub lb_attributes: BTreeMap<String, String>,
     pub listeners: Vec<ObservedListener>,
     pub groups: Vec<ObservedGroup>,
     pub security: ObservedSecurity,
@@ -85,8 +87,7 @@ impl Observed {
         Self {
             lb,
             tags,
-            // NLBs start with cross-zone load balancing off.
-            cross_zone: Some(false),
+            lb_attributes: BTreeMap::new(),
             listeners: Vec::new(),
             groups: Vec::new(),
             security,
@@ -118,7 +119,12 @@ pub enum GroupRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     SetIpAddressType(IpAddressType),
-    SetCrossZone(bool),
+    /// Set these NLB attributes.
+    SetLbAttributes(BTreeMap<String, String>),
+    SetGroupAttributes {
+        group: GroupRef,
+        attributes: BTreeMap<String, String>,
+    },
     AddTags {
         resource: GroupRef,
         tags: BTreeMap<String, String>,
@@ -175,7 +181,8 @@ impl Step {
     pub fn operation(&self) -> &'static str {
         match self {
             Self::SetIpAddressType(_) => "SetIpAddressType",
-            Self::SetCrossZone(_) => "ModifyLoadBalancerAttributes",
+            Self::SetLbAttributes(_) => "ModifyLoadBalancerAttributes",
+            Self::SetGroupAttributes { .. } => "ModifyTargetGroupAttributes",
             Self::AddTags { .. } => "AddTags",
             Self::RemoveTags { .. } => "RemoveTags",
             Self::CreateGroup(_) => "CreateTargetGroup",
@@ -232,6 +239,19 @@ fn tag_steps(
     }
 }
 
+/// The desired attributes whose value AWS does not have (values compared
+/// without regard to case: AWS answers `true` to `True`).
+fn differing(
+    observed: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    desired
+        .iter()
+        .filter(|(k, v)| !observed.get(*k).is_some_and(|o| o.eq_ignore_ascii_case(v)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 fn batches(group: &GroupRef, ids: &BTreeSet<String>, register: bool, out: &mut Vec<Step>) {
     let ids: Vec<String> = ids.iter().cloned().collect();
     for chunk in ids.chunks(TARGET_BATCH) {
@@ -265,10 +285,9 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
     {
         lb_steps.push(Step::SetIpAddressType(desired.ip_address_type));
     }
-    if let Some(want) = desired.cross_zone
-        && observed.cross_zone != Some(want)
-    {
-        lb_steps.push(Step::SetCrossZone(want));
+    let lb_attributes = differing(&observed.lb_attributes, &desired.lb_attributes);
+    if !lb_attributes.is_empty() {
+        lb_steps.push(Step::SetLbAttributes(lb_attributes));
     }
     tag_steps(lb, &observed.tags, &desired.tags, &mut lb_steps);
     let (security_first, security_last) = security_steps(observed, desired);
@@ -289,6 +308,12 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
             None => {
                 let r = GroupRef::Created(g.name.clone());
                 creates.push(Step::CreateGroup(i));
+                if !desired.group_attributes.is_empty() {
+                    creates.push(Step::SetGroupAttributes {
+                        group: r.clone(),
+                        attributes: desired.group_attributes.clone(),
+                    });
+                }
                 batches(&r, &g.targets, true, &mut registers);
                 refs.push(r);
             }
@@ -301,6 +326,13 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
                     });
                 }
                 tag_steps(r.clone(), &o.tags, &desired.tags, &mut modifies);
+                let attributes = differing(&o.attributes, &desired.group_attributes);
+                if !attributes.is_empty() {
+                    modifies.push(Step::SetGroupAttributes {
+                        group: r.clone(),
+                        attributes,
+                    });
+                }
                 let add = g.targets.difference(&o.targets).cloned().collect();
                 let remove = o.targets.difference(&g.targets).cloned().collect();
                 batches(&r, &add, true, &mut registers);
@@ -518,7 +550,7 @@ mod tests {
                 node_groups: ["sg-nodes".to_string()].into(),
             },
         );
-        o.cross_zone = d.cross_zone.or(Some(false));
+        o.lb_attributes = d.lb_attributes.clone();
         for g in &d.groups {
             let arn = format!("arn:tg/{}", g.name);
             o.groups.push(ObservedGroup {
@@ -536,6 +568,7 @@ mod tests {
                 },
                 targets: g.targets.clone(),
                 tags: d.tags.clone(),
+                attributes: d.group_attributes.clone(),
             });
             o.listeners.push(ObservedListener {
                 arn: format!("arn:listener/{}", g.port),

@@ -19,7 +19,6 @@ use crate::plan::{
 };
 use crate::provider::{AwsProvider, Result};
 
-pub(crate) const CROSS_ZONE: &str = "load_balancing.cross_zone.enabled";
 /// DescribeTags takes at most this many ARNs.
 const TAGS_BATCH: usize = 20;
 
@@ -203,7 +202,7 @@ impl AwsProvider {
             .collect())
     }
 
-    pub(crate) async fn cross_zone(&self, lb_arn: &str) -> Result<Option<bool>> {
+    pub(crate) async fn lb_attributes(&self, lb_arn: &str) -> Result<BTreeMap<String, String>> {
         let out = self
             .elb
             .describe_load_balancer_attributes()
@@ -214,9 +213,23 @@ impl AwsProvider {
         Ok(out
             .attributes()
             .iter()
-            .find(|a| a.key() == Some(CROSS_ZONE))
-            .and_then(|a| a.value())
-            .map(|v| v == "true"))
+            .filter_map(|a| Some((a.key()?.to_string(), a.value()?.to_string())))
+            .collect())
+    }
+
+    pub(crate) async fn group_attributes(&self, arn: &str) -> Result<BTreeMap<String, String>> {
+        let out = self
+            .elb
+            .describe_target_group_attributes()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .map_err(|e| from_sdk("DescribeTargetGroupAttributes", e))?;
+        Ok(out
+            .attributes()
+            .iter()
+            .filter_map(|a| Some((a.key()?.to_string(), a.value()?.to_string())))
+            .collect())
     }
 
     /// Everything AWS has for the NLB `lb`.
@@ -226,10 +239,12 @@ impl AwsProvider {
         lb: ObservedLb,
         desired: &Desired,
     ) -> Result<Observed> {
-        let cross_zone = async {
-            match desired.cross_zone {
-                Some(_) => self.cross_zone(&lb.arn).await,
-                None => Ok(None),
+        // Attributes are read only when the Service manages some.
+        let lb_attributes = async {
+            if desired.lb_attributes.is_empty() {
+                Ok(BTreeMap::new())
+            } else {
+                self.lb_attributes(&lb.arn).await
             }
         };
         let groups = async {
@@ -253,8 +268,8 @@ impl AwsProvider {
                 other => other,
             }
         };
-        let (listeners, mut groups, cross_zone) =
-            tokio::try_join!(self.listeners(&lb.arn), groups, cross_zone)?;
+        let (listeners, mut groups, lb_attributes) =
+            tokio::try_join!(self.listeners(&lb.arn), groups, lb_attributes)?;
         // Groups a listener forwards to must be observed too; AWS lists them
         // with the load balancer, moto forgets those set by ModifyListener.
         let known: BTreeSet<&str> = groups.iter().filter_map(|g| g.target_group_arn()).collect();
@@ -289,12 +304,23 @@ impl AwsProvider {
                 .filter_map(|g| g.target_group_arn())
                 .map(|arn| self.registered(arn)),
         );
-        let (mut tags, registered) = tokio::try_join!(self.tags(&arns), registered)?;
+        let group_attributes =
+            try_join_all(groups.iter().filter_map(|g| g.target_group_arn()).map(
+                |arn| async move {
+                    if desired.group_attributes.is_empty() {
+                        Ok(BTreeMap::new())
+                    } else {
+                        self.group_attributes(arn).await
+                    }
+                },
+            ));
+        let (mut tags, registered, group_attributes) =
+            tokio::try_join!(self.tags(&arns), registered, group_attributes)?;
         let observed_groups = groups
             .iter()
             .filter(|g| g.target_group_arn().is_some())
-            .zip(registered)
-            .map(|(g, targets)| {
+            .zip(registered.into_iter().zip(group_attributes))
+            .map(|(g, (targets, attributes))| {
                 let arn = g.target_group_arn().unwrap_or_default().to_string();
                 ObservedGroup {
                     name: g.target_group_name().unwrap_or_default().to_string(),
@@ -310,6 +336,7 @@ impl AwsProvider {
                     },
                     targets,
                     tags: tags.remove(&arn).unwrap_or_default(),
+                    attributes,
                     arn,
                 }
             })
@@ -317,7 +344,7 @@ impl AwsProvider {
         Ok(Observed {
             tags: tags.remove(&lb.arn).unwrap_or_default(),
             lb,
-            cross_zone,
+            lb_attributes,
             listeners,
             groups: observed_groups,
             security: ObservedSecurity::default(),

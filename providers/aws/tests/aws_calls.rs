@@ -490,3 +490,71 @@ aws_test!(
         drop(h);
     }
 );
+
+aws_test!(
+    proxy_protocol_and_attributes_are_set_and_kept,
+    |h: AwsHarness| async move {
+        let mut s = spec(&h, "attrs", 2).await;
+        annotate(
+            &mut s,
+            &[
+                ("proxy-protocol", "*"),
+                (
+                    "target-group-attributes",
+                    "deregistration_delay.timeout_seconds=30,preserve_client_ip.enabled=true",
+                ),
+                ("attributes", "load_balancing.cross_zone.enabled=true"),
+            ],
+        );
+        let created = ensure(&h, &s).await;
+        assert_eq!(
+            (
+                created.count("ModifyTargetGroupAttributes"),
+                created.count("ModifyLoadBalancerAttributes")
+            ),
+            (1, 1),
+            "{created:?}"
+        );
+        let groups = h
+            .elb
+            .describe_target_groups()
+            .names(portico_aws::target_group_name(&s.key, 80, "TCP", 30080))
+            .send()
+            .await
+            .expect("describe tg");
+        let arn = groups.target_groups()[0].target_group_arn().expect("arn");
+        let attrs = h
+            .elb
+            .describe_target_group_attributes()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .expect("attributes");
+        let got: BTreeMap<String, String> = attrs
+            .attributes()
+            .iter()
+            .filter_map(|a| Some((a.key()?.to_string(), a.value()?.to_string())))
+            .collect();
+        for (k, v) in [
+            ("proxy_protocol_v2.enabled", "true"),
+            ("deregistration_delay.timeout_seconds", "30"),
+            ("preserve_client_ip.enabled", "true"),
+        ] {
+            assert_eq!(got.get(k).map(String::as_str), Some(v), "{k}: {got:?}");
+        }
+        assert_eq!(ensure(&h, &s).await.mutations, 0, "at rest");
+        annotate(
+            &mut s,
+            &[(
+                "target-group-attributes",
+                "deregistration_delay.timeout_seconds=0",
+            )],
+        );
+        let changed = ensure(&h, &s).await;
+        assert_eq!(
+            changed.mutations, 1,
+            "only the changed attribute: {changed:?}"
+        );
+        h.provider.delete(&s.key).await.expect("delete");
+    }
+);
