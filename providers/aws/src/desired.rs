@@ -12,7 +12,7 @@ use portico_provider::{
 
 use crate::names;
 use crate::options::{
-    AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, Scheme,
+    AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, Scheme, TlsPorts,
 };
 use crate::security::{self, Rule};
 
@@ -35,6 +35,8 @@ pub enum TgProtocol {
     Udp,
     /// TCP and UDP on the same port: one listener and target group for both.
     TcpUdp,
+    /// TLS terminated by the NLB (a listener), or TLS to the targets (a group).
+    Tls,
 }
 
 impl TgProtocol {
@@ -43,12 +45,13 @@ impl TgProtocol {
             Self::Tcp => "TCP",
             Self::Udp => "UDP",
             Self::TcpUdp => "TCP_UDP",
+            Self::Tls => "TLS",
         }
     }
 
     fn protocols(self) -> &'static [Protocol] {
         match self {
-            Self::Tcp => &[Protocol::Tcp],
+            Self::Tcp | Self::Tls => &[Protocol::Tcp],
             Self::Udp => &[Protocol::Udp],
             Self::TcpUdp => &[Protocol::Tcp, Protocol::Udp],
         }
@@ -215,12 +218,24 @@ impl HealthSettings {
     }
 }
 
+/// A TLS listener's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    pub certificate: String,
+    pub policy: String,
+    pub alpn: Option<String>,
+}
+
 /// One listener and its target group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredGroup {
     pub name: String,
     pub port: u16,
+    /// The target group's protocol.
     pub protocol: TgProtocol,
+    /// The listener's protocol (TLS where the NLB terminates TLS).
+    pub listener: TgProtocol,
+    pub tls: Option<ListenerTls>,
     pub node_port: u16,
     pub health: HealthSettings,
     /// Instance ids.
@@ -367,10 +382,45 @@ impl Desired {
                     ));
                 }
             };
+            let listener = spec.listeners.iter().find(|l| l.port == port);
+            let tls = opts.tls.as_ref().filter(|t| match &t.ports {
+                TlsPorts::All => protocol == TgProtocol::Tcp,
+                TlsPorts::Listed(ports) => ports.iter().any(|p| {
+                    *p == port.to_string()
+                        || Some(p.as_str()) == listener.and_then(|l| l.name.as_deref())
+                }),
+            });
+            let (protocol, listener, tls) = match tls {
+                None => (protocol, protocol, None),
+                Some(t) if protocol == TgProtocol::Tcp => (
+                    if t.to_targets {
+                        TgProtocol::Tls
+                    } else {
+                        TgProtocol::Tcp
+                    },
+                    TgProtocol::Tls,
+                    Some(ListenerTls {
+                        certificate: t.certificate.clone(),
+                        policy: t.policy.clone(),
+                        alpn: t.alpn.clone(),
+                    }),
+                ),
+                Some(_) => {
+                    return Err(ProviderError::invalid(
+                        portico_provider::Annotations::field(&format!(
+                            "{}ssl-ports",
+                            crate::options::PREFIX
+                        )),
+                        format!("port {port} carries UDP: TLS needs a TCP-only port"),
+                    ));
+                }
+            };
             groups.push(DesiredGroup {
                 name: names::target_group_name(&spec.key, port, protocol.as_str(), node_port),
                 port,
                 protocol,
+                listener,
+                tls,
                 node_port,
                 health: health.clone(),
                 targets: targets.clone(),
@@ -437,7 +487,7 @@ impl Desired {
     /// The status for an NLB reachable at `dns_name`.
     pub fn status(&self, dns_name: &str) -> LoadBalancerStatus {
         let ports: Vec<(u16, TgProtocol)> =
-            self.groups.iter().map(|g| (g.port, g.protocol)).collect();
+            self.groups.iter().map(|g| (g.port, g.listener)).collect();
         status(dns_name, &ports)
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use aws_sdk_elasticloadbalancingv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_elasticloadbalancingv2::operation::register_targets::RegisterTargetsError;
 use aws_sdk_elasticloadbalancingv2::types::{
-    Action, ActionTypeEnum, IpAddressType as SdkIpAddressType, LoadBalancerAttribute,
+    Action, ActionTypeEnum, Certificate, IpAddressType as SdkIpAddressType, LoadBalancerAttribute,
     LoadBalancerSchemeEnum, LoadBalancerTypeEnum, Matcher, ProtocolEnum, SubnetMapping,
     TargetDescription, TargetGroupAttribute, TargetTypeEnum,
 };
@@ -13,7 +13,7 @@ use aws_smithy_runtime_api::http::Response as HttpResponse;
 use portico_provider::{Annotations, LoadBalancerKey, ProviderError};
 use tracing::{debug, info, warn};
 
-use crate::desired::{Desired, HealthSettings};
+use crate::desired::{Desired, HealthSettings, ListenerTls};
 use crate::errors::{from_sdk, gone_is_ok};
 use crate::names::{self, owned_by};
 use crate::network::rule_description;
@@ -325,6 +325,7 @@ impl AwsProvider {
                     port,
                     protocol,
                     group,
+                    tls,
                 } => {
                     let arn = resolve(&group, &created)?;
                     self.elb
@@ -332,6 +333,9 @@ impl AwsProvider {
                         .load_balancer_arn(&lb.arn)
                         .port(i32::from(port))
                         .protocol(ProtocolEnum::from(protocol.as_str()))
+                        .set_certificates(certificates(tls.as_ref()))
+                        .set_ssl_policy(tls.as_ref().map(|t| t.policy.clone()))
+                        .set_alpn_policy(tls.as_ref().and_then(|t| t.alpn.clone()).map(|a| vec![a]))
                         .default_actions(Self::forward(&arn))
                         .send()
                         .await
@@ -341,12 +345,16 @@ impl AwsProvider {
                     arn,
                     protocol,
                     group,
+                    tls,
                 } => {
                     let tg = resolve(&group, &created)?;
                     self.elb
                         .modify_listener()
                         .listener_arn(arn)
                         .protocol(ProtocolEnum::from(protocol.as_str()))
+                        .set_certificates(certificates(tls.as_ref()))
+                        .set_ssl_policy(tls.as_ref().map(|t| t.policy.clone()))
+                        .set_alpn_policy(tls.as_ref().and_then(|t| t.alpn.clone()).map(|a| vec![a]))
                         .default_actions(Self::forward(&tg))
                         .send()
                         .await
@@ -499,6 +507,16 @@ impl AwsProvider {
             .await
             .map(|_| ())
     }
+}
+
+fn certificates(tls: Option<&ListenerTls>) -> Option<Vec<Certificate>> {
+    tls.map(|t| {
+        vec![
+            Certificate::builder()
+                .certificate_arn(&t.certificate)
+                .build(),
+        ]
+    })
 }
 
 fn deregisters_from(step: &Step, group: &str) -> bool {

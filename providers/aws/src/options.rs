@@ -110,6 +110,30 @@ pub struct HealthOverrides {
     pub success_codes: Option<String>,
 }
 
+/// Which Service ports a TLS certificate serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsPorts {
+    All,
+    /// Port numbers or Service port names.
+    Listed(Vec<String>),
+}
+
+/// TLS termination on the NLB (`ssl-cert` and friends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// The ACM (or IAM) certificate ARN of the listeners.
+    pub certificate: String,
+    pub ports: TlsPorts,
+    pub policy: String,
+    /// `HTTP1Only`, `HTTP2Only`, `HTTP2Optional`, `HTTP2Preferred` or `None`.
+    pub alpn: Option<String>,
+    /// TLS to the targets too (`backend-protocol: ssl`/`tls`/`https`).
+    pub to_targets: bool,
+}
+
+/// What cloud-provider-aws uses for NLB TLS listeners when no policy is annotated.
+pub const DEFAULT_TLS_POLICY: &str = "ELBSecurityPolicy-2016-08";
+
 /// Every AWS-specific option of one Service, typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AwsOptions {
@@ -135,6 +159,7 @@ pub struct AwsOptions {
     pub security_groups: Vec<String>,
     /// Whether portico opens the nodes' cluster group to the NLB.
     pub manage_backend_rules: bool,
+    pub tls: Option<TlsOptions>,
 }
 
 fn invalid(suffix: &str, reason: impl Into<String>) -> ProviderError {
@@ -405,6 +430,8 @@ impl AwsOptions {
             .parse_bool(&key("manage-backend-security-group-rules"))?
             .unwrap_or(security_groups.is_empty());
 
+        let tls = tls(a)?;
+
         Ok(Self {
             scheme,
             subnets,
@@ -419,8 +446,73 @@ impl AwsOptions {
             ip_address_type,
             security_groups,
             manage_backend_rules,
+            tls,
         })
     }
+}
+
+fn tls(a: &Annotations) -> Result<Option<TlsOptions>, ProviderError> {
+    let to_targets = match a
+        .get(&key("backend-protocol"))
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("tcp" | "http") => false,
+        Some("ssl" | "tls" | "https") => true,
+        Some(other) => {
+            return Err(invalid(
+                "backend-protocol",
+                format!("{other:?} is not tcp, ssl (tls), http or https"),
+            ));
+        }
+    };
+    let Some(certs) = a.list(&key("ssl-cert")) else {
+        for suffix in ["ssl-ports", "ssl-negotiation-policy", "alpn-policy"] {
+            if a.get(&key(suffix)).is_some() {
+                return Err(invalid(suffix, "needs a certificate in ssl-cert"));
+            }
+        }
+        return Ok(None);
+    };
+    let Some(certificate) = certs.first().cloned() else {
+        return Err(invalid("ssl-cert", "names no certificate"));
+    };
+    if !certificate.starts_with("arn:") {
+        return Err(invalid(
+            "ssl-cert",
+            format!("{certificate:?} is not a certificate ARN (arn:aws:acm:...)"),
+        ));
+    }
+    let ports = match a.list(&key("ssl-ports")) {
+        None => TlsPorts::All,
+        Some(p) if p.iter().any(|p| p == "*") => TlsPorts::All,
+        Some(p) if p.is_empty() => return Err(invalid("ssl-ports", "lists no port")),
+        Some(p) => TlsPorts::Listed(p),
+    };
+    let alpn = match a.get(&key("alpn-policy")) {
+        None => None,
+        Some(v @ ("HTTP1Only" | "HTTP2Only" | "HTTP2Optional" | "HTTP2Preferred" | "None")) => {
+            Some(v.to_string())
+        }
+        Some(other) => {
+            return Err(invalid(
+                "alpn-policy",
+                format!(
+                    "{other:?} is not HTTP1Only, HTTP2Only, HTTP2Optional, HTTP2Preferred or None"
+                ),
+            ));
+        }
+    };
+    Ok(Some(TlsOptions {
+        certificate,
+        ports,
+        policy: a
+            .get(&key("ssl-negotiation-policy"))
+            .unwrap_or(DEFAULT_TLS_POLICY)
+            .to_string(),
+        alpn,
+        to_targets,
+    }))
 }
 
 /// The NLB attribute the cross-zone annotation sets.
@@ -516,6 +608,11 @@ pub const IMPLEMENTED: &[&str] = &[
     "attributes",
     "target-group-attributes",
     "proxy-protocol",
+    "ssl-cert",
+    "ssl-ports",
+    "ssl-negotiation-policy",
+    "alpn-policy",
+    "backend-protocol",
 ];
 
 /// One note per `aws-load-balancer-*` annotation portico does not implement,

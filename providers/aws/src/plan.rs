@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::desired::ObservedHealth;
-use crate::desired::{Desired, HealthSettings, TARGET_BATCH, TgProtocol};
+use crate::desired::{Desired, HealthSettings, ListenerTls, TARGET_BATCH, TgProtocol};
 use crate::names;
 use crate::options::IpAddressType;
 use crate::security::{self, Rule};
@@ -29,6 +29,24 @@ pub struct ObservedListener {
     pub port: u16,
     pub protocol: String,
     pub target_group_arn: Option<String>,
+    /// The default certificate of a TLS listener.
+    pub certificate: Option<String>,
+    pub ssl_policy: Option<String>,
+    pub alpn: Option<String>,
+}
+
+impl ObservedListener {
+    /// Whether this listener has `tls` (or none, as a plain listener).
+    fn tls_matches(&self, tls: Option<&ListenerTls>) -> bool {
+        match tls {
+            None => true,
+            Some(t) => {
+                self.certificate.as_deref() == Some(t.certificate.as_str())
+                    && self.ssl_policy.as_deref() == Some(t.policy.as_str())
+                    && self.alpn.as_deref().filter(|a| *a != "None") == t.alpn.as_deref()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,11 +169,13 @@ pub enum Step {
         port: u16,
         protocol: TgProtocol,
         group: GroupRef,
+        tls: Option<ListenerTls>,
     },
     ModifyListener {
         arn: String,
         protocol: TgProtocol,
         group: GroupRef,
+        tls: Option<ListenerTls>,
     },
     DeleteListener {
         arn: String,
@@ -357,19 +377,24 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
         match existing.next() {
             None => listener_steps.push(Step::CreateListener {
                 port: g.port,
-                protocol: g.protocol,
+                protocol: g.listener,
                 group: r.clone(),
+                tls: g.tls.clone(),
             }),
             Some(l) => {
                 let points_right = match r {
                     GroupRef::Arn(arn) => l.target_group_arn.as_deref() == Some(arn.as_str()),
                     GroupRef::Created(_) => false,
                 };
-                if l.protocol != g.protocol.as_str() || !points_right {
+                if l.protocol != g.listener.as_str()
+                    || !points_right
+                    || !l.tls_matches(g.tls.as_ref())
+                {
                     listener_steps.push(Step::ModifyListener {
                         arn: l.arn.clone(),
-                        protocol: g.protocol,
+                        protocol: g.listener,
                         group: r.clone(),
+                        tls: g.tls.clone(),
                     });
                 }
             }
@@ -573,8 +598,11 @@ mod tests {
             o.listeners.push(ObservedListener {
                 arn: format!("arn:listener/{}", g.port),
                 port: g.port,
-                protocol: g.protocol.as_str().into(),
+                protocol: g.listener.as_str().into(),
                 target_group_arn: Some(arn),
+                certificate: g.tls.as_ref().map(|t| t.certificate.clone()),
+                ssl_policy: g.tls.as_ref().map(|t| t.policy.clone()),
+                alpn: g.tls.as_ref().and_then(|t| t.alpn.clone()),
             });
         }
         o
@@ -1025,6 +1053,51 @@ mod tests {
         assert!(
             local.security.backend_ports.contains(&("tcp", 32001)),
             "the nodes accept the health check port from the NLB"
+        );
+    }
+
+    #[test]
+    fn tls_settings_change_modifies_the_listener_only() {
+        let cert = "arn:aws:acm:us-east-1:123456789012:certificate/abc";
+        let tls = |policy: &str, backend: &str| {
+            with_annotations(
+                spec(
+                    vec![
+                        listener(80, Protocol::Tcp, 30080),
+                        listener(443, Protocol::Tcp, 30443),
+                    ],
+                    1,
+                ),
+                &[
+                    ("ssl-cert", cert),
+                    ("ssl-ports", "443"),
+                    ("ssl-negotiation-policy", policy),
+                    ("backend-protocol", backend),
+                ],
+            )
+        };
+        let d = desired(&tls("ELBSecurityPolicy-2016-08", "tcp"));
+        assert_eq!(
+            d.groups.iter().map(|g| g.listener).collect::<Vec<_>>(),
+            [TgProtocol::Tcp, TgProtocol::Tls],
+            "only the ssl port terminates TLS"
+        );
+        let o = converged(&d);
+        assert_eq!(plan(&o, &d), vec![]);
+        let steps = plan(
+            &o,
+            &desired(&tls("ELBSecurityPolicy-TLS13-1-2-2021-06", "tcp")),
+        );
+        assert_eq!(ops(&steps), ["ModifyListener"]);
+        assert!(matches!(
+            &steps[0],
+            Step::ModifyListener { protocol: TgProtocol::Tls, tls: Some(t), .. }
+                if t.policy == "ELBSecurityPolicy-TLS13-1-2-2021-06" && t.certificate == cert
+        ));
+        let steps = plan(&o, &desired(&tls("ELBSecurityPolicy-2016-08", "ssl")));
+        assert!(
+            ops(&steps).contains(&"CreateTargetGroup"),
+            "TLS to the targets is a new TLS target group: {steps:?}"
         );
     }
 }

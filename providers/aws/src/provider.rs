@@ -384,6 +384,7 @@ impl LoadBalancerProvider for AwsProvider {
                     let p = match l.protocol.as_str() {
                         "UDP" => TgProtocol::Udp,
                         "TCP_UDP" => TgProtocol::TcpUdp,
+                        "TLS" => TgProtocol::Tls,
                         _ => TgProtocol::Tcp,
                     };
                     (l.port, p)

@@ -150,6 +150,14 @@ impl AwsProvider {
                         .map(|p| p.as_str().to_string())
                         .unwrap_or_default(),
                     target_group_arn: forward_target(l.default_actions()),
+                    certificate: l
+                        .certificates()
+                        .iter()
+                        .find(|c| c.is_default() != Some(false))
+                        .and_then(|c| c.certificate_arn())
+                        .map(String::from),
+                    ssl_policy: l.ssl_policy().map(String::from),
+                    alpn: l.alpn_policy().first().cloned(),
                 });
             }
             marker = page.next_marker().map(String::from);
