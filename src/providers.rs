@@ -132,8 +132,10 @@ pub async fn build_provider(
                 endpoint_url: aws.aws_endpoint_url.clone(),
                 vpc_id: aws.aws_vpc_id.clone(),
             };
+            let provider = AwsProvider::new(config).await;
+            provider.register_metrics(registry);
             Ok(BuiltProvider {
-                provider: Arc::new(AwsProvider::new(config).await),
+                provider: Arc::new(provider),
                 embedded: None,
                 leader_task: None,
             })

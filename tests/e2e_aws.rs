@@ -85,12 +85,15 @@ async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete(backend
         let ours: Vec<_> = lbs.load_balancers().iter().filter(|lb| lb.dns_name() == Some(hostname.as_str())).collect();
         assert_eq!(ours.len(), 1, "exactly one NLB carries {hostname}");
         assert!(has_finalizer(&ready), "cleanup finalizer set before the cloud call");
-        // The NLB cannot filter clients: the user is told, not left guessing.
-        let warned = eventually("UnenforcedField event", 10, || async {
-            env.events("web").await.into_iter().find(|(kind, reason, _)| kind == "Warning" && reason == "UnenforcedField")
-        })
-        .await;
-        assert!(warned.2.contains("203.0.113.0/24"), "{warned:?}");
+        // The NLB's own security group admits the source range, and nothing is reported unenforced.
+        let own = ours[0].security_groups().first().expect("the NLB has its own security group").to_string();
+        let group = h.ec2.describe_security_groups().group_ids(&own).send().await.expect("describe security group");
+        let cidrs: Vec<&str> = group.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
+        assert!(!cidrs.is_empty() && cidrs.iter().all(|c| *c == "203.0.113.0/24"), "{cidrs:?}");
+        assert!(
+            env.events("web").await.iter().all(|(_, reason, _)| reason != "UnenforcedField"),
+            "source ranges are enforced"
+        );
         let ids: Vec<&str> = instances.iter().map(|(id, _)| id.as_str()).collect();
         targets_become(&h, &uid, 2, &ids[..3]).await;
 

@@ -1,5 +1,8 @@
-//! Counts AWS API calls by operation (the tests' "zero mutating calls" and
-//! the benchmarks read it) and injects faults, as an SDK interceptor.
+//! Counts AWS API calls by operation, as an SDK interceptor: Prometheus
+//! metrics for production (`portico_aws_calls_total{operation,kind}`,
+//! `portico_aws_call_attempts_total`), and a snapshot the tests' "zero
+//! mutating calls" and the benchmarks read. With the `testing` feature it
+//! also injects faults.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -15,6 +18,10 @@ use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::http::{Response, StatusCode};
 use aws_smithy_types::body::SdkBody;
 use aws_smithy_types::config_bag::{ConfigBag, Storable, StoreReplace};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 /// Which error an injected fault returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,11 +101,21 @@ struct State {
     fault_seq: u64,
 }
 
+/// One AWS operation and whether it is read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallLabels {
+    operation: String,
+    /// `read` or `mutating`.
+    kind: &'static str,
+}
+
 /// The interceptor; clones share their counts. Register it on each SDK
 /// client's config with `.interceptor(counter.clone())`.
 #[derive(Debug, Clone, Default)]
 pub struct CallCounter {
     state: Arc<Mutex<State>>,
+    calls: Family<CallLabels, Counter>,
+    attempts: Counter,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,7 +142,23 @@ impl CallCounter {
         self.state().stats = CallStats::default();
     }
 
+    /// Register the metrics (`portico_aws_calls_total`,
+    /// `portico_aws_call_attempts_total`) in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "portico_aws_calls",
+            "AWS API calls started, by operation and kind (read or mutating)",
+            self.calls.clone(),
+        );
+        registry.register(
+            "portico_aws_call_attempts",
+            "HTTP attempts of AWS API calls, the SDK's retries included",
+            self.attempts.clone(),
+        );
+    }
+
     /// Start (`Some`) or stop (`None`) injecting faults.
+    #[cfg(feature = "testing")]
     pub fn set_faults(&self, faults: Option<FaultInjection>) {
         let mut state = self.state();
         state.faults = faults.filter(|f| f.every > 0);
@@ -177,8 +210,15 @@ impl Intercept for CallCounter {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let op = Self::operation(cfg);
+        let read = is_read_only(&op);
+        self.calls
+            .get_or_create(&CallLabels {
+                operation: op.clone(),
+                kind: if read { "read" } else { "mutating" },
+            })
+            .inc();
         let mut state = self.state();
-        if is_read_only(&op) {
+        if read {
             state.stats.reads += 1;
         } else {
             state.stats.mutations += 1;
@@ -193,6 +233,7 @@ impl Intercept for CallCounter {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
+        self.attempts.inc();
         let fault = {
             let mut state = self.state();
             state.stats.attempts += 1;

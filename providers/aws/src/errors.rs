@@ -33,7 +33,11 @@ pub fn classify(op: &str, code: Option<&str>, status: Option<u16>, message: &str
         | "DuplicateListener"
         | "ResourceInUse"
         | "IncorrectState"
-        | "OperationNotPermitted" => ProviderError::Conflict { message: detail },
+        | "OperationNotPermitted"
+        | "InvalidGroup.Duplicate" => ProviderError::Conflict { message: detail },
+        // A security group still held (by a just-deleted NLB's network
+        // interfaces, for a minute or so): it frees itself; retry.
+        "DependencyViolation" => ProviderError::transient(format!("still in use: {detail}")),
         c if c.starts_with("TooMany") || c.ends_with("LimitExceeded") => {
             ProviderError::QuotaExceeded {
                 resource: c.to_string(),
@@ -46,6 +50,9 @@ pub fn classify(op: &str, code: Option<&str>, status: Option<u16>, message: &str
         | "InvalidSubnet"
         | "InvalidScheme"
         | "InvalidSecurityGroup"
+        | "InvalidGroupId.Malformed"
+        | "InvalidCertificate"
+        | "CertificateNotFound"
         | "InvalidLoadBalancerAction"
         | "IncompatibleProtocols"
         | "UnsupportedProtocol"

@@ -16,11 +16,16 @@
 //! carries the steps out.
 
 mod counter;
+mod desired;
 mod errors;
+mod execute;
 mod names;
+mod network;
 pub mod options;
 mod plan;
 mod provider;
+mod read;
+mod security;
 mod subnets;
 #[cfg(feature = "testing")]
 pub mod testing;

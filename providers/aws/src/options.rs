@@ -78,10 +78,12 @@ impl HealthProtocol {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthPort {
     TrafficPort,
     Port(u16),
+    /// A Service port's name: the health check goes to that port's NodePort.
+    Named(String),
 }
 
 /// How subnets are chosen for a new NLB.
@@ -104,7 +106,33 @@ pub struct HealthOverrides {
     pub timeout: Option<i32>,
     pub healthy_threshold: Option<i32>,
     pub unhealthy_threshold: Option<i32>,
+    /// HTTP codes of a healthy answer (`200`, `200,202`, `200-399`).
+    pub success_codes: Option<String>,
 }
+
+/// Which Service ports a TLS certificate serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsPorts {
+    All,
+    /// Port numbers or Service port names.
+    Listed(Vec<String>),
+}
+
+/// TLS termination on the NLB (`ssl-cert` and friends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// The ACM (or IAM) certificate ARN of the listeners.
+    pub certificate: String,
+    pub ports: TlsPorts,
+    pub policy: String,
+    /// `HTTP1Only`, `HTTP2Only`, `HTTP2Optional`, `HTTP2Preferred` or `None`.
+    pub alpn: Option<String>,
+    /// TLS to the targets too (`backend-protocol: ssl`/`tls`/`https`).
+    pub to_targets: bool,
+}
+
+/// What cloud-provider-aws uses for NLB TLS listeners when no policy is annotated.
+pub const DEFAULT_TLS_POLICY: &str = "ELBSecurityPolicy-2016-08";
 
 /// Every AWS-specific option of one Service, typed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,12 +141,25 @@ pub struct AwsOptions {
     pub subnets: SubnetSelector,
     /// `None`: leave the attribute as AWS has it.
     pub cross_zone: Option<bool>,
+    /// `aws-load-balancer-attributes` (with `cross-zone-load-balancing-enabled`
+    /// folded in when the map does not name it): only these keys are managed.
+    pub load_balancer_attributes: BTreeMap<String, String>,
+    /// `target-group-attributes`, plus `proxy_protocol_v2.enabled=true` for
+    /// `proxy-protocol: "*"`: only these keys are managed.
+    pub target_group_attributes: BTreeMap<String, String>,
     pub health: HealthOverrides,
     pub additional_tags: BTreeMap<String, String>,
-    pub target_node_labels: BTreeMap<String, String>,
+    /// Labels a target node must carry; `None`: any value (`k=` or bare `k`).
+    pub target_node_labels: BTreeMap<String, Option<String>>,
     pub eip_allocations: Vec<String>,
     pub private_ipv4_addresses: Vec<Ipv4Addr>,
     pub ip_address_type: IpAddressType,
+    /// Groups the user gives the NLB (ids or names) instead of portico's
+    /// own frontend group; empty: portico's group filters clients.
+    pub security_groups: Vec<String>,
+    /// Whether portico opens the nodes' cluster group to the NLB.
+    pub manage_backend_rules: bool,
+    pub tls: Option<TlsOptions>,
 }
 
 fn invalid(suffix: &str, reason: impl Into<String>) -> ProviderError {
@@ -157,7 +198,13 @@ impl AwsOptions {
             }
         }
 
-        let internal = a.parse_bool(&key("internal"))?;
+        // As cloud-provider-aws reads it: "false" is external, any other
+        // value (`true`, or the `0.0.0.0/0` of old manifests) is internal.
+        let internal = a.get(&key("internal")).and_then(|v| match v {
+            "" => None,
+            v if v.eq_ignore_ascii_case("false") => Some(false),
+            _ => Some(true),
+        });
         let scheme_annotation = match a.get(&key("scheme")) {
             None => None,
             Some("internet-facing") => Some(Scheme::InternetFacing),
@@ -190,6 +237,26 @@ impl AwsOptions {
         };
 
         let cross_zone = a.parse_bool(&key("cross-zone-load-balancing-enabled"))?;
+        let mut load_balancer_attributes = attributes(a, "attributes")?;
+        if let Some(on) = cross_zone {
+            load_balancer_attributes
+                .entry(CROSS_ZONE_ATTRIBUTE.to_string())
+                .or_insert_with(|| on.to_string());
+        }
+        let mut target_group_attributes = attributes(a, "target-group-attributes")?;
+        match a.get(&key("proxy-protocol")) {
+            None => {}
+            Some("*") => {
+                target_group_attributes
+                    .insert(PROXY_PROTOCOL_ATTRIBUTE.to_string(), "true".to_string());
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "proxy-protocol",
+                    format!("{other:?}: only \"*\" (PROXY protocol v2 on every port) is supported"),
+                ));
+            }
+        }
 
         let protocol = match a
             .get(&key("healthcheck-protocol"))
@@ -212,10 +279,13 @@ impl AwsOptions {
             Some("traffic-port") => Some(HealthPort::TrafficPort),
             Some(raw) => match raw.parse::<u16>() {
                 Ok(p) if p > 0 => Some(HealthPort::Port(p)),
+                _ if is_port_name(raw) => Some(HealthPort::Named(raw.to_string())),
                 _ => {
                     return Err(invalid(
                         "healthcheck-port",
-                        format!("{raw:?} is neither a port (1..=65535) nor traffic-port"),
+                        format!(
+                            "{raw:?} is neither a port (1..=65535), traffic-port nor a Service port name"
+                        ),
                     ));
                 }
             },
@@ -242,6 +312,12 @@ impl AwsOptions {
             timeout: range("healthcheck-timeout", 2, 120)?,
             healthy_threshold: range("healthcheck-healthy-threshold", 2, 10)?,
             unhealthy_threshold: range("healthcheck-unhealthy-threshold", 2, 10)?,
+            success_codes: match a.get(&key("healthcheck-success-codes")) {
+                None => None,
+                Some(raw) => Some(success_codes(raw).map_err(|reason| {
+                    invalid("healthcheck-success-codes", format!("{raw:?}: {reason}"))
+                })?),
+            },
         };
         if let (Some(interval), Some(timeout)) = (health.interval, health.timeout)
             && timeout >= interval
@@ -249,6 +325,12 @@ impl AwsOptions {
             return Err(invalid(
                 "healthcheck-timeout",
                 format!("{timeout}s must be shorter than the interval ({interval}s)"),
+            ));
+        }
+        if health.success_codes.is_some() && health.protocol == Some(HealthProtocol::Tcp) {
+            return Err(invalid(
+                "healthcheck-success-codes",
+                "success codes need healthcheck-protocol http or https, not tcp",
             ));
         }
         if health.path.is_some() && health.protocol == Some(HealthProtocol::Tcp) {
@@ -275,7 +357,7 @@ impl AwsOptions {
                 ));
             }
         }
-        let target_node_labels = a.key_values(TARGET_NODE_LABELS)?.unwrap_or_default();
+        let target_node_labels = node_labels(a.list(TARGET_NODE_LABELS).unwrap_or_default())?;
 
         let eip_allocations = a.list(&key("eip-allocations")).unwrap_or_default();
         if let Some(bad) = eip_allocations.iter().find(|e| !e.starts_with("eipalloc-")) {
@@ -338,18 +420,214 @@ impl AwsOptions {
             }
         };
 
+        let security_groups = a.list(&key("security-groups")).unwrap_or_default();
+        if a.get(&key("security-groups")).is_some() && security_groups.is_empty() {
+            return Err(invalid("security-groups", "lists no security group"));
+        }
+        // As the AWS Load Balancer Controller: with the user's own groups,
+        // portico opens the nodes only when asked to.
+        let manage_backend_rules = a
+            .parse_bool(&key("manage-backend-security-group-rules"))?
+            .unwrap_or(security_groups.is_empty());
+
+        let tls = tls(a)?;
+
         Ok(Self {
             scheme,
             subnets,
             cross_zone,
+            load_balancer_attributes,
+            target_group_attributes,
             health,
             additional_tags,
             target_node_labels,
             eip_allocations,
             private_ipv4_addresses,
             ip_address_type,
+            security_groups,
+            manage_backend_rules,
+            tls,
         })
     }
+}
+
+fn tls(a: &Annotations) -> Result<Option<TlsOptions>, ProviderError> {
+    let to_targets = match a
+        .get(&key("backend-protocol"))
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("tcp" | "http") => false,
+        Some("ssl" | "tls" | "https") => true,
+        Some(other) => {
+            return Err(invalid(
+                "backend-protocol",
+                format!("{other:?} is not tcp, ssl (tls), http or https"),
+            ));
+        }
+    };
+    let Some(certs) = a.list(&key("ssl-cert")) else {
+        for suffix in ["ssl-ports", "ssl-negotiation-policy", "alpn-policy"] {
+            if a.get(&key(suffix)).is_some() {
+                return Err(invalid(suffix, "needs a certificate in ssl-cert"));
+            }
+        }
+        return Ok(None);
+    };
+    let Some(certificate) = certs.first().cloned() else {
+        return Err(invalid("ssl-cert", "names no certificate"));
+    };
+    if !certificate.starts_with("arn:") {
+        return Err(invalid(
+            "ssl-cert",
+            format!("{certificate:?} is not a certificate ARN (arn:aws:acm:...)"),
+        ));
+    }
+    let ports = match a.list(&key("ssl-ports")) {
+        None => TlsPorts::All,
+        Some(p) if p.iter().any(|p| p == "*") => TlsPorts::All,
+        Some(p) if p.is_empty() => return Err(invalid("ssl-ports", "lists no port")),
+        Some(p) => TlsPorts::Listed(p),
+    };
+    let alpn = match a.get(&key("alpn-policy")) {
+        None => None,
+        Some(v @ ("HTTP1Only" | "HTTP2Only" | "HTTP2Optional" | "HTTP2Preferred" | "None")) => {
+            Some(v.to_string())
+        }
+        Some(other) => {
+            return Err(invalid(
+                "alpn-policy",
+                format!(
+                    "{other:?} is not HTTP1Only, HTTP2Only, HTTP2Optional, HTTP2Preferred or None"
+                ),
+            ));
+        }
+    };
+    Ok(Some(TlsOptions {
+        certificate,
+        ports,
+        policy: a
+            .get(&key("ssl-negotiation-policy"))
+            .unwrap_or(DEFAULT_TLS_POLICY)
+            .to_string(),
+        alpn,
+        to_targets,
+    }))
+}
+
+/// The NLB attribute the cross-zone annotation sets.
+pub const CROSS_ZONE_ATTRIBUTE: &str = "load_balancing.cross_zone.enabled";
+/// The target-group attribute `proxy-protocol: "*"` sets.
+pub const PROXY_PROTOCOL_ATTRIBUTE: &str = "proxy_protocol_v2.enabled";
+
+/// `key=value,...` attributes, in the AWS Load Balancer Controller's format.
+fn attributes(a: &Annotations, suffix: &str) -> Result<BTreeMap<String, String>, ProviderError> {
+    let map = a.key_values(&key(suffix))?.unwrap_or_default();
+    if let Some((k, _)) = map.iter().find(|(_, v)| v.is_empty()) {
+        return Err(invalid(suffix, format!("attribute {k:?} has no value")));
+    }
+    Ok(map)
+}
+
+/// `k=v` (that value), `k=` or `k` (any value), as cloud-provider-aws reads them.
+fn node_labels(items: Vec<String>) -> Result<BTreeMap<String, Option<String>>, ProviderError> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let (k, v) = match item.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim()).filter(|v| !v.is_empty())),
+            None => (item.trim(), None),
+        };
+        if k.is_empty() {
+            return Err(ProviderError::invalid(
+                Annotations::field(TARGET_NODE_LABELS),
+                format!("{item:?} has an empty label key"),
+            ));
+        }
+        out.insert(k.to_string(), v.map(String::from));
+    }
+    Ok(out)
+}
+
+/// A Service port name as Kubernetes allows it (IANA_SVC_NAME: lowercase
+/// letters, digits and `-`, at most 15, with a letter).
+fn is_port_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 15
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && s.chars().any(|c| c.is_ascii_lowercase())
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// `200`, `200,202` or `200-399`: codes AWS accepts for an NLB's HTTP check
+/// (200..=599).
+fn success_codes(raw: &str) -> Result<String, String> {
+    let code = |s: &str| -> Result<u16, String> {
+        match s.trim().parse::<u16>() {
+            Ok(c) if (200..=599).contains(&c) => Ok(c),
+            _ => Err(format!("{s:?} is not an HTTP code in 200..=599")),
+        }
+    };
+    let raw = raw.trim();
+    if let Some((lo, hi)) = raw.split_once('-') {
+        if code(lo)? > code(hi)? {
+            return Err("the range is reversed".into());
+        }
+    } else {
+        for c in raw.split(',') {
+            code(c)?;
+        }
+    }
+    Ok(raw.replace(' ', ""))
+}
+
+/// Every `aws-load-balancer-*` annotation portico reads; any other one a
+/// Service carries is reported as not enforced.
+pub const IMPLEMENTED: &[&str] = &[
+    "type",
+    "internal",
+    "scheme",
+    "subnets",
+    "cross-zone-load-balancing-enabled",
+    "healthcheck-protocol",
+    "healthcheck-port",
+    "healthcheck-path",
+    "healthcheck-interval",
+    "healthcheck-timeout",
+    "healthcheck-healthy-threshold",
+    "healthcheck-unhealthy-threshold",
+    "healthcheck-success-codes",
+    "additional-resource-tags",
+    "target-node-labels",
+    "eip-allocations",
+    "private-ipv4-addresses",
+    "ip-address-type",
+    "security-groups",
+    "manage-backend-security-group-rules",
+    "attributes",
+    "target-group-attributes",
+    "proxy-protocol",
+    "ssl-cert",
+    "ssl-ports",
+    "ssl-negotiation-policy",
+    "alpn-policy",
+    "backend-protocol",
+];
+
+/// One note per `aws-load-balancer-*` annotation portico does not implement,
+/// naming it, so nothing a user writes is dropped silently.
+pub fn unimplemented_notes(annotations: &Annotations) -> Vec<String> {
+    annotations
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix(PREFIX))
+        .filter(|suffix| !IMPLEMENTED.contains(suffix))
+        .map(|suffix| {
+            format!(
+                "metadata.annotations[{PREFIX}{suffix}] is not implemented by the aws provider and has no effect"
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -392,6 +670,20 @@ mod tests {
             ("internal false", &[("internal", "false")], |o| {
                 o.scheme == Scheme::InternetFacing
             }),
+            (
+                "internal as old manifests write it",
+                &[("internal", "0.0.0.0/0")],
+                |o| o.scheme == Scheme::Internal,
+            ),
+            (
+                "node labels by presence",
+                &[("target-node-labels", "pool=edge, gpu=, spot")],
+                |o| {
+                    o.target_node_labels.get("pool") == Some(&Some("edge".into()))
+                        && o.target_node_labels.get("gpu") == Some(&None)
+                        && o.target_node_labels.get("spot") == Some(&None)
+                },
+            ),
             ("scheme internal", &[("scheme", "internal")], |o| {
                 o.scheme == Scheme::Internal
             }),
@@ -458,6 +750,33 @@ mod tests {
                 ],
                 |o| o.private_ipv4_addresses == vec![Ipv4Addr::new(10, 0, 1, 10)],
             ),
+            (
+                "attributes",
+                &[
+                    ("attributes", "deletion_protection.enabled=true"),
+                    ("cross-zone-load-balancing-enabled", "true"),
+                ],
+                |o| {
+                    o.load_balancer_attributes.len() == 2
+                        && o.load_balancer_attributes.get(CROSS_ZONE_ATTRIBUTE)
+                            == Some(&"true".to_string())
+                },
+            ),
+            (
+                "proxy protocol and group attributes",
+                &[
+                    ("proxy-protocol", "*"),
+                    (
+                        "target-group-attributes",
+                        "deregistration_delay.timeout_seconds=30,stickiness.enabled=true,stickiness.type=source_ip",
+                    ),
+                ],
+                |o| {
+                    o.target_group_attributes.len() == 4
+                        && o.target_group_attributes.get(PROXY_PROTOCOL_ATTRIBUTE)
+                            == Some(&"true".to_string())
+                },
+            ),
             ("dualstack", &[("ip-address-type", "dualstack")], |o| {
                 o.ip_address_type == IpAddressType::Dualstack
             }),
@@ -472,7 +791,6 @@ mod tests {
     fn bad_annotations_name_the_annotation() {
         let cases: &[(&str, Pairs, &str)] = &[
             ("type alb", &[("type", "alb")], "type"),
-            ("internal yes", &[("internal", "yes")], "internal"),
             ("scheme bogus", &[("scheme", "public")], "scheme"),
             (
                 "scheme contradicts internal",
@@ -493,7 +811,7 @@ mod tests {
             ("hc port", &[("healthcheck-port", "0")], "healthcheck-port"),
             (
                 "hc port word",
-                &[("healthcheck-port", "http")],
+                &[("healthcheck-port", "Not_A_Port")],
                 "healthcheck-port",
             ),
             (
@@ -583,6 +901,16 @@ mod tests {
                 "private-ipv4-addresses",
             ),
             ("ip type", &[("ip-address-type", "ipv6")], "ip-address-type"),
+            (
+                "proxy protocol per port",
+                &[("proxy-protocol", "80")],
+                "proxy-protocol",
+            ),
+            (
+                "attribute without value",
+                &[("target-group-attributes", "stickiness.enabled=")],
+                "target-group-attributes",
+            ),
         ];
         for (desc, pairs, suffix) in cases {
             let err = AwsOptions::parse(&spec(pairs)).expect_err(desc);
@@ -617,5 +945,19 @@ mod tests {
             let got = declined_for_aws_lb_controller(&raw(pairs));
             assert_eq!(got.is_some(), declined, "{desc}: {got:?}");
         }
+    }
+
+    #[test]
+    fn every_unimplemented_aws_annotation_is_named() {
+        let s = spec(&[
+            ("internal", "true"),
+            ("access-log-enabled", "true"),
+            ("nlb-target-type", "ip"),
+        ]);
+        let notes = unimplemented_notes(&s.annotations);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains(&key("access-log-enabled")), "{notes:?}");
+        assert!(notes[1].contains(&key("nlb-target-type")), "{notes:?}");
+        assert!(unimplemented_notes(&spec(&[("internal", "true")]).annotations).is_empty());
     }
 }

@@ -1,295 +1,14 @@
-//! Decide, then act: what the NLB of a spec should look like ([`Desired`]),
-//! what AWS has ([`Observed`]), and the exact calls that turn one into the
-//! other ([`plan`]). No I/O here; `provider.rs` carries the steps out.
+//! Decide, then act: what AWS has ([`Observed`]) and the exact calls that
+//! turn it into what a spec asks for ([`plan`]). No I/O here; `execute.rs`
+//! carries the steps out.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use portico_provider::{
-    HealthCheck, IngressStatus, LoadBalancerSpec, LoadBalancerStatus, PortStatus, Protocol,
-    ProviderError,
-};
-
+pub use crate::desired::ObservedHealth;
+use crate::desired::{Desired, HealthSettings, ListenerTls, TARGET_BATCH, TgProtocol};
 use crate::names;
-use crate::options::{
-    AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, Scheme,
-};
-
-/// AWS accepts at most this many targets per RegisterTargets/DeregisterTargets call.
-pub const TARGET_BATCH: usize = 100;
-
-/// A target group's (and its listener's) protocol.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TgProtocol {
-    Tcp,
-    Udp,
-    /// TCP and UDP on the same port: one listener and target group for both.
-    TcpUdp,
-}
-
-impl TgProtocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Tcp => "TCP",
-            Self::Udp => "UDP",
-            Self::TcpUdp => "TCP_UDP",
-        }
-    }
-
-    fn protocols(self) -> &'static [Protocol] {
-        match self {
-            Self::Tcp => &[Protocol::Tcp],
-            Self::Udp => &[Protocol::Udp],
-            Self::TcpUdp => &[Protocol::Tcp, Protocol::Udp],
-        }
-    }
-}
-
-/// A target group's health check, every field explicit so that what AWS
-/// reports back compares equal in the steady state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthSettings {
-    pub protocol: HealthProtocol,
-    pub port: HealthPort,
-    /// Only for HTTP and HTTPS.
-    pub path: Option<String>,
-    pub interval: i32,
-    pub timeout: i32,
-    pub healthy: i32,
-    pub unhealthy: i32,
-}
-
-pub const DEFAULT_INTERVAL: i32 = 10;
-pub const DEFAULT_TIMEOUT: i32 = 6;
-pub const DEFAULT_THRESHOLD: i32 = 2;
-
-impl HealthSettings {
-    /// The check a spec asks for, with the annotations' overrides applied.
-    pub fn new(check: &HealthCheck, overrides: &HealthOverrides) -> Self {
-        let (base_protocol, base_port, base_path) = match check {
-            HealthCheck::TrafficPort => (HealthProtocol::Tcp, HealthPort::TrafficPort, None),
-            HealthCheck::Http { port, path } => (
-                HealthProtocol::Http,
-                HealthPort::Port(*port),
-                Some(path.clone()),
-            ),
-        };
-        let protocol = overrides.protocol.unwrap_or(base_protocol);
-        let path = match protocol {
-            HealthProtocol::Tcp => None,
-            HealthProtocol::Http | HealthProtocol::Https => Some(
-                overrides
-                    .path
-                    .clone()
-                    .or(base_path)
-                    .unwrap_or_else(|| "/".to_string()),
-            ),
-        };
-        let interval = overrides.interval.unwrap_or_else(|| {
-            overrides
-                .timeout
-                .map_or(DEFAULT_INTERVAL, |t| DEFAULT_INTERVAL.max(t + 1))
-        });
-        let timeout = overrides
-            .timeout
-            .unwrap_or_else(|| DEFAULT_TIMEOUT.min(interval - 1));
-        Self {
-            protocol,
-            port: overrides.port.unwrap_or(base_port),
-            path,
-            interval,
-            timeout,
-            healthy: overrides.healthy_threshold.unwrap_or(DEFAULT_THRESHOLD),
-            unhealthy: overrides.unhealthy_threshold.unwrap_or(DEFAULT_THRESHOLD),
-        }
-    }
-
-    pub fn port_string(&self) -> String {
-        match self.port {
-            HealthPort::TrafficPort => "traffic-port".to_string(),
-            HealthPort::Port(p) => p.to_string(),
-        }
-    }
-
-    /// Whether what AWS reports is this check.
-    pub fn matches(&self, observed: &ObservedHealth) -> bool {
-        let path_ok = match self.protocol {
-            HealthProtocol::Tcp => true,
-            _ => observed.path == self.path,
-        };
-        observed.protocol.as_deref() == Some(self.protocol.as_str())
-            && observed.port.as_deref() == Some(self.port_string().as_str())
-            && path_ok
-            && observed.interval == Some(self.interval)
-            && observed.timeout == Some(self.timeout)
-            && observed.healthy == Some(self.healthy)
-            && observed.unhealthy == Some(self.unhealthy)
-    }
-}
-
-/// One listener and its target group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesiredGroup {
-    pub name: String,
-    pub port: u16,
-    pub protocol: TgProtocol,
-    pub node_port: u16,
-    pub health: HealthSettings,
-    /// Instance ids.
-    pub targets: BTreeSet<String>,
-}
-
-/// The NLB a spec asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Desired {
-    pub name: String,
-    pub scheme: Scheme,
-    pub ip_address_type: IpAddressType,
-    pub cross_zone: Option<bool>,
-    /// Tags of the NLB and of every target group.
-    pub tags: BTreeMap<String, String>,
-    /// By port.
-    pub groups: Vec<DesiredGroup>,
-}
-
-/// The EC2 instance id in a node's `providerID` (`aws:///us-east-1a/i-0abc`).
-pub fn instance_id(provider_id: &str) -> Option<&str> {
-    let rest = provider_id.strip_prefix("aws://")?;
-    let id = rest.rsplit('/').next()?;
-    let valid =
-        id.len() > 2 && id.starts_with("i-") && id[2..].chars().all(|c| c.is_ascii_alphanumeric());
-    valid.then_some(id)
-}
-
-impl Desired {
-    /// # Errors
-    /// `Unsupported` for SCTP, `InvalidSpec` for a port listed twice or TCP
-    /// and UDP on one port with different node ports.
-    pub fn new(spec: &LoadBalancerSpec, opts: &AwsOptions) -> Result<Self, ProviderError> {
-        let mut by_port: BTreeMap<u16, Vec<(Protocol, u16)>> = BTreeMap::new();
-        for l in &spec.listeners {
-            if l.protocol == Protocol::Sctp {
-                return Err(ProviderError::Unsupported {
-                    what: format!("protocol SCTP on port {} (NLBs do not carry SCTP)", l.port),
-                });
-            }
-            let entry = by_port.entry(l.port).or_default();
-            if entry.iter().any(|(p, _)| *p == l.protocol) {
-                return Err(ProviderError::invalid(
-                    "spec.ports",
-                    format!("port {} {} is listed twice", l.port, l.protocol),
-                ));
-            }
-            entry.push((l.protocol, l.node_port));
-        }
-
-        let mut targets = BTreeSet::new();
-        for t in spec.targets.iter() {
-            if !opts
-                .target_node_labels
-                .iter()
-                .all(|(k, v)| t.labels.get(k) == Some(v))
-            {
-                continue;
-            }
-            match t.provider_id.as_deref().and_then(instance_id) {
-                Some(id) => {
-                    targets.insert(id.to_string());
-                }
-                None => tracing::warn!(
-                    node = %t.node_name,
-                    provider_id = ?t.provider_id,
-                    "skipping target without an EC2 instance id in its providerID"
-                ),
-            }
-        }
-
-        let health = HealthSettings::new(&spec.health_check, &opts.health);
-        let mut groups = Vec::new();
-        for (port, entries) in by_port {
-            let (protocol, node_port) = match entries.as_slice() {
-                [(Protocol::Tcp, np)] => (TgProtocol::Tcp, *np),
-                [(Protocol::Udp, np)] => (TgProtocol::Udp, *np),
-                [(_, a), (_, b)] if a == b => (TgProtocol::TcpUdp, *a),
-                _ => {
-                    return Err(ProviderError::invalid(
-                        "spec.ports",
-                        format!(
-                            "TCP and UDP on port {port} need the same nodePort to share one TCP_UDP listener"
-                        ),
-                    ));
-                }
-            };
-            groups.push(DesiredGroup {
-                name: names::target_group_name(&spec.key, port, protocol.as_str(), node_port),
-                port,
-                protocol,
-                node_port,
-                health: health.clone(),
-                targets: targets.clone(),
-            });
-        }
-
-        let mut tags = names::ownership_tags(&spec.key);
-        if !opts.additional_tags.is_empty() {
-            let keys: Vec<&str> = opts.additional_tags.keys().map(String::as_str).collect();
-            tags.insert(names::TAG_ADDITIONAL_KEYS.to_string(), keys.join(","));
-            tags.extend(opts.additional_tags.clone());
-        }
-
-        Ok(Self {
-            name: names::load_balancer_name(&spec.key),
-            scheme: opts.scheme,
-            ip_address_type: opts.ip_address_type,
-            cross_zone: opts.cross_zone,
-            tags,
-            groups,
-        })
-    }
-
-    /// The status for an NLB reachable at `dns_name`.
-    pub fn status(&self, dns_name: &str) -> LoadBalancerStatus {
-        let ports: Vec<(u16, TgProtocol)> =
-            self.groups.iter().map(|g| (g.port, g.protocol)).collect();
-        status(dns_name, &ports)
-    }
-}
-
-/// What the NLB cannot do of `spec`: filter clients by
-/// `loadBalancerSourceRanges` (see the crate README for why, and where to
-/// filter instead).
-pub fn source_ranges_note(spec: &LoadBalancerSpec) -> Option<String> {
-    if spec.source_ranges.is_empty() {
-        return None;
-    }
-    let ranges: Vec<String> = spec.source_ranges.iter().map(ToString::to_string).collect();
-    Some(format!(
-        "spec.loadBalancerSourceRanges ({}) is not enforced by the aws provider: \
-         an NLB with instance targets cannot filter clients; allow the NodePorts \
-         only from these ranges in the nodes' security groups",
-        ranges.join(", ")
-    ))
-}
-
-/// `status.loadBalancer` for an NLB at `dns_name` listening on `ports`.
-pub fn status(dns_name: &str, ports: &[(u16, TgProtocol)]) -> LoadBalancerStatus {
-    LoadBalancerStatus {
-        ingress: vec![IngressStatus {
-            ip: None,
-            hostname: Some(dns_name.to_string()),
-            ip_mode: None,
-            ports: ports
-                .iter()
-                .flat_map(|(port, protocol)| {
-                    protocol.protocols().iter().map(|p| PortStatus {
-                        port: *port,
-                        protocol: *p,
-                        error: None,
-                    })
-                })
-                .collect(),
-        }],
-    }
-}
+use crate::options::IpAddressType;
+use crate::security::{self, Rule};
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObservedLb {
@@ -299,6 +18,9 @@ pub struct ObservedLb {
     pub scheme: Option<String>,
     pub ip_address_type: Option<String>,
     pub vpc_id: Option<String>,
+    /// Its security groups; none on an NLB created without any (AWS lets
+    /// groups be added only to an NLB created with at least one).
+    pub security_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -307,17 +29,24 @@ pub struct ObservedListener {
     pub port: u16,
     pub protocol: String,
     pub target_group_arn: Option<String>,
+    /// The default certificate of a TLS listener.
+    pub certificate: Option<String>,
+    pub ssl_policy: Option<String>,
+    pub alpn: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ObservedHealth {
-    pub protocol: Option<String>,
-    pub port: Option<String>,
-    pub path: Option<String>,
-    pub interval: Option<i32>,
-    pub timeout: Option<i32>,
-    pub healthy: Option<i32>,
-    pub unhealthy: Option<i32>,
+impl ObservedListener {
+    /// Whether this listener has `tls` (or none, as a plain listener).
+    fn tls_matches(&self, tls: Option<&ListenerTls>) -> bool {
+        match tls {
+            None => true,
+            Some(t) => {
+                self.certificate.as_deref() == Some(t.certificate.as_str())
+                    && self.ssl_policy.as_deref() == Some(t.policy.as_str())
+                    && self.alpn.as_deref().filter(|a| *a != "None") == t.alpn.as_deref()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,8 +54,12 @@ pub struct ObservedGroup {
     pub arn: String,
     pub name: String,
     pub health: ObservedHealth,
+    /// Registered and not draining: a draining target is on its way out and
+    /// must be registered again if it is still wanted.
     pub targets: BTreeSet<String>,
     pub tags: BTreeMap<String, String>,
+    /// Its attributes; empty when not read (the spec manages none).
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// What AWS has for one NLB.
@@ -334,23 +67,62 @@ pub struct ObservedGroup {
 pub struct Observed {
     pub lb: ObservedLb,
     pub tags: BTreeMap<String, String>,
-    /// `None` when not read (the spec does not manage it).
-    pub cross_zone: Option<bool>,
+    /// The NLB's attributes; empty when not read (the spec manages none).
+    pub lb_attributes: BTreeMap<String, String>,
     pub listeners: Vec<ObservedListener>,
     pub groups: Vec<ObservedGroup>,
+    pub security: ObservedSecurity,
+}
+
+/// Portico's own security group of one NLB.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OwnGroup {
+    pub id: String,
+    /// Its ingress rules.
+    pub rules: BTreeSet<Rule>,
+}
+
+/// The security groups around one NLB, as EC2 reports them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObservedSecurity {
+    /// Portico's own group of this key, if it exists.
+    pub own: Option<OwnGroup>,
+    /// The user's groups (annotated by id or name) as ids.
+    pub user_groups: Vec<String>,
+    /// The rules whose peer is the own group, by the group that holds them.
+    pub node_rules: BTreeMap<String, BTreeSet<Rule>>,
+    /// The cluster groups of the instances the NLB targets.
+    pub node_groups: BTreeSet<String>,
 }
 
 impl Observed {
     /// A just-created NLB: tagged at creation, nothing else yet.
-    pub fn fresh(lb: ObservedLb, tags: BTreeMap<String, String>) -> Self {
+    pub fn fresh(
+        lb: ObservedLb,
+        tags: BTreeMap<String, String>,
+        security: ObservedSecurity,
+    ) -> Self {
         Self {
             lb,
             tags,
-            // NLBs start with cross-zone load balancing off.
-            cross_zone: Some(false),
+            lb_attributes: BTreeMap::new(),
             listeners: Vec::new(),
             groups: Vec::new(),
+            security,
         }
+    }
+}
+
+/// Why the NLB must be deleted and made again, if it must: what AWS cannot
+/// change in place. Its DNS name changes, so this is only done when the
+/// Service asks for something the old NLB cannot be.
+pub fn replacement(observed: &ObservedLb, desired: &Desired) -> Option<String> {
+    match observed.scheme.as_deref() {
+        Some(scheme) if scheme != desired.scheme.as_str() => Some(format!(
+            "scheme {scheme} cannot be changed to {} in place",
+            desired.scheme.as_str()
+        )),
+        _ => None,
     }
 }
 
@@ -365,7 +137,12 @@ pub enum GroupRef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     SetIpAddressType(IpAddressType),
-    SetCrossZone(bool),
+    /// Set these NLB attributes.
+    SetLbAttributes(BTreeMap<String, String>),
+    SetGroupAttributes {
+        group: GroupRef,
+        attributes: BTreeMap<String, String>,
+    },
     AddTags {
         resource: GroupRef,
         tags: BTreeMap<String, String>,
@@ -392,11 +169,13 @@ pub enum Step {
         port: u16,
         protocol: TgProtocol,
         group: GroupRef,
+        tls: Option<ListenerTls>,
     },
     ModifyListener {
         arn: String,
         protocol: TgProtocol,
         group: GroupRef,
+        tls: Option<ListenerTls>,
     },
     DeleteListener {
         arn: String,
@@ -404,6 +183,17 @@ pub enum Step {
     DeleteGroup {
         arn: String,
     },
+    /// Give the NLB exactly these security groups.
+    SetSecurityGroups(Vec<String>),
+    Authorize {
+        group: String,
+        rules: Vec<Rule>,
+    },
+    Revoke {
+        group: String,
+        rules: Vec<Rule>,
+    },
+    DeleteSecurityGroup(String),
 }
 
 impl Step {
@@ -411,7 +201,8 @@ impl Step {
     pub fn operation(&self) -> &'static str {
         match self {
             Self::SetIpAddressType(_) => "SetIpAddressType",
-            Self::SetCrossZone(_) => "ModifyLoadBalancerAttributes",
+            Self::SetLbAttributes(_) => "ModifyLoadBalancerAttributes",
+            Self::SetGroupAttributes { .. } => "ModifyTargetGroupAttributes",
             Self::AddTags { .. } => "AddTags",
             Self::RemoveTags { .. } => "RemoveTags",
             Self::CreateGroup(_) => "CreateTargetGroup",
@@ -422,6 +213,10 @@ impl Step {
             Self::ModifyListener { .. } => "ModifyListener",
             Self::DeleteListener { .. } => "DeleteListener",
             Self::DeleteGroup { .. } => "DeleteTargetGroup",
+            Self::SetSecurityGroups(_) => "SetSecurityGroups",
+            Self::Authorize { .. } => "ec2:AuthorizeSecurityGroupIngress",
+            Self::Revoke { .. } => "ec2:RevokeSecurityGroupIngress",
+            Self::DeleteSecurityGroup(_) => "ec2:DeleteSecurityGroup",
         }
     }
 }
@@ -464,6 +259,19 @@ fn tag_steps(
     }
 }
 
+/// The desired attributes whose value AWS does not have (values compared
+/// without regard to case: AWS answers `true` to `True`).
+fn differing(
+    observed: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    desired
+        .iter()
+        .filter(|(k, v)| !observed.get(*k).is_some_and(|o| o.eq_ignore_ascii_case(v)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 fn batches(group: &GroupRef, ids: &BTreeSet<String>, register: bool, out: &mut Vec<Step>) {
     let ids: Vec<String> = ids.iter().cloned().collect();
     for chunk in ids.chunks(TARGET_BATCH) {
@@ -497,12 +305,13 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
     {
         lb_steps.push(Step::SetIpAddressType(desired.ip_address_type));
     }
-    if let Some(want) = desired.cross_zone
-        && observed.cross_zone != Some(want)
-    {
-        lb_steps.push(Step::SetCrossZone(want));
+    let lb_attributes = differing(&observed.lb_attributes, &desired.lb_attributes);
+    if !lb_attributes.is_empty() {
+        lb_steps.push(Step::SetLbAttributes(lb_attributes));
     }
     tag_steps(lb, &observed.tags, &desired.tags, &mut lb_steps);
+    let (security_first, security_last) = security_steps(observed, desired);
+    lb_steps.extend(security_first);
 
     let by_name: BTreeMap<&str, &ObservedGroup> = observed
         .groups
@@ -519,6 +328,12 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
             None => {
                 let r = GroupRef::Created(g.name.clone());
                 creates.push(Step::CreateGroup(i));
+                if !desired.group_attributes.is_empty() {
+                    creates.push(Step::SetGroupAttributes {
+                        group: r.clone(),
+                        attributes: desired.group_attributes.clone(),
+                    });
+                }
                 batches(&r, &g.targets, true, &mut registers);
                 refs.push(r);
             }
@@ -531,6 +346,13 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
                     });
                 }
                 tag_steps(r.clone(), &o.tags, &desired.tags, &mut modifies);
+                let attributes = differing(&o.attributes, &desired.group_attributes);
+                if !attributes.is_empty() {
+                    modifies.push(Step::SetGroupAttributes {
+                        group: r.clone(),
+                        attributes,
+                    });
+                }
                 let add = g.targets.difference(&o.targets).cloned().collect();
                 let remove = o.targets.difference(&g.targets).cloned().collect();
                 batches(&r, &add, true, &mut registers);
@@ -555,19 +377,24 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
         match existing.next() {
             None => listener_steps.push(Step::CreateListener {
                 port: g.port,
-                protocol: g.protocol,
+                protocol: g.listener,
                 group: r.clone(),
+                tls: g.tls.clone(),
             }),
             Some(l) => {
                 let points_right = match r {
                     GroupRef::Arn(arn) => l.target_group_arn.as_deref() == Some(arn.as_str()),
                     GroupRef::Created(_) => false,
                 };
-                if l.protocol != g.protocol.as_str() || !points_right {
+                if l.protocol != g.listener.as_str()
+                    || !points_right
+                    || !l.tls_matches(g.tls.as_ref())
+                {
                     listener_steps.push(Step::ModifyListener {
                         arn: l.arn.clone(),
-                        protocol: g.protocol,
+                        protocol: g.listener,
                         group: r.clone(),
+                        tls: g.tls.clone(),
                     });
                 }
             }
@@ -600,13 +427,90 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
     steps.extend(listener_steps);
     steps.extend(listener_deletes);
     steps.extend(group_deletes);
+    steps.extend(security_last);
     steps
+}
+
+/// The security-group calls: what opens goes first (before targets are
+/// registered, so health checks can pass at once), what closes goes last
+/// (after listeners stopped using it).
+///
+/// An NLB created without security groups can never get one: nothing is
+/// planned for it (the provider says so in its log).
+fn security_steps(observed: &Observed, desired: &Desired) -> (Vec<Step>, Vec<Step>) {
+    let (mut first, mut last) = (Vec::new(), Vec::new());
+    let sec = &observed.security;
+    let want = &desired.security;
+    if observed.lb.security_groups.is_empty() {
+        return (first, last);
+    }
+    let mut lb_groups: BTreeSet<String> = sec.user_groups.iter().cloned().collect();
+    if want.own_group
+        && let Some(own) = &sec.own
+    {
+        lb_groups.insert(own.id.clone());
+    }
+    let have: BTreeSet<String> = observed.lb.security_groups.iter().cloned().collect();
+    if !lb_groups.is_empty() && lb_groups != have {
+        first.push(Step::SetSecurityGroups(lb_groups.into_iter().collect()));
+    }
+    let Some(own) = &sec.own else {
+        return (first, last);
+    };
+    let mut rule_changes = |group: &str, observed: &BTreeSet<Rule>, desired: &BTreeSet<Rule>| {
+        let changes = security::diff(observed, desired);
+        if !changes.authorize.is_empty() {
+            first.push(Step::Authorize {
+                group: group.to_string(),
+                rules: changes.authorize,
+            });
+        }
+        if !changes.revoke.is_empty() {
+            last.push(Step::Revoke {
+                group: group.to_string(),
+                rules: changes.revoke,
+            });
+        }
+    };
+    let empty = BTreeSet::new();
+    if want.own_group {
+        rule_changes(&own.id, &own.rules, &want.frontend);
+    }
+    let backend = if want.own_group {
+        security::backend_rules(&own.id, &want.backend_ports)
+    } else {
+        BTreeSet::new()
+    };
+    let node_groups: BTreeSet<&String> = sec
+        .node_groups
+        .iter()
+        .filter(|_| !backend.is_empty())
+        .chain(sec.node_rules.keys())
+        .collect();
+    for group in node_groups {
+        let desired = if sec.node_groups.contains(group) {
+            &backend
+        } else {
+            &empty
+        };
+        rule_changes(group, sec.node_rules.get(group).unwrap_or(&empty), desired);
+    }
+    if !want.own_group {
+        last.push(Step::DeleteSecurityGroup(own.id.clone()));
+    }
+    (first, last)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_provider::{Annotations, ClusterName, Listener, LoadBalancerKey, Target};
+    use crate::desired::CheckPort;
+    use crate::options::{AwsOptions, HealthProtocol};
+    use crate::security::Peer;
+    use portico_provider::{
+        Annotations, ClusterName, HealthCheck, Listener, LoadBalancerKey, LoadBalancerSpec,
+        Protocol, Target,
+    };
 
     fn key() -> LoadBalancerKey {
         LoadBalancerKey::new(ClusterName::new("c1"), "ns", "web", "uid-1")
@@ -640,21 +544,6 @@ mod tests {
         s
     }
 
-    #[test]
-    fn source_ranges_are_reported_as_unenforced() {
-        let mut s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
-        assert_eq!(source_ranges_note(&s), None);
-        s.source_ranges = vec![
-            "10.0.0.0/8".parse().expect("cidr"),
-            "192.0.2.0/24".parse().expect("cidr"),
-        ];
-        let note = source_ranges_note(&s).expect("a note");
-        assert!(
-            note.contains("loadBalancerSourceRanges") && note.contains("10.0.0.0/8, 192.0.2.0/24"),
-            "{note}"
-        );
-    }
-
     fn desired(spec: &LoadBalancerSpec) -> Desired {
         let opts = AwsOptions::parse(spec).expect("options");
         Desired::new(spec, &opts).expect("desired")
@@ -670,10 +559,23 @@ mod tests {
                 scheme: Some("internet-facing".into()),
                 ip_address_type: Some("ipv4".into()),
                 vpc_id: Some("vpc-1".into()),
+                security_groups: vec!["sg-own".into()],
             },
             d.tags.clone(),
+            ObservedSecurity {
+                own: Some(OwnGroup {
+                    id: "sg-own".into(),
+                    rules: d.security.frontend.clone(),
+                }),
+                user_groups: Vec::new(),
+                node_rules: BTreeMap::from([(
+                    "sg-nodes".to_string(),
+                    security::backend_rules("sg-own", &d.security.backend_ports),
+                )]),
+                node_groups: ["sg-nodes".to_string()].into(),
+            },
         );
-        o.cross_zone = d.cross_zone.or(Some(false));
+        o.lb_attributes = d.lb_attributes.clone();
         for g in &d.groups {
             let arn = format!("arn:tg/{}", g.name);
             o.groups.push(ObservedGroup {
@@ -683,6 +585,7 @@ mod tests {
                     protocol: Some(g.health.protocol.as_str().into()),
                     port: Some(g.health.port_string()),
                     path: g.health.path.clone(),
+                    success_codes: g.health.success_codes.clone(),
                     interval: Some(g.health.interval),
                     timeout: Some(g.health.timeout),
                     healthy: Some(g.health.healthy),
@@ -690,12 +593,16 @@ mod tests {
                 },
                 targets: g.targets.clone(),
                 tags: d.tags.clone(),
+                attributes: d.group_attributes.clone(),
             });
             o.listeners.push(ObservedListener {
                 arn: format!("arn:listener/{}", g.port),
                 port: g.port,
-                protocol: g.protocol.as_str().into(),
+                protocol: g.listener.as_str().into(),
                 target_group_arn: Some(arn),
+                certificate: g.tls.as_ref().map(|t| t.certificate.clone()),
+                ssl_policy: g.tls.as_ref().map(|t| t.policy.clone()),
+                alpn: g.tls.as_ref().and_then(|t| t.alpn.clone()),
             });
         }
         o
@@ -703,21 +610,6 @@ mod tests {
 
     fn ops(steps: &[Step]) -> Vec<&'static str> {
         steps.iter().map(Step::operation).collect()
-    }
-
-    #[test]
-    fn provider_ids_parse() {
-        let cases = [
-            ("zonal", "aws:///us-east-1a/i-0abc123", Some("i-0abc123")),
-            ("no zone", "aws:////i-0abc", Some("i-0abc")),
-            ("not aws", "gce://p/z/i-0abc", None),
-            ("not an instance", "aws:///us-east-1a/fargate-ip-10", None),
-            ("empty id", "aws:///us-east-1a/i-", None),
-            ("garbage", "i-0abc", None),
-        ];
-        for (desc, raw, want) in cases {
-            assert_eq!(instance_id(raw), want, "{desc}");
-        }
     }
 
     #[test]
@@ -733,10 +625,16 @@ mod tests {
         let mut fresh = converged(&d);
         fresh.groups.clear();
         fresh.listeners.clear();
+        fresh.security.node_rules.clear();
+        if let Some(own) = fresh.security.own.as_mut() {
+            own.rules.clear();
+        }
         let steps = plan(&fresh, &d);
         assert_eq!(
             ops(&steps),
             [
+                "ec2:AuthorizeSecurityGroupIngress",
+                "ec2:AuthorizeSecurityGroupIngress",
                 "CreateTargetGroup",
                 "CreateTargetGroup",
                 "RegisterTargets",
@@ -780,56 +678,6 @@ mod tests {
     }
 
     #[test]
-    fn tcp_and_udp_on_one_port_merge() {
-        let s = spec(
-            vec![
-                listener(53, Protocol::Tcp, 30053),
-                listener(53, Protocol::Udp, 30053),
-            ],
-            1,
-        );
-        let d = desired(&s);
-        assert_eq!(d.groups.len(), 1);
-        assert_eq!(d.groups[0].protocol, TgProtocol::TcpUdp);
-        let ports = &d.status("x").ingress[0].ports;
-        assert_eq!(ports.len(), 2, "status reports both protocols");
-
-        let bad = spec(
-            vec![
-                listener(53, Protocol::Tcp, 30053),
-                listener(53, Protocol::Udp, 30054),
-            ],
-            1,
-        );
-        let opts = AwsOptions::parse(&bad).expect("options");
-        assert!(matches!(
-            Desired::new(&bad, &opts),
-            Err(ProviderError::InvalidSpec { .. })
-        ));
-    }
-
-    #[test]
-    fn invalid_listeners_are_rejected() {
-        let cases = [
-            (
-                "duplicate",
-                vec![
-                    listener(80, Protocol::Tcp, 1),
-                    listener(80, Protocol::Tcp, 2),
-                ],
-                "invalid_spec",
-            ),
-            ("sctp", vec![listener(80, Protocol::Sctp, 1)], "unsupported"),
-        ];
-        for (desc, listeners, label) in cases {
-            let s = spec(listeners, 1);
-            let opts = AwsOptions::parse(&s).expect("options");
-            let err = Desired::new(&s, &opts).expect_err(desc);
-            assert_eq!(err.metric_label(), label, "{desc}");
-        }
-    }
-
-    #[test]
     fn target_changes_batch_by_100_register_first() {
         let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 250);
         let d = desired(&s);
@@ -870,8 +718,16 @@ mod tests {
             path: "/healthz".into(),
         };
         let steps = plan(&o, &desired(&local));
-        assert_eq!(ops(&steps), ["ModifyTargetGroup"]);
-        match &steps[0] {
+        assert_eq!(
+            ops(&steps),
+            [
+                "ec2:AuthorizeSecurityGroupIngress",
+                "ModifyTargetGroup",
+                "ec2:RevokeSecurityGroupIngress"
+            ],
+            "the nodes accept the new health-check port first, the old one is closed last"
+        );
+        match &steps[1] {
             Step::ModifyHealth { health, .. } => {
                 assert_eq!(health.protocol, HealthProtocol::Http);
                 assert_eq!(health.port_string(), "32000");
@@ -890,10 +746,12 @@ mod tests {
         assert_eq!(
             ops(&steps),
             [
+                "ec2:AuthorizeSecurityGroupIngress",
                 "CreateTargetGroup",
                 "RegisterTargets",
                 "ModifyListener",
-                "DeleteTargetGroup"
+                "DeleteTargetGroup",
+                "ec2:RevokeSecurityGroupIngress"
             ]
         );
     }
@@ -913,14 +771,17 @@ mod tests {
         assert_eq!(
             ops(&steps),
             [
+                "ec2:AuthorizeSecurityGroupIngress",
+                "ec2:AuthorizeSecurityGroupIngress",
                 "CreateTargetGroup",
                 "RegisterTargets",
                 "ModifyListener",
                 "DeleteTargetGroup"
-            ]
+            ],
+            "TCP opened on the own group and the nodes"
         );
         assert!(matches!(
-            &steps[2],
+            &steps[4],
             Step::ModifyListener {
                 protocol: TgProtocol::TcpUdp,
                 ..
@@ -941,7 +802,13 @@ mod tests {
         let fewer = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
         assert_eq!(
             ops(&plan(&o, &desired(&fewer))),
-            ["DeleteListener", "DeleteTargetGroup"]
+            [
+                "DeleteListener",
+                "DeleteTargetGroup",
+                "ec2:RevokeSecurityGroupIngress",
+                "ec2:RevokeSecurityGroupIngress"
+            ],
+            "the port closes on the own group and the nodes once nothing listens"
         );
     }
 
@@ -1000,68 +867,237 @@ mod tests {
         }
     }
 
-    #[test]
-    fn target_node_labels_filter_targets() {
-        let mut s = spec(vec![listener(80, Protocol::Tcp, 30080)], 0);
-        s.targets = vec![
-            target(1, &[("pool", "edge")]),
-            target(2, &[("pool", "batch")]),
-            target(3, &[]),
-            Target {
-                provider_id: None,
-                ..target(4, &[("pool", "edge")])
-            },
-        ]
-        .into();
+    fn with_annotations(mut s: LoadBalancerSpec, pairs: &[(&str, &str)]) -> LoadBalancerSpec {
         s.annotations = Annotations::new(
-            [(
-                "service.beta.kubernetes.io/aws-load-balancer-target-node-labels".to_string(),
-                "pool=edge".to_string(),
-            )]
-            .into_iter()
-            .collect(),
+            pairs
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        format!("service.beta.kubernetes.io/aws-load-balancer-{k}"),
+                        v.to_string(),
+                    )
+                })
+                .collect(),
         );
-        let d = desired(&s);
+        s
+    }
+
+    fn rules_of<'a>(steps: &'a [Step], op: &str, on: &str) -> Vec<&'a Rule> {
+        steps
+            .iter()
+            .filter(|s| s.operation() == op)
+            .flat_map(|s| match s {
+                Step::Authorize { group, rules } | Step::Revoke { group, rules } if group == on => {
+                    rules.iter().collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn source_range_change_touches_the_own_group_only() {
+        let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+        let o = converged(&desired(&s));
+        let mut narrowed = s.clone();
+        narrowed.source_ranges = vec!["203.0.113.0/24".parse().expect("cidr")];
+        let steps = plan(&o, &desired(&narrowed));
         assert_eq!(
-            d.groups[0].targets.iter().collect::<Vec<_>>(),
-            vec!["i-00001"]
+            ops(&steps),
+            [
+                "ec2:AuthorizeSecurityGroupIngress",
+                "ec2:RevokeSecurityGroupIngress"
+            ]
+        );
+        let added = rules_of(&steps, "ec2:AuthorizeSecurityGroupIngress", "sg-own");
+        assert_eq!(
+            added,
+            [&Rule::port(
+                "tcp",
+                80,
+                Peer::Cidr("203.0.113.0/24".parse().expect("cidr"))
+            )]
+        );
+        let removed = rules_of(&steps, "ec2:RevokeSecurityGroupIngress", "sg-own");
+        assert_eq!(
+            removed,
+            [&Rule::port(
+                "tcp",
+                80,
+                Peer::Cidr("0.0.0.0/0".parse().expect("cidr"))
+            )]
         );
     }
 
     #[test]
-    fn health_settings_follow_policy_and_overrides() {
-        let cluster = HealthSettings::new(&HealthCheck::TrafficPort, &HealthOverrides::default());
-        assert_eq!(cluster.protocol, HealthProtocol::Tcp);
-        assert_eq!(cluster.port_string(), "traffic-port");
-        assert_eq!(cluster.path, None);
-        let local = HealthSettings::new(
-            &HealthCheck::Http {
-                port: 32000,
-                path: "/healthz".into(),
-            },
-            &HealthOverrides::default(),
+    fn nodes_moving_to_another_group_move_the_rules() {
+        let s = spec(vec![listener(53, Protocol::Udp, 30053)], 1);
+        let d = desired(&s);
+        let mut o = converged(&d);
+        o.security.node_groups = ["sg-nodes-2".to_string()].into();
+        let steps = plan(&o, &d);
+        let want: Vec<Rule> = vec![
+            Rule::port("tcp", 10256, Peer::Group("sg-own".into())),
+            Rule::port("udp", 30053, Peer::Group("sg-own".into())),
+        ];
+        assert_eq!(
+            rules_of(&steps, "ec2:AuthorizeSecurityGroupIngress", "sg-nodes-2"),
+            want.iter().collect::<Vec<_>>(),
+            "UDP NodePort and kube-proxy's health port, from the own group"
         );
         assert_eq!(
-            (local.protocol, local.port_string(), local.path.as_deref()),
-            (HealthProtocol::Http, "32000".to_string(), Some("/healthz"))
+            rules_of(&steps, "ec2:RevokeSecurityGroupIngress", "sg-nodes"),
+            want.iter().collect::<Vec<_>>()
         );
-        let tuned = HealthSettings::new(
-            &HealthCheck::TrafficPort,
-            &HealthOverrides {
-                protocol: Some(HealthProtocol::Https),
-                timeout: Some(20),
-                ..Default::default()
-            },
+        // Drift: someone removed one rule; only it comes back, nothing is duplicated.
+        let mut drifted = converged(&d);
+        let nodes = drifted
+            .security
+            .node_rules
+            .get_mut("sg-nodes")
+            .expect("rules");
+        nodes.remove(&want[0]);
+        let steps = plan(&drifted, &d);
+        assert_eq!(ops(&steps), ["ec2:AuthorizeSecurityGroupIngress"]);
+        assert_eq!(
+            rules_of(&steps, "ec2:AuthorizeSecurityGroupIngress", "sg-nodes"),
+            [&want[0]]
         );
-        assert_eq!(tuned.path.as_deref(), Some("/"));
-        assert!(tuned.timeout < tuned.interval, "{tuned:?}");
-        let short = HealthSettings::new(
-            &HealthCheck::TrafficPort,
-            &HealthOverrides {
-                interval: Some(5),
-                ..Default::default()
-            },
+    }
+
+    #[test]
+    fn user_groups_replace_the_own_group() {
+        let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+        let o = converged(&desired(&s));
+        let users = with_annotations(s.clone(), &[("security-groups", "sg-user")]);
+        let mut with_users = o.clone();
+        with_users.security.user_groups = vec!["sg-user".into()];
+        let steps = plan(&with_users, &desired(&users));
+        assert_eq!(
+            ops(&steps),
+            [
+                "SetSecurityGroups",
+                "ec2:RevokeSecurityGroupIngress",
+                "ec2:DeleteSecurityGroup"
+            ],
+            "the user's groups alone; portico's rules and group go"
         );
-        assert_eq!((short.interval, short.timeout), (5, 4));
+        assert_eq!(steps[0], Step::SetSecurityGroups(vec!["sg-user".into()]));
+
+        let managed = with_annotations(
+            s,
+            &[
+                ("security-groups", "sg-user"),
+                ("manage-backend-security-group-rules", "true"),
+            ],
+        );
+        let steps = plan(&with_users, &desired(&managed));
+        assert_eq!(
+            ops(&steps),
+            ["SetSecurityGroups", "ec2:RevokeSecurityGroupIngress"],
+            "the own group stays for the node rules, without client rules"
+        );
+        assert_eq!(
+            steps[0],
+            Step::SetSecurityGroups(vec!["sg-own".into(), "sg-user".into()])
+        );
+        assert_eq!(
+            rules_of(&steps, "ec2:RevokeSecurityGroupIngress", "sg-own").len(),
+            1
+        );
+    }
+
+    #[test]
+    fn an_nlb_created_without_security_groups_gets_no_security_steps() {
+        let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+        let d = desired(&s);
+        let mut legacy = converged(&d);
+        legacy.lb.security_groups.clear();
+        legacy.security = ObservedSecurity::default();
+        assert_eq!(plan(&legacy, &d), vec![]);
+    }
+
+    #[test]
+    fn scheme_change_is_a_replacement() {
+        let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+        let o = converged(&desired(&s));
+        assert_eq!(replacement(&o.lb, &desired(&s)), None);
+        let internal = with_annotations(s, &[("internal", "true")]);
+        let why = replacement(&o.lb, &desired(&internal)).expect("replaced");
+        assert!(
+            why.contains("internet-facing") && why.contains("internal"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn health_checks_can_pass() {
+        let udp = spec(vec![listener(53, Protocol::Udp, 30053)], 1);
+        let cluster = desired(&udp).groups[0].health.clone();
+        assert_eq!(
+            (cluster.protocol, cluster.port, cluster.path.as_deref()),
+            (
+                HealthProtocol::Http,
+                CheckPort::Port(10256),
+                Some("/healthz")
+            ),
+            "Cluster policy: kube-proxy's health endpoint, never the UDP NodePort"
+        );
+        let mut local = udp.clone();
+        local.health_check = HealthCheck::Http {
+            port: 32001,
+            path: "/healthz".into(),
+        };
+        let local = desired(&local);
+        assert_eq!(local.groups[0].health.port, CheckPort::Port(32001));
+        assert!(
+            local.security.backend_ports.contains(&("tcp", 32001)),
+            "the nodes accept the health check port from the NLB"
+        );
+    }
+
+    #[test]
+    fn tls_settings_change_modifies_the_listener_only() {
+        let cert = "arn:aws:acm:us-east-1:123456789012:certificate/abc";
+        let tls = |policy: &str, backend: &str| {
+            with_annotations(
+                spec(
+                    vec![
+                        listener(80, Protocol::Tcp, 30080),
+                        listener(443, Protocol::Tcp, 30443),
+                    ],
+                    1,
+                ),
+                &[
+                    ("ssl-cert", cert),
+                    ("ssl-ports", "443"),
+                    ("ssl-negotiation-policy", policy),
+                    ("backend-protocol", backend),
+                ],
+            )
+        };
+        let d = desired(&tls("ELBSecurityPolicy-2016-08", "tcp"));
+        assert_eq!(
+            d.groups.iter().map(|g| g.listener).collect::<Vec<_>>(),
+            [TgProtocol::Tcp, TgProtocol::Tls],
+            "only the ssl port terminates TLS"
+        );
+        let o = converged(&d);
+        assert_eq!(plan(&o, &d), vec![]);
+        let steps = plan(
+            &o,
+            &desired(&tls("ELBSecurityPolicy-TLS13-1-2-2021-06", "tcp")),
+        );
+        assert_eq!(ops(&steps), ["ModifyListener"]);
+        assert!(matches!(
+            &steps[0],
+            Step::ModifyListener { protocol: TgProtocol::Tls, tls: Some(t), .. }
+                if t.policy == "ELBSecurityPolicy-TLS13-1-2-2021-06" && t.certificate == cert
+        ));
+        let steps = plan(&o, &desired(&tls("ELBSecurityPolicy-2016-08", "ssl")));
+        assert!(
+            ops(&steps).contains(&"CreateTargetGroup"),
+            "TLS to the targets is a new TLS target group: {steps:?}"
+        );
     }
 }

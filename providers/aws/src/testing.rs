@@ -79,6 +79,11 @@ pub struct AwsHarness {
     pub elb: elb::Client,
     pub vpc_id: String,
     pub subnets: Vec<(String, String)>,
+    /// The nodes' cluster group (tagged `kubernetes.io/cluster/<cluster>`);
+    /// instances also carry the VPC's default group, as EKS nodes carry more than one.
+    pub node_group: String,
+    default_group: Option<String>,
+    sdk: SdkConfig,
     instances: Mutex<Vec<Instance>>,
 }
 
@@ -140,11 +145,44 @@ impl AwsHarness {
                 .to_string();
             subnets.push((id, zone.to_string()));
         }
+        let node_group = ec2
+            .create_security_group()
+            .group_name(format!("{cluster}-nodes"))
+            .description("the nodes' cluster group")
+            .vpc_id(&vpc_id)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::SecurityGroup)
+                    .tags(tag(&format!("kubernetes.io/cluster/{cluster}"), "owned"))
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("create node group")
+            .group_id()
+            .expect("group id")
+            .to_string();
+        let default_group = ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("vpc-id").values(&vpc_id).build())
+            .filters(
+                Filter::builder()
+                    .name("group-name")
+                    .values("default")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("default group")
+            .security_groups()
+            .first()
+            .and_then(|g| g.group_id())
+            .map(String::from);
         let mut config = AwsProviderConfig::new(cluster.as_str());
         config.region = Some(REGION.into());
         config.endpoint_url = Some(endpoint);
         config.vpc_id = Some(vpc_id.clone());
-        let provider = AwsProvider::from_sdk_config(config, &sdk);
+        let provider = AwsProvider::from_sdk_config(config, &sdk.clone());
         Self {
             provider,
             cluster,
@@ -152,6 +190,9 @@ impl AwsHarness {
             elb,
             vpc_id,
             subnets,
+            node_group,
+            default_group,
+            sdk,
             instances: Mutex::new(Vec::new()),
         }
     }
@@ -170,6 +211,12 @@ impl AwsHarness {
                 .image_id("ami-12c6146b")
                 .instance_type(ec2::types::InstanceType::T3Micro)
                 .subnet_id(subnet)
+                .security_group_ids(&self.node_group)
+                .set_security_group_ids(Some(
+                    std::iter::once(self.node_group.clone())
+                        .chain(self.default_group.clone())
+                        .collect(),
+                ))
                 .min_count(count as i32)
                 .max_count(count as i32)
                 .send()
@@ -239,6 +286,62 @@ impl AwsHarness {
         out
     }
 
+    /// Another provider on this harness's cluster, its configuration edited
+    /// by `edit` (e.g. no `vpc_id`, to discover it).
+    pub fn provider_with(&self, edit: impl FnOnce(&mut AwsProviderConfig)) -> AwsProvider {
+        let mut config = self.provider.config().clone();
+        edit(&mut config);
+        AwsProvider::from_sdk_config(config, &self.sdk)
+    }
+
+    /// Make subnet `index` public: an internet gateway on the VPC and a
+    /// route table sending 0.0.0.0/0 to it, associated with the subnet.
+    pub async fn make_public(&self, index: usize) {
+        let igw = self
+            .ec2
+            .create_internet_gateway()
+            .send()
+            .await
+            .expect("create internet gateway")
+            .internet_gateway()
+            .and_then(|g| g.internet_gateway_id())
+            .expect("igw id")
+            .to_string();
+        self.ec2
+            .attach_internet_gateway()
+            .internet_gateway_id(&igw)
+            .vpc_id(&self.vpc_id)
+            .send()
+            .await
+            .expect("attach internet gateway");
+        let table = self
+            .ec2
+            .create_route_table()
+            .vpc_id(&self.vpc_id)
+            .send()
+            .await
+            .expect("create route table")
+            .route_table()
+            .and_then(|t| t.route_table_id())
+            .expect("route table id")
+            .to_string();
+        self.ec2
+            .create_route()
+            .route_table_id(&table)
+            .destination_cidr_block("0.0.0.0/0")
+            .gateway_id(&igw)
+            .send()
+            .await
+            .expect("create route");
+        self.ec2
+            .associate_route_table()
+            .route_table_id(&table)
+            .subnet_id(&self.subnets[index].0)
+            .send()
+            .await
+            .expect("associate route table");
+    }
+
     pub fn subnet_filter(&self) -> Filter {
         Filter::builder()
             .name("vpc-id")
@@ -279,12 +382,12 @@ impl Harness for AwsHarness {
             Err(e) if e.code() == Some("LoadBalancerNotFound") => return None,
             Err(e) => panic!("describe load balancer {name}: {e:?}"),
         };
-        let arn = found
-            .load_balancers()
-            .first()?
+        let lb = found.load_balancers().first()?;
+        let arn = lb
             .load_balancer_arn()
             .expect("an NLB has an ARN")
             .to_string();
+        let groups = lb.security_groups().to_vec();
         let listeners = self
             .elb
             .describe_listeners()
@@ -359,6 +462,27 @@ impl Harness for AwsHarness {
                     },
                     (protocol, port) => ObservedCheck::Other(format!("{protocol:?} on {port}")),
                 });
+        }
+        // Who may connect: the CIDRs the NLB's security groups admit.
+        if !groups.is_empty() {
+            let described = self
+                .ec2
+                .describe_security_groups()
+                .set_group_ids(Some(groups))
+                .send()
+                .await
+                .expect("describe the NLB's security groups");
+            let mut ranges = std::collections::BTreeSet::new();
+            for p in described
+                .security_groups()
+                .iter()
+                .flat_map(|g| g.ip_permissions())
+            {
+                let v4 = p.ip_ranges().iter().filter_map(|r| r.cidr_ip());
+                let v6 = p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6());
+                ranges.extend(v4.chain(v6).filter_map(|c| c.parse::<ipnet::IpNet>().ok()));
+            }
+            seen.source_ranges = Some(ranges);
         }
         Some(seen)
     }

@@ -263,8 +263,10 @@ impl Group {
             ("Protocol", "TCP"),
             ("Port", &port),
             ("VpcId", VPC),
-            ("HealthCheckProtocol", "TCP"),
-            ("HealthCheckPort", "traffic-port"),
+            ("HealthCheckProtocol", "HTTP"),
+            ("HealthCheckPort", "10256"),
+            ("HealthCheckPath", "/healthz"),
+            ("Matcher", &xml(&[("HttpCode", "200-399")])),
             ("HealthCheckEnabled", "true"),
             ("HealthCheckIntervalSeconds", "10"),
             ("HealthCheckTimeoutSeconds", "6"),
@@ -389,6 +391,23 @@ impl Lb {
         short_hash(&[&self.name, self.kind], 16)
     }
 
+    /// Portico's own group of a balancer it made (tagged as the balancer
+    /// is), with the rules a Cluster-policy Service's TCP ports need.
+    fn own_group(&self) -> Option<SecurityGroup> {
+        let tags = self.tags.clone()?;
+        (self.kind == "network" && tags.contains_key("portico.io/service-uid")).then(|| {
+            SecurityGroup {
+                id: format!("sg-0{}", &self.hash()[..16]),
+                tags,
+                rules: self
+                    .groups
+                    .iter()
+                    .map(|g| ("tcp", g.port, "0.0.0.0/0".to_string()))
+                    .collect(),
+            }
+        })
+    }
+
     /// `net/`, `app/` or `gwy/` after `loadbalancer/`, as real AWS writes it.
     fn arn(&self) -> String {
         let short = match self.kind {
@@ -414,6 +433,7 @@ impl Lb {
             ("State", &xml(&[("Code", "active")])),
             ("Type", self.kind),
             ("AvailabilityZones", &members([zone])),
+            ("SecurityGroups", &members(self.own_group().map(|g| g.id))),
             ("IpAddressType", "ipv4"),
         ])
     }
@@ -500,6 +520,15 @@ impl Account {
             },
             "DescribeTags" => self.tags(c),
             "DescribeSubnets" => subnets(),
+            "DescribeInstances" => instances(c),
+            "DescribeSecurityGroups" => self.security_groups(c),
+            "CreateSecurityGroup" => fake::ec2_ok(
+                &c.action,
+                "<return>true</return><groupId>sg-0created0000000000</groupId>",
+            ),
+            "AuthorizeSecurityGroupIngress" | "RevokeSecurityGroupIngress" => {
+                fake::ec2_ok(&c.action, "<return>true</return>")
+            }
             "CreateLoadBalancer" => {
                 let name = c.param("Name").unwrap_or_default();
                 if self.lbs.iter().any(|lb| lb.name == name) {
@@ -550,6 +579,161 @@ impl Account {
         ok(
             &c.action,
             &format!("<TagDescriptions>{}</TagDescriptions>", members(out)),
+        )
+    }
+}
+
+/// A security group as DescribeSecurityGroups reports it.
+#[derive(Debug, Clone)]
+struct SecurityGroup {
+    id: String,
+    tags: BTreeMap<String, String>,
+    /// (protocol, port, peer: a CIDR or a group id)
+    rules: Vec<(&'static str, u16, String)>,
+}
+
+impl SecurityGroup {
+    fn item(&self) -> String {
+        let permissions: String = self
+            .rules
+            .iter()
+            .map(|(proto, port, peer)| {
+                let port = port.to_string();
+                let peers = if peer.starts_with("sg-") {
+                    (
+                        "groups",
+                        format!(
+                            "<item>{}</item>",
+                            xml(&[("groupId", peer), ("userId", "123456789012")])
+                        ),
+                    )
+                } else {
+                    (
+                        "ipRanges",
+                        format!("<item>{}</item>", xml(&[("cidrIp", peer)])),
+                    )
+                };
+                format!(
+                    "<item>{}</item>",
+                    xml(&[
+                        ("ipProtocol", proto),
+                        ("fromPort", &port),
+                        ("toPort", &port),
+                        (peers.0, &peers.1),
+                    ])
+                )
+            })
+            .collect();
+        let tags: String = self
+            .tags
+            .iter()
+            .map(|(k, v)| format!("<item>{}</item>", xml(&[("key", k), ("value", v)])))
+            .collect();
+        format!(
+            "<item>{}</item>",
+            xml(&[
+                ("ownerId", "123456789012"),
+                ("groupId", &self.id),
+                ("groupName", &self.id),
+                ("groupDescription", "recorded"),
+                ("vpcId", VPC),
+                ("ipPermissions", &permissions),
+                ("tagSet", &tags),
+            ])
+        )
+    }
+}
+
+/// The nodes' cluster group.
+const NODE_GROUP: &str = "sg-0a1b2c3d4e5f6node";
+
+/// EC2 filters of a request: name → values.
+fn ec2_filters(c: &Call) -> BTreeMap<String, Vec<String>> {
+    (1..)
+        .map_while(|i| {
+            let name = c.param(&format!("Filter.{i}.Name"))?.to_string();
+            let values = (1..)
+                .map_while(|j| c.param(&format!("Filter.{i}.Value.{j}")).map(String::from))
+                .collect();
+            Some((name, values))
+        })
+        .collect()
+}
+
+/// Every node runs in the VPC with the cluster group.
+fn instances(c: &Call) -> Reply {
+    let ids = ec2_filters(c).remove("instance-id").unwrap_or_default();
+    let items: String = ids
+        .iter()
+        .map(|id| {
+            let groups = format!(
+                "<item>{}</item>",
+                xml(&[("groupId", NODE_GROUP), ("groupName", "nodes")])
+            );
+            format!(
+                "<item>{}</item>",
+                xml(&[("instanceId", id), ("vpcId", VPC), ("groupSet", &groups)])
+            )
+        })
+        .collect();
+    fake::ec2_ok(
+        "DescribeInstances",
+        &format!(
+            "<reservationSet><item><reservationId>r-0recorded</reservationId><instancesSet>{items}</instancesSet></item></reservationSet>"
+        ),
+    )
+}
+
+impl Account {
+    /// The groups of the account: each balancer's own group, and the
+    /// nodes' cluster group holding the rules from every own group.
+    fn groups(&self) -> Vec<SecurityGroup> {
+        let own: Vec<(SecurityGroup, &Lb)> = self
+            .lbs
+            .iter()
+            .filter_map(|lb| Some((lb.own_group()?, lb)))
+            .collect();
+        let mut node_rules = Vec::new();
+        for (g, lb) in &own {
+            node_rules.push(("tcp", 10256, g.id.clone()));
+            for tg in &lb.groups {
+                node_rules.push(("tcp", tg.node_port, g.id.clone()));
+            }
+        }
+        let mut all: Vec<SecurityGroup> = own.into_iter().map(|(g, _)| g).collect();
+        all.push(SecurityGroup {
+            id: NODE_GROUP.to_string(),
+            tags: [(
+                "kubernetes.io/cluster/recorded".to_string(),
+                "owned".to_string(),
+            )]
+            .into(),
+            rules: node_rules,
+        });
+        all
+    }
+
+    /// DescribeSecurityGroups by the filters portico uses.
+    fn security_groups(&self, c: &Call) -> Reply {
+        let filters = ec2_filters(c);
+        let matching: String = self
+            .groups()
+            .iter()
+            .filter(|g| {
+                filters.iter().all(|(name, values)| match name.as_str() {
+                    "group-id" => values.contains(&g.id),
+                    "ip-permission.group-id" => g.rules.iter().any(|r| values.contains(&r.2)),
+                    tag if tag.starts_with("tag:") => {
+                        g.tags.get(&tag[4..]).is_some_and(|v| values.contains(v))
+                    }
+                    _ => false,
+                })
+            })
+            .map(SecurityGroup::item)
+            .collect();
+        fake::ec2_ok(
+            "DescribeSecurityGroups",
+            &format!("<securityGroupInfo>{matching}</securityGroupInfo>"),
         )
     }
 }
@@ -792,6 +976,18 @@ async fn steady_state_is_found_across_pages_whatever_the_target_health() {
         assert_eq!(aws.calls_of("DescribeListeners").len(), 6, "{state}");
         assert_eq!(aws.calls_of("DescribeTargetHealth").len(), 6, "{state}");
 
+        let mut registry = prometheus_client::registry::Registry::default();
+        provider.register_metrics(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains(
+                r#"portico_aws_calls_total{operation="DescribeTargetHealth",kind="read"} 6"#
+            ),
+            "calls counted by operation for Prometheus:\n{text}"
+        );
+        assert!(!text.contains(r#"kind="mutating""#), "{text}");
+
         let got = timed(provider.get(&k)).await.expect("get").expect("found");
         let ports_seen: Vec<u16> = got.ingress[0].ports.iter().map(|p| p.port).collect();
         assert_eq!(
@@ -834,14 +1030,14 @@ async fn a_name_taken_by_someone_else_is_a_conflict_never_an_adoption() {
                 })
             },
             says: &["tags do not name this Service"],
-            mutations: &["CreateLoadBalancer"],
+            mutations: &["CreateSecurityGroup", "CreateLoadBalancer"],
         },
         Case {
             desc: "an application load balancer has the name (even with our tags)",
             lb: alb,
             script: no_script,
             says: &["DuplicateLoadBalancerName", "not a network load balancer"],
-            mutations: &["CreateLoadBalancer"],
+            mutations: &["CreateSecurityGroup", "CreateLoadBalancer"],
         },
         Case {
             desc: "someone's NLB of another scheme has the name: not deleted to be replaced",
@@ -894,7 +1090,12 @@ async fn aws_rejecting_the_spec_means_give_up_until_the_service_changes() {
                 "Target group name can only contain characters that are alphanumeric characters or hyphens(-)",
             ),
             sent: ("Name", target_group_name(&k, 443, "TCP", 30443)),
-            mutations: &["CreateTargetGroup"],
+            // The own group and the nodes open the new port first.
+            mutations: &[
+                "AuthorizeSecurityGroupIngress",
+                "AuthorizeSecurityGroupIngress",
+                "CreateTargetGroup",
+            ],
         },
         Case {
             desc: "the target group of a new balancer",
@@ -906,7 +1107,13 @@ async fn aws_rejecting_the_spec_means_give_up_until_the_service_changes() {
                 "Health check interval must be greater than the timeout.",
             ),
             sent: ("Name", target_group_name(&k, 80, "TCP", 30080)),
-            mutations: &["CreateLoadBalancer", "CreateTargetGroup"],
+            mutations: &[
+                "CreateSecurityGroup",
+                "CreateLoadBalancer",
+                "AuthorizeSecurityGroupIngress",
+                "AuthorizeSecurityGroupIngress",
+                "CreateTargetGroup",
+            ],
         },
     ];
     for case in cases {
@@ -988,5 +1195,72 @@ async fn an_instance_aws_refuses_does_not_hold_back_the_others() {
         calls,
         vec![vec![new.clone(), stopped.clone()], vec![new], vec![stopped]],
         "one batch, then one by one after the refusal"
+    );
+}
+
+#[tokio::test]
+async fn a_draining_target_still_wanted_is_registered_again() {
+    // A node that left and came back within the deregistration delay: AWS
+    // still lists it, as draining. moto never reports draining.
+    let k = key("draining");
+    let (aws, provider) = serve(
+        Account::new(vec![Lb::ours(&k, &[(80, 30080)], &NODES, "draining")]),
+        |c| (c.action == "RegisterTargets").then(|| ok("RegisterTargets", "")),
+    )
+    .await;
+    timed(provider.ensure_spec(&spec(&k, &[(80, 30080)], &NODES)))
+        .await
+        .expect("ensure");
+    let calls: Vec<Vec<String>> = aws
+        .calls_of("RegisterTargets")
+        .iter()
+        .map(registered_ids)
+        .collect();
+    assert_eq!(
+        calls,
+        vec![NODES.iter().map(|n| n.to_string()).collect::<Vec<_>>()],
+        "draining is not registered"
+    );
+    assert!(aws.calls_of("DeregisterTargets").is_empty());
+}
+
+#[tokio::test]
+async fn at_the_target_quota_room_is_made_before_registering() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let k = key("quota");
+    let replaced = ["i-0a1b2c3d4e5f60003", "i-0a1b2c3d4e5f60004"];
+    let deregistered = Arc::new(AtomicBool::new(false));
+    let seen = deregistered.clone();
+    let (aws, provider) = serve(
+        Account::new(vec![Lb::ours(&k, &[(80, 30080)], &NODES, "healthy")]),
+        move |c| match c.action.as_str() {
+            "DeregisterTargets" => {
+                seen.store(true, Ordering::SeqCst);
+                Some(ok("DeregisterTargets", ""))
+            }
+            // The group is full until the old targets leave.
+            "RegisterTargets" if !seen.load(Ordering::SeqCst) => Some(error(
+                "TooManyTargets",
+                "You've reached the limit on the number of targets per target group",
+            )),
+            "RegisterTargets" => Some(ok("RegisterTargets", "")),
+            _ => None,
+        },
+    )
+    .await;
+    timed(provider.ensure_spec(&spec(&k, &[(80, 30080)], &replaced)))
+        .await
+        .expect("room is made, then the new nodes register");
+    assert!(deregistered.load(Ordering::SeqCst));
+    let order: Vec<String> = aws
+        .mutations()
+        .into_iter()
+        .filter(|a| a.ends_with("Targets"))
+        .collect();
+    assert_eq!(
+        order,
+        ["RegisterTargets", "DeregisterTargets", "RegisterTargets"],
+        "register first; at the quota, deregister and register again"
     );
 }

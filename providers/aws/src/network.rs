@@ -1,0 +1,683 @@
+//! EC2: the nodes' instances (cached), the cluster's VPC, the subnets of a
+//! new NLB, and security groups (the NLB's own group and its rules on the
+//! nodes' cluster groups).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2 as ec2;
+use aws_sdk_ec2::types::{
+    Filter, IpPermission, IpRange, Ipv6Range, ResourceType, Tag, TagSpecification, UserIdGroupPair,
+};
+use ipnet::IpNet;
+use portico_provider::{Annotations, LoadBalancerKey, ProviderError};
+use tracing::{info, warn};
+
+use crate::errors::{from_sdk, gone_is_ok};
+use crate::names::{self, owned_by};
+use crate::options::{AwsOptions, PREFIX, Scheme, SubnetSelector};
+use crate::plan::OwnGroup;
+use crate::provider::{AwsProvider, Result};
+use crate::security::{self, CLUSTER_TAG_PREFIX, InstanceInfo, Peer, Rule};
+use crate::subnets::{self, Discovery, RouteTableInfo, SubnetInfo};
+
+/// How long what EC2 said about an instance or a group's tags is trusted:
+/// they change rarely, and re-reading them on every ensure would cost a call
+/// per Service at rest.
+const CACHE_TTL: Duration = Duration::from_secs(600);
+/// Ids per DescribeInstances / DescribeSecurityGroups filter.
+const FILTER_BATCH: usize = 200;
+
+type Tags = BTreeMap<String, String>;
+
+/// Instances and group tags, by id, with when they were read.
+#[derive(Debug, Default)]
+pub(crate) struct Ec2Cache {
+    instances: Mutex<HashMap<String, (Instant, InstanceInfo)>>,
+    group_tags: Mutex<HashMap<String, (Instant, Tags)>>,
+}
+
+fn fresh<T: Clone>(map: &Mutex<HashMap<String, (Instant, T)>>, id: &str) -> Option<T> {
+    let map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(id)
+        .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+        .map(|(_, v)| v.clone())
+}
+
+fn remember<T>(map: &Mutex<HashMap<String, (Instant, T)>>, id: String, value: T) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.insert(id, (Instant::now(), value));
+}
+
+fn filter(name: &str, values: impl IntoIterator<Item = String>) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values.into_iter().collect()))
+        .build()
+}
+
+fn ec2_tags(tags: &[Tag]) -> Tags {
+    tags.iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
+        .collect()
+}
+
+/// Every ingress rule of `group`, one per peer.
+fn rules_of(group: &ec2::types::SecurityGroup) -> BTreeSet<Rule> {
+    let mut out = BTreeSet::new();
+    for p in group.ip_permissions() {
+        let proto = p.ip_protocol().unwrap_or("-1");
+        let rule = |peer| Rule::observed(proto, p.from_port(), p.to_port(), peer);
+        for r in p.ip_ranges() {
+            if let Some(net) = r.cidr_ip().and_then(|c| c.parse::<IpNet>().ok()) {
+                out.insert(rule(Peer::Cidr(net)));
+            }
+        }
+        for r in p.ipv6_ranges() {
+            if let Some(net) = r.cidr_ipv6().and_then(|c| c.parse::<IpNet>().ok()) {
+                out.insert(rule(Peer::Cidr(net)));
+            }
+        }
+        for g in p.user_id_group_pairs() {
+            if let Some(id) = g.group_id() {
+                out.insert(rule(Peer::Group(id.to_string())));
+            }
+        }
+    }
+    out
+}
+
+/// EC2's form of `rules`, each described as `description`.
+fn permissions(rules: &[Rule], description: &str) -> Vec<IpPermission> {
+    rules
+        .iter()
+        .map(|r| {
+            let p = IpPermission::builder()
+                .ip_protocol(&r.protocol)
+                .from_port(r.from)
+                .to_port(r.to);
+            match &r.peer {
+                Peer::Cidr(IpNet::V4(net)) => p.ip_ranges(
+                    IpRange::builder()
+                        .cidr_ip(net.to_string())
+                        .description(description)
+                        .build(),
+                ),
+                Peer::Cidr(IpNet::V6(net)) => p.ipv6_ranges(
+                    Ipv6Range::builder()
+                        .cidr_ipv6(net.to_string())
+                        .description(description)
+                        .build(),
+                ),
+                Peer::Group(id) => p.user_id_group_pairs(
+                    UserIdGroupPair::builder()
+                        .group_id(id)
+                        .description(description)
+                        .build(),
+                ),
+            }
+            .build()
+        })
+        .collect()
+}
+
+/// How portico describes the rules it adds for `key`.
+pub(crate) fn rule_description(key: &LoadBalancerKey) -> String {
+    format!("portico: {}/{}", key.namespace, key.name)
+}
+
+fn subnets_field() -> String {
+    Annotations::field(&format!("{PREFIX}subnets"))
+}
+
+impl AwsProvider {
+    /// The instances `ids`, from the cache when it knows them. Ids EC2 does
+    /// not know are left out (a filter, not `InstanceIds`, so one stale
+    /// providerID does not fail the call).
+    pub(crate) async fn instances(&self, ids: &BTreeSet<String>) -> Result<Vec<InstanceInfo>> {
+        let mut out = Vec::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            match fresh(&self.cache.instances, id) {
+                Some(i) => out.push(i),
+                None => unknown.push(id.clone()),
+            }
+        }
+        for chunk in unknown.chunks(FILTER_BATCH) {
+            let mut token = None;
+            loop {
+                let page = self
+                    .ec2
+                    .describe_instances()
+                    .filters(filter("instance-id", chunk.iter().cloned()))
+                    .set_next_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| from_sdk("ec2:DescribeInstances", e))?;
+                for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                    let Some(id) = i.instance_id() else { continue };
+                    let mut groups: BTreeSet<String> = i
+                        .security_groups()
+                        .iter()
+                        .filter_map(|g| g.group_id().map(String::from))
+                        .collect();
+                    groups.extend(
+                        i.network_interfaces()
+                            .iter()
+                            .flat_map(|n| n.groups())
+                            .filter_map(|g| g.group_id().map(String::from)),
+                    );
+                    let info = InstanceInfo {
+                        id: id.to_string(),
+                        vpc_id: i.vpc_id().map(String::from),
+                        groups,
+                        tags: ec2_tags(i.tags()),
+                    };
+                    remember(&self.cache.instances, id.to_string(), info.clone());
+                    out.push(info);
+                }
+                token = page.next_token().map(String::from);
+                if token.is_none() {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `kubernetes.io/cluster/<name>` keys that mean this cluster:
+    /// portico's own and those its nodes are tagged with (EKS tags nodes with
+    /// the EKS cluster's name, which need not be portico's cluster name).
+    pub(crate) fn cluster_keys(&self, instances: &[InstanceInfo]) -> BTreeSet<String> {
+        let mut keys: BTreeSet<String> = instances
+            .iter()
+            .flat_map(|i| i.tags.keys())
+            .filter(|k| k.starts_with(CLUSTER_TAG_PREFIX))
+            .cloned()
+            .collect();
+        keys.insert(names::cluster_tag(&self.config.cluster));
+        keys
+    }
+
+    /// The cluster's VPC: configured, else the one most of the nodes' instances are in.
+    pub(crate) fn vpc(&self, instances: &[InstanceInfo]) -> Result<String> {
+        if let Some(vpc) = &self.config.vpc_id {
+            return Ok(vpc.clone());
+        }
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for vpc in instances.iter().filter_map(|i| i.vpc_id.as_deref()) {
+            *count.entry(vpc).or_default() += 1;
+        }
+        count
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+            .map(|(vpc, _)| vpc.to_string())
+            .ok_or_else(|| {
+                ProviderError::transient(
+                    "no node has an EC2 instance (providerID aws:///zone/i-...) to learn the VPC from; \
+                     set --aws-vpc-id or the subnets annotation",
+                )
+            })
+    }
+
+    /// The cluster groups of `instances` (see [`security::node_groups`]);
+    /// instances with none are logged and skipped.
+    pub(crate) async fn node_groups(&self, instances: &[InstanceInfo]) -> Result<BTreeSet<String>> {
+        let all: BTreeSet<String> = instances.iter().flat_map(|i| i.groups.clone()).collect();
+        let tags = self.group_tags(&all).await?;
+        let own = names::cluster_tag(&self.config.cluster);
+        let mut out = BTreeSet::new();
+        for i in instances {
+            match security::node_groups(i, &tags, &own) {
+                Ok(groups) => out.extend(groups),
+                Err(why) => {
+                    warn!(instance = %i.id, "not opening a security group to the load balancer: {why}")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Tags of `ids`, from the cache when it knows them.
+    async fn group_tags(&self, ids: &BTreeSet<String>) -> Result<BTreeMap<String, Tags>> {
+        let mut out = BTreeMap::new();
+        let mut unknown = Vec::new();
+        for id in ids {
+            match fresh(&self.cache.group_tags, id) {
+                Some(t) => {
+                    out.insert(id.clone(), t);
+                }
+                None => unknown.push(id.clone()),
+            }
+        }
+        for chunk in unknown.chunks(FILTER_BATCH) {
+            for g in self
+                .security_groups(vec![filter("group-id", chunk.iter().cloned())])
+                .await?
+            {
+                if let Some(id) = g.group_id() {
+                    let tags = ec2_tags(g.tags());
+                    remember(&self.cache.group_tags, id.to_string(), tags.clone());
+                    out.insert(id.to_string(), tags);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// DescribeSecurityGroups with `filters`, every page.
+    async fn security_groups(
+        &self,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<ec2::types::SecurityGroup>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .ec2
+                .describe_security_groups()
+                .set_filters(Some(filters.clone()))
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| from_sdk("ec2:DescribeSecurityGroups", e))?;
+            out.extend(page.security_groups().iter().cloned());
+            token = page.next_token().map(String::from);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Portico's own group of `key`, found by its ownership tags.
+    pub(crate) async fn own_group(&self, key: &LoadBalancerKey) -> Result<Option<OwnGroup>> {
+        let mut found = self
+            .security_groups(vec![
+                filter(
+                    &format!("tag:{}", portico_provider::tag::CLUSTER),
+                    [key.cluster.to_string()],
+                ),
+                filter(
+                    &format!("tag:{}", portico_provider::tag::UID),
+                    [key.uid.clone()],
+                ),
+            ])
+            .await?;
+        found.retain(|g| owned_by(key, &ec2_tags(g.tags())));
+        found.sort_by(|a, b| a.group_id().cmp(&b.group_id()));
+        Ok(found.first().and_then(|g| {
+            Some(OwnGroup {
+                id: g.group_id()?.to_string(),
+                rules: rules_of(g),
+            })
+        }))
+    }
+
+    /// Create `key`'s own group in `vpc`; when a group of its name exists
+    /// already (an interrupted ensure), adopt it if its tags are `key`'s.
+    pub(crate) async fn create_own_group(
+        &self,
+        key: &LoadBalancerKey,
+        vpc: &str,
+        tags: &Tags,
+    ) -> Result<OwnGroup> {
+        let name = names::load_balancer_name(key);
+        let tag_spec = TagSpecification::builder()
+            .resource_type(ResourceType::SecurityGroup)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .build();
+        info!(%name, vpc, "creating the load balancer's security group");
+        let out = self
+            .ec2
+            .create_security_group()
+            .group_name(&name)
+            .description(format!(
+                "portico: clients of the load balancer of {}/{}",
+                key.namespace, key.name
+            ))
+            .vpc_id(vpc)
+            .tag_specifications(tag_spec)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(OwnGroup {
+                id: out.group_id().unwrap_or_default().to_string(),
+                rules: BTreeSet::new(),
+            }),
+            Err(e) => match from_sdk("ec2:CreateSecurityGroup", e) {
+                ProviderError::Conflict { message } => {
+                    let found = self
+                        .security_groups(vec![
+                            filter("group-name", [name.clone()]),
+                            filter("vpc-id", [vpc.to_string()]),
+                        ])
+                        .await?;
+                    match found.first() {
+                        Some(g) if owned_by(key, &ec2_tags(g.tags())) => Ok(OwnGroup {
+                            id: g.group_id().unwrap_or_default().to_string(),
+                            rules: rules_of(g),
+                        }),
+                        _ => Err(ProviderError::Conflict {
+                            message: format!(
+                                "security group {name} exists in {vpc} but its tags do not name this Service: {message}"
+                            ),
+                        }),
+                    }
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    /// The rules that name `own` as their peer, by the group holding them.
+    pub(crate) async fn rules_referencing(
+        &self,
+        own: &str,
+    ) -> Result<BTreeMap<String, BTreeSet<Rule>>> {
+        let groups = self
+            .security_groups(vec![filter("ip-permission.group-id", [own.to_string()])])
+            .await?;
+        let peer = Peer::Group(own.to_string());
+        Ok(groups
+            .iter()
+            .filter_map(|g| {
+                let rules: BTreeSet<Rule> =
+                    rules_of(g).into_iter().filter(|r| r.peer == peer).collect();
+                Some((g.group_id()?.to_string(), rules))
+            })
+            .filter(|(_, rules)| !rules.is_empty())
+            .collect())
+    }
+
+    /// The user's groups as ids: ids as given, names looked up in `vpc`.
+    pub(crate) async fn user_groups(
+        &self,
+        listed: &[String],
+        vpc: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let (mut ids, names): (Vec<String>, Vec<String>) =
+            listed.iter().cloned().partition(|g| g.starts_with("sg-"));
+        if !names.is_empty() {
+            let mut filters = vec![filter("group-name", names.clone())];
+            filters.extend(vpc.map(|v| filter("vpc-id", [v.to_string()])));
+            let found = self.security_groups(filters).await?;
+            for n in &names {
+                match found.iter().find(|g| g.group_name() == Some(n.as_str())) {
+                    Some(g) => ids.push(g.group_id().unwrap_or_default().to_string()),
+                    None => {
+                        return Err(ProviderError::invalid(
+                            Annotations::field(&format!("{PREFIX}security-groups")),
+                            format!("security group {n:?} not found (by id or name)"),
+                        ));
+                    }
+                }
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    pub(crate) async fn authorize(
+        &self,
+        group: &str,
+        rules: &[Rule],
+        description: &str,
+    ) -> Result<()> {
+        let result = self
+            .ec2
+            .authorize_security_group_ingress()
+            .group_id(group)
+            .set_ip_permissions(Some(permissions(rules, description)))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Someone (a concurrent ensure) added it meanwhile: it is there.
+            Err(e)
+                if e.as_service_error()
+                    .and_then(|s| ec2::error::ProvideErrorMetadata::code(s))
+                    == Some("InvalidPermission.Duplicate") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(from_sdk("ec2:AuthorizeSecurityGroupIngress", e)),
+        }
+    }
+
+    /// Revoke `rules` (described as they were authorized: AWS matches
+    /// without the description, moto with it).
+    pub(crate) async fn revoke(
+        &self,
+        group: &str,
+        rules: &[Rule],
+        description: &str,
+    ) -> Result<()> {
+        gone_is_ok(
+            self.ec2
+                .revoke_security_group_ingress()
+                .group_id(group)
+                .set_ip_permissions(Some(permissions(rules, description)))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk("ec2:RevokeSecurityGroupIngress", e)),
+        )
+    }
+
+    /// Delete a security group. Right after its NLB is deleted, AWS refuses
+    /// for a while (`DependencyViolation`: the NLB's network interfaces
+    /// still hold it): a transient error, so the caller tries again later.
+    pub(crate) async fn delete_security_group(&self, id: &str) -> Result<()> {
+        gone_is_ok(
+            self.ec2
+                .delete_security_group()
+                .group_id(id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| from_sdk("ec2:DeleteSecurityGroup", e)),
+        )
+    }
+
+    /// Remove every trace of `key`'s own group: its rules on other groups, then the group.
+    pub(crate) async fn delete_own_group(&self, key: &LoadBalancerKey) -> Result<()> {
+        let Some(own) = self.own_group(key).await? else {
+            return Ok(());
+        };
+        for (group, rules) in self.rules_referencing(&own.id).await? {
+            let rules: Vec<Rule> = rules.into_iter().collect();
+            self.revoke(&group, &rules, &rule_description(key)).await?;
+        }
+        info!(group = %own.id, "deleting the load balancer's security group");
+        self.delete_security_group(&own.id).await
+    }
+
+    /// Every key that owns a security group of this cluster (for `list_owned`).
+    pub(crate) async fn keys_of_owned_groups(&self) -> Result<Vec<LoadBalancerKey>> {
+        let groups = self
+            .security_groups(vec![filter(
+                &format!("tag:{}", portico_provider::tag::CLUSTER),
+                [self.config.cluster.to_string()],
+            )])
+            .await?;
+        Ok(groups
+            .iter()
+            .filter_map(|g| names::key_from_tags(&self.config.cluster, &ec2_tags(g.tags())))
+            .collect())
+    }
+
+    async fn describe_subnets(
+        &self,
+        ids: Option<Vec<String>>,
+        filters: Vec<Filter>,
+    ) -> Result<Vec<SubnetInfo>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .ec2
+                .describe_subnets()
+                .set_subnet_ids(ids.clone())
+                .set_filters(Some(filters.clone()))
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| match from_sdk("ec2:DescribeSubnets", e) {
+                    ProviderError::NotFound { what } => {
+                        ProviderError::invalid(subnets_field(), what)
+                    }
+                    other => other,
+                })?;
+            for s in page.subnets() {
+                let (Some(id), Some(az), Some(vpc)) =
+                    (s.subnet_id(), s.availability_zone(), s.vpc_id())
+                else {
+                    continue;
+                };
+                out.push(SubnetInfo {
+                    id: id.to_string(),
+                    az: az.to_string(),
+                    vpc_id: vpc.to_string(),
+                    tags: ec2_tags(s.tags()),
+                });
+            }
+            token = page.next_token().map(String::from);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn route_tables(&self, vpc: &str) -> Result<Vec<RouteTableInfo>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .ec2
+                .describe_route_tables()
+                .filters(filter("vpc-id", [vpc.to_string()]))
+                .set_next_token(token)
+                .send()
+                .await
+                .map_err(|e| from_sdk("ec2:DescribeRouteTables", e))?;
+            for t in page.route_tables() {
+                out.push(RouteTableInfo {
+                    main: t.associations().iter().any(|a| a.main() == Some(true)),
+                    subnets: t
+                        .associations()
+                        .iter()
+                        .filter_map(|a| a.subnet_id().map(String::from))
+                        .collect(),
+                    to_internet: t
+                        .routes()
+                        .iter()
+                        .any(|r| r.gateway_id().is_some_and(|g| g.starts_with("igw"))),
+                });
+            }
+            token = page.next_token().map(String::from);
+            if token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Subnet ids for a new NLB and their VPC: the annotation's, in its
+    /// order, or one per zone discovered in `vpc` (see `subnets::choose`).
+    pub(crate) async fn resolve_subnets(
+        &self,
+        opts: &AwsOptions,
+        vpc: Option<&str>,
+        cluster_keys: &BTreeSet<String>,
+    ) -> Result<(Vec<String>, String)> {
+        let vpc_filter: Vec<Filter> = vpc
+            .iter()
+            .map(|v| filter("vpc-id", [v.to_string()]))
+            .collect();
+        let chosen = match &opts.subnets {
+            SubnetSelector::Listed(items) => {
+                let (ids, tag_names): (Vec<String>, Vec<String>) = items
+                    .iter()
+                    .cloned()
+                    .partition(|s| s.starts_with("subnet-"));
+                let mut found = Vec::new();
+                if !ids.is_empty() {
+                    found.extend(self.describe_subnets(Some(ids), Vec::new()).await?);
+                }
+                if !tag_names.is_empty() {
+                    let mut filters = vpc_filter.clone();
+                    filters.push(filter("tag:Name", tag_names));
+                    found.extend(self.describe_subnets(None, filters).await?);
+                }
+                let mut out = Vec::new();
+                for item in items {
+                    let mut matching: Vec<&SubnetInfo> = found
+                        .iter()
+                        .filter(|s| s.id == *item || s.tags.get("Name") == Some(item))
+                        .collect();
+                    matching.sort_by(|a, b| a.id.cmp(&b.id));
+                    match matching.first() {
+                        Some(s) => out.push((*s).clone()),
+                        None => {
+                            return Err(ProviderError::invalid(
+                                subnets_field(),
+                                format!("subnet {item:?} not found (by id or Name tag)"),
+                            ));
+                        }
+                    }
+                }
+                out
+            }
+            SubnetSelector::Discover => {
+                let Some(vpc) = vpc else {
+                    return Err(ProviderError::transient("no VPC to discover subnets in"));
+                };
+                let all = self.describe_subnets(None, vpc_filter).await?;
+                let found = match subnets::choose(&all, cluster_keys, opts.scheme, None) {
+                    Discovery::Chosen(found) => found,
+                    Discovery::NeedsRoutes => {
+                        let tables = self.route_tables(vpc).await?;
+                        let ids: Vec<&str> = all.iter().map(|s| s.id.as_str()).collect();
+                        let public = subnets::public_subnets(&tables, &ids);
+                        match subnets::choose(&all, cluster_keys, opts.scheme, Some(&public)) {
+                            Discovery::Chosen(found) => found,
+                            Discovery::NeedsRoutes => Vec::new(),
+                        }
+                    }
+                };
+                if found.is_empty() {
+                    let role = subnets::role_tag(opts.scheme);
+                    return Err(ProviderError::invalid(
+                        subnets_field(),
+                        format!(
+                            "no subnet of {vpc} fits a{} load balancer: tag subnets with {role}=1 (and {}=owned|shared), or list them in this annotation",
+                            if opts.scheme == Scheme::Internal {
+                                "n internal"
+                            } else {
+                                "n internet-facing (none is tagged or routes to an internet gateway)"
+                            },
+                            names::cluster_tag(&self.config.cluster)
+                        ),
+                    ));
+                }
+                found
+            }
+        };
+        let vpc = chosen.first().map(|s| s.vpc_id.clone()).unwrap_or_default();
+        if let Some(other) = chosen.iter().find(|s| s.vpc_id != vpc) {
+            return Err(ProviderError::invalid(
+                subnets_field(),
+                format!(
+                    "subnet {} is in {}, not in {vpc} with the others",
+                    other.id, other.vpc_id
+                ),
+            ));
+        }
+        Ok((chosen.into_iter().map(|s| s.id).collect(), vpc))
+    }
+}

@@ -1,0 +1,300 @@
+//! Security groups against the AWS endpoint in `AWS_ENDPOINT_URL` (moto):
+//! each NLB is created with its own group whose rules follow
+//! `loadBalancerSourceRanges`; the nodes' group lets that group reach the
+//! NodePorts and the health-check port; drift is repaired without
+//! duplicates; the user's groups replace portico's; delete leaves nothing.
+//! Skips when the endpoint is not set.
+
+use portico_aws::testing as common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, IpPermission, UserIdGroupPair};
+use common::AwsHarness;
+use portico_aws::CallStats;
+use portico_provider::testing::EnsureSpec;
+use portico_provider::{
+    Annotations, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, Protocol,
+};
+
+const A: &str = "service.beta.kubernetes.io/aws-load-balancer-";
+
+/// (protocol, from, to, peer) of every ingress rule of `group`.
+async fn ingress(h: &AwsHarness, group: &str) -> BTreeSet<(String, i32, i32, String)> {
+    let out = h
+        .ec2
+        .describe_security_groups()
+        .group_ids(group)
+        .send()
+        .await
+        .expect("describe security group");
+    let mut rules = BTreeSet::new();
+    for g in out.security_groups() {
+        for p in g.ip_permissions() {
+            let key = |peer: &str| {
+                (
+                    p.ip_protocol().unwrap_or_default().to_string(),
+                    p.from_port().unwrap_or(-1),
+                    p.to_port().unwrap_or(-1),
+                    peer.to_string(),
+                )
+            };
+            for r in p.ip_ranges() {
+                rules.insert(key(r.cidr_ip().unwrap_or_default()));
+            }
+            for r in p.ipv6_ranges() {
+                rules.insert(key(r.cidr_ipv6().unwrap_or_default()));
+            }
+            for r in p.user_id_group_pairs() {
+                rules.insert(key(r.group_id().unwrap_or_default()));
+            }
+        }
+    }
+    rules
+}
+
+async fn group_exists(h: &AwsHarness, group: &str) -> bool {
+    let out = h
+        .ec2
+        .describe_security_groups()
+        .filters(Filter::builder().name("group-id").values(group).build())
+        .send()
+        .await
+        .expect("describe security groups");
+    !out.security_groups().is_empty()
+}
+
+/// The NLB's security groups.
+async fn lb_groups(h: &AwsHarness, key: &LoadBalancerKey) -> Vec<String> {
+    let lb = h
+        .elb
+        .describe_load_balancers()
+        .names(portico_aws::load_balancer_name(key))
+        .send()
+        .await
+        .expect("describe load balancer");
+    let mut groups = lb.load_balancers()[0].security_groups().to_vec();
+    groups.sort();
+    groups
+}
+
+fn rule(proto: &str, port: i32, peer: &str) -> (String, i32, i32, String) {
+    (proto.to_string(), port, port, peer.to_string())
+}
+
+async fn ensure(h: &AwsHarness, s: &LoadBalancerSpec) -> CallStats {
+    let before = h.provider.calls().stats();
+    h.provider
+        .ensure_spec(s)
+        .await
+        .unwrap_or_else(|e| panic!("ensure {}: {e}", s.key));
+    h.provider.calls().stats().since(&before)
+}
+
+async fn spec(h: &AwsHarness, name: &str, annotations: &[(&str, &str)]) -> LoadBalancerSpec {
+    let uid = uuid::Uuid::new_v4().to_string();
+    let mut s = LoadBalancerSpec::new(LoadBalancerKey::new(
+        h.cluster.clone(),
+        "sg",
+        format!("{name}-{}", &uid[..8]),
+        uid,
+    ));
+    s.listeners = vec![
+        Listener {
+            port: 80,
+            protocol: Protocol::Tcp,
+            node_port: 30080,
+            name: Some("http".into()),
+        },
+        Listener {
+            port: 53,
+            protocol: Protocol::Udp,
+            node_port: 30053,
+            name: Some("dns".into()),
+        },
+    ];
+    s.targets = h.target_list(2).await.into();
+    s.annotations = Annotations::new(
+        annotations
+            .iter()
+            .map(|(k, v)| (format!("{A}{k}"), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+    );
+    s
+}
+
+macro_rules! aws_test {
+    ($name:ident, $body:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            if common::skip() {
+                return;
+            }
+            tokio::time::timeout(Duration::from_secs(180), async {
+                let h = AwsHarness::start().await;
+                #[allow(clippy::redundant_closure_call)]
+                ($body)(h).await
+            })
+            .await
+            .expect("timed out");
+        }
+    };
+}
+
+aws_test!(
+    own_group_follows_source_ranges_and_opens_the_nodes,
+    |h: AwsHarness| async move {
+        let mut s = spec(&h, "ranges", &[]).await;
+        s.source_ranges = vec!["203.0.113.0/24".parse().expect("cidr")];
+        let created = ensure(&h, &s).await;
+        assert_eq!(created.count("ec2:CreateSecurityGroup"), 1, "{created:?}");
+        let groups = lb_groups(&h, &s.key).await;
+        assert_eq!(groups.len(), 1, "the NLB is created with its own group");
+        let own = groups[0].clone();
+        assert_eq!(
+            ingress(&h, &own).await,
+            [
+                rule("tcp", 80, "203.0.113.0/24"),
+                rule("udp", 53, "203.0.113.0/24")
+            ]
+            .into(),
+            "clients from the source ranges on the listener ports only"
+        );
+        let nodes = h.node_group.clone();
+        let from_own: BTreeSet<_> = ingress(&h, &nodes)
+            .await
+            .into_iter()
+            .filter(|r| r.3 == own)
+            .collect();
+        assert_eq!(
+            from_own,
+            [
+                rule("tcp", 10256, &own),
+                rule("tcp", 30080, &own),
+                rule("udp", 30053, &own)
+            ]
+            .into(),
+            "the NodePorts and kube-proxy's health port, from the NLB's group"
+        );
+        assert_eq!(ensure(&h, &s).await.mutations, 0, "at rest");
+
+        // New ranges: one authorize and one revoke, on the own group.
+        s.source_ranges = vec!["198.51.100.0/24".parse().expect("cidr")];
+        let changed = ensure(&h, &s).await;
+        assert_eq!(
+            (
+                changed.count("ec2:AuthorizeSecurityGroupIngress"),
+                changed.count("ec2:RevokeSecurityGroupIngress"),
+                changed.mutations
+            ),
+            (1, 1, 2),
+            "{changed:?}"
+        );
+        assert_eq!(
+            ingress(&h, &own).await,
+            [
+                rule("tcp", 80, "198.51.100.0/24"),
+                rule("udp", 53, "198.51.100.0/24")
+            ]
+            .into()
+        );
+
+        // Drift: someone removes a node rule; it comes back, and only it.
+        h.ec2
+            .revoke_security_group_ingress()
+            .group_id(&nodes)
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(30080)
+                    .to_port(30080)
+                    .user_id_group_pairs(
+                        UserIdGroupPair::builder()
+                            .group_id(&own)
+                            // moto matches a group rule with its description; AWS does not.
+                            .description(format!("portico: sg/{}", s.key.name))
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("revoke by hand");
+        let repaired = ensure(&h, &s).await;
+        assert_eq!(repaired.mutations, 1, "{repaired:?}");
+        let again: Vec<_> = ingress(&h, &nodes)
+            .await
+            .into_iter()
+            .filter(|r| r.3 == own)
+            .collect();
+        assert_eq!(again.len(), 3, "no duplicate: {again:?}");
+
+        // Delete: the NLB, its rules on the nodes, then its group.
+        h.provider.delete(&s.key).await.expect("delete");
+        assert!(!group_exists(&h, &own).await, "own group left behind");
+        assert!(
+            ingress(&h, &nodes).await.iter().all(|r| r.3 != own),
+            "node rules left behind"
+        );
+        assert!(
+            h.provider.list_owned().await.expect("list").is_empty(),
+            "nothing owned"
+        );
+    }
+);
+
+aws_test!(
+    users_groups_replace_portico_s_and_opt_out_leaves_nodes_alone,
+    |h: AwsHarness| async move {
+        let users = h
+            .ec2
+            .create_security_group()
+            .group_name(format!("{}-users", h.cluster))
+            .description("a user's group")
+            .vpc_id(&h.vpc_id)
+            .send()
+            .await
+            .expect("create user group")
+            .group_id()
+            .expect("id")
+            .to_string();
+        // By name, as users often write it; portico then leaves the nodes alone.
+        let s = spec(
+            &h,
+            "users",
+            &[("security-groups", &format!("{}-users", h.cluster))],
+        )
+        .await;
+        let created = ensure(&h, &s).await;
+        assert_eq!(lb_groups(&h, &s.key).await, vec![users.clone()]);
+        assert_eq!(created.count("ec2:CreateSecurityGroup"), 0, "{created:?}");
+        assert_eq!(
+            created.count("ec2:AuthorizeSecurityGroupIngress"),
+            0,
+            "{created:?}"
+        );
+        assert_eq!(ensure(&h, &s).await.mutations, 0, "at rest");
+        h.provider.delete(&s.key).await.expect("delete");
+        assert!(
+            group_exists(&h, &users).await,
+            "the user's group is never deleted"
+        );
+
+        // Portico's own group, but the nodes are not portico's to open.
+        let opted_out = spec(
+            &h,
+            "optout",
+            &[("manage-backend-security-group-rules", "false")],
+        )
+        .await;
+        ensure(&h, &opted_out).await;
+        let own = lb_groups(&h, &opted_out.key).await[0].clone();
+        let nodes = h.node_group.clone();
+        assert!(
+            ingress(&h, &nodes).await.iter().all(|r| r.3 != own),
+            "no rule on the nodes"
+        );
+        h.provider.delete(&opted_out.key).await.expect("delete");
+    }
+);
