@@ -14,6 +14,9 @@
 //! the cloud through [`Harness::observe`] and checks it holds what the spec
 //! asks (listeners, targets, health check, source ranges): a provider that
 //! answers "ok" without building fails.
+//!
+//! Longer than most files on purpose: the whole suite in one file, so a
+//! provider's author reads everything it asserts in one place.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};

@@ -1,6 +1,9 @@
 //! EC2: the nodes' instances (cached), the cluster's VPC, the subnets of a
 //! new NLB, and security groups (the NLB's own group and its rules on the
 //! nodes' cluster groups).
+//!
+//! Longer than most files on purpose: every EC2 call the provider makes is
+//! here, so the `ec2:*` actions of the IAM policy are this file's calls.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;

@@ -1,0 +1,598 @@
+//! Table tests of `plan.rs` (kept apart so the module reads as its logic).
+
+use super::*;
+use crate::desired::CheckPort;
+use crate::options::{AwsOptions, HealthProtocol};
+use crate::security::Peer;
+use portico_provider::{
+    Annotations, ClusterName, HealthCheck, Listener, LoadBalancerKey, LoadBalancerSpec, Protocol,
+    Target,
+};
+
+fn key() -> LoadBalancerKey {
+    LoadBalancerKey::new(ClusterName::new("c1"), "ns", "web", "uid-1")
+}
+
+fn target(i: usize, labels: &[(&str, &str)]) -> Target {
+    Target {
+        node_name: format!("node-{i}"),
+        addresses: vec![],
+        provider_id: Some(format!("aws:///us-east-1a/i-{i:05x}")),
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn listener(port: u16, protocol: Protocol, node_port: u16) -> Listener {
+    Listener {
+        port,
+        protocol,
+        node_port,
+        name: None,
+    }
+}
+
+fn spec(listeners: Vec<Listener>, targets: usize) -> LoadBalancerSpec {
+    let mut s = LoadBalancerSpec::new(key());
+    s.listeners = listeners;
+    s.targets = (0..targets).map(|i| target(i, &[])).collect();
+    s
+}
+
+fn desired(spec: &LoadBalancerSpec) -> Desired {
+    let opts = AwsOptions::parse(spec).expect("options");
+    Desired::new(spec, &opts).expect("desired")
+}
+
+/// What AWS would report after carrying out `desired` on a fresh NLB.
+fn converged(d: &Desired) -> Observed {
+    let mut o = Observed::fresh(
+        ObservedLb {
+            arn: "arn:lb".into(),
+            name: d.name.clone(),
+            dns_name: "lb.example".into(),
+            scheme: Some("internet-facing".into()),
+            ip_address_type: Some("ipv4".into()),
+            vpc_id: Some("vpc-1".into()),
+            security_groups: vec!["sg-own".into()],
+        },
+        d.tags.clone(),
+        ObservedSecurity {
+            own: Some(OwnGroup {
+                id: "sg-own".into(),
+                rules: d.security.frontend.clone(),
+            }),
+            user_groups: Vec::new(),
+            node_rules: BTreeMap::from([(
+                "sg-nodes".to_string(),
+                security::backend_rules("sg-own", &d.security.backend_ports),
+            )]),
+            node_groups: ["sg-nodes".to_string()].into(),
+        },
+    );
+    o.lb_attributes = d.lb_attributes.clone();
+    for g in &d.groups {
+        let arn = format!("arn:tg/{}", g.name);
+        o.groups.push(ObservedGroup {
+            arn: arn.clone(),
+            name: g.name.clone(),
+            health: ObservedHealth {
+                protocol: Some(g.health.protocol.as_str().into()),
+                port: Some(g.health.port_string()),
+                path: g.health.path.clone(),
+                success_codes: g.health.success_codes.clone(),
+                interval: Some(g.health.interval),
+                timeout: Some(g.health.timeout),
+                healthy: Some(g.health.healthy),
+                unhealthy: Some(g.health.unhealthy),
+            },
+            targets: g.targets.clone(),
+            tags: d.tags.clone(),
+            attributes: d.group_attributes.clone(),
+        });
+        o.listeners.push(ObservedListener {
+            arn: format!("arn:listener/{}", g.port),
+            port: g.port,
+            protocol: g.listener.as_str().into(),
+            target_group_arn: Some(arn),
+            certificate: g.tls.as_ref().map(|t| t.certificate.clone()),
+            ssl_policy: g.tls.as_ref().map(|t| t.policy.clone()),
+            alpn: g.tls.as_ref().and_then(|t| t.alpn.clone()),
+        });
+    }
+    o
+}
+
+fn ops(steps: &[Step]) -> Vec<&'static str> {
+    steps.iter().map(Step::operation).collect()
+}
+
+#[test]
+fn fresh_nlb_plan_creates_groups_registers_and_listens() {
+    let s = spec(
+        vec![
+            listener(80, Protocol::Tcp, 30080),
+            listener(53, Protocol::Udp, 30053),
+        ],
+        2,
+    );
+    let d = desired(&s);
+    let mut fresh = converged(&d);
+    fresh.groups.clear();
+    fresh.listeners.clear();
+    fresh.security.node_rules.clear();
+    if let Some(own) = fresh.security.own.as_mut() {
+        own.rules.clear();
+    }
+    let steps = plan(&fresh, &d);
+    assert_eq!(
+        ops(&steps),
+        [
+            "ec2:AuthorizeSecurityGroupIngress",
+            "ec2:AuthorizeSecurityGroupIngress",
+            "CreateTargetGroup",
+            "CreateTargetGroup",
+            "RegisterTargets",
+            "RegisterTargets",
+            "CreateListener",
+            "CreateListener"
+        ]
+    );
+}
+
+#[test]
+fn converged_state_plans_nothing() {
+    let mut s = spec(
+        vec![
+            listener(80, Protocol::Tcp, 30080),
+            listener(53, Protocol::Udp, 30053),
+        ],
+        3,
+    );
+    s.annotations = Annotations::new(
+        [
+            (
+                "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags",
+                "team=web",
+            ),
+            (
+                "service.beta.kubernetes.io/aws-load-balancer-cross-zone-load-balancing-enabled",
+                "true",
+            ),
+            (
+                "service.beta.kubernetes.io/aws-load-balancer-healthcheck-protocol",
+                "http",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    let d = desired(&s);
+    assert_eq!(plan(&converged(&d), &d), vec![]);
+}
+
+#[test]
+fn target_changes_batch_by_100_register_first() {
+    let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 250);
+    let d = desired(&s);
+    let mut o = converged(&d);
+    // 250 desired; AWS has 0..50 and 300..420 (120 to go, 200 to add).
+    o.groups[0].targets = (0..50)
+        .chain(300..420)
+        .map(|i| format!("i-{i:05x}"))
+        .collect();
+    let steps = plan(&o, &d);
+    assert_eq!(
+        ops(&steps),
+        [
+            "RegisterTargets",
+            "RegisterTargets",
+            "DeregisterTargets",
+            "DeregisterTargets"
+        ]
+    );
+    let sizes: Vec<usize> = steps
+        .iter()
+        .map(|s| match s {
+            Step::Register { ids, .. } | Step::Deregister { ids, .. } => ids.len(),
+            _ => 0,
+        })
+        .collect();
+    assert_eq!(sizes, [100, 100, 100, 20]);
+}
+
+#[test]
+fn health_change_modifies_the_group_only() {
+    let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 2);
+    let d = desired(&s);
+    let o = converged(&d);
+    let mut local = s.clone();
+    local.health_check = HealthCheck::Http {
+        port: 32000,
+        path: "/healthz".into(),
+    };
+    let steps = plan(&o, &desired(&local));
+    assert_eq!(
+        ops(&steps),
+        [
+            "ec2:AuthorizeSecurityGroupIngress",
+            "ModifyTargetGroup",
+            "ec2:RevokeSecurityGroupIngress"
+        ],
+        "the nodes accept the new health-check port first, the old one is closed last"
+    );
+    match &steps[1] {
+        Step::ModifyHealth { health, .. } => {
+            assert_eq!(health.protocol, HealthProtocol::Http);
+            assert_eq!(health.port_string(), "32000");
+            assert_eq!(health.path.as_deref(), Some("/healthz"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn node_port_change_replaces_the_group_behind_the_listener() {
+    let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 2);
+    let o = converged(&desired(&s));
+    let moved = spec(vec![listener(80, Protocol::Tcp, 31080)], 2);
+    let steps = plan(&o, &desired(&moved));
+    assert_eq!(
+        ops(&steps),
+        [
+            "ec2:AuthorizeSecurityGroupIngress",
+            "CreateTargetGroup",
+            "RegisterTargets",
+            "ModifyListener",
+            "DeleteTargetGroup",
+            "ec2:RevokeSecurityGroupIngress"
+        ]
+    );
+}
+
+#[test]
+fn protocol_change_to_tcp_udp_modifies_the_listener() {
+    let s = spec(vec![listener(53, Protocol::Udp, 30053)], 1);
+    let o = converged(&desired(&s));
+    let both = spec(
+        vec![
+            listener(53, Protocol::Tcp, 30053),
+            listener(53, Protocol::Udp, 30053),
+        ],
+        1,
+    );
+    let steps = plan(&o, &desired(&both));
+    assert_eq!(
+        ops(&steps),
+        [
+            "ec2:AuthorizeSecurityGroupIngress",
+            "ec2:AuthorizeSecurityGroupIngress",
+            "CreateTargetGroup",
+            "RegisterTargets",
+            "ModifyListener",
+            "DeleteTargetGroup"
+        ],
+        "TCP opened on the own group and the nodes"
+    );
+    assert!(matches!(
+        &steps[4],
+        Step::ModifyListener {
+            protocol: TgProtocol::TcpUdp,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn removed_port_deletes_listener_then_group() {
+    let s = spec(
+        vec![
+            listener(80, Protocol::Tcp, 30080),
+            listener(443, Protocol::Tcp, 30443),
+        ],
+        1,
+    );
+    let o = converged(&desired(&s));
+    let fewer = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+    assert_eq!(
+        ops(&plan(&o, &desired(&fewer))),
+        [
+            "DeleteListener",
+            "DeleteTargetGroup",
+            "ec2:RevokeSecurityGroupIngress",
+            "ec2:RevokeSecurityGroupIngress"
+        ],
+        "the port closes on the own group and the nodes once nothing listens"
+    );
+}
+
+#[test]
+fn duplicate_listeners_from_an_emulator_are_cleaned() {
+    let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+    let d = desired(&s);
+    let mut o = converged(&d);
+    let mut dup = o.listeners[0].clone();
+    dup.arn = "arn:listener/zz".into();
+    o.listeners.push(dup);
+    assert_eq!(ops(&plan(&o, &d)), ["DeleteListener"]);
+}
+
+#[test]
+fn tags_diff_keeps_foreign_tags() {
+    let with = |tags: &str| {
+        let mut s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+        s.annotations = Annotations::new(
+            [(
+                "service.beta.kubernetes.io/aws-load-balancer-additional-resource-tags".to_string(),
+                tags.to_string(),
+            )]
+            .into_iter()
+            .collect(),
+        );
+        desired(&s)
+    };
+    let before = with("team=web,env=prod");
+    let mut o = converged(&before);
+    o.tags.insert("someone-else".into(), "x".into());
+    let after = with("team=api");
+    let steps = plan(&o, &after);
+    let lb_steps: Vec<&Step> = steps
+        .iter()
+        .filter(|s| {
+            matches!(s, Step::AddTags { resource: GroupRef::Arn(a), .. }
+                | Step::RemoveTags { resource: GroupRef::Arn(a), .. } if a == "arn:lb")
+        })
+        .collect();
+    assert_eq!(lb_steps.len(), 2, "{steps:?}");
+    match lb_steps[0] {
+        Step::AddTags { tags, .. } => {
+            assert_eq!(tags.get("team").map(String::as_str), Some("api"));
+            assert_eq!(
+                tags.get(names::TAG_ADDITIONAL_KEYS).map(String::as_str),
+                Some("team")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    match lb_steps[1] {
+        Step::RemoveTags { keys, .. } => assert_eq!(keys, &vec!["env".to_string()]),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn with_annotations(mut s: LoadBalancerSpec, pairs: &[(&str, &str)]) -> LoadBalancerSpec {
+    s.annotations = Annotations::new(
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    format!("service.beta.kubernetes.io/aws-load-balancer-{k}"),
+                    v.to_string(),
+                )
+            })
+            .collect(),
+    );
+    s
+}
+
+fn rules_of<'a>(steps: &'a [Step], op: &str, on: &str) -> Vec<&'a Rule> {
+    steps
+        .iter()
+        .filter(|s| s.operation() == op)
+        .flat_map(|s| match s {
+            Step::Authorize { group, rules } | Step::Revoke { group, rules } if group == on => {
+                rules.iter().collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn source_range_change_touches_the_own_group_only() {
+    let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+    let o = converged(&desired(&s));
+    let mut narrowed = s.clone();
+    narrowed.source_ranges = vec!["203.0.113.0/24".parse().expect("cidr")];
+    let steps = plan(&o, &desired(&narrowed));
+    assert_eq!(
+        ops(&steps),
+        [
+            "ec2:AuthorizeSecurityGroupIngress",
+            "ec2:RevokeSecurityGroupIngress"
+        ]
+    );
+    let added = rules_of(&steps, "ec2:AuthorizeSecurityGroupIngress", "sg-own");
+    assert_eq!(
+        added,
+        [&Rule::port(
+            "tcp",
+            80,
+            Peer::Cidr("203.0.113.0/24".parse().expect("cidr"))
+        )]
+    );
+    let removed = rules_of(&steps, "ec2:RevokeSecurityGroupIngress", "sg-own");
+    assert_eq!(
+        removed,
+        [&Rule::port(
+            "tcp",
+            80,
+            Peer::Cidr("0.0.0.0/0".parse().expect("cidr"))
+        )]
+    );
+}
+
+#[test]
+fn nodes_moving_to_another_group_move_the_rules() {
+    let s = spec(vec![listener(53, Protocol::Udp, 30053)], 1);
+    let d = desired(&s);
+    let mut o = converged(&d);
+    o.security.node_groups = ["sg-nodes-2".to_string()].into();
+    let steps = plan(&o, &d);
+    let want: Vec<Rule> = vec![
+        Rule::port("tcp", 10256, Peer::Group("sg-own".into())),
+        Rule::port("udp", 30053, Peer::Group("sg-own".into())),
+    ];
+    assert_eq!(
+        rules_of(&steps, "ec2:AuthorizeSecurityGroupIngress", "sg-nodes-2"),
+        want.iter().collect::<Vec<_>>(),
+        "UDP NodePort and kube-proxy's health port, from the own group"
+    );
+    assert_eq!(
+        rules_of(&steps, "ec2:RevokeSecurityGroupIngress", "sg-nodes"),
+        want.iter().collect::<Vec<_>>()
+    );
+    // Drift: someone removed one rule; only it comes back, nothing is duplicated.
+    let mut drifted = converged(&d);
+    let nodes = drifted
+        .security
+        .node_rules
+        .get_mut("sg-nodes")
+        .expect("rules");
+    nodes.remove(&want[0]);
+    let steps = plan(&drifted, &d);
+    assert_eq!(ops(&steps), ["ec2:AuthorizeSecurityGroupIngress"]);
+    assert_eq!(
+        rules_of(&steps, "ec2:AuthorizeSecurityGroupIngress", "sg-nodes"),
+        [&want[0]]
+    );
+}
+
+#[test]
+fn user_groups_replace_the_own_group() {
+    let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+    let o = converged(&desired(&s));
+    let users = with_annotations(s.clone(), &[("security-groups", "sg-user")]);
+    let mut with_users = o.clone();
+    with_users.security.user_groups = vec!["sg-user".into()];
+    let steps = plan(&with_users, &desired(&users));
+    assert_eq!(
+        ops(&steps),
+        [
+            "SetSecurityGroups",
+            "ec2:RevokeSecurityGroupIngress",
+            "ec2:DeleteSecurityGroup"
+        ],
+        "the user's groups alone; portico's rules and group go"
+    );
+    assert_eq!(steps[0], Step::SetSecurityGroups(vec!["sg-user".into()]));
+
+    let managed = with_annotations(
+        s,
+        &[
+            ("security-groups", "sg-user"),
+            ("manage-backend-security-group-rules", "true"),
+        ],
+    );
+    let steps = plan(&with_users, &desired(&managed));
+    assert_eq!(
+        ops(&steps),
+        ["SetSecurityGroups", "ec2:RevokeSecurityGroupIngress"],
+        "the own group stays for the node rules, without client rules"
+    );
+    assert_eq!(
+        steps[0],
+        Step::SetSecurityGroups(vec!["sg-own".into(), "sg-user".into()])
+    );
+    assert_eq!(
+        rules_of(&steps, "ec2:RevokeSecurityGroupIngress", "sg-own").len(),
+        1
+    );
+}
+
+#[test]
+fn an_nlb_created_without_security_groups_gets_no_security_steps() {
+    let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+    let d = desired(&s);
+    let mut legacy = converged(&d);
+    legacy.lb.security_groups.clear();
+    legacy.security = ObservedSecurity::default();
+    assert_eq!(plan(&legacy, &d), vec![]);
+}
+
+#[test]
+fn scheme_change_is_a_replacement() {
+    let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+    let o = converged(&desired(&s));
+    assert_eq!(replacement(&o.lb, &desired(&s)), None);
+    let internal = with_annotations(s, &[("internal", "true")]);
+    let why = replacement(&o.lb, &desired(&internal)).expect("replaced");
+    assert!(
+        why.contains("internet-facing") && why.contains("internal"),
+        "{why}"
+    );
+}
+
+#[test]
+fn health_checks_can_pass() {
+    let udp = spec(vec![listener(53, Protocol::Udp, 30053)], 1);
+    let cluster = desired(&udp).groups[0].health.clone();
+    assert_eq!(
+        (cluster.protocol, cluster.port, cluster.path.as_deref()),
+        (
+            HealthProtocol::Http,
+            CheckPort::Port(10256),
+            Some("/healthz")
+        ),
+        "Cluster policy: kube-proxy's health endpoint, never the UDP NodePort"
+    );
+    let mut local = udp.clone();
+    local.health_check = HealthCheck::Http {
+        port: 32001,
+        path: "/healthz".into(),
+    };
+    let local = desired(&local);
+    assert_eq!(local.groups[0].health.port, CheckPort::Port(32001));
+    assert!(
+        local.security.backend_ports.contains(&("tcp", 32001)),
+        "the nodes accept the health check port from the NLB"
+    );
+}
+
+#[test]
+fn tls_settings_change_modifies_the_listener_only() {
+    let cert = "arn:aws:acm:us-east-1:123456789012:certificate/abc";
+    let tls = |policy: &str, backend: &str| {
+        with_annotations(
+            spec(
+                vec![
+                    listener(80, Protocol::Tcp, 30080),
+                    listener(443, Protocol::Tcp, 30443),
+                ],
+                1,
+            ),
+            &[
+                ("ssl-cert", cert),
+                ("ssl-ports", "443"),
+                ("ssl-negotiation-policy", policy),
+                ("backend-protocol", backend),
+            ],
+        )
+    };
+    let d = desired(&tls("ELBSecurityPolicy-2016-08", "tcp"));
+    assert_eq!(
+        d.groups.iter().map(|g| g.listener).collect::<Vec<_>>(),
+        [TgProtocol::Tcp, TgProtocol::Tls],
+        "only the ssl port terminates TLS"
+    );
+    let o = converged(&d);
+    assert_eq!(plan(&o, &d), vec![]);
+    let steps = plan(
+        &o,
+        &desired(&tls("ELBSecurityPolicy-TLS13-1-2-2021-06", "tcp")),
+    );
+    assert_eq!(ops(&steps), ["ModifyListener"]);
+    assert!(matches!(
+        &steps[0],
+        Step::ModifyListener { protocol: TgProtocol::Tls, tls: Some(t), .. }
+            if t.policy == "ELBSecurityPolicy-TLS13-1-2-2021-06" && t.certificate == cert
+    ));
+    let steps = plan(&o, &desired(&tls("ELBSecurityPolicy-2016-08", "ssl")));
+    assert!(
+        ops(&steps).contains(&"CreateTargetGroup"),
+        "TLS to the targets is a new TLS target group: {steps:?}"
+    );
+}
