@@ -3,7 +3,8 @@
 # running portico outside the chart (`kubectl apply -f deploy/rbac.yaml`,
 # then `portico run` as that ServiceAccount), with the Lease in kube-system.
 # The real-cluster tests run the controller under exactly this, and
-# tests/chart.rs fails when the file and the chart drift apart.
+# tests/chart.rs fails when the file and the chart drift apart. The arp
+# provider's extra role comes last (rendered with provider=arp).
 #
 #   scripts/render-rbac.sh            # rewrite deploy/rbac.yaml
 #   scripts/render-rbac.sh --stdout   # print it instead
@@ -30,6 +31,14 @@ HEADER
         --set leaderElection.namespace=kube-system \
         --show-only templates/serviceaccount.yaml \
         --show-only templates/rbac.yaml
+    cat <<'ARP'
+# With --provider arp only (bare metal): the IPPools. Leave this part out
+# for the other providers.
+ARP
+    helm template portico charts/portico \
+        --namespace portico-system \
+        --set provider=arp \
+        --show-only templates/rbac-arp.yaml
 }
 if [[ "${1:-}" == "--stdout" ]]; then
     render

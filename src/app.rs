@@ -13,8 +13,8 @@ use crate::cli::{RunArgs, SlbServerArgs};
 use crate::config::ControllerConfig;
 use crate::k8s::{Api, Client, Namespace};
 use crate::leader::LeaseConfig;
-use crate::providers::{build_provider, start_embedded_slb};
-use crate::runtime::{ReplicaOptions, run_replica};
+use crate::providers::{ProviderContext, build_provider, start_embedded_slb};
+use crate::runtime::{ReplicaOptions, run_replica, run_replica_with};
 
 /// A client from an explicit kubeconfig, or the usual inference.
 pub async fn kube_client(kubeconfig: Option<&Path>) -> Result<Client, Error> {
@@ -124,8 +124,6 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
     let cluster = cluster_identity(&client, args.cluster_name.as_deref()).await?;
     info!(cluster = %cluster, "cluster identity (written into every balancer's ownership tags)");
     let mut registry = Registry::default();
-    let built =
-        build_provider(args.provider, &cluster, &args.slb, &args.aws, &mut registry).await?;
     let identity = args.identity.clone().unwrap_or_else(default_identity);
     let config = ControllerConfig {
         cluster,
@@ -142,6 +140,12 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         gc: args.gc,
         ..ControllerConfig::default()
     };
+    let context = ProviderContext {
+        client: &client,
+        config: &config,
+        identity: &identity,
+    };
+    let built = build_provider(args.provider, context, &args.slb, &args.aws, &mut registry).await?;
     let options = ReplicaOptions {
         config,
         lease: args
@@ -151,7 +155,15 @@ pub async fn run(args: RunArgs) -> Result<(), Error> {
         identity,
     };
     let shutdown = shutdown_on_signal();
-    let result = run_replica(client, built.provider.clone(), options, registry, shutdown).await;
+    let result = run_replica_with(
+        client,
+        built.provider.clone(),
+        options,
+        registry,
+        shutdown,
+        built.leader_task.clone(),
+    )
+    .await;
     if let Some(embedded) = built.embedded {
         embedded.shutdown().await;
     }
@@ -183,6 +195,14 @@ pub async fn demo(args: portico_demo::DemoArgs) -> Result<(), Error> {
     })
     .await?;
     Ok(())
+}
+
+/// `portico speaker`: the bare-metal announcer on this node.
+pub async fn speaker(args: portico_arp::speaker::SpeakerArgs) -> Result<(), Error> {
+    let client = kube_client(args.kubeconfig.as_deref()).await?;
+    portico_arp::speaker::run_with(client, args, shutdown_on_signal())
+        .await
+        .map_err(Error::Speaker)
 }
 
 /// `portico slb-server`.

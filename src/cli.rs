@@ -39,13 +39,17 @@ pub enum Command {
     /// Run the whole path on this machine with no cluster and no cloud account.
     #[cfg(feature = "demo")]
     Demo(portico_demo::DemoArgs),
+    /// Announce bare-metal VIPs from this node with ARP/NDP (the arp
+    /// provider's DaemonSet; host network, NET_RAW and NET_ADMIN).
+    #[command(args_override_self = true)]
+    Speaker(Box<portico_arp::speaker::SpeakerArgs>),
 }
 
 impl Command {
     /// The log filter unless `RUST_LOG` says otherwise.
     pub fn default_log_filter(&self) -> &'static str {
         match self {
-            Command::Run(_) | Command::SlbServer(_) => "info,kube=warn",
+            Command::Run(_) | Command::SlbServer(_) | Command::Speaker(_) => "info,kube=warn",
             // The demo narrates on stdout; its logs stay quiet.
             #[cfg(feature = "demo")]
             Command::Demo(_) => "warn",
@@ -59,6 +63,8 @@ pub enum ProviderKind {
     Slb,
     /// AWS Network Load Balancers.
     Aws,
+    /// Bare metal: addresses from IPPools, announced by the speakers (ARP/NDP).
+    Arp,
 }
 
 impl ProviderKind {
@@ -67,16 +73,19 @@ impl ProviderKind {
         match self {
             ProviderKind::Slb => crate::config::DEFAULT_CLASS.to_string(),
             ProviderKind::Aws => "portico.io/aws".to_string(),
+            ProviderKind::Arp => portico_arp::provider::DEFAULT_CLASS.to_string(),
         }
     }
 
     /// Whether Services without a class are claimed when the flag is not
     /// given: on AWS the cluster usually has a cloud controller of its own
-    /// (EKS's) serving them, so portico waits to be asked by class.
+    /// (EKS's) serving them, so portico waits to be asked by class; on bare
+    /// metal the speakers announce only Services of their class, so an
+    /// address given to a class-less Service would never be announced.
     pub fn claims_classless_by_default(self) -> bool {
         match self {
             ProviderKind::Slb => true,
-            ProviderKind::Aws => false,
+            ProviderKind::Aws | ProviderKind::Arp => false,
         }
     }
 }
@@ -100,12 +109,13 @@ pub struct RunArgs {
     #[arg(long, env = "PORTICO_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
     /// The spec.loadBalancerClass this controller answers to.
-    /// Default: `portico.io/<provider>` (`portico.io/slb`, `portico.io/aws`).
+    /// Default: `portico.io/<provider>` (`portico.io/slb`, `portico.io/aws`, `portico.io/arp`).
     #[arg(long, env = "PORTICO_LOAD_BALANCER_CLASS")]
     pub load_balancer_class: Option<String>,
     /// Also take Services without a loadBalancerClass (be the cluster's
     /// default). Default per provider: slb yes; aws no (EKS's own cloud
-    /// controller already serves class-less Services).
+    /// controller already serves class-less Services); arp no (the speakers
+    /// announce Services of their class only).
     #[arg(long, action = clap::ArgAction::Set, env = "PORTICO_CLAIM_CLASSLESS")]
     pub claim_classless: Option<bool>,
     /// Concurrent reconciles (upstream's service controller uses 1).
@@ -215,6 +225,11 @@ mod tests {
                 ProviderKind::Aws,
                 false,
             ),
+            (
+                "arp: the speakers announce their class only",
+                ProviderKind::Arp,
+                false,
+            ),
         ];
         for (desc, provider, want) in cases {
             assert_eq!(provider.claims_classless_by_default(), want, "{desc}");
@@ -229,5 +244,43 @@ mod tests {
         ]);
         assert_eq!(args.claim_classless, Some(true), "the flag wins");
         assert!(!args.gc);
+    }
+
+    #[test]
+    fn speaker_takes_its_node_and_interface() {
+        let cli = Cli::try_parse_from([
+            "portico",
+            "speaker",
+            "--node-name",
+            "worker-1",
+            "--interface",
+            "eth1",
+            "--gossip-port",
+            "7947",
+            "--http-addr",
+            "127.0.0.1:7473",
+        ])
+        .expect("parses");
+        let Command::Speaker(args) = cli.command else {
+            panic!("expected speaker, got {:?}", cli.command);
+        };
+        assert_eq!(args.node_name, "worker-1");
+        assert_eq!(args.interface.as_deref(), Some("eth1"));
+        assert_eq!(args.gossip_port, 7947);
+        assert_eq!(
+            args.http_addr.0,
+            Some("127.0.0.1:7473".parse().expect("addr"))
+        );
+        let missing = Cli::try_parse_from(["portico", "speaker"]);
+        if std::env::var_os("NODE_NAME").is_none() {
+            assert!(missing.is_err(), "the node name is required");
+        }
+    }
+
+    #[test]
+    fn the_arp_provider_answers_to_its_own_class() {
+        let args = run_args(&["--provider", "arp"]);
+        assert_eq!(args.provider, ProviderKind::Arp);
+        assert_eq!(args.provider.default_class(), "portico.io/arp");
     }
 }

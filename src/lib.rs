@@ -26,6 +26,7 @@ pub mod providers;
 pub mod reconcile;
 pub mod runtime;
 pub mod server;
+pub mod service_spec;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -66,6 +67,11 @@ pub enum Error {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("invalid leader election settings")]
+    Lease {
+        #[source]
+        source: leader::LeaseConfigError,
+    },
     #[error("provider setup failed: {0}")]
     Provider(String),
     #[error("cannot start the embedded SLB cloud")]
@@ -76,4 +82,6 @@ pub enum Error {
     #[cfg(feature = "demo")]
     #[error(transparent)]
     Demo(#[from] portico_demo::Error),
+    #[error("the speaker failed")]
+    Speaker(#[source] portico_arp::Error),
 }

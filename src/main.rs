@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
         Command::SlbServer(args) => portico::app::slb_server(args).await,
         #[cfg(feature = "demo")]
         Command::Demo(args) => portico::app::demo(args).await,
+        Command::Speaker(args) => portico::app::speaker(*args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use portico_arp::provider::Ownership;
+use portico_arp::{ArpProvider, ArpProviderConfig};
 use portico_aws::{AwsProvider, AwsProviderConfig};
 use portico_provider::{ClusterName, DynProvider};
 pub use portico_slb::embedded::EmbeddedSlb;
@@ -13,6 +15,9 @@ use prometheus_client::registry::Registry;
 
 use crate::Error;
 use crate::cli::{AwsArgs, ProviderKind, SlbArgs};
+use crate::config::ControllerConfig;
+use crate::k8s::Client;
+use crate::runtime::LeaderTask;
 
 /// Start the embedded mock cloud, its failure as a provider setup error.
 pub async fn start_embedded_slb(
@@ -30,6 +35,8 @@ pub async fn start_embedded_slb(
 pub struct BuiltProvider {
     pub provider: Arc<dyn DynProvider>,
     pub embedded: Option<EmbeddedSlb>,
+    /// What must run beside the controller while leading (arp: the pool sync).
+    pub leader_task: Option<LeaderTask>,
 }
 
 impl std::fmt::Debug for BuiltProvider {
@@ -46,18 +53,61 @@ pub fn slb_provider(endpoint: String, cluster: ClusterName) -> Result<Arc<dyn Dy
     Ok(Arc::new(provider))
 }
 
+/// The arp provider for the controller configured by `config`, and its
+/// leader task (IPPool and Service watches through `client`).
+pub fn arp_provider(client: &Client, config: &ControllerConfig, identity: &str) -> BuiltProvider {
+    let provider = ArpProvider::new(ArpProviderConfig::new(
+        config.cluster.clone(),
+        Ownership {
+            class: config.class.clone(),
+            claim_classless: config.claim_classless,
+        },
+        identity,
+    ));
+    let (sync, client) = (provider.clone(), client.clone());
+    let leader_task: LeaderTask = Arc::new(move |stop| {
+        let (provider, client) = (sync.clone(), client.clone());
+        Box::pin(async move { provider.sync(client, stop).await })
+    });
+    BuiltProvider {
+        provider: Arc::new(provider),
+        embedded: None,
+        leader_task: Some(leader_task),
+    }
+}
+
+/// How the provider reaches the cluster and which Services are the controller's.
+#[derive(Clone, Copy)]
+pub struct ProviderContext<'a> {
+    pub client: &'a Client,
+    pub config: &'a ControllerConfig,
+    /// This replica's name (in the provider's Events).
+    pub identity: &'a str,
+}
+
+impl std::fmt::Debug for ProviderContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderContext")
+            .field("config", self.config)
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
 pub async fn build_provider(
     kind: ProviderKind,
-    cluster: &ClusterName,
+    context: ProviderContext<'_>,
     slb: &SlbArgs,
     aws: &AwsArgs,
     registry: &mut Registry,
 ) -> Result<BuiltProvider, Error> {
+    let cluster = &context.config.cluster;
     match kind {
         ProviderKind::Slb => match &slb.slb_endpoint {
             Some(endpoint) => Ok(BuiltProvider {
                 provider: slb_provider(endpoint.clone(), cluster.clone())?,
                 embedded: None,
+                leader_task: None,
             }),
             None => {
                 let embedded = start_embedded_slb(
@@ -71,6 +121,7 @@ pub async fn build_provider(
                 Ok(BuiltProvider {
                     provider,
                     embedded: Some(embedded),
+                    leader_task: None,
                 })
             }
         },
@@ -86,7 +137,13 @@ pub async fn build_provider(
             Ok(BuiltProvider {
                 provider: Arc::new(provider),
                 embedded: None,
+                leader_task: None,
             })
         }
+        ProviderKind::Arp => Ok(arp_provider(
+            context.client,
+            context.config,
+            context.identity,
+        )),
     }
 }

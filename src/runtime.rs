@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use portico_provider::DynProvider;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -30,15 +31,53 @@ pub struct ReplicaOptions {
     pub identity: String,
 }
 
+/// Work a provider needs done beside the Service controller while this
+/// replica leads, and only then (the arp provider's IPPool sync: loading
+/// pools and adopting statuses before any call, writing pool statuses). It
+/// is started with each term and stopped by its token once the controller
+/// has finished, or dropped with the controller when the lease is lost.
+pub type LeaderTask = Arc<dyn Fn(CancellationToken) -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// Run until `shutdown` is cancelled (SIGTERM in `main`): in-flight
 /// reconciles finish, then the lease is released.
 pub async fn run_replica(
     client: Client,
     provider: Arc<dyn DynProvider>,
     options: ReplicaOptions,
-    mut registry: Registry,
+    registry: Registry,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    run_replica_with(client, provider, options, registry, shutdown, None).await
+}
+
+/// The controller, and the provider's leader task beside it: the task stops
+/// only after the controller (graceful shutdown lets in-flight reconciles
+/// still call the provider).
+async fn lead(parts: ControllerParts, stop: CancellationToken, task: Option<&LeaderTask>) {
+    let Some(task) = task else {
+        return run_controller(parts, stop).await;
+    };
+    let task_stop = CancellationToken::new();
+    let side = task(task_stop.clone());
+    let controller = async {
+        run_controller(parts, stop).await;
+        task_stop.cancel();
+    };
+    tokio::join!(controller, side);
+}
+
+/// [`run_replica`] with a provider's [`LeaderTask`].
+pub async fn run_replica_with(
+    client: Client,
+    provider: Arc<dyn DynProvider>,
+    options: ReplicaOptions,
+    mut registry: Registry,
+    shutdown: CancellationToken,
+    leader_task: Option<LeaderTask>,
+) -> Result<(), Error> {
+    if let Some(lease) = &options.lease {
+        lease.validate().map_err(|source| Error::Lease { source })?;
+    }
     let metrics = Metrics::register(&mut registry);
     registry.sub_registry_with_prefix("portico").register(
         "cluster",
@@ -83,7 +122,7 @@ pub async fn run_replica(
     match options.lease.clone() {
         None => {
             metrics.is_leader.set(1);
-            run_controller(parts(), shutdown.clone()).await;
+            lead(parts(), shutdown.clone(), leader_task.as_ref()).await;
             metrics.is_leader.set(0);
         }
         Some(lease) => {
@@ -112,7 +151,7 @@ pub async fn run_replica(
                 };
                 tokio::select! {
                     // SIGTERM: in-flight reconciles finish, then it returns.
-                    () = run_controller(parts(), term.clone()) => {}
+                    () = lead(parts(), term.clone(), leader_task.as_ref()) => {}
                     // Deposed: another replica may already act. Dropping the
                     // controller drops every in-flight reconcile and provider
                     // call at once (upstream exits the process).

@@ -52,7 +52,10 @@ fn values_files() -> Vec<Option<PathBuf>> {
 }
 
 fn render(values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
-    let chart = chart();
+    render_chart(&chart(), values, set)
+}
+
+fn render_chart(chart: &Path, values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
     let mut args = vec![
         "template",
         "portico",
@@ -141,6 +144,10 @@ fn every_rendered_document_is_a_valid_object() {
                 "PodDisruptionBudget" => drop(typed::<PodDisruptionBudget>(doc)),
                 "Service" => drop(typed::<Service>(doc)),
                 "Pod" => drop(typed::<Pod>(doc)),
+                "DaemonSet" => drop(typed::<k8s_openapi::api::apps::v1::DaemonSet>(doc)),
+                "CustomResourceDefinition" => drop(typed::<
+                    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+                >(doc)),
                 "ServiceMonitor" | "PrometheusRule" => {
                     assert_eq!(doc["apiVersion"], "monitoring.coreos.com/v1");
                     assert!(doc["spec"].is_object(), "{doc}");
@@ -214,15 +221,97 @@ fn the_controller_is_hardened_and_highly_available() {
     );
 }
 
+/// The speaker DaemonSet as it renders once `provider: arp` is allowed (the
+/// chart still refuses arp until the IP pools land: rendered here from a
+/// copy of the chart with that one refusal lifted).
+#[test]
+fn the_speaker_daemonset_is_host_network_with_only_raw_capabilities() {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+
+    let default = render(None, &[]).expect("renders");
+    assert!(
+        find(&default, "DaemonSet").is_none(),
+        "no speaker unless provider is arp"
+    );
+    let docs = render(None, &["provider=arp"]).expect("renders with arp");
+    let crd = find(&docs, "CustomResourceDefinition").expect("the VipAnnouncement CRD");
+    assert_eq!(crd["metadata"]["name"], "vipannouncements.portico.io");
+    let daemonset: DaemonSet = typed(find(&docs, "DaemonSet").expect("speaker DaemonSet"));
+    let pod = daemonset
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod spec");
+    assert_eq!(
+        pod.host_network,
+        Some(true),
+        "answers on the node's interface"
+    );
+    assert!(
+        pod.tolerations.is_some_and(|t| !t.is_empty()),
+        "tolerations"
+    );
+    assert!(pod.node_selector.is_some(), "node selector");
+    let container = &pod.containers[0];
+    let caps = container
+        .security_context
+        .clone()
+        .and_then(|s| s.capabilities)
+        .expect("capabilities");
+    assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+    let mut added = caps.add.expect("added capabilities");
+    added.sort();
+    assert_eq!(added, vec!["NET_ADMIN".to_string(), "NET_RAW".to_string()]);
+    let node_name = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NODE_NAME")
+        .and_then(|e| e.value_from.clone())
+        .and_then(|v| v.field_ref)
+        .map(|f| f.field_path);
+    assert_eq!(node_name.as_deref(), Some("spec.nodeName"), "downward API");
+    // The rendered arguments are ones `portico speaker` accepts.
+    let mut argv = vec!["portico".to_string()];
+    argv.extend(container.args.clone().expect("args"));
+    argv.extend(["--node-name".to_string(), "n1".to_string()]);
+    let parsed = <portico::cli::Cli as clap::Parser>::try_parse_from(&argv);
+    assert!(
+        matches!(
+            parsed.as_ref().map(|c| &c.command),
+            Ok(portico::cli::Command::Speaker(_))
+        ),
+        "{argv:?}: {:?}",
+        parsed.err()
+    );
+    let role: ClusterRole = typed(
+        docs.iter()
+            .find(|d| {
+                d["kind"] == "ClusterRole"
+                    && d["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.ends_with("-speaker"))
+            })
+            .expect("speaker ClusterRole"),
+    );
+    assert!(
+        role.rules.iter().flatten().all(|r| r
+            .verbs
+            .iter()
+            .all(|v| ["get", "list", "watch"].contains(&v.as_str()))
+            || r.resources
+                .iter()
+                .flatten()
+                .all(|res| res == "events" || res == "vipannouncements")),
+        "the speaker writes only Events and VipAnnouncements"
+    );
+}
+
 #[test]
 fn bad_values_are_refused_by_name() {
     let cases = [
         ("unknown provider", "provider=gcp", "/provider"),
-        (
-            "arp before bare metal lands",
-            "provider=arp",
-            "provider: arp",
-        ),
         ("no replicas", "replicaCount=0", "/replicaCount"),
         ("a typo in a key", "replicas=3", "replicas"),
         (
@@ -247,6 +336,77 @@ fn bad_values_are_refused_by_name() {
             ),
         }
     }
+}
+
+/// (API group, resource, verb) of every ClusterRole rule rendered.
+fn cluster_grants(docs: &[Value]) -> std::collections::BTreeSet<(String, String, String)> {
+    docs.iter()
+        .filter(|d| d["kind"] == "ClusterRole")
+        .map(typed::<ClusterRole>)
+        .flat_map(|role| role.rules.unwrap_or_default())
+        .flat_map(|rule| {
+            let groups = rule.api_groups.unwrap_or_default();
+            let resources = rule.resources.unwrap_or_default();
+            let mut out = Vec::new();
+            for g in &groups {
+                for r in &resources {
+                    for v in &rule.verbs {
+                        out.push((g.clone(), r.clone(), v.clone()));
+                    }
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn the_arp_provider_ships_its_crd_and_only_it_may_touch_ippools() {
+    let arp = render(Some(&chart().join("ci/arp-values.yaml")), &[]).expect("renders");
+    let grants = cluster_grants(&arp);
+    for (group, resource, verb) in [
+        ("portico.io", "ippools", "list"),
+        ("portico.io", "ippools", "watch"),
+        ("portico.io", "ippools/status", "patch"),
+        ("", "namespaces", "watch"),
+    ] {
+        assert!(
+            grants.contains(&(group.into(), resource.into(), verb.into())),
+            "arp may {verb} {group}/{resource}: {grants:?}"
+        );
+    }
+    for (desc, values) in [
+        ("slb", None),
+        ("aws", Some(chart().join("ci/aws-values.yaml"))),
+    ] {
+        let docs = render(values.as_deref(), &[]).expect("renders");
+        assert!(
+            cluster_grants(&docs)
+                .iter()
+                .all(|(g, _, _)| g != "portico.io"),
+            "{desc}: no IPPool rights"
+        );
+    }
+    // helm installs crds/ before the templates; the file is generated from
+    // the Rust types (portico-arp's test keeps them in step).
+    let chart = chart();
+    let out = run_helm(&[
+        "template",
+        "portico",
+        chart.to_str().expect("utf-8"),
+        "--include-crds",
+        "--set",
+        "provider=arp",
+    ])
+    .expect("renders with CRDs");
+    let crd = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|doc| Value::deserialize(doc).ok())
+        .find(|d| d["kind"] == "CustomResourceDefinition")
+        .expect("the IPPool CRD");
+    let crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        typed(&crd);
+    assert_eq!(crd.metadata.name.as_deref(), Some("ippools.portico.io"));
+    assert_eq!(crd.spec.scope, "Cluster");
 }
 
 #[test]

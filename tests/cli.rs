@@ -83,3 +83,43 @@ fn bad_flags_are_rejected_by_name() {
         );
     }
 }
+
+#[tokio::test]
+async fn speaker_names_an_interface_that_does_not_exist() {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, PostParams};
+
+    let server = kube_standin::ApiServer::start().await.expect("stand-in");
+    let nodes: Api<Node> = Api::all(server.client().await.expect("client"));
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "worker-1"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]},
+    }))
+    .expect("node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+            .args(["speaker", "--node-name", "worker-1", "--interface", "nope0"])
+            .args(["--http-addr", "off", "--kubeconfig"])
+            .arg(&kubeconfig)
+            .env("RUST_LOG", "off")
+            .output(),
+    )
+    .await
+    .expect("the speaker gives up at once")
+    .expect("run portico speaker");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("nope0") && stderr.contains("no such interface"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -11,7 +11,7 @@ use common::*;
 use kube::api::{Patch, PatchParams};
 use portico::builders::{node, svc};
 use portico::status::CONDITION_TYPE;
-use portico_provider::testing::{Effect, Op, RecordingProvider};
+use portico_provider::testing::{Effect, NODE_LABELS_ANNOTATION, Op, RecordingProvider};
 use portico_provider::{ClusterName, LoadBalancerKey, LoadBalancerSpec, ProviderError};
 
 async fn create_update_delete(backend: Backend) {
@@ -82,10 +82,9 @@ async fn steady_state_makes_no_writes_and_few_calls(backend: Backend) {
                 .filter(|s| condition(s, CONDITION_TYPE).is_some() && ingress_ip(s).is_some())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let ensures = env
-            .provider()
-            .calls()
+        // The echoes of the finalizer and status writes came before it.
+        env.barrier(env.provider(), "later").await;
+        let ensures = calls_for(&env.provider().calls(), "quiet")
             .iter()
             .filter(|c| c.op == Op::Ensure)
             .count();
@@ -96,7 +95,17 @@ async fn steady_state_makes_no_writes_and_few_calls(backend: Backend) {
 
         let mark = env.mark();
         env.provider().clear_calls();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Three passes of the orphan scan: the controller ran on for that long.
+        eventually("three orphan scans", 20, || async {
+            let scans = env
+                .provider()
+                .calls()
+                .iter()
+                .filter(|c| c.op == Op::ListOwned)
+                .count();
+            (scans >= 3).then_some(())
+        })
+        .await;
         let writes = env.controller_writes_since(mark);
         assert!(
             writes.is_empty(),
@@ -121,28 +130,48 @@ async fn node_changes_follow_and_heartbeats_do_nothing(backend: Backend) {
     within(60, async {
         let env = Env::start(backend, 2).await;
         env.create(svc("default", "web").lb().port(80, 30080).build()).await;
+        // Selects targets by node label: a label change reaches it alone.
+        env.create(svc("default", "by-label").lb().port(81, 30081).annotation(NODE_LABELS_ANNOTATION, "rack=r1").build()).await;
         env.create(svc("default", "other").type_("ClusterIP").port_without_node_port(80).build()).await;
         env.ready("web").await;
+        env.ready("by-label").await;
 
         env.add_node("node-9", "10.0.0.99").await;
-        eventually("new node is a target", 20, || async {
-            env.provider().spec_for("default", "web").filter(|s| s.targets.len() == 3)
+        let updated = |name: &'static str| {
+            let calls = env.provider().calls();
+            calls_for(&calls, name).iter().any(|c| c.op == Op::Ensure && c.effect == Effect::Updated)
+        };
+        eventually("new node is a target of both", 20, || async {
+            let three = |name| env.provider().spec_for("default", name).is_some_and(|s| s.targets.len() == 3);
+            (three("web") && three("by-label") && updated("web") && updated("by-label")).then_some(())
         })
         .await;
+        let mark = env.provider().calls().len();
 
-        // Heartbeat-like changes (conditions, readiness) change nothing.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        env.provider().clear_calls();
+        // Heartbeat-like changes (conditions, readiness) change nothing...
         let flapping = node("node-9").ip("10.0.0.99").not_ready().build();
         env.nodes()
             .patch_status("node-9", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"status": flapping.status})))
             .await
             .expect("status patch");
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        let reconciles: Vec<_> = env.provider().calls().into_iter().filter(|c| c.op != Op::ListOwned).collect();
+        // ...as a label change after it shows: node events are handled in
+        // order, and a label change reaches only `by-label`; had the flap
+        // changed the targets (alone or merged with the label change),
+        // `web` would have been ensured too.
+        let rack = serde_json::json!({"metadata": {"labels": {"rack": "r1"}}});
+        env.nodes().patch("node-1", &PatchParams::default(), &Patch::Merge(&rack)).await.expect("label");
+        eventually("the label reached by-label", 20, || async {
+            env.provider()
+                .spec_for("default", "by-label")
+                .filter(|s| s.targets.iter().any(|t| t.node_name == "node-1" && t.labels.get("rack").map(String::as_str) == Some("r1")))
+        })
+        .await;
+        let calls = env.provider().calls();
+        let reconciles = calls_for(&calls[mark..], "web");
         assert!(reconciles.is_empty(), "a readiness flap reconciled: {reconciles:?}");
 
-        // Excluding a node removes it; only the LB Service is reconciled.
+        // Excluding a node removes it; only the LB Services are reconciled.
+        let mark = env.provider().calls().len();
         let label = serde_json::json!({"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": "true"}}});
         env.nodes().patch("node-0", &PatchParams::default(), &Patch::Merge(&label)).await.expect("label");
         let spec = eventually("excluded node leaves", 20, || async {
@@ -154,8 +183,8 @@ async fn node_changes_follow_and_heartbeats_do_nothing(backend: Backend) {
             env.has_event("web", "UpdatedLoadBalancer").await.then_some(())
         })
         .await;
-        let keys: Vec<_> = env.provider().calls().into_iter().filter_map(|c| c.key).map(|k| k.name).collect();
-        assert!(keys.iter().all(|k| k == "web"), "only the LB Service is touched: {keys:?}");
+        let keys: Vec<_> = env.provider().calls()[mark..].iter().filter_map(|c| c.key.clone()).map(|k| k.name).collect();
+        assert!(keys.iter().all(|k| k == "web" || k == "by-label"), "only the LB Services are touched: {keys:?}");
     })
     .await;
 }
@@ -182,8 +211,8 @@ async fn class_filtering(backend: Backend) {
         env.create(svc("default", "classless").lb().port(80, 30082).build())
             .await;
         env.ready("mine").await;
+        // Created after `theirs`: once it is served, `theirs` was seen.
         env.ready("classless").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let theirs = env.get("theirs").await.expect("exists");
         assert!(
             !has_finalizer(&theirs),
@@ -206,6 +235,8 @@ async fn classless_services_left_alone_when_not_default(backend: Backend) {
             ..test_config()
         };
         let replica = env.replica(RecordingProvider::new(), config, None);
+        env.create(svc("default", "classless").lb().port(80, 30082).build())
+            .await;
         env.create(
             svc("default", "mine")
                 .lb()
@@ -214,11 +245,13 @@ async fn classless_services_left_alone_when_not_default(backend: Backend) {
                 .build(),
         )
         .await;
-        env.create(svc("default", "classless").lb().port(80, 30082).build())
-            .await;
+        // Created after `classless`: once it is served, `classless` was seen.
         env.ready("mine").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(replica.provider.spec_for("default", "classless").is_none());
+        assert!(
+            calls_for(&replica.provider.calls(), "classless").is_empty(),
+            "no provider call about a class-less Service it does not claim"
+        );
         replica.stop().await;
     })
     .await;
@@ -505,7 +538,8 @@ async fn leader_election_one_acts_other_takes_over(backend: Backend) {
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
         env.ready("web").await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Three retry periods in which the standby looked at the lease.
+        env.lease_renewals(3).await;
         assert!(a.provider.creates() == 1, "leader acts");
         assert!(
             b.provider.calls().is_empty(),
@@ -518,16 +552,15 @@ async fn leader_election_one_acts_other_takes_over(backend: Backend) {
         let stopped = tokio::time::Instant::now();
         a.stop().await;
         // Released, not expired: b holds the lease well before the 3 s duration runs out.
-        loop {
-            if env.lease_holder().await.as_deref() == Some("replica-b") {
-                break;
-            }
-            assert!(
-                stopped.elapsed() < Duration::from_millis(2500),
-                "b did not take over before the lease would have expired: the leader did not release it"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually("b holds the lease", 10, || async {
+            env.lease_holder().await.filter(|h| h == "replica-b")
+        })
+        .await;
+        assert!(
+            stopped.elapsed() < Duration::from_millis(2500),
+            "b took over {:?} after a stopped, not before the lease would have expired: the leader did not release it",
+            stopped.elapsed()
+        );
         env.create(svc("default", "second").lb().port(81, 30081).build())
             .await;
         eventually("b serves after takeover", 20, || async {
@@ -577,7 +610,18 @@ async fn controllers_of_different_classes_do_not_fight(backend: Backend) {
             mine.zip(theirs)
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Each controller has seen the other's writes before its own later Service.
+        env.barrier(&ours.provider, "mine-later").await;
+        let theirs_later = svc("default", "theirs-later")
+            .lb()
+            .class("example.com/other")
+            .port(80, 30083)
+            .build();
+        env.create(theirs_later).await;
+        eventually("theirs-later ensured", 20, || async {
+            other.provider.spec_for("default", "theirs-later")
+        })
+        .await;
         for name in ["mine", "theirs"] {
             let s = env.get(name).await.expect("exists");
             assert!(

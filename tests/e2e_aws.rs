@@ -70,7 +70,8 @@ async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete(backend
 
         let provider: Arc<dyn DynProvider> = Arc::new(h.provider.clone());
         let config = portico::config::ControllerConfig { cluster: h.cluster.clone(), ..test_config() };
-        let options = ReplicaOptions { config, lease: None, http_addr: None, identity: "e2e-aws".into() };
+        let http = free_addr();
+        let options = ReplicaOptions { config, lease: None, http_addr: Some(http), identity: "e2e-aws".into() };
         let shutdown = CancellationToken::new();
         let controller = tokio::spawn(run_replica(env.controller_client.clone(), provider, options, Registry::default(), shutdown.clone()));
 
@@ -104,9 +105,14 @@ async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete(backend
         env.nodes().delete("ip-10-0-0-1", &DeleteParams::default()).await.expect("delete node");
         targets_become(&h, &uid, 2, &ids[2..]).await;
 
-        // At rest, a resync-style re-ensure changes nothing in AWS.
+        // At rest, a resync-style re-ensure changes nothing in AWS: a change
+        // AWS ignores makes portico ensure again; wait until that ensure is done.
+        const ENSURED: &str = "portico_reconciles_total{result=\"ensured\"}";
+        let ensured = eventually("ensures counted", 10, || scrape(http, ENSURED)).await;
         let before = h.provider.calls().stats().mutations;
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let touch = serde_json::json!({"metadata": {"annotations": {"example.com/touched": "1"}}});
+        env.services().patch("web", &PatchParams::default(), &Patch::Merge(&touch)).await.expect("touch web");
+        eventually("web ensured again", 30, || async { scrape(http, ENSURED).await.filter(|n| *n > ensured) }).await;
         assert_eq!(h.provider.calls().stats().mutations, before, "no mutating AWS call while nothing changes");
 
         // Deleting the Service removes the NLB and its target groups, then the finalizer.

@@ -112,9 +112,23 @@ async fn nodes_come_and_go_under_load_without_a_failed_request(backend: Backend)
         let exclude = serde_json::json!({"metadata": {"labels": {"node.kubernetes.io/exclude-from-external-load-balancers": "true"}}});
         env.nodes().patch("e2e-1", &PatchParams::default(), &Patch::Merge(&exclude)).await.expect("label");
         env.nodes().delete("e2e-2", &DeleteParams::default()).await.expect("delete node");
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // The data plane sends new connections to e2e-3..5 only...
+        let serving: Vec<SocketAddr> = all[2..].iter().map(|n| SocketAddr::new(n.ip, 31080)).collect();
+        eventually("the VIP forwards to the remaining nodes only", 20, || async {
+            let snapshot = cloud.dataplane.all_snapshots().into_iter().find(|b| b.vip == vip)?;
+            let listener = snapshot.listeners.first()?;
+            let live: Vec<SocketAddr> = listener.backends.iter().filter(|b| !b.draining).map(|b| b.addr).collect();
+            (live.len() == serving.len() && serving.iter().all(|a| live.contains(a))).then_some(())
+        })
+        .await;
+        // ...and from here on every one of them answers.
         let mark = answers.lock().expect("lock").len();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        eventually("each remaining node answers", 20, || async {
+            let answers = answers.lock().expect("lock");
+            let late = &answers[mark..];
+            (late.len() >= 30 && ["e2e-3", "e2e-4", "e2e-5"].iter().all(|n| late.iter().any(|a| a == n))).then_some(())
+        })
+        .await;
         stop.store(true, Ordering::Relaxed);
         load.await.expect("load task");
 

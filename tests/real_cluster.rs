@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -149,7 +147,6 @@ async fn lifecycle_against_a_real_cluster() {
 
         replica.stop().await;
         let _ = namespaces.delete(&run, &DeleteParams::default()).await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
     })
     .await;
 }

@@ -9,7 +9,9 @@ use kube::api::{Patch, PatchParams};
 use portico::builders::svc;
 use portico::status::CONDITION_TYPE;
 use portico_provider::testing::{Op, RecordingProvider};
-use portico_provider::{ClusterName, LoadBalancerKey, LoadBalancerSpec, ProviderError};
+use portico_provider::{
+    ClusterName, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, ProviderError,
+};
 
 const OTHER_CLASS: &str = "example.com/other";
 
@@ -231,13 +233,29 @@ async fn gc_off_deletes_nothing(backend: Backend) {
             gc: false,
             ..test_config()
         };
-        let replica = env.replica(provider.clone(), config.clone(), None);
+        // The control: the same timings with the collector on (for another
+        // class, with a cloud of its own), started at the same moment.
+        let control_cloud = RecordingProvider::new();
+        let control_orphan = key("uid-gone-too", "gone-too");
+        control_cloud.insert(LoadBalancerSpec::new(control_orphan.clone()));
+        let control_config = portico::config::ControllerConfig {
+            gc: true,
+            class: OTHER_CLASS.into(),
+            claim_classless: false,
+            ..config.clone()
+        };
+        let replica = env.replica(provider.clone(), config, None);
+        let control = env.replica(control_cloud.clone(), control_config, None);
         env.create(svc("default", "web").lb().port(80, 30080).build())
             .await;
         env.ready("web").await;
-        // Past the grace period and several intervals, in which the
-        // collector (were it on) deletes it: see orphans_are_collected.
-        tokio::time::sleep(config.gc_grace + config.gc_interval * 3).await;
+        // Once the control's collector has deleted its orphan, this one's
+        // would have too, were it on.
+        eventually("the control collected its orphan", 20, || async {
+            (!control_cloud.balancers().contains(&control_orphan)).then_some(())
+        })
+        .await;
+        control.stop().await;
         assert!(provider.balancers().contains(&orphan), "the orphan stays");
         assert!(
             !provider.calls().iter().any(|c| c.op == Op::ListOwned),
@@ -288,14 +306,22 @@ async fn deposed_leader_stops_at_once(backend: Backend) {
             b.provider.spec_for("default", "web")
         })
         .await;
-        // a's call would have finished by now, had it not been dropped.
-        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        // A call made now takes as long as a's did and started later: once
+        // it is through, a's would be too, had it not been dropped.
+        let probe = key("uid-probe", "probe");
+        LoadBalancerProvider::get(&slow, &probe)
+            .await
+            .expect("probe call");
+        let calls = slow.calls();
         assert!(
-            slow.calls().is_empty(),
-            "the deposed leader's call went through: {:?}",
-            slow.calls()
+            calls.iter().all(|c| c.key.as_ref() == Some(&probe)),
+            "the deposed leader's call went through: {calls:?}"
         );
-        assert_eq!(slow.started(), 1, "the deposed leader started no new call");
+        assert_eq!(
+            slow.started(),
+            2,
+            "the deposed leader started no new call (the other is the probe)"
+        );
         a.kill();
         b.stop().await;
     })

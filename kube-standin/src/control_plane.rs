@@ -115,6 +115,12 @@ impl ControlPlane {
         })
     }
 
+    /// How `admin` was made (to reach the server another way, e.g. through a
+    /// relay a test can cut).
+    pub fn admin_config(&self) -> kube::Config {
+        self.config.clone()
+    }
+
     /// Start from a clean slate: every Service but `default/kubernetes`, in
     /// every namespace (finalizers stripped first: no controller of a
     /// previous test runs any more), all Nodes, the Events of `default` and

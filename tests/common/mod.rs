@@ -16,7 +16,7 @@ use portico::config::ControllerConfig;
 use portico::leader::LeaseConfig;
 use portico::runtime::{ReplicaOptions, run_replica};
 use portico_provider::ClusterName;
-use portico_provider::testing::RecordingProvider;
+use portico_provider::testing::{Op, RecordingProvider};
 use prometheus_client::registry::Registry;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -127,6 +127,8 @@ pub struct Env {
     pub controller_client: Client,
     /// How `controller_client` was made (to reach the server another way).
     pub controller_config: kube::Config,
+    /// How `client` was made.
+    pub admin_config: kube::Config,
     pub replica: Option<Replica>,
 }
 
@@ -147,6 +149,7 @@ impl Env {
                 Env {
                     cluster: Cluster::StandIn(server),
                     controller_client: client.clone(),
+                    admin_config: controller_config.clone(),
                     controller_config,
                     client,
                     replica: None,
@@ -163,6 +166,7 @@ impl Env {
                     Client::try_from(controller_config.clone()).expect("controller client");
                 Env {
                     client: plane.admin.clone(),
+                    admin_config: plane.admin_config(),
                     cluster: Cluster::Real(Box::new(plane)),
                     controller_client,
                     controller_config,
@@ -348,6 +352,92 @@ impl Env {
     pub async fn has_event(&self, name: &str, reason: &str) -> bool {
         self.events(name).await.iter().any(|(_, r, _)| r == reason)
     }
+
+    /// A positive barrier after a change that should do nothing: create
+    /// Service `name` (portico's class) and wait until `provider` has
+    /// ensured it and the controller has made its last write for it (the
+    /// `EnsuredLoadBalancer` Event). The controller handles watch events in
+    /// the order they arrive, and this Service's ensure waits for its
+    /// finalizer write first, so whatever an earlier event made the
+    /// controller do has reached the provider by then.
+    pub async fn barrier(&self, provider: &RecordingProvider, name: &str) {
+        let port = 31000 + i32::from(name.bytes().fold(0u8, |h, b| h.wrapping_mul(31) ^ b));
+        self.create(
+            portico::builders::svc("default", name)
+                .lb()
+                .class(CLASS)
+                .port(80, port)
+                .build(),
+        )
+        .await;
+        eventually(&format!("barrier {name} ensured"), 20, || async {
+            provider
+                .calls()
+                .iter()
+                .any(|c| c.op == Op::Ensure && c.key.as_ref().is_some_and(|k| k.name == name))
+                .then_some(())
+        })
+        .await;
+        self.ready(name).await;
+        self.event(name, "Normal", "EnsuredLoadBalancer").await;
+    }
+
+    /// Wait until the Lease has been renewed `n` more times: as many retry
+    /// periods in which a standby looked at it too.
+    pub async fn lease_renewals(&self, n: usize) {
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), "kube-system");
+        let renew_time = || async {
+            leases
+                .get_opt("portico-controller")
+                .await
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec?.renew_time)
+        };
+        let mut last = renew_time().await;
+        for i in 0..n {
+            last = eventually(&format!("lease renewal {}", i + 1), 10, || async {
+                let now = renew_time().await;
+                (now.is_some() && now != last).then_some(now)
+            })
+            .await;
+        }
+    }
+}
+
+/// Calls about Service `name` among `calls`.
+pub fn calls_for(
+    calls: &[portico_provider::testing::Call],
+    name: &str,
+) -> Vec<portico_provider::testing::Call> {
+    calls
+        .iter()
+        .filter(|c| c.key.as_ref().is_some_and(|k| k.name == name))
+        .cloned()
+        .collect()
+}
+
+/// A loopback address with a free port, for a replica's HTTP server.
+pub fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+}
+
+/// The value of `series` (a metric name with its labels, as `/metrics`
+/// prints it) served at `addr`, if it is there.
+pub async fn scrape(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
 }
 
 fn first_ingress(svc: &Service) -> Option<&LoadBalancerIngress> {
@@ -429,10 +519,12 @@ pub fn tool(name: &str) -> std::path::PathBuf {
         })
 }
 
-/// A Lease for replica `id` with fast timings (3 s, renewed every 200 ms).
+/// A Lease for replica `id` with fast timings (3 s, a leader that could not
+/// renew for 2 s stops, renewed every 200 ms).
 pub fn fast_lease(id: &str) -> LeaseConfig {
     let mut lease = LeaseConfig::new("kube-system", id.into());
     lease.duration = Duration::from_secs(3);
+    lease.renew_deadline = Duration::from_secs(2);
     lease.retry_period = Duration::from_millis(200);
     lease
 }
@@ -474,7 +566,12 @@ pub async fn partition(env: &Env) -> partition::Partition {
 /// A controller client whose connections to the API server go through
 /// `partition` (which the test can cut, as a network partition would).
 pub fn client_through(env: &Env, partition: &partition::Partition) -> Client {
-    let mut config = env.controller_config.clone();
+    config_through(&env.controller_config, partition)
+}
+
+/// A client made from `config` whose connections go through `partition`.
+pub fn config_through(config: &kube::Config, partition: &partition::Partition) -> Client {
+    let mut config = config.clone();
     let scheme = config
         .cluster_url
         .scheme_str()

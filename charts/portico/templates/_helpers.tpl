@@ -32,13 +32,23 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Release.Namespace .Values.leaderElection.namespace -}}
 {{- end -}}
 
-{{/* Refuse what the schema cannot explain well. */}}
+{{/* Refuse what the schema cannot explain well (nothing yet). */}}
 {{- define "portico.validate" -}}
-{{- if eq .Values.provider "arp" -}}
-{{- fail "provider: arp (bare metal: IP pools and the ARP speaker) is not available in this version; use slb or aws" -}}
-{{- end -}}
 {{- end -}}
 
 {{- define "portico.loadBalancerClass" -}}
 {{- default (printf "portico.io/%s" .Values.provider) .Values.loadBalancerClass -}}
+{{- end -}}
+
+{{- define "portico.speakerSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: speaker
+{{- end -}}
+
+{{- define "portico.speakerLabels" -}}
+{{ include "portico.speakerSelectorLabels" . }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
