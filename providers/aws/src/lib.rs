@@ -1,19 +1,21 @@
 //! The AWS provider of portico: one Network Load Balancer per Service of
-//! type LoadBalancer, with an instance target group per Service port on the
-//! NodePort, converged by diff so that re-ensuring an unchanged Service makes
-//! no mutating AWS call.
+//! type LoadBalancer, with its own security group and an instance target
+//! group per Service port on the NodePort, converged by diff so that
+//! re-ensuring an unchanged Service makes no mutating AWS call.
 //!
 //! - [`AwsProvider`] implements [`portico_provider::LoadBalancerProvider`].
 //! - [`AwsOptions`] is the typed form of the
 //!   `service.beta.kubernetes.io/aws-load-balancer-*` annotations.
 //! - [`declined_for_aws_lb_controller`] answers the contract's `declines`:
 //!   class-less Services the AWS Load Balancer Controller owns.
-//! - [`CallCounter`] counts AWS calls by operation and injects faults; tests
-//!   and benchmarks read it through [`AwsProvider::calls`].
+//! - [`CallCounter`] counts AWS calls by operation as Prometheus metrics
+//!   ([`AwsProvider::register_metrics`]); tests and benchmarks read the same
+//!   counts through [`AwsProvider::calls`] and, with `testing`, inject faults.
 //!
 //! The module split follows "decide, then act": [`options`], `names`,
-//! `subnets` and `plan` are pure; `provider` reads AWS, calls `plan`, and
-//! carries the steps out.
+//! `desired`, `security`, `subnets` and `plan` are pure; `read` and
+//! `network` observe ELBv2 and EC2, `execute` carries the steps out, and
+//! `provider` runs the flow.
 
 mod counter;
 mod desired;
