@@ -21,7 +21,7 @@ use crate::k8s::{Api, Client, ObjectRef, Patch, PatchParams, ResourceExt, Servic
 use crate::keylock::KeyLocks;
 use crate::metrics::Metrics;
 use crate::nodes::TargetSnapshot;
-use crate::outcome::SpecHashes;
+use crate::outcome::{Memo, SpecHashes};
 use crate::status::{self, StatusUpdate};
 
 /// What the executor remembers between reconciles of a Service.
@@ -31,7 +31,7 @@ pub(crate) struct Memory {
     failures: HashMap<ObjectRef<Service>, u32>,
     /// Hashes of the last spec ensured (whole, and without targets), so a
     /// resync of an unchanged Service emits no events.
-    pub(crate) ensured: HashMap<ObjectRef<Service>, SpecHashes>,
+    ensured: HashMap<ObjectRef<Service>, SpecHashes>,
 }
 
 /// Shared state of one controller run.
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
+    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -84,14 +84,31 @@ impl Context {
         spread(self.config.resync, rand::rng().random_range(0.0..=1.0))
     }
 
-    pub(crate) fn succeeded(&self, obj: &ObjectRef<Service>) {
-        self.memory().failures.remove(obj);
+    /// The hashes of the spec last ensured for `obj`, if remembered.
+    pub(crate) fn last_ensured(&self, obj: &ObjectRef<Service>) -> Option<SpecHashes> {
+        self.memory().ensured.get(obj).copied()
     }
 
-    pub(crate) fn forget(&self, obj: &ObjectRef<Service>) {
+    /// Carry out what an outcome says to remember.
+    pub(crate) fn remember(&self, obj: &ObjectRef<Service>, memo: Memo) {
         let mut memory = self.memory();
-        memory.failures.remove(obj);
-        memory.ensured.remove(obj);
+        match memo {
+            Memo::Keep => {}
+            Memo::Ensured(hashes) => {
+                memory.ensured.insert(obj.clone(), hashes);
+            }
+            Memo::ForgetSpec => {
+                memory.ensured.remove(obj);
+            }
+            Memo::ForgetAll => {
+                memory.ensured.remove(obj);
+                memory.failures.remove(obj);
+            }
+        }
+    }
+
+    pub(crate) fn succeeded(&self, obj: &ObjectRef<Service>) {
+        self.memory().failures.remove(obj);
     }
 
     pub(crate) async fn event(&self, svc: &Service, type_: EventType, reason: &str, note: String) {

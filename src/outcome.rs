@@ -96,6 +96,14 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A failure to retry with backoff, counted by the error's kind.
+    fn retry(err: ProviderError) -> Self {
+        let mut out = Self::new("failed", Next::Resync);
+        out.error_kind = Some(err.metric_label());
+        out.next = Next::Retry(err);
+        out
+    }
+
     fn new(result: &'static str, next: Next) -> Self {
         Self {
             status: None,
@@ -200,20 +208,20 @@ pub fn ensured(
             out
         }
         Err(err) => {
-            let mut out = Outcome::new("failed", Next::Resync);
-            out.status = Some(StatusUpdate {
+            let status = StatusUpdate {
                 ingress: None,
                 condition: ConditionChange::Set(Readiness::failed(&err)),
-            });
-            out.events.push(Note::warning(
+            };
+            let note = Note::warning(
                 "SyncLoadBalancerFailed",
                 format!("Error syncing load balancer: {err}"),
-            ));
-            out.memo = Memo::ForgetSpec;
-            out.error_kind = Some(err.metric_label());
+            );
             // Whatever the cloud said, try again: only the pure validation
             // in `prepare` waits for the Service to change.
-            out.next = Next::Retry(err);
+            let mut out = Outcome::retry(err);
+            out.status = Some(status);
+            out.events.push(note);
+            out.memo = Memo::ForgetSpec;
             out
         }
     }
@@ -258,12 +266,7 @@ pub fn looked_up(found: Result<Option<LoadBalancerStatus>, ProviderError>) -> Op
     match found {
         Ok(Some(_)) => None,
         Ok(None) => Some(Outcome::new("ignored", Next::AwaitChange)),
-        Err(err) => {
-            let mut out = Outcome::new("failed", Next::Resync);
-            out.error_kind = Some(err.metric_label());
-            out.next = Next::Retry(err);
-            Some(out)
-        }
+        Err(err) => Some(Outcome::retry(err)),
     }
 }
 
@@ -292,13 +295,12 @@ pub fn deleted(plan: &CleanupPlan, result: Result<(), ProviderError>) -> Outcome
         }
         Err(err) => {
             // The finalizer stays: the Service cannot go before its balancer.
-            let mut out = Outcome::new("failed", Next::Resync);
-            out.events.push(Note::warning(
+            let note = Note::warning(
                 "SyncLoadBalancerFailed",
                 format!("Error deleting load balancer: {err}"),
-            ));
-            out.error_kind = Some(err.metric_label());
-            out.next = Next::Retry(err);
+            );
+            let mut out = Outcome::retry(err);
+            out.events.push(note);
             out
         }
     }

@@ -15,9 +15,7 @@ use crate::context::Context;
 use crate::controller::Error;
 use crate::finalizer;
 use crate::k8s::{Api, ObjectRef, ResourceExt, Service};
-use crate::outcome::{
-    self, Announce, EnsureFacts, Memo, Next, Note, Outcome, Severity, SpecHashes,
-};
+use crate::outcome::{self, Announce, EnsureFacts, Next, Note, Outcome, Severity, SpecHashes};
 use crate::plan::{self, CleanupPlan, EnsurePlan, Ownership, Plan};
 
 /// Reconcile one Service: plan, then carry the plan out.
@@ -88,7 +86,7 @@ async fn ensure(
         svc
     };
     let hashes = spec_hashes(plan.spec(), targets_fingerprint);
-    let previous = ctx.memory().ensured.get(&ObjectRef::from_obj(svc)).copied();
+    let previous = ctx.last_ensured(&ObjectRef::from_obj(svc));
     let change = outcome::spec_change(previous, hashes);
     post(svc, ctx, outcome::before_ensure(change)).await;
     let result = ctx
@@ -102,9 +100,6 @@ async fn ensure(
             ?change,
             "load balancer ensured"
         );
-    }
-    for note in plan.prepared.unenforced() {
-        debug!(note, "accepted but not enforced");
     }
     let facts = EnsureFacts {
         change,
@@ -167,16 +162,7 @@ async fn carry_out(
     if out.announce == Announce::Always || wrote {
         post(svc, ctx, out.events).await;
     }
-    match out.memo {
-        Memo::Keep => {}
-        Memo::Ensured(hashes) => {
-            ctx.memory().ensured.insert(obj.clone(), hashes);
-        }
-        Memo::ForgetSpec => {
-            ctx.memory().ensured.remove(&obj);
-        }
-        Memo::ForgetAll => ctx.forget(&obj),
-    }
+    ctx.remember(&obj, out.memo);
     ctx.metrics.reconciled(out.result);
     if let Some(kind) = out.error_kind {
         ctx.metrics.error(kind);

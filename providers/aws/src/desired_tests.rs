@@ -1,44 +1,9 @@
 //! Table tests of `desired.rs` (kept apart so the module reads as its logic).
 
 use super::*;
-use portico_provider::{Annotations, ClusterName, LoadBalancerKey, Target};
+use portico_provider::{Annotations, Target};
 
-fn key() -> portico_provider::LoadBalancerKey {
-    LoadBalancerKey::new(ClusterName::new("c1"), "ns", "web", "uid-1")
-}
-
-fn target(i: usize, labels: &[(&str, &str)]) -> Target {
-    Target {
-        node_name: format!("node-{i}"),
-        addresses: vec![],
-        provider_id: Some(format!("aws:///us-east-1a/i-{i:05x}")),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
-}
-
-fn listener(port: u16, protocol: Protocol, node_port: u16) -> Listener {
-    Listener {
-        port,
-        protocol,
-        node_port,
-        name: None,
-    }
-}
-
-fn spec(listeners: Vec<Listener>, targets: usize) -> LoadBalancerSpec {
-    let mut s = LoadBalancerSpec::new(key());
-    s.listeners = listeners;
-    s.targets = (0..targets).map(|i| target(i, &[])).collect();
-    s
-}
-
-fn desired(spec: &LoadBalancerSpec) -> Desired {
-    let opts = AwsOptions::parse(spec).expect("options");
-    Desired::new(spec, &opts).expect("desired")
-}
+use crate::test_fixtures::{desired, listener, spec, target};
 
 #[test]
 fn provider_ids_parse() {

@@ -29,6 +29,8 @@ mod provider;
 mod read;
 mod security;
 mod subnets;
+#[cfg(test)]
+mod test_fixtures;
 #[cfg(feature = "testing")]
 pub mod testing;
 
