@@ -16,7 +16,6 @@ use tracing::{debug, info, warn};
 use crate::desired::{Desired, HealthSettings, ListenerTls};
 use crate::errors::{from_sdk, gone_is_ok};
 use crate::names::{self, owned_by};
-use crate::network::rule_description;
 use crate::options::AwsOptions;
 use crate::plan::{GroupRef, ObservedLb, Step};
 use crate::provider::{AwsProvider, Found, Result};
@@ -371,12 +370,21 @@ impl AwsProvider {
                         .await
                         .map_err(|e| from_sdk("SetSecurityGroups", e))?;
                 }
-                Step::Authorize { group, rules } => {
-                    self.authorize(&group, &rules, &rule_description(key))
-                        .await?;
+                Step::Authorize {
+                    group,
+                    rules,
+                    scope,
+                } => {
+                    let description = self.describe_rule(key, scope);
+                    self.authorize(&group, &rules, &description).await?;
                 }
-                Step::Revoke { group, rules } => {
-                    self.revoke(&group, &rules, &rule_description(key)).await?;
+                Step::Revoke {
+                    group,
+                    rules,
+                    scope,
+                } => {
+                    let description = self.describe_rule(key, scope);
+                    self.revoke(&group, &rules, &description).await?;
                 }
                 Step::DeleteSecurityGroup(id) => self.delete_security_group(&id).await?,
             }
