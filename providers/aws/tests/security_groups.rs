@@ -57,14 +57,7 @@ async fn ingress(h: &AwsHarness, group: &str) -> BTreeSet<(String, i32, i32, Str
 }
 
 async fn group_exists(h: &AwsHarness, group: &str) -> bool {
-    let out = h
-        .ec2
-        .describe_security_groups()
-        .filters(Filter::builder().name("group-id").values(group).build())
-        .send()
-        .await
-        .expect("describe security groups");
-    !out.security_groups().is_empty()
+    h.security_group_exists(group).await
 }
 
 /// The NLB's security groups.
