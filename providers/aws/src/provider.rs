@@ -2,15 +2,15 @@
 //! and the contract's entry points. Reads live in `read.rs` and
 //! `network.rs`, mutating calls in `execute.rs`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2 as ec2;
 use aws_sdk_elasticloadbalancingv2 as elb;
 use portico_provider::{
-    Declined, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, LoadBalancerStatus,
+    Declined, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, LoadBalancerStatus, Notice,
     Prepared, ProviderError, ServiceAnnotations,
 };
 use serde::{Deserialize, Serialize};
@@ -70,6 +70,8 @@ pub struct AwsProvider {
     /// Ensures hold it shared; deleting the cluster's backend group holds it
     /// alone, so no ensure attaches the group while it goes.
     backend_lock: Arc<RwLock<()>>,
+    /// What each key's last ensure noticed, until the controller takes it.
+    notices: Arc<Mutex<HashMap<LoadBalancerKey, Vec<Notice>>>>,
 }
 
 pub(crate) type Result<T, E = ProviderError> = std::result::Result<T, E>;
@@ -132,6 +134,7 @@ impl AwsProvider {
             calls,
             cache: Default::default(),
             backend_lock: Default::default(),
+            notices: Default::default(),
         }
     }
 
@@ -149,6 +152,12 @@ impl AwsProvider {
         self.calls.register(registry);
     }
 
+    /// Keep `notice` for the controller (see `take_notices`).
+    pub(crate) fn notice(&self, key: &LoadBalancerKey, notice: Notice) {
+        let mut notices = self.notices.lock().unwrap_or_else(|e| e.into_inner());
+        notices.entry(key.clone()).or_default().push(notice);
+    }
+
     /// How a rule in `scope` is described for `key`.
     pub(crate) fn describe_rule(&self, key: &LoadBalancerKey, scope: RuleScope) -> String {
         match scope {
@@ -164,6 +173,8 @@ impl AwsProvider {
             desired,
         } = &prepared.options;
         let _shared = self.backend_lock.read().await;
+        // Only what this ensure notices is reported.
+        self.take_notices(&spec.key);
         let mut existing = self.find_lb(&desired.name).await?;
         if let Some(lb) = &existing
             && let Some(reason) = replacement(lb, desired)
@@ -415,6 +426,11 @@ impl LoadBalancerProvider for AwsProvider {
         let key = &prepared.spec.key;
         let span = info_span!("aws.ensure", service = %key, uid = %key.uid);
         self.ensure_inner(prepared).instrument(span).await
+    }
+
+    fn take_notices(&self, key: &LoadBalancerKey) -> Vec<Notice> {
+        let mut notices = self.notices.lock().unwrap_or_else(|e| e.into_inner());
+        notices.remove(key).unwrap_or_default()
     }
 
     async fn get(&self, key: &LoadBalancerKey) -> Result<Option<LoadBalancerStatus>> {

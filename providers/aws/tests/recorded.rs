@@ -1221,9 +1221,23 @@ async fn an_instance_aws_refuses_does_not_hold_back_the_others() {
     let (new, stopped) = (NODES[1].to_string(), stopped.to_string());
     assert_eq!(
         calls,
-        vec![vec![new.clone(), stopped.clone()], vec![new], vec![stopped]],
+        vec![
+            vec![new.clone(), stopped.clone()],
+            vec![new],
+            vec![stopped.clone()]
+        ],
         "one batch, then one by one after the refusal"
     );
+    // The controller turns this into a Warning Event naming the instance.
+    let notices = provider.take_notices(&k);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].reason, "TargetRefused");
+    assert!(
+        notices[0].message.contains(&stopped) && !notices[0].message.contains(NODES[1]),
+        "{}",
+        notices[0].message
+    );
+    assert!(provider.take_notices(&k).is_empty(), "taken once");
 }
 
 #[tokio::test]
