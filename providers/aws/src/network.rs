@@ -41,6 +41,8 @@ pub(crate) struct Ec2Cache {
     instances: Mutex<HashMap<String, (Instant, InstanceInfo)>>,
     group_tags: Mutex<HashMap<String, (Instant, Tags)>>,
     backend_groups: Mutex<HashMap<String, (Instant, String)>>,
+    /// Zone name → zone type: they never change.
+    zone_types: Mutex<HashMap<String, String>>,
 }
 
 /// The cluster's backend group in one VPC.
@@ -78,28 +80,57 @@ fn ec2_tags(tags: &[Tag]) -> Tags {
 
 /// Every ingress rule of `group`, one per peer.
 fn rules_of(group: &ec2::types::SecurityGroup) -> BTreeSet<Rule> {
-    let mut out = BTreeSet::new();
+    described_rules_of(group).into_keys().collect()
+}
+
+/// Every ingress rule of `group` with its description (empty if none).
+fn described_rules_of(group: &ec2::types::SecurityGroup) -> BTreeMap<Rule, String> {
+    let mut out = BTreeMap::new();
     for p in group.ip_permissions() {
         let proto = p.ip_protocol().unwrap_or("-1");
         let rule = |peer| Rule::observed(proto, p.from_port(), p.to_port(), peer);
+        let text = |d: Option<&str>| d.unwrap_or_default().to_string();
         for r in p.ip_ranges() {
             if let Some(net) = r.cidr_ip().and_then(|c| c.parse::<IpNet>().ok()) {
-                out.insert(rule(Peer::Cidr(net)));
+                out.insert(rule(Peer::Cidr(net)), text(r.description()));
             }
         }
         for r in p.ipv6_ranges() {
             if let Some(net) = r.cidr_ipv6().and_then(|c| c.parse::<IpNet>().ok()) {
-                out.insert(rule(Peer::Cidr(net)));
+                out.insert(rule(Peer::Cidr(net)), text(r.description()));
             }
         }
         for g in p.user_id_group_pairs() {
             if let Some(id) = g.group_id() {
-                out.insert(rule(Peer::Group(id.to_string())));
+                out.insert(rule(Peer::Group(id.to_string())), text(g.description()));
             }
         }
     }
     out
 }
+
+/// Rules on another group (a node group) that name one of portico's groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct NamingRules {
+    /// Described as portico's: added by portico, so an ensure may revoke them.
+    pub ours: BTreeSet<Rule>,
+    /// Added by someone else, with their descriptions: they count as
+    /// present, and only the deletion of the group they name removes them.
+    pub foreign: BTreeMap<Rule, String>,
+}
+
+impl NamingRules {
+    fn add(&mut self, rule: Rule, description: String) {
+        if description.starts_with(RULE_DESCRIPTION_PREFIX) {
+            self.ours.insert(rule);
+        } else {
+            self.foreign.insert(rule, description);
+        }
+    }
+}
+
+/// Every description portico gives a rule starts with this.
+const RULE_DESCRIPTION_PREFIX: &str = "portico: ";
 
 /// EC2's form of `rules`, each described as `description`.
 fn permissions(rules: &[Rule], description: &str) -> Vec<IpPermission> {
@@ -137,12 +168,12 @@ fn permissions(rules: &[Rule], description: &str) -> Vec<IpPermission> {
 
 /// How portico describes the rules it adds for `key`.
 pub(crate) fn rule_description(key: &LoadBalancerKey) -> String {
-    format!("portico: {}/{}", key.namespace, key.name)
+    format!("{RULE_DESCRIPTION_PREFIX}{}/{}", key.namespace, key.name)
 }
 
 /// How portico describes the rules every NLB of `cluster` shares.
 pub(crate) fn shared_rule_description(cluster: &ClusterName) -> String {
-    format!("portico: load balancers of cluster {cluster}")
+    format!("{RULE_DESCRIPTION_PREFIX}load balancers of cluster {cluster}")
 }
 
 fn subnets_field() -> String {
@@ -392,15 +423,15 @@ impl AwsProvider {
         }
     }
 
-    /// The rules that name `own` as their peer, by the group holding them.
+    /// The rules that name `peer`, by the group holding them.
     pub(crate) async fn rules_referencing(
         &self,
-        own: &str,
-    ) -> Result<BTreeMap<String, BTreeSet<Rule>>> {
+        peer: &str,
+    ) -> Result<BTreeMap<String, NamingRules>> {
         Ok(self
-            .rules_naming(&[own])
+            .rules_naming(&[peer])
             .await?
-            .remove(own)
+            .remove(peer)
             .unwrap_or_default())
     }
 
@@ -409,8 +440,8 @@ impl AwsProvider {
     pub(crate) async fn rules_naming(
         &self,
         peers: &[&str],
-    ) -> Result<BTreeMap<String, BTreeMap<String, BTreeSet<Rule>>>> {
-        let mut out: BTreeMap<String, BTreeMap<String, BTreeSet<Rule>>> = BTreeMap::new();
+    ) -> Result<BTreeMap<String, BTreeMap<String, NamingRules>>> {
+        let mut out: BTreeMap<String, BTreeMap<String, NamingRules>> = BTreeMap::new();
         if peers.is_empty() {
             return Ok(out);
         }
@@ -422,7 +453,7 @@ impl AwsProvider {
             .await?;
         for g in &groups {
             let Some(holder) = g.group_id() else { continue };
-            for rule in rules_of(g) {
+            for (rule, description) in described_rules_of(g) {
                 if let Peer::Group(peer) = &rule.peer
                     && peers.contains(&peer.as_str())
                 {
@@ -430,11 +461,29 @@ impl AwsProvider {
                         .or_default()
                         .entry(holder.to_string())
                         .or_default()
-                        .insert(rule);
+                        .add(rule, description);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Revoke every rule that names a group about to be deleted (AWS keeps
+    /// a referenced group): portico's with `ours` as their description,
+    /// anyone else's with theirs.
+    async fn revoke_all_naming(&self, peer: &str, ours: &str) -> Result<()> {
+        for (holder, rules) in self.rules_referencing(peer).await? {
+            if !rules.ours.is_empty() {
+                let mine: Vec<Rule> = rules.ours.into_iter().collect();
+                self.revoke(&holder, &mine, ours).await?;
+            }
+            for (rule, description) in rules.foreign {
+                warn!(group = %holder, ?rule, %description, "revoking a rule someone else added: the group it names is being deleted");
+                self.revoke(&holder, std::slice::from_ref(&rule), &description)
+                    .await?;
+            }
+        }
+        Ok(())
     }
 
     /// The cluster's backend groups, by the VPC they are in (at most one per
@@ -554,10 +603,7 @@ impl AwsProvider {
             if in_use.contains(&id) {
                 continue;
             }
-            for (holder, rules) in self.rules_referencing(&id).await? {
-                let rules: Vec<Rule> = rules.into_iter().collect();
-                self.revoke(&holder, &rules, &description).await?;
-            }
+            self.revoke_all_naming(&id, &description).await?;
             info!(group = %id, vpc, "deleting the cluster's backend security group: no load balancer carries it");
             self.cache
                 .backend_groups
@@ -665,10 +711,8 @@ impl AwsProvider {
         let Some(own) = self.own_group(key).await? else {
             return Ok(());
         };
-        for (group, rules) in self.rules_referencing(&own.id).await? {
-            let rules: Vec<Rule> = rules.into_iter().collect();
-            self.revoke(&group, &rules, &rule_description(key)).await?;
-        }
+        self.revoke_all_naming(&own.id, &rule_description(key))
+            .await?;
         info!(group = %own.id, "deleting the load balancer's security group");
         self.delete_security_group(&own.id).await
     }
@@ -727,6 +771,51 @@ impl AwsProvider {
                 return Ok(out);
             }
         }
+    }
+
+    /// The type of each zone in `zones` (`availability-zone`, `local-zone`,
+    /// `wavelength-zone`), from the cache when it knows them.
+    async fn zone_types(&self, zones: BTreeSet<String>) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        let mut unknown = Vec::new();
+        {
+            let cache = self
+                .cache
+                .zone_types
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for z in zones {
+                match cache.get(&z) {
+                    Some(t) => {
+                        out.insert(z, t.clone());
+                    }
+                    None => unknown.push(z),
+                }
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(out);
+        }
+        let found = self
+            .ec2
+            .describe_availability_zones()
+            .all_availability_zones(true)
+            .filters(filter("zone-name", unknown))
+            .send()
+            .await
+            .map_err(|e| from_sdk("ec2:DescribeAvailabilityZones", e))?;
+        let mut cache = self
+            .cache
+            .zone_types
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for z in found.availability_zones() {
+            if let (Some(name), Some(kind)) = (z.zone_name(), z.zone_type()) {
+                cache.insert(name.to_string(), kind.to_string());
+                out.insert(name.to_string(), kind.to_string());
+            }
+        }
+        Ok(out)
     }
 
     async fn route_tables(&self, vpc: &str) -> Result<Vec<RouteTableInfo>> {
@@ -813,6 +902,8 @@ impl AwsProvider {
                     return Err(ProviderError::transient("no VPC to discover subnets in"));
                 };
                 let all = self.describe_subnets(None, vpc_filter).await?;
+                let zones: BTreeSet<String> = all.iter().map(|s| s.az.clone()).collect();
+                let all = subnets::in_regular_zones(all, &self.zone_types(zones).await?);
                 let found = match subnets::choose(&all, cluster_keys, opts.scheme, None) {
                     Discovery::Chosen(found) => found,
                     Discovery::NeedsRoutes => {

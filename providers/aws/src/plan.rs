@@ -96,6 +96,10 @@ pub struct ObservedSecurity {
     pub backend: Option<String>,
     /// The rules whose peer is the backend group, by the group that holds them.
     pub shared_rules: BTreeMap<String, BTreeSet<Rule>>,
+    /// Rules naming the own or the backend group that someone else added
+    /// (not described as portico's), by the group that holds them: they
+    /// count as present and are never revoked by an ensure.
+    pub foreign_rules: BTreeMap<String, BTreeSet<Rule>>,
     /// The cluster groups of the instances the NLB targets.
     pub node_groups: BTreeSet<String>,
 }
@@ -478,9 +482,12 @@ fn security_steps(observed: &Observed, desired: &Desired) -> (Vec<Step>, Vec<Ste
     if !lb_groups.is_empty() && lb_groups != have {
         first.push(Step::SetSecurityGroups(lb_groups.into_iter().collect()));
     }
+    let empty = BTreeSet::new();
     let mut rule_changes =
         |group: &str, observed: &BTreeSet<Rule>, desired: &BTreeSet<Rule>, scope| {
-            let changes = security::diff(observed, desired);
+            let mut changes = security::diff(observed, desired);
+            let foreign = sec.foreign_rules.get(group).unwrap_or(&empty);
+            changes.authorize.retain(|r| !foreign.contains(r));
             if !changes.authorize.is_empty() {
                 first.push(Step::Authorize {
                     group: group.to_string(),
@@ -496,7 +503,6 @@ fn security_steps(observed: &Observed, desired: &Desired) -> (Vec<Step>, Vec<Ste
                 });
             }
         };
-    let empty = BTreeSet::new();
     if let Some(backend) = backend {
         let shared = security::shared_backend_rules(backend, want.node_port_range);
         for group in &sec.node_groups {

@@ -37,6 +37,7 @@ fn converged(d: &Desired) -> Observed {
                 "sg-nodes".to_string(),
                 security::shared_backend_rules("sg-backend", d.security.node_port_range),
             )]),
+            foreign_rules: BTreeMap::new(),
             node_groups: ["sg-nodes".to_string()].into(),
         },
     );
@@ -429,6 +430,31 @@ fn nodes_in_a_new_group_get_the_shared_rules_and_the_old_group_keeps_them() {
     assert_eq!(
         rules_of(&steps, "ec2:AuthorizeSecurityGroupIngress", "sg-nodes"),
         [&first]
+    );
+}
+
+#[test]
+fn rules_someone_else_added_are_present_but_never_ours_to_revoke() {
+    let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+    let d = desired(&s);
+    let shared = security::shared_backend_rules("sg-backend", d.security.node_port_range);
+    let theirs = Rule::port("tcp", 8080, Peer::Group("sg-backend".into()));
+    let mut o = converged(&d);
+    // Someone opened 8080 to the backend group, and wrote one shared rule themselves.
+    let one_shared = shared.iter().next().expect("a rule").clone();
+    o.security
+        .shared_rules
+        .get_mut("sg-nodes")
+        .expect("rules")
+        .remove(&one_shared);
+    o.security.foreign_rules.insert(
+        "sg-nodes".into(),
+        [theirs.clone(), one_shared.clone()].into(),
+    );
+    assert_eq!(
+        plan(&o, &d),
+        vec![],
+        "their rule stays, and their copy of ours counts as there"
     );
 }
 

@@ -2,7 +2,7 @@
 //! and the contract's entry points. Reads live in `read.rs` and
 //! `network.rs`, mutating calls in `execute.rs`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -25,7 +25,7 @@ use crate::options::{AwsOptions, SubnetSelector};
 use crate::plan::{
     Observed, ObservedLb, ObservedSecurity, OwnGroup, RuleScope, Step, plan, replacement,
 };
-use crate::security::{InstanceInfo, NodePortRange};
+use crate::security::{InstanceInfo, NodePortRange, Rule};
 
 /// How the provider reaches AWS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,20 +357,31 @@ impl AwsProvider {
             }
         };
         let (mut rules, node_groups) = tokio::try_join!(self.rules_naming(&peers), node_groups)?;
-        let node_rules = own
-            .as_ref()
-            .and_then(|g| rules.remove(&g.id))
-            .unwrap_or_default();
-        let shared_rules = backend
-            .as_ref()
-            .and_then(|b| rules.remove(&b.id))
-            .unwrap_or_default();
+        let mut foreign_rules: BTreeMap<String, BTreeSet<Rule>> = BTreeMap::new();
+        let mut ours_of = |peer: Option<&str>| {
+            let by_holder = peer.and_then(|p| rules.remove(p)).unwrap_or_default();
+            by_holder
+                .into_iter()
+                .map(|(holder, naming)| {
+                    foreign_rules
+                        .entry(holder.clone())
+                        .or_default()
+                        .extend(naming.foreign.into_keys());
+                    (holder, naming.ours)
+                })
+                .filter(|(_, ours)| !ours.is_empty())
+                .collect::<BTreeMap<_, _>>()
+        };
+        let node_rules = ours_of(own.as_ref().map(|g| g.id.as_str()));
+        let shared_rules = ours_of(backend.as_ref().map(|b| b.id.as_str()));
+        foreign_rules.retain(|_, r| !r.is_empty());
         Ok(ObservedSecurity {
             own,
             user_groups,
             node_rules,
             backend: backend.map(|b| b.id),
             shared_rules,
+            foreign_rules,
             node_groups,
         })
     }

@@ -10,6 +10,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::options::Scheme;
 use crate::security::CLUSTER_TAG_PREFIX;
 
+/// The zone type of a regular Availability Zone. Subnets in Local Zones
+/// and Wavelength Zones (`local-zone`, `wavelength-zone`) cannot hold an
+/// NLB, so discovery leaves them out, as cloud-provider-aws does.
+pub const REGULAR_ZONE: &str = "availability-zone";
+
+/// `subnets` without those in Local or Wavelength Zones, by `zone_types`
+/// (zone name → type). A zone whose type is unknown is kept.
+pub fn in_regular_zones(
+    subnets: Vec<SubnetInfo>,
+    zone_types: &BTreeMap<String, String>,
+) -> Vec<SubnetInfo> {
+    subnets
+        .into_iter()
+        .filter(|s| zone_types.get(&s.az).is_none_or(|t| t == REGULAR_ZONE))
+        .collect()
+}
+
 /// The role tag subnets carry for a scheme.
 pub fn role_tag(scheme: Scheme) -> &'static str {
     match scheme {
@@ -148,6 +165,29 @@ mod tests {
             Discovery::Chosen(s) => Some(s.into_iter().map(|s| s.id).collect()),
             Discovery::NeedsRoutes => None,
         }
+    }
+
+    #[test]
+    fn local_and_wavelength_zones_are_left_out() {
+        let zone_types: BTreeMap<String, String> = [
+            ("us-east-1a", REGULAR_ZONE),
+            ("us-east-1-bos-1a", "local-zone"),
+            ("us-east-1-wl1-bos-wlz-1", "wavelength-zone"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let kept = in_regular_zones(
+            vec![
+                subnet("subnet-a", "us-east-1a", &[]),
+                subnet("subnet-l", "us-east-1-bos-1a", &[]),
+                subnet("subnet-w", "us-east-1-wl1-bos-wlz-1", &[]),
+                subnet("subnet-u", "us-east-1z", &[]),
+            ],
+            &zone_types,
+        );
+        let ids: Vec<&str> = kept.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["subnet-a", "subnet-u"], "an unknown zone is kept");
     }
 
     #[test]

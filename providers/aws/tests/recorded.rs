@@ -527,6 +527,7 @@ impl Account {
             },
             "DescribeTags" => self.tags(c),
             "DescribeSubnets" => subnets(),
+            "DescribeAvailabilityZones" => zones(c),
             "DescribeInstances" => instances(c),
             "DescribeSecurityGroups" => self.security_groups(c),
             "CreateSecurityGroup" => fake::ec2_ok(
@@ -786,10 +787,41 @@ fn subnets() -> Reply {
     fake::ec2_ok(
         "DescribeSubnets",
         &format!(
-            "<subnetSet>{}{}</subnetSet>",
+            "<subnetSet>{}{}{}</subnetSet>",
             item("subnet-0a", "us-east-1a", "10.0.0.0/24"),
-            item("subnet-0b", "us-east-1b", "10.0.1.0/24")
+            item("subnet-0b", "us-east-1b", "10.0.1.0/24"),
+            // Tagged like the others, but in a Local Zone: never an NLB's.
+            item("subnet-0l", "us-east-1-bos-1a", "10.0.2.0/24")
         ),
+    )
+}
+
+/// The zones of the subnets: two regular ones and a Local Zone (moto
+/// reports every zone as regular).
+fn zones(c: &Call) -> Reply {
+    let names = ec2_filters(c).remove("zone-name").unwrap_or_default();
+    let items: String = names
+        .iter()
+        .map(|name| {
+            let kind = if name.starts_with("us-east-1-") {
+                "local-zone"
+            } else {
+                "availability-zone"
+            };
+            format!(
+                "<item>{}</item>",
+                xml(&[
+                    ("zoneName", name),
+                    ("zoneType", kind),
+                    ("zoneState", "available"),
+                    ("regionName", REGION),
+                ])
+            )
+        })
+        .collect();
+    fake::ec2_ok(
+        "DescribeAvailabilityZones",
+        &format!("<availabilityZoneInfo>{items}</availabilityZoneInfo>"),
     )
 }
 
@@ -1173,6 +1205,25 @@ async fn aws_rejecting_the_spec_means_give_up_until_the_service_changes() {
             case.desc
         );
     }
+}
+
+#[tokio::test]
+async fn a_new_nlb_never_gets_a_local_zone_subnet() {
+    // moto reports every zone as a regular one; AWS tells Local Zones apart.
+    let k = key("zones");
+    let (aws, provider) = serve(Account::new(vec![]), |c| {
+        (c.action == "CreateTargetGroup").then(|| error("ValidationError", "stop here"))
+    })
+    .await;
+    let _ = timed(provider.ensure_spec(&spec(&k, &[(80, 30080)], &NODES))).await;
+    let created = aws.calls_of("CreateLoadBalancer");
+    assert_eq!(created.len(), 1);
+    assert_eq!(
+        created[0].list("Subnets.member"),
+        ["subnet-0a", "subnet-0b"],
+        "the Local Zone's subnet is left out"
+    );
+    assert_eq!(aws.calls_of("DescribeAvailabilityZones").len(), 1);
 }
 
 /// Instance ids of a RegisterTargets call, in order.

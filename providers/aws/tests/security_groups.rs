@@ -266,7 +266,39 @@ aws_test!(
         assert_eq!(repaired.mutations, 1, "{repaired:?}");
         assert_eq!(node_rules_from(&h, &backend).await, shared(&backend));
 
-        // Delete the last Service: the NLB, its group, then the backend group and its rules.
+        // Someone else's rule naming the backend group is theirs: kept by every ensure.
+        h.ec2
+            .authorize_security_group_ingress()
+            .group_id(&h.node_group)
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(8080)
+                    .to_port(8080)
+                    .user_id_group_pairs(
+                        UserIdGroupPair::builder()
+                            .group_id(&backend)
+                            .description("team-a: metrics from the load balancers")
+                            .build(),
+                    )
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("authorize by hand");
+        assert_eq!(
+            ensure(&h, &s).await.mutations,
+            0,
+            "their rule is not ours to revoke"
+        );
+        assert!(
+            node_rules_from(&h, &backend)
+                .await
+                .contains(&rule("tcp", 8080, &backend))
+        );
+
+        // Delete the last Service: the NLB, its group, then the backend group
+        // and every rule naming it (AWS keeps a group that is named).
         h.provider.delete(&s.key).await.expect("delete");
         assert!(!group_exists(&h, &own).await, "own group left behind");
         assert!(
