@@ -221,9 +221,7 @@ fn the_controller_is_hardened_and_highly_available() {
     );
 }
 
-/// The speaker DaemonSet as it renders once `provider: arp` is allowed (the
-/// chart still refuses arp until the IP pools land: rendered here from a
-/// copy of the chart with that one refusal lifted).
+/// The speaker DaemonSet, rendered for `provider: arp` only.
 #[test]
 fn the_speaker_daemonset_is_host_network_with_only_raw_capabilities() {
     use k8s_openapi::api::apps::v1::DaemonSet;
@@ -234,8 +232,6 @@ fn the_speaker_daemonset_is_host_network_with_only_raw_capabilities() {
         "no speaker unless provider is arp"
     );
     let docs = render(None, &["provider=arp"]).expect("renders with arp");
-    let crd = find(&docs, "CustomResourceDefinition").expect("the VipAnnouncement CRD");
-    assert_eq!(crd["metadata"]["name"], "vipannouncements.portico.io");
     let daemonset: DaemonSet = typed(find(&docs, "DaemonSet").expect("speaker DaemonSet"));
     let pod = daemonset
         .spec
@@ -407,6 +403,46 @@ fn the_arp_provider_ships_its_crd_and_only_it_may_touch_ippools() {
         typed(&crd);
     assert_eq!(crd.metadata.name.as_deref(), Some("ippools.portico.io"));
     assert_eq!(crd.spec.scope, "Cluster");
+}
+
+/// Every CRD is in crds/, none in templates/: helm installs crds/ before
+/// the templates and never deletes them, so `helm uninstall` or switching
+/// `provider` away from arp keeps the CRDs and the objects of their kinds
+/// (`tests/chart_real.rs` checks that on a real API server).
+#[test]
+fn the_crds_are_in_crds_so_uninstall_keeps_them() {
+    for values in values_files() {
+        for provider in ["slb", "aws", "arp"] {
+            let set = format!("provider={provider}");
+            let docs = render(values.as_deref(), &[&set]).expect("renders");
+            assert!(
+                find(&docs, "CustomResourceDefinition").is_none(),
+                "{values:?} {set}: a CRD in templates/ is deleted by helm uninstall"
+            );
+        }
+    }
+    let chart = chart();
+    let out = run_helm(&[
+        "template",
+        "portico",
+        chart.to_str().expect("utf-8"),
+        "--include-crds",
+        "--set",
+        "provider=arp",
+    ])
+    .expect("renders with CRDs");
+    let mut names: Vec<String> = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|doc| Value::deserialize(doc).ok())
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .map(|d| {
+            d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ippools.portico.io", "vipannouncements.portico.io"]);
 }
 
 #[test]
