@@ -304,32 +304,148 @@ fn the_speaker_daemonset_is_host_network_with_only_raw_capabilities() {
     );
 }
 
+/// Each bad value is refused with a message naming the value and saying
+/// what is wrong (helm's schema errors, or `portico.validate`'s `fail`).
 #[test]
 fn bad_values_are_refused_by_name() {
-    let cases = [
-        ("unknown provider", "provider=gcp", "/provider"),
-        ("no replicas", "replicaCount=0", "/replicaCount"),
-        ("a typo in a key", "replicas=3", "replicas"),
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "unknown provider",
+            &["provider=gcp"],
+            &["at '/provider'", "value must be one of"],
+        ),
+        (
+            "no replicas",
+            &["replicaCount=0"],
+            &["at '/replicaCount'", "minimum: got 0, want 1"],
+        ),
+        (
+            "a typo in a top-level key",
+            &["replicas=3"],
+            &["additional properties 'replicas' not allowed"],
+        ),
         (
             "a bad class",
-            "loadBalancerClass=Not A Class",
-            "/loadBalancerClass",
+            &["loadBalancerClass=Not A Class"],
+            &["at '/loadBalancerClass'", "does not match pattern"],
         ),
-        ("a bad duration", "resync=soon", "/resync"),
+        (
+            "a bad duration",
+            &["resync=soon"],
+            &["at '/resync'", "does not match pattern"],
+        ),
         (
             "a flag that is not one",
-            "extraArgs[0]=workers=3",
-            "/extraArgs/0",
+            &["extraArgs[0]=workers=3"],
+            &["at '/extraArgs/0'", "does not match pattern '^--'"],
         ),
-        ("a bad VPC id", "aws.vpcId=my-vpc", "/aws/vpcId"),
+        (
+            "a bad VPC id",
+            &["aws.vpcId=my-vpc"],
+            &["at '/aws/vpcId'", "does not match pattern"],
+        ),
+        (
+            "a typo under aws",
+            &["aws.regoin=eu-west-1"],
+            &["at '/aws'", "additional properties 'regoin' not allowed"],
+        ),
+        (
+            "a typo under slb",
+            &["slb.endpont=http://cloud:8480"],
+            &["at '/slb'", "additional properties 'endpont' not allowed"],
+        ),
+        (
+            "a typo under podDisruptionBudget",
+            &["podDisruptionBudget.minAvailabe=1"],
+            &[
+                "at '/podDisruptionBudget'",
+                "additional properties 'minAvailabe' not allowed",
+            ],
+        ),
+        (
+            "a typo under leaderElection",
+            &["leaderElection.enable=true"],
+            &[
+                "at '/leaderElection'",
+                "additional properties 'enable' not allowed",
+            ],
+        ),
+        (
+            "a key in the wrong case",
+            &["metrics.servicemonitor.enabled=true"],
+            &[
+                "at '/metrics'",
+                "additional properties 'servicemonitor' not allowed",
+            ],
+        ),
+        (
+            "a typo in an environment variable",
+            &["extraEnv[0].nam=RUST_LOG"],
+            &[
+                "at '/extraEnv/0'",
+                "missing property 'name'",
+                "additional properties 'nam' not allowed",
+            ],
+        ),
+        (
+            "a typo in a toleration",
+            &["tolerations[0].ke=dedicated"],
+            &[
+                "at '/tolerations/0'",
+                "additional properties 'ke' not allowed",
+            ],
+        ),
+        (
+            "a word for a boolean",
+            &["metrics.serviceMonitor.enabled=yes"],
+            &[
+                "at '/metrics/serviceMonitor/enabled'",
+                "got string, want boolean",
+            ],
+        ),
+        (
+            "a negative PDB",
+            &["podDisruptionBudget.minAvailable=-1"],
+            &[
+                "at '/podDisruptionBudget/minAvailable'",
+                "minimum: got -1, want 0",
+            ],
+        ),
+        (
+            "a PDB that blocks every drain",
+            &["podDisruptionBudget.minAvailable=2"],
+            &[
+                "podDisruptionBudget.minAvailable: 2 of 2 replicas would never let a node be drained",
+            ],
+        ),
+        (
+            "replicas without a leader",
+            &["replicaCount=3", "leaderElection.enabled=false"],
+            &["replicaCount: 3 replicas need leaderElection.enabled=true"],
+        ),
     ];
-    for (desc, set, want) in cases {
-        match render(None, &[set]) {
-            Ok(_) => panic!("{desc}: {set} was accepted"),
-            Err(err) => assert!(
-                err.contains(want),
-                "{desc}: {set}: the message names {want}: {err}"
-            ),
+    for (desc, set, wants) in cases {
+        match render(None, set) {
+            Ok(_) => panic!("{desc}: {set:?} was accepted"),
+            Err(err) => {
+                for want in *wants {
+                    assert!(
+                        err.contains(want),
+                        "{desc}: {set:?}: the message says {want:?}: {err}"
+                    );
+                }
+            }
+        }
+    }
+    // What stays allowed beside them.
+    for set in [
+        &["replicaCount=1", "leaderElection.enabled=false"][..],
+        &["podDisruptionBudget.minAvailable=50%"],
+        &["podDisruptionBudget.minAvailable=0"],
+        &["extraEnv[0].name=RUST_LOG", "extraEnv[0].value=debug"],
+    ] {
+        if let Err(err) = render(None, set) {
+            panic!("{set:?} is refused: {err}");
         }
     }
 }
