@@ -4,115 +4,18 @@
 //! into the real control plane with the controller running as the chart's
 //! ServiceAccount with the chart's arguments.
 
+mod chart_support;
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::tool;
-
+use chart_support::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn chart() -> PathBuf {
-    repo().join("charts/portico")
-}
-
-/// Run helm; `Ok(stdout)` or `Err(stderr)`.
-fn run_helm(args: &[&str]) -> Result<String, String> {
-    let output = Command::new(tool("helm"))
-        .args(args)
-        .output()
-        .expect("run helm");
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-fn values_files() -> Vec<Option<PathBuf>> {
-    let mut files: Vec<Option<PathBuf>> = vec![None];
-    let mut ci: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
-        .expect("charts/portico/ci")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    ci.sort();
-    files.extend(ci.into_iter().map(Some));
-    files
-}
-
-fn render(values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
-    render_chart(&chart(), values, set)
-}
-
-fn render_chart(chart: &Path, values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
-    let mut args = vec![
-        "template",
-        "portico",
-        chart.to_str().expect("utf-8"),
-        "--namespace",
-        "portico-system",
-    ];
-    let values = values.map(|v| v.to_string_lossy().into_owned());
-    if let Some(v) = &values {
-        args.extend(["-f", v.as_str()]);
-    }
-    for s in set {
-        args.extend(["--set", s]);
-    }
-    let out = run_helm(&args)?;
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&out) {
-        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
-/// Parse into the k8s-openapi type and back: a field the type does not
-/// know (a typo, a wrong level) is lost on the way and fails the comparison.
-fn typed<K: DeserializeOwned + serde::Serialize>(doc: &Value) -> K {
-    let object: K = serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("{} {}: {e}", doc["kind"], doc["metadata"]["name"]));
-    let back = serde_json::to_value(&object).expect("serialize");
-    assert_eq!(
-        &strip_nulls(back),
-        &strip_nulls(doc.clone()),
-        "{} {} has fields its type does not know",
-        doc["kind"],
-        doc["metadata"]["name"]
-    );
-    object
-}
-
-fn strip_nulls(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, strip_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
-        other => other,
-    }
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
-    docs.iter().find(|d| d["kind"] == kind)
-}
 
 #[test]
 fn chart_lints_strictly_with_every_values_file() {
