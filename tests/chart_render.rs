@@ -74,6 +74,20 @@ fn notes_say_how_to_check_it_works_and_what_uninstall_leaves() {
         aws.contains("with spec.loadBalancerClass: portico.io/aws"),
         "aws does not take classless Services, so NOTES name the class: {aws}"
     );
+    // NOTES name the class exactly where the controller's default leaves
+    // classless Services alone.
+    for (provider, kind) in [
+        ("slb", portico::cli::ProviderKind::Slb),
+        ("aws", portico::cli::ProviderKind::Aws),
+        ("arp", portico::cli::ProviderKind::Arp),
+    ] {
+        let text = flat(&notes(&[&format!("provider={provider}")]));
+        assert_eq!(
+            text.contains("with spec.loadBalancerClass:"),
+            !kind.claims_classless_by_default(),
+            "{provider}: {text}"
+        );
+    }
     let aws_claims = flat(&notes(&["provider=aws", "claimClassless=true"]));
     assert!(
         !aws_claims.contains("spec.loadBalancerClass"),
