@@ -461,3 +461,19 @@ fn alerts_use_metrics_the_controller_exports() {
         throttled.metric_label()
     );
 }
+
+#[test]
+fn held_as_rendered_sees_a_dropped_or_changed_field() {
+    let rendered = serde_json::json!({"spec": {"args": ["--a"], "x": {"y": 1}}});
+    let defaulted = serde_json::json!({"spec": {"args": ["--a"], "x": {"y": 1, "z": 2}}});
+    assert_eq!(held_as_rendered(&rendered, &defaulted, "d"), Ok(()));
+    let dropped = serde_json::json!({"spec": {"args": ["--a"], "x": {}}});
+    assert_eq!(
+        held_as_rendered(&rendered, &dropped, "d"),
+        Err("d.spec.x.y: not on the server".to_string())
+    );
+    let changed = serde_json::json!({"spec": {"args": ["--b"], "x": {"y": 1}}});
+    assert!(held_as_rendered(&rendered, &changed, "d").is_err());
+    let longer = serde_json::json!({"spec": {"args": ["--a", "--b"], "x": {"y": 1}}});
+    assert!(held_as_rendered(&rendered, &longer, "d").is_err());
+}

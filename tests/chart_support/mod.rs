@@ -43,30 +43,18 @@ pub fn values_files() -> Vec<Option<PathBuf>> {
     files
 }
 
-pub fn render(values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
-    render_chart(&chart(), values, set)
-}
-
-pub fn render_chart(
-    chart: &Path,
-    values: Option<&Path>,
-    set: &[&str],
-) -> Result<Vec<Value>, String> {
-    let mut args = vec![
+/// `helm template` of the chart as `release` in `namespace` with `args`.
+pub fn template(release: &str, namespace: &str, args: &[&str]) -> Result<Vec<Value>, String> {
+    let chart = chart();
+    let mut all = vec![
         "template",
-        "portico",
+        release,
         chart.to_str().expect("utf-8"),
         "--namespace",
-        "portico-system",
+        namespace,
     ];
-    let values = values.map(|v| v.to_string_lossy().into_owned());
-    if let Some(v) = &values {
-        args.extend(["-f", v.as_str()]);
-    }
-    for s in set {
-        args.extend(["--set", s]);
-    }
-    let out = run_helm(&args)?;
+    all.extend(args);
+    let out = run_helm(&all)?;
     let mut docs = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&out) {
         let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
@@ -75,6 +63,20 @@ pub fn render_chart(
         }
     }
     Ok(docs)
+}
+
+/// `helm template` as release `portico` in `portico-system`, with a values
+/// file and `--set`s.
+pub fn render(values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
+    let values = values.map(|v| v.to_string_lossy().into_owned());
+    let mut args = Vec::new();
+    if let Some(v) = &values {
+        args.extend(["-f", v.as_str()]);
+    }
+    for s in set {
+        args.extend(["--set", s]);
+    }
+    template("portico", "portico-system", &args)
 }
 
 /// Parse into the k8s-openapi type and back: a field the type does not
@@ -130,4 +132,28 @@ pub fn notes(set: &[&str]) -> String {
         .unwrap_or_else(|| panic!("no NOTES in: {out}"))
         .1
         .to_string()
+}
+
+/// `rendered` lies within `live`: every field the chart rendered is on the
+/// server with the same value (the server adds defaults, drops nothing).
+pub fn held_as_rendered(rendered: &Value, live: &Value, path: &str) -> Result<(), String> {
+    match (rendered, live) {
+        (Value::Object(r), Value::Object(l)) => {
+            for (key, value) in r.iter().filter(|(_, v)| !v.is_null()) {
+                let at = format!("{path}.{key}");
+                let on_server = l
+                    .get(key)
+                    .ok_or_else(|| format!("{at}: not on the server"))?;
+                held_as_rendered(value, on_server, &at)?;
+            }
+            Ok(())
+        }
+        (Value::Array(r), Value::Array(l)) if r.len() == l.len() => r
+            .iter()
+            .zip(l)
+            .enumerate()
+            .try_for_each(|(i, (r, l))| held_as_rendered(r, l, &format!("{path}[{i}]"))),
+        (r, l) if r == l => Ok(()),
+        (r, l) => Err(format!("{path}: rendered {r}, on the server {l}")),
+    }
 }
