@@ -172,6 +172,14 @@ pub struct AwsArgs {
     /// Only discover subnets in this VPC.
     #[arg(long, env = "PORTICO_AWS_VPC_ID")]
     pub aws_vpc_id: Option<String>,
+    /// The cluster's NodePort range (kube-apiserver's --service-node-port-range):
+    /// the nodes' security groups let the NLBs reach it.
+    #[arg(
+        long,
+        default_value = "30000-32767",
+        env = "PORTICO_AWS_NODE_PORT_RANGE"
+    )]
+    pub aws_node_port_range: portico_aws::NodePortRange,
 }
 
 #[derive(Debug, Args)]

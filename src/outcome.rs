@@ -4,7 +4,9 @@
 //! [`Outcome`] out, so every branch of the controller's behaviour is
 //! table-tested here, like `plan`.
 
-use portico_provider::{LoadBalancerStatus, ProviderError};
+use std::borrow::Cow;
+
+use portico_provider::{LoadBalancerStatus, Notice, ProviderError};
 
 use crate::plan::{CONFLICT_REASON, CleanupPlan, Conflict, Rejection};
 use crate::status::{self, ConditionChange, Readiness, StatusUpdate};
@@ -21,7 +23,8 @@ pub enum Severity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Note {
     pub severity: Severity,
-    pub reason: &'static str,
+    /// Ours are fixed; a provider's notice brings its own.
+    pub reason: Cow<'static, str>,
     pub message: String,
 }
 
@@ -29,15 +32,15 @@ impl Note {
     fn normal(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Normal,
-            reason,
+            reason: Cow::Borrowed(reason),
             message: message.into(),
         }
     }
 
-    fn warning(reason: &'static str, message: impl Into<String>) -> Self {
+    fn warning(reason: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Warning,
-            reason,
+            reason: reason.into(),
             message: message.into(),
         }
     }
@@ -157,6 +160,8 @@ pub struct EnsureFacts<'a> {
     pub hosts: usize,
     /// What the provider accepts but does not enforce.
     pub unenforced: &'a [String],
+    /// What the provider noticed while ensuring (see `Notice`).
+    pub notices: &'a [Notice],
 }
 
 /// The outcome of an ensure.
@@ -202,6 +207,14 @@ pub fn ensured(
                     );
                 }
             }
+            // Every time, not only on a change: it can stay true at rest
+            // (an instance refused until someone fixes it).
+            out.events.extend(
+                facts
+                    .notices
+                    .iter()
+                    .map(|n| Note::warning(n.reason.clone(), n.message.clone())),
+            );
             // Remembered only once the Service shows it: an outcome whose
             // status write fails repeats its Events next time.
             out.memo = Memo::Ensured(facts.hashes);
@@ -321,8 +334,8 @@ mod tests {
         }
     }
 
-    fn reasons(out: &Outcome) -> Vec<&'static str> {
-        out.events.iter().map(|n| n.reason).collect()
+    fn reasons(out: &Outcome) -> Vec<&str> {
+        out.events.iter().map(|n| n.reason.as_ref()).collect()
     }
 
     fn next(out: &Outcome) -> &'static str {
@@ -357,18 +370,24 @@ mod tests {
         assert!(before_ensure(SpecChange::TargetsOnly).is_empty());
     }
 
-    fn reasons_of(notes: &[Note]) -> Vec<&'static str> {
-        notes.iter().map(|n| n.reason).collect()
+    fn reasons_of(notes: &[Note]) -> Vec<&str> {
+        notes.iter().map(|n| n.reason.as_ref()).collect()
     }
 
     #[test]
     fn ensure_outcomes() {
         let unenforced = ["spec.loadBalancerSourceRanges is not enforced".to_string()];
+        let refused = [Notice::new("TargetRefused", "i-0abc was refused")];
         let facts = |change, hosts| EnsureFacts {
             change,
             hashes: (7, 8),
             hosts,
             unenforced: &unenforced,
+            notices: &[],
+        };
+        let noticed = |change| EnsureFacts {
+            notices: &refused,
+            ..facts(change, 2)
         };
         // (what, facts, did the provider succeed, events, result, next)
         type Case<'a> = (
@@ -403,6 +422,30 @@ mod tests {
                 vec!["UpdatedLoadBalancer"],
                 "ensured",
                 "resync",
+            ),
+            (
+                "a resync that noticed something: it is posted even at rest",
+                noticed(SpecChange::Unchanged),
+                true,
+                vec!["TargetRefused"],
+                "ensured",
+                "resync",
+            ),
+            (
+                "a change that noticed something: after the ensured Events",
+                noticed(SpecChange::Changed),
+                true,
+                vec!["EnsuredLoadBalancer", "UnenforcedField", "TargetRefused"],
+                "ensured",
+                "resync",
+            ),
+            (
+                "a failed ensure posts no notice",
+                noticed(SpecChange::Changed),
+                false,
+                vec!["SyncLoadBalancerFailed"],
+                "failed",
+                "retry",
             ),
             (
                 "no eligible node: a warning, still ensured",

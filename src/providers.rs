@@ -131,6 +131,7 @@ pub async fn build_provider(
                 region: aws.aws_region.clone(),
                 endpoint_url: aws.aws_endpoint_url.clone(),
                 vpc_id: aws.aws_vpc_id.clone(),
+                node_port_range: aws.aws_node_port_range,
             };
             let provider = AwsProvider::new(config).await;
             provider.register_metrics(registry);

@@ -92,6 +92,7 @@ async fn ensure(
     let result = ctx
         .provider_call("ensure", ctx.provider.ensure(&plan.prepared))
         .await;
+    let mut notices = Vec::new();
     if let Err(err) = &result {
         warn!(error = %err, kind = err.metric_label(), "ensuring the load balancer failed");
     } else {
@@ -100,12 +101,14 @@ async fn ensure(
             ?change,
             "load balancer ensured"
         );
+        notices = ctx.provider.take_notices(&plan.spec().key);
     }
     let facts = EnsureFacts {
         change,
         hashes,
         hosts: plan.spec().targets.len(),
         unenforced: plan.prepared.unenforced(),
+        notices: &notices,
     };
     carry_out(svc, ctx, api, outcome::ensured(facts, result)).await
 }
@@ -186,7 +189,7 @@ async fn post(svc: &Service, ctx: &Context, notes: Vec<Note>) {
             Severity::Normal => EventType::Normal,
             Severity::Warning => EventType::Warning,
         };
-        ctx.event(svc, type_, note.reason, note.message).await;
+        ctx.event(svc, type_, &note.reason, note.message).await;
     }
 }
 

@@ -281,6 +281,34 @@ async fn type_change_cleans_up(backend: Backend) {
     .await;
 }
 
+/// What a provider notices while ensuring (AWS: an instance it refused as
+/// a target) reaches the Service as a Warning Event (that it is posted at
+/// rest too is in the outcome table).
+async fn provider_notices_become_warning_events(backend: Backend) {
+    within(60, async {
+        let env = Env::start(backend, 1).await;
+        env.create(
+            svc("default", "noticed")
+                .lb()
+                .port(80, 30090)
+                .annotation("test.portico.io/notice", "instance i-0dead was refused")
+                .build(),
+        )
+        .await;
+        env.ready("noticed").await;
+        let note = env.event("noticed", "Warning", "TestNotice").await;
+        assert_eq!(note, "instance i-0dead was refused");
+        let ensured = env.events("noticed").await;
+        assert!(
+            ensured
+                .iter()
+                .any(|(_, reason, _)| reason == "EnsuredLoadBalancer"),
+            "{ensured:?}"
+        );
+    })
+    .await;
+}
+
 async fn bad_input_is_reported_and_others_keep_working(backend: Backend) {
     within(60, async {
         let env = Env::start(backend, 1).await;
@@ -689,6 +717,7 @@ async fn local_traffic_policy_checks_the_health_check_node_port(backend: Backend
 }
 
 on_both_backends!(
+    provider_notices_become_warning_events,
     local_traffic_policy_checks_the_health_check_node_port,
     create_update_delete,
     steady_state_makes_no_writes_and_few_calls,

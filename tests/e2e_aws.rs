@@ -85,8 +85,14 @@ async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete(backend
         let ours: Vec<_> = lbs.load_balancers().iter().filter(|lb| lb.dns_name() == Some(hostname.as_str())).collect();
         assert_eq!(ours.len(), 1, "exactly one NLB carries {hostname}");
         assert!(has_finalizer(&ready), "cleanup finalizer set before the cloud call");
-        // The NLB's own security group admits the source range, and nothing is reported unenforced.
-        let own = ours[0].security_groups().first().expect("the NLB has its own security group").to_string();
+        // The NLB carries its own group and the cluster's backend group; the
+        // own group admits the source range, and nothing is reported unenforced.
+        let groups = h.ec2.describe_security_groups().set_group_ids(Some(ours[0].security_groups().to_vec())).send().await.expect("describe security groups");
+        let backend_name = portico_aws::backend_group_name(&h.cluster);
+        let (backend, own): (Vec<_>, Vec<_>) = groups.security_groups().iter().partition(|g| g.group_name() == Some(backend_name.as_str()));
+        assert_eq!((backend.len(), own.len()), (1, 1), "own and backend group: {groups:?}");
+        let backend = backend[0].group_id().expect("id").to_string();
+        let own = own[0].group_id().expect("id").to_string();
         let group = h.ec2.describe_security_groups().group_ids(&own).send().await.expect("describe security group");
         let cidrs: Vec<&str> = group.security_groups()[0].ip_permissions().iter().flat_map(|p| p.ip_ranges()).filter_map(|r| r.cidr_ip()).collect();
         assert!(!cidrs.is_empty() && cidrs.iter().all(|c| *c == "203.0.113.0/24"), "{cidrs:?}");
@@ -122,6 +128,9 @@ async fn service_gets_an_nlb_that_follows_nodes_and_is_removed_on_delete(backend
         let lbs = h.elb.describe_load_balancers().send().await.expect("describe load balancers");
         assert!(lbs.load_balancers().iter().all(|lb| lb.dns_name() != Some(hostname.as_str())), "NLB left behind");
         assert!(h.provider.list_owned().await.expect("list owned").is_empty(), "the cluster owns nothing");
+        for (what, id) in [("own", &own), ("backend", &backend)] {
+            assert!(!h.security_group_exists(id).await, "{what} security group left behind");
+        }
 
         shutdown.cancel();
         let _ = controller.await;

@@ -25,7 +25,7 @@ pub use error::{ProviderError, RetryHint};
 pub use identity::{cluster_tags, tag};
 pub use names::{owned_name, short_hash};
 pub use provider::{
-    Declined, DynProvider, LoadBalancerProvider, Prepared, PreparedSpec, ServiceAnnotations,
+    Declined, DynProvider, LoadBalancerProvider, Notice, Prepared, PreparedSpec, ServiceAnnotations,
 };
 pub use spec::{
     Annotations, ClusterName, HealthCheck, IngressStatus, IpFamily, IpMode, Listener,

@@ -49,6 +49,26 @@ pub struct Declined {
     pub reason: String,
 }
 
+/// Something a successful `ensure` noticed that did not fail it but that the
+/// Service's owner should see (an instance the cloud refused as a target).
+/// The controller posts it as a Warning Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The Event's reason, CamelCase (`TargetRefused`).
+    pub reason: String,
+    /// A sentence naming what and what to do.
+    pub message: String,
+}
+
+impl Notice {
+    pub fn new(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// A place that can build load balancers: a cloud, a mock cloud, or a
 /// bare-metal announcer. Implement this; the controller holds it as a
 /// [`DynProvider`] (every provider is one through a blanket impl).
@@ -106,6 +126,17 @@ pub trait LoadBalancerProvider: Send + Sync + 'static {
         &self,
         prepared: &Prepared<Self::Options>,
     ) -> Result<LoadBalancerStatus, ProviderError>;
+
+    /// What the last successful `ensure` of `key` noticed (see [`Notice`]).
+    /// The controller asks right after that `ensure` returned, before any
+    /// other call for `key`. No I/O.
+    ///
+    /// # Idempotency
+    /// Drains: a second call returns nothing until the next `ensure`.
+    fn take_notices(&self, key: &LoadBalancerKey) -> Vec<Notice> {
+        let _ = key;
+        Vec::new()
+    }
 
     /// The balancer's current status, if it exists.
     ///
@@ -190,6 +221,7 @@ pub trait DynProvider: Send + Sync + 'static {
     fn selects_targets_by_node_labels(&self, annotations: &ServiceAnnotations) -> bool;
     /// See [`LoadBalancerProvider::ensure`].
     async fn ensure(&self, prepared: &PreparedSpec) -> Result<LoadBalancerStatus, ProviderError>;
+    fn take_notices(&self, key: &LoadBalancerKey) -> Vec<Notice>;
     async fn get(&self, key: &LoadBalancerKey)
     -> Result<Option<LoadBalancerStatus>, ProviderError>;
     async fn delete(&self, key: &LoadBalancerKey) -> Result<(), ProviderError>;
@@ -225,6 +257,9 @@ impl<P: LoadBalancerProvider> DynProvider for P {
         };
         LoadBalancerProvider::ensure(self, prepared).await
     }
+    fn take_notices(&self, key: &LoadBalancerKey) -> Vec<Notice> {
+        LoadBalancerProvider::take_notices(self, key)
+    }
     async fn get(
         &self,
         key: &LoadBalancerKey,
@@ -259,6 +294,9 @@ impl<P: LoadBalancerProvider> LoadBalancerProvider for std::sync::Arc<P> {
         prepared: &Prepared<Self::Options>,
     ) -> Result<LoadBalancerStatus, ProviderError> {
         (**self).ensure(prepared).await
+    }
+    fn take_notices(&self, key: &LoadBalancerKey) -> Vec<Notice> {
+        (**self).take_notices(key)
     }
     async fn get(
         &self,

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use crate::conformance::{Faults, Harness, Observed};
 use crate::{
     Declined, IngressStatus, IpMode, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
-    LoadBalancerStatus, PortStatus, Prepared, ProviderError, ServiceAnnotations,
+    LoadBalancerStatus, Notice, PortStatus, Prepared, ProviderError, ServiceAnnotations,
 };
 
 /// A class-less Service with this annotation is declined (it stands for
@@ -22,6 +22,9 @@ pub const DECLINE_ANNOTATION: &str = "test.portico.io/owner";
 pub const NODE_LABELS_ANNOTATION: &str = "test.portico.io/target-node-labels";
 /// A Service with this annotation gets an unenforced-field note.
 pub const UNENFORCED_ANNOTATION: &str = "test.portico.io/unenforced";
+/// Each ensure of a Service with this annotation notices its value
+/// (reason `TestNotice`), as AWS notices an instance it refused.
+pub const NOTICE_ANNOTATION: &str = "test.portico.io/notice";
 
 /// `prepare` then `ensure`, as the controller calls them: for tests that
 /// start from a spec.
@@ -76,6 +79,8 @@ pub enum Effect {
 #[derive(Debug, Default)]
 struct State {
     balancers: BTreeMap<LoadBalancerKey, (LoadBalancerSpec, LoadBalancerStatus)>,
+    /// What the last ensure of each key noticed, until taken.
+    notices: BTreeMap<LoadBalancerKey, Vec<Notice>>,
     next_ip: u32,
     calls: Vec<Call>,
     /// Errors handed out, one per call, before normal service resumes.
@@ -328,8 +333,19 @@ impl LoadBalancerProvider for RecordingProvider {
             }
         };
         self.record(Op::Ensure, Some(&spec.key), effect);
+        let noticed: Vec<Notice> = spec
+            .annotations
+            .get(NOTICE_ANNOTATION)
+            .map(|v| Notice::new("TestNotice", v))
+            .into_iter()
+            .collect();
+        self.state().notices.insert(spec.key.clone(), noticed);
         self.ensured.notify_waiters();
         Ok(status)
+    }
+
+    fn take_notices(&self, key: &LoadBalancerKey) -> Vec<Notice> {
+        self.state().notices.remove(key).unwrap_or_default()
     }
 
     async fn get(

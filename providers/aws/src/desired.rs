@@ -14,7 +14,7 @@ use crate::names;
 use crate::options::{
     AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, Scheme, TlsPorts,
 };
-use crate::security::{self, Rule};
+use crate::security::{self, NodePortRange, Rule};
 
 /// AWS accepts at most this many targets per RegisterTargets/DeregisterTargets call.
 pub const TARGET_BATCH: usize = 100;
@@ -253,9 +253,30 @@ pub struct DesiredSecurity {
     pub frontend: BTreeSet<Rule>,
     /// The user's groups as annotated (ids or names).
     pub user_groups: Vec<String>,
-    /// (protocol, port) the nodes' cluster groups accept from the own
-    /// group; empty when those rules are not portico's to manage.
+    /// (protocol, port) the nodes' cluster groups must accept from this
+    /// NLB; empty when those rules are not portico's to manage. Most are
+    /// covered by the cluster's shared rules (see [`Self::own_node_ports`]).
     pub backend_ports: BTreeSet<(&'static str, u16)>,
+    /// The cluster's NodePort range, which the shared rules open.
+    pub node_port_range: NodePortRange,
+}
+
+impl DesiredSecurity {
+    /// Whether the NLB carries the cluster's backend group and the nodes
+    /// hold the shared rules for it.
+    pub fn shared_backend(&self) -> bool {
+        !self.backend_ports.is_empty()
+    }
+
+    /// The ports the shared rules do not cover: opened from the own group,
+    /// for this NLB alone. Usually none.
+    pub fn own_node_ports(&self) -> BTreeSet<(&'static str, u16)> {
+        self.backend_ports
+            .iter()
+            .filter(|(ip, port)| !security::shared_rules_cover(self.node_port_range, ip, *port))
+            .copied()
+            .collect()
+    }
 }
 
 /// The NLB a spec asks for.
@@ -481,6 +502,7 @@ impl Desired {
             frontend,
             user_groups,
             backend_ports,
+            node_port_range: NodePortRange::default(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Carrying out a plan: the mutating AWS calls, one per step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_elasticloadbalancingv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_elasticloadbalancingv2::operation::register_targets::RegisterTargetsError;
@@ -10,13 +10,12 @@ use aws_sdk_elasticloadbalancingv2::types::{
     TargetDescription, TargetGroupAttribute, TargetTypeEnum,
 };
 use aws_smithy_runtime_api::http::Response as HttpResponse;
-use portico_provider::{Annotations, LoadBalancerKey, ProviderError};
+use portico_provider::{Annotations, LoadBalancerKey, Notice, ProviderError};
 use tracing::{debug, info, warn};
 
 use crate::desired::{Desired, HealthSettings, ListenerTls};
 use crate::errors::{from_sdk, gone_is_ok};
 use crate::names::{self, owned_by};
-use crate::network::rule_description;
 use crate::options::AwsOptions;
 use crate::plan::{GroupRef, ObservedLb, Step};
 use crate::provider::{AwsProvider, Found, Result};
@@ -222,6 +221,7 @@ impl AwsProvider {
             }
         };
         let mut steps: std::collections::VecDeque<Step> = steps.into();
+        let mut refused = BTreeSet::new();
         while let Some(step) = steps.pop_front() {
             debug!(op = step.operation(), "aws call");
             match step {
@@ -299,7 +299,7 @@ impl AwsProvider {
                 Step::ModifyHealth { arn, health } => self.modify_health(&arn, &health).await?,
                 Step::Register { group, ids } => {
                     let arn = resolve(&group, &created)?;
-                    match self.register(&arn, &ids).await {
+                    let left_out = match self.register(&arn, &ids).await {
                         // At the group's target quota: make room first (the
                         // plan deregisters after registering, so that no
                         // moment has fewer targets than needed), then again.
@@ -315,10 +315,11 @@ impl AwsProvider {
                                     self.deregister(&arn, &ids).await?;
                                 }
                             }
-                            self.register(&arn, &ids).await?;
+                            self.register(&arn, &ids).await?
                         }
                         other => other?,
-                    }
+                    };
+                    refused.extend(left_out);
                 }
                 Step::Deregister { arn, ids } => self.deregister(&arn, &ids).await?,
                 Step::CreateListener {
@@ -371,15 +372,38 @@ impl AwsProvider {
                         .await
                         .map_err(|e| from_sdk("SetSecurityGroups", e))?;
                 }
-                Step::Authorize { group, rules } => {
-                    self.authorize(&group, &rules, &rule_description(key))
-                        .await?;
+                Step::Authorize {
+                    group,
+                    rules,
+                    scope,
+                } => {
+                    let description = self.describe_rule(key, scope);
+                    self.authorize(&group, &rules, &description).await?;
                 }
-                Step::Revoke { group, rules } => {
-                    self.revoke(&group, &rules, &rule_description(key)).await?;
+                Step::Revoke {
+                    group,
+                    rules,
+                    scope,
+                } => {
+                    let description = self.describe_rule(key, scope);
+                    self.revoke(&group, &rules, &description).await?;
                 }
                 Step::DeleteSecurityGroup(id) => self.delete_security_group(&id).await?,
             }
+        }
+        if !refused.is_empty() {
+            let ids: Vec<String> = refused.into_iter().collect();
+            self.notice(
+                key,
+                Notice::new(
+                    "TargetRefused",
+                    format!(
+                        "AWS refused instance(s) {} as targets (stopped or terminated while the Node remains?); \
+                         the other nodes are registered and these are tried again on the next sync",
+                        ids.join(", ")
+                    ),
+                ),
+            );
         }
         Ok(())
     }
@@ -467,11 +491,15 @@ impl AwsProvider {
     /// instance cannot be a target (stopped or terminated while its Node
     /// still exists), register them one by one and leave out the refused:
     /// one broken node must not hold back every other node's change. The
-    /// refused are tried again on the next ensure.
-    pub(crate) async fn register(&self, arn: &str, ids: &[String]) -> Result<()> {
+    /// refused are returned (for an Event) and tried again on the next ensure.
+    pub(crate) async fn register(&self, arn: &str, ids: &[String]) -> Result<Vec<String>> {
         let refused = match self.register_batch(arn, ids).await {
             Err(e) if is_invalid_target(&e) => e,
-            other => return other.map_err(|e| from_sdk("RegisterTargets", e)),
+            other => {
+                return other
+                    .map(|()| Vec::new())
+                    .map_err(|e| from_sdk("RegisterTargets", e));
+            }
         };
         let mut left_out = Vec::new();
         if ids.len() > 1 {
@@ -491,7 +519,7 @@ impl AwsProvider {
             error = %from_sdk("RegisterTargets", refused),
             "AWS refused these instances as targets; registered the others"
         );
-        Ok(())
+        Ok(left_out.into_iter().map(String::from).collect())
     }
 
     pub(crate) async fn register_batch(

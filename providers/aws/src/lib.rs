@@ -36,9 +36,10 @@ pub mod testing;
 
 pub use counter::{CallCounter, CallStats, FaultInjection, FaultKind, is_read_only};
 pub use errors::classify as classify_aws_error;
-pub use names::{load_balancer_name, ownership_tags, target_group_name};
+pub use names::{backend_group_name, load_balancer_name, ownership_tags, target_group_name};
 pub use options::{AwsOptions, declined_for_aws_lb_controller};
 pub use provider::{AwsPrepared, AwsProvider, AwsProviderConfig};
+pub use security::NodePortRange;
 
 const _: () = {
     const fn assert_provider<P: portico_provider::LoadBalancerProvider>() {}

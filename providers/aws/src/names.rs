@@ -17,6 +17,10 @@ pub const TAG_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// someone else put on the resources are left alone.
 pub const TAG_ADDITIONAL_KEYS: &str = "portico.io/additional-tag-keys";
 
+/// Marks the cluster's shared backend security group (valued `backend`).
+pub const TAG_GROUP_ROLE: &str = "portico.io/security-group-role";
+pub const BACKEND_ROLE: &str = "backend";
+
 /// Every name portico gives starts with this.
 pub const NAME_PREFIX: &str = "k8s-";
 
@@ -28,6 +32,30 @@ pub fn cluster_tag(cluster: &ClusterName) -> String {
 /// The NLB's name: `k8s-<28 hex>`.
 pub fn load_balancer_name(key: &LoadBalancerKey) -> String {
     key.cloud_name("k8s", MAX_NAME)
+}
+
+/// The cluster's backend security group: `k8s-traffic-<16 hex of the
+/// cluster>`, one per VPC (group names are unique per VPC).
+pub fn backend_group_name(cluster: &ClusterName) -> String {
+    format!(
+        "{NAME_PREFIX}traffic-{}",
+        short_hash(&[cluster.as_str()], 16)
+    )
+}
+
+/// The tags of the cluster's backend group: the cluster's, and its role.
+pub fn backend_group_tags(cluster: &ClusterName) -> BTreeMap<String, String> {
+    let mut tags = portico_provider::cluster_tags(cluster);
+    tags.insert(cluster_tag(cluster), "owned".to_string());
+    tags.insert(TAG_GROUP_ROLE.to_string(), BACKEND_ROLE.to_string());
+    tags
+}
+
+/// Whether `tags` mark the backend group of `cluster`.
+pub fn is_backend_group_of(cluster: &ClusterName, tags: &BTreeMap<String, String>) -> bool {
+    backend_group_tags(cluster)
+        .iter()
+        .all(|(k, v)| tags.get(k) == Some(v))
 }
 
 /// The part of every target group name of `key`: `k8s-<8 hex>-`, so the
@@ -130,6 +158,26 @@ mod tests {
         let tg = target_group_name(&key("u1"), 80, "TCP", 30080);
         assert_eq!(tg.len(), MAX_NAME);
         assert!(tg.starts_with(&target_group_prefix(&key("u1"))));
+    }
+
+    #[test]
+    fn backend_group_is_the_cluster_s_and_no_service_s() {
+        let c = ClusterName::new("prod-1");
+        let name = backend_group_name(&c);
+        assert!(
+            name.starts_with("k8s-traffic-") && name.len() == 28,
+            "{name}"
+        );
+        assert_ne!(name, backend_group_name(&ClusterName::new("prod-2")));
+        let tags = backend_group_tags(&c);
+        assert!(is_backend_group_of(&c, &tags));
+        assert!(!is_backend_group_of(&ClusterName::new("prod-2"), &tags));
+        assert_eq!(
+            key_from_tags(&c, &tags),
+            None,
+            "never taken for a Service's"
+        );
+        assert!(!is_backend_group_of(&c, &ownership_tags(&key("u1"))));
     }
 
     #[test]

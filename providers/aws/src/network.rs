@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::{
     Filter, IpPermission, IpRange, Ipv6Range, ResourceType, Tag, TagSpecification, UserIdGroupPair,
 };
 use ipnet::IpNet;
-use portico_provider::{Annotations, LoadBalancerKey, ProviderError};
+use portico_provider::{Annotations, ClusterName, LoadBalancerKey, ProviderError};
 use tracing::{info, warn};
 
 use crate::errors::{from_sdk, gone_is_ok};
@@ -34,11 +34,21 @@ const FILTER_BATCH: usize = 200;
 
 type Tags = BTreeMap<String, String>;
 
-/// Instances and group tags, by id, with when they were read.
+/// Instances and group tags by id, and the backend group by VPC, with when
+/// they were read.
 #[derive(Debug, Default)]
 pub(crate) struct Ec2Cache {
     instances: Mutex<HashMap<String, (Instant, InstanceInfo)>>,
     group_tags: Mutex<HashMap<String, (Instant, Tags)>>,
+    backend_groups: Mutex<HashMap<String, (Instant, String)>>,
+}
+
+/// The cluster's backend group in one VPC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BackendGroup {
+    pub id: String,
+    /// Made by this call: no rule can name it yet.
+    pub new: bool,
 }
 
 fn fresh<T: Clone>(map: &Mutex<HashMap<String, (Instant, T)>>, id: &str) -> Option<T> {
@@ -128,6 +138,11 @@ fn permissions(rules: &[Rule], description: &str) -> Vec<IpPermission> {
 /// How portico describes the rules it adds for `key`.
 pub(crate) fn rule_description(key: &LoadBalancerKey) -> String {
     format!("portico: {}/{}", key.namespace, key.name)
+}
+
+/// How portico describes the rules every NLB of `cluster` shares.
+pub(crate) fn shared_rule_description(cluster: &ClusterName) -> String {
+    format!("portico: load balancers of cluster {cluster}")
 }
 
 fn subnets_field() -> String {
@@ -382,19 +397,176 @@ impl AwsProvider {
         &self,
         own: &str,
     ) -> Result<BTreeMap<String, BTreeSet<Rule>>> {
+        Ok(self
+            .rules_naming(&[own])
+            .await?
+            .remove(own)
+            .unwrap_or_default())
+    }
+
+    /// The rules that name each of `peers`, by peer and then by the group
+    /// holding them: one call for all of them.
+    pub(crate) async fn rules_naming(
+        &self,
+        peers: &[&str],
+    ) -> Result<BTreeMap<String, BTreeMap<String, BTreeSet<Rule>>>> {
+        let mut out: BTreeMap<String, BTreeMap<String, BTreeSet<Rule>>> = BTreeMap::new();
+        if peers.is_empty() {
+            return Ok(out);
+        }
         let groups = self
-            .security_groups(vec![filter("ip-permission.group-id", [own.to_string()])])
+            .security_groups(vec![filter(
+                "ip-permission.group-id",
+                peers.iter().map(|p| p.to_string()),
+            )])
             .await?;
-        let peer = Peer::Group(own.to_string());
-        Ok(groups
+        for g in &groups {
+            let Some(holder) = g.group_id() else { continue };
+            for rule in rules_of(g) {
+                if let Peer::Group(peer) = &rule.peer
+                    && peers.contains(&peer.as_str())
+                {
+                    out.entry(peer.clone())
+                        .or_default()
+                        .entry(holder.to_string())
+                        .or_default()
+                        .insert(rule);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The cluster's backend groups, by the VPC they are in (at most one per
+    /// VPC is made; the lowest id wins if someone made more).
+    pub(crate) async fn find_backend_groups(
+        &self,
+        vpc: Option<&str>,
+    ) -> Result<BTreeMap<String, String>> {
+        let cluster = &self.config.cluster;
+        let mut filters = vec![
+            filter(
+                &format!("tag:{}", portico_provider::tag::CLUSTER),
+                [cluster.to_string()],
+            ),
+            filter(
+                &format!("tag:{}", names::TAG_GROUP_ROLE),
+                [names::BACKEND_ROLE.to_string()],
+            ),
+        ];
+        filters.extend(vpc.map(|v| filter("vpc-id", [v.to_string()])));
+        let mut found: Vec<(String, String)> = self
+            .security_groups(filters)
+            .await?
             .iter()
-            .filter_map(|g| {
-                let rules: BTreeSet<Rule> =
-                    rules_of(g).into_iter().filter(|r| r.peer == peer).collect();
-                Some((g.group_id()?.to_string(), rules))
-            })
-            .filter(|(_, rules)| !rules.is_empty())
-            .collect())
+            .filter(|g| names::is_backend_group_of(cluster, &ec2_tags(g.tags())))
+            .filter_map(|g| Some((g.vpc_id()?.to_string(), g.group_id()?.to_string())))
+            .collect();
+        found.sort();
+        let mut by_vpc = BTreeMap::new();
+        for (vpc, id) in found {
+            by_vpc.entry(vpc).or_insert(id);
+        }
+        Ok(by_vpc)
+    }
+
+    /// The cluster's backend group in `vpc`: cached, else found by its
+    /// tags, else made. Two replicas never make two: the name is the
+    /// cluster's, and a duplicate name finds the first one.
+    pub(crate) async fn backend_group(&self, vpc: &str) -> Result<BackendGroup> {
+        if let Some(id) = fresh(&self.cache.backend_groups, vpc) {
+            return Ok(BackendGroup { id, new: false });
+        }
+        let (id, new) = match self.find_backend_groups(Some(vpc)).await?.remove(vpc) {
+            Some(id) => (id, false),
+            None => (self.create_backend_group(vpc).await?, true),
+        };
+        remember(&self.cache.backend_groups, vpc.to_string(), id.clone());
+        Ok(BackendGroup { id, new })
+    }
+
+    async fn create_backend_group(&self, vpc: &str) -> Result<String> {
+        let cluster = &self.config.cluster;
+        let name = names::backend_group_name(cluster);
+        let tag_spec = TagSpecification::builder()
+            .resource_type(ResourceType::SecurityGroup)
+            .set_tags(Some(
+                names::backend_group_tags(cluster)
+                    .iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
+            .build();
+        info!(%name, vpc, "creating the cluster's backend security group");
+        let out = self
+            .ec2
+            .create_security_group()
+            .group_name(&name)
+            .description(format!(
+                "portico: the load balancers of cluster {cluster}, let in by the nodes"
+            ))
+            .vpc_id(vpc)
+            .tag_specifications(tag_spec)
+            .send()
+            .await;
+        match out {
+            Ok(out) => Ok(out.group_id().unwrap_or_default().to_string()),
+            Err(e) => match from_sdk("ec2:CreateSecurityGroup", e) {
+                ProviderError::Conflict { message } => {
+                    let found = self
+                        .security_groups(vec![
+                            filter("group-name", [name.clone()]),
+                            filter("vpc-id", [vpc.to_string()]),
+                        ])
+                        .await?;
+                    match found.first() {
+                        Some(g) if names::is_backend_group_of(cluster, &ec2_tags(g.tags())) => {
+                            Ok(g.group_id().unwrap_or_default().to_string())
+                        }
+                        _ => Err(ProviderError::Conflict {
+                            message: format!(
+                                "security group {name} exists in {vpc} but its tags do not name cluster {cluster}'s backend group: {message}"
+                            ),
+                        }),
+                    }
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Delete the cluster's backend groups that no NLB carries any more:
+    /// first the shared rules that name them, then the groups. The caller
+    /// holds the backend lock, so no ensure is attaching one meanwhile.
+    pub(crate) async fn release_unused_backend_groups(&self) -> Result<()> {
+        let groups = self.find_backend_groups(None).await?;
+        if groups.is_empty() {
+            return Ok(());
+        }
+        let in_use: BTreeSet<String> = self
+            .network_load_balancers()
+            .await?
+            .iter()
+            .flat_map(|lb| lb.security_groups().iter().cloned())
+            .collect();
+        let description = shared_rule_description(&self.config.cluster);
+        for (vpc, id) in groups {
+            if in_use.contains(&id) {
+                continue;
+            }
+            for (holder, rules) in self.rules_referencing(&id).await? {
+                let rules: Vec<Rule> = rules.into_iter().collect();
+                self.revoke(&holder, &rules, &description).await?;
+            }
+            info!(group = %id, vpc, "deleting the cluster's backend security group: no load balancer carries it");
+            self.cache
+                .backend_groups
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&vpc);
+            self.delete_security_group(&id).await?;
+        }
+        Ok(())
     }
 
     /// The user's groups as ids: ids as given, names looked up in `vpc`.

@@ -91,6 +91,11 @@ pub struct ObservedSecurity {
     pub user_groups: Vec<String>,
     /// The rules whose peer is the own group, by the group that holds them.
     pub node_rules: BTreeMap<String, BTreeSet<Rule>>,
+    /// The cluster's backend group in the NLB's VPC, when the spec wants it
+    /// (found, or made by this ensure).
+    pub backend: Option<String>,
+    /// The rules whose peer is the backend group, by the group that holds them.
+    pub shared_rules: BTreeMap<String, BTreeSet<Rule>>,
     /// The cluster groups of the instances the NLB targets.
     pub node_groups: BTreeSet<String>,
 }
@@ -188,12 +193,24 @@ pub enum Step {
     Authorize {
         group: String,
         rules: Vec<Rule>,
+        scope: RuleScope,
     },
     Revoke {
         group: String,
         rules: Vec<Rule>,
+        scope: RuleScope,
     },
     DeleteSecurityGroup(String),
+}
+
+/// Whose a rule is, which its description says (and moto matches a
+/// revoke by description).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleScope {
+    /// This Service's: on its own group, or naming its own group.
+    Service,
+    /// The cluster's: naming the shared backend group.
+    Cluster,
 }
 
 impl Step {
@@ -435,6 +452,11 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
 /// registered, so health checks can pass at once), what closes goes last
 /// (after listeners stopped using it).
 ///
+/// The shared rules for the backend group are only added or corrected on
+/// the groups of this NLB's nodes, never removed from other groups:
+/// other NLBs (other nodes, by `target-node-labels`) may rely on them. They
+/// go with the backend group when the cluster's last NLB is deleted.
+///
 /// An NLB created without security groups can never get one: nothing is
 /// planned for it (the provider says so in its log).
 fn security_steps(observed: &Observed, desired: &Desired) -> (Vec<Step>, Vec<Step>) {
@@ -450,50 +472,63 @@ fn security_steps(observed: &Observed, desired: &Desired) -> (Vec<Step>, Vec<Ste
     {
         lb_groups.insert(own.id.clone());
     }
+    let backend = sec.backend.as_ref().filter(|_| want.shared_backend());
+    lb_groups.extend(backend.cloned());
     let have: BTreeSet<String> = observed.lb.security_groups.iter().cloned().collect();
     if !lb_groups.is_empty() && lb_groups != have {
         first.push(Step::SetSecurityGroups(lb_groups.into_iter().collect()));
     }
+    let mut rule_changes =
+        |group: &str, observed: &BTreeSet<Rule>, desired: &BTreeSet<Rule>, scope| {
+            let changes = security::diff(observed, desired);
+            if !changes.authorize.is_empty() {
+                first.push(Step::Authorize {
+                    group: group.to_string(),
+                    rules: changes.authorize,
+                    scope,
+                });
+            }
+            if !changes.revoke.is_empty() {
+                last.push(Step::Revoke {
+                    group: group.to_string(),
+                    rules: changes.revoke,
+                    scope,
+                });
+            }
+        };
+    let empty = BTreeSet::new();
+    if let Some(backend) = backend {
+        let shared = security::shared_backend_rules(backend, want.node_port_range);
+        for group in &sec.node_groups {
+            let observed = sec.shared_rules.get(group).unwrap_or(&empty);
+            rule_changes(group, observed, &shared, RuleScope::Cluster);
+        }
+    }
     let Some(own) = &sec.own else {
         return (first, last);
     };
-    let mut rule_changes = |group: &str, observed: &BTreeSet<Rule>, desired: &BTreeSet<Rule>| {
-        let changes = security::diff(observed, desired);
-        if !changes.authorize.is_empty() {
-            first.push(Step::Authorize {
-                group: group.to_string(),
-                rules: changes.authorize,
-            });
-        }
-        if !changes.revoke.is_empty() {
-            last.push(Step::Revoke {
-                group: group.to_string(),
-                rules: changes.revoke,
-            });
-        }
-    };
-    let empty = BTreeSet::new();
     if want.own_group {
-        rule_changes(&own.id, &own.rules, &want.frontend);
+        rule_changes(&own.id, &own.rules, &want.frontend, RuleScope::Service);
     }
-    let backend = if want.own_group {
-        security::backend_rules(&own.id, &want.backend_ports)
+    let own_node_rules = if want.own_group {
+        security::backend_rules(&own.id, &want.own_node_ports())
     } else {
         BTreeSet::new()
     };
     let node_groups: BTreeSet<&String> = sec
         .node_groups
         .iter()
-        .filter(|_| !backend.is_empty())
+        .filter(|_| !own_node_rules.is_empty())
         .chain(sec.node_rules.keys())
         .collect();
     for group in node_groups {
         let desired = if sec.node_groups.contains(group) {
-            &backend
+            &own_node_rules
         } else {
             &empty
         };
-        rule_changes(group, sec.node_rules.get(group).unwrap_or(&empty), desired);
+        let observed = sec.node_rules.get(group).unwrap_or(&empty);
+        rule_changes(group, observed, desired, RuleScope::Service);
     }
     if !want.own_group {
         last.push(Step::DeleteSecurityGroup(own.id.clone()));

@@ -5,6 +5,7 @@ use crate::desired::CheckPort;
 use crate::options::HealthProtocol;
 use crate::security::Peer;
 use portico_provider::{Annotations, HealthCheck, LoadBalancerSpec, Protocol};
+use std::collections::BTreeSet;
 
 use crate::test_fixtures::{desired, listener, spec};
 
@@ -18,7 +19,7 @@ fn converged(d: &Desired) -> Observed {
             scheme: Some("internet-facing".into()),
             ip_address_type: Some("ipv4".into()),
             vpc_id: Some("vpc-1".into()),
-            security_groups: vec!["sg-own".into()],
+            security_groups: vec!["sg-backend".into(), "sg-own".into()],
         },
         d.tags.clone(),
         ObservedSecurity {
@@ -29,11 +30,17 @@ fn converged(d: &Desired) -> Observed {
             user_groups: Vec::new(),
             node_rules: BTreeMap::from([(
                 "sg-nodes".to_string(),
-                security::backend_rules("sg-own", &d.security.backend_ports),
+                security::backend_rules("sg-own", &d.security.own_node_ports()),
+            )]),
+            backend: Some("sg-backend".into()),
+            shared_rules: BTreeMap::from([(
+                "sg-nodes".to_string(),
+                security::shared_backend_rules("sg-backend", d.security.node_port_range),
             )]),
             node_groups: ["sg-nodes".to_string()].into(),
         },
     );
+    o.security.node_rules.retain(|_, rules| !rules.is_empty());
     o.lb_attributes = d.lb_attributes.clone();
     for g in &d.groups {
         let arn = format!("arn:tg/{}", g.name);
@@ -85,6 +92,7 @@ fn fresh_nlb_plan_creates_groups_registers_and_listens() {
     fresh.groups.clear();
     fresh.listeners.clear();
     fresh.security.node_rules.clear();
+    fresh.security.shared_rules.clear();
     if let Some(own) = fresh.security.own.as_mut() {
         own.rules.clear();
     }
@@ -179,14 +187,10 @@ fn health_change_modifies_the_group_only() {
     let steps = plan(&o, &desired(&local));
     assert_eq!(
         ops(&steps),
-        [
-            "ec2:AuthorizeSecurityGroupIngress",
-            "ModifyTargetGroup",
-            "ec2:RevokeSecurityGroupIngress"
-        ],
-        "the nodes accept the new health-check port first, the old one is closed last"
+        ["ModifyTargetGroup"],
+        "the shared rules already let the NLBs reach every NodePort"
     );
-    match &steps[1] {
+    match &steps[0] {
         Step::ModifyHealth { health, .. } => {
             assert_eq!(health.protocol, HealthProtocol::Http);
             assert_eq!(health.port_string(), "32000");
@@ -205,13 +209,12 @@ fn node_port_change_replaces_the_group_behind_the_listener() {
     assert_eq!(
         ops(&steps),
         [
-            "ec2:AuthorizeSecurityGroupIngress",
             "CreateTargetGroup",
             "RegisterTargets",
             "ModifyListener",
-            "DeleteTargetGroup",
-            "ec2:RevokeSecurityGroupIngress"
-        ]
+            "DeleteTargetGroup"
+        ],
+        "no node rule changes: the shared rules cover the new NodePort"
     );
 }
 
@@ -231,16 +234,15 @@ fn protocol_change_to_tcp_udp_modifies_the_listener() {
         ops(&steps),
         [
             "ec2:AuthorizeSecurityGroupIngress",
-            "ec2:AuthorizeSecurityGroupIngress",
             "CreateTargetGroup",
             "RegisterTargets",
             "ModifyListener",
             "DeleteTargetGroup"
         ],
-        "TCP opened on the own group and the nodes"
+        "TCP opened to clients on the own group; the nodes' shared rules cover it"
     );
     assert!(matches!(
-        &steps[4],
+        &steps[3],
         Step::ModifyListener {
             protocol: TgProtocol::TcpUdp,
             ..
@@ -264,10 +266,9 @@ fn removed_port_deletes_listener_then_group() {
         [
             "DeleteListener",
             "DeleteTargetGroup",
-            "ec2:RevokeSecurityGroupIngress",
             "ec2:RevokeSecurityGroupIngress"
         ],
-        "the port closes on the own group and the nodes once nothing listens"
+        "the port closes to clients on the own group once nothing listens"
     );
 }
 
@@ -345,7 +346,9 @@ fn rules_of<'a>(steps: &'a [Step], op: &str, on: &str) -> Vec<&'a Rule> {
         .iter()
         .filter(|s| s.operation() == op)
         .flat_map(|s| match s {
-            Step::Authorize { group, rules } | Step::Revoke { group, rules } if group == on => {
+            Step::Authorize { group, rules, .. } | Step::Revoke { group, rules, .. }
+                if group == on =>
+            {
                 rules.iter().collect()
             }
             _ => Vec::new(),
@@ -388,39 +391,160 @@ fn source_range_change_touches_the_own_group_only() {
 }
 
 #[test]
-fn nodes_moving_to_another_group_move_the_rules() {
+fn nodes_in_a_new_group_get_the_shared_rules_and_the_old_group_keeps_them() {
     let s = spec(vec![listener(53, Protocol::Udp, 30053)], 1);
     let d = desired(&s);
+    let shared = security::shared_backend_rules("sg-backend", d.security.node_port_range);
     let mut o = converged(&d);
     o.security.node_groups = ["sg-nodes-2".to_string()].into();
     let steps = plan(&o, &d);
-    let want: Vec<Rule> = vec![
-        Rule::port("tcp", 10256, Peer::Group("sg-own".into())),
-        Rule::port("udp", 30053, Peer::Group("sg-own".into())),
-    ];
+    assert_eq!(ops(&steps), ["ec2:AuthorizeSecurityGroupIngress"]);
     assert_eq!(
         rules_of(&steps, "ec2:AuthorizeSecurityGroupIngress", "sg-nodes-2"),
-        want.iter().collect::<Vec<_>>(),
-        "UDP NodePort and kube-proxy's health port, from the own group"
+        shared.iter().collect::<Vec<_>>(),
+        "TCP and UDP on the NodePort range and kube-proxy's health port, from the backend group"
     );
-    assert_eq!(
-        rules_of(&steps, "ec2:RevokeSecurityGroupIngress", "sg-nodes"),
-        want.iter().collect::<Vec<_>>()
+    assert!(
+        rules_of(&steps, "ec2:RevokeSecurityGroupIngress", "sg-nodes").is_empty(),
+        "other NLBs (other nodes) may still need the old group's shared rules"
     );
+    assert!(matches!(
+        &steps[0],
+        Step::Authorize {
+            scope: RuleScope::Cluster,
+            ..
+        }
+    ));
     // Drift: someone removed one rule; only it comes back, nothing is duplicated.
     let mut drifted = converged(&d);
-    let nodes = drifted
+    let first = shared.iter().next().expect("a rule").clone();
+    drifted
         .security
-        .node_rules
+        .shared_rules
         .get_mut("sg-nodes")
-        .expect("rules");
-    nodes.remove(&want[0]);
+        .expect("rules")
+        .remove(&first);
     let steps = plan(&drifted, &d);
     assert_eq!(ops(&steps), ["ec2:AuthorizeSecurityGroupIngress"]);
     assert_eq!(
         rules_of(&steps, "ec2:AuthorizeSecurityGroupIngress", "sg-nodes"),
-        [&want[0]]
+        [&first]
     );
+}
+
+#[test]
+fn node_rules_stay_three_however_many_services() {
+    // Services on every corner of the range, UDP and TCP, Local and Cluster policy.
+    let mut shared_wanted = BTreeSet::new();
+    for (i, node_port) in [30000u16, 30001, 31500, 32767].into_iter().enumerate() {
+        let mut s = spec(
+            vec![
+                listener(80 + i as u16, Protocol::Tcp, node_port),
+                listener(53, Protocol::Udp, node_port),
+            ],
+            1,
+        );
+        if i % 2 == 1 {
+            s.health_check = HealthCheck::Http {
+                port: 32767 - i as u16,
+                path: "/healthz".into(),
+            };
+        }
+        let d = desired(&s);
+        assert!(
+            d.security.own_node_ports().is_empty(),
+            "{node_port}: covered by the shared rules"
+        );
+        shared_wanted.extend(security::shared_backend_rules(
+            "sg-backend",
+            d.security.node_port_range,
+        ));
+    }
+    assert_eq!(shared_wanted.len(), 3, "{shared_wanted:?}");
+}
+
+#[test]
+fn a_health_check_port_outside_the_range_is_opened_from_the_own_group() {
+    let mut s = spec(vec![listener(80, Protocol::Tcp, 30080)], 1);
+    s.health_check = HealthCheck::Http {
+        port: 9000,
+        path: "/ready".into(),
+    };
+    let d = desired(&s);
+    assert_eq!(d.security.own_node_ports(), [("tcp", 9000)].into());
+    let mut o = converged(&d);
+    o.security.node_rules.clear();
+    let steps = plan(&o, &d);
+    assert_eq!(
+        rules_of(&steps, "ec2:AuthorizeSecurityGroupIngress", "sg-nodes"),
+        [&Rule::port("tcp", 9000, Peer::Group("sg-own".into()))],
+        "this Service's alone, so it goes with the Service"
+    );
+    assert!(matches!(
+        &steps[0],
+        Step::Authorize {
+            scope: RuleScope::Service,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn an_nlb_from_before_the_backend_group_moves_to_it_without_a_gap() {
+    let s = spec(
+        vec![
+            listener(80, Protocol::Tcp, 30080),
+            listener(53, Protocol::Udp, 30053),
+        ],
+        1,
+    );
+    let d = desired(&s);
+    let mut legacy = converged(&d);
+    legacy.lb.security_groups = vec!["sg-own".into()];
+    legacy.security.shared_rules.clear();
+    let per_port: BTreeSet<Rule> = [
+        Rule::port("tcp", 30080, Peer::Group("sg-own".into())),
+        Rule::port("udp", 30053, Peer::Group("sg-own".into())),
+        Rule::port("tcp", 10256, Peer::Group("sg-own".into())),
+    ]
+    .into();
+    legacy
+        .security
+        .node_rules
+        .insert("sg-nodes".into(), per_port.clone());
+    let steps = plan(&legacy, &d);
+    assert_eq!(
+        ops(&steps),
+        [
+            "SetSecurityGroups",
+            "ec2:AuthorizeSecurityGroupIngress",
+            "ec2:RevokeSecurityGroupIngress"
+        ],
+        "attach the backend group and open the shared rules before the old per-port rules go"
+    );
+    assert_eq!(
+        steps[0],
+        Step::SetSecurityGroups(vec!["sg-backend".into(), "sg-own".into()])
+    );
+    assert_eq!(
+        rules_of(&steps, "ec2:RevokeSecurityGroupIngress", "sg-nodes").len(),
+        per_port.len()
+    );
+}
+
+#[test]
+fn opting_out_of_node_rules_detaches_nothing_shared() {
+    let s = with_annotations(
+        spec(vec![listener(80, Protocol::Tcp, 30080)], 1),
+        &[("manage-backend-security-group-rules", "false")],
+    );
+    let d = desired(&s);
+    assert!(!d.security.shared_backend());
+    let mut o = converged(&d);
+    o.lb.security_groups = vec!["sg-own".into()];
+    o.security.backend = None;
+    o.security.shared_rules.clear();
+    assert_eq!(plan(&o, &d), vec![], "no backend group, no node rules");
 }
 
 #[test]
@@ -433,12 +557,8 @@ fn user_groups_replace_the_own_group() {
     let steps = plan(&with_users, &desired(&users));
     assert_eq!(
         ops(&steps),
-        [
-            "SetSecurityGroups",
-            "ec2:RevokeSecurityGroupIngress",
-            "ec2:DeleteSecurityGroup"
-        ],
-        "the user's groups alone; portico's rules and group go"
+        ["SetSecurityGroups", "ec2:DeleteSecurityGroup"],
+        "the user's groups alone; portico's group goes, the shared one is left to the others"
     );
     assert_eq!(steps[0], Step::SetSecurityGroups(vec!["sg-user".into()]));
 
@@ -457,7 +577,7 @@ fn user_groups_replace_the_own_group() {
     );
     assert_eq!(
         steps[0],
-        Step::SetSecurityGroups(vec!["sg-own".into(), "sg-user".into()])
+        Step::SetSecurityGroups(vec!["sg-backend".into(), "sg-own".into(), "sg-user".into()])
     );
     assert_eq!(
         rules_of(&steps, "ec2:RevokeSecurityGroupIngress", "sg-own").len(),

@@ -2,28 +2,30 @@
 //! and the contract's entry points. Reads live in `read.rs` and
 //! `network.rs`, mutating calls in `execute.rs`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2 as ec2;
 use aws_sdk_elasticloadbalancingv2 as elb;
 use portico_provider::{
-    Declined, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, LoadBalancerStatus,
+    Declined, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, LoadBalancerStatus, Notice,
     Prepared, ProviderError, ServiceAnnotations,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::RwLock;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::counter::CallCounter;
 use crate::desired::{Desired, TgProtocol};
-use crate::errors::from_sdk;
 use crate::names::{self, key_from_tags, owned_by};
-use crate::network::Ec2Cache;
+use crate::network::{BackendGroup, Ec2Cache, rule_description, shared_rule_description};
 use crate::options::{AwsOptions, SubnetSelector};
-use crate::plan::{Observed, ObservedLb, ObservedSecurity, OwnGroup, Step, plan, replacement};
-use crate::read::is_network;
-use crate::security::InstanceInfo;
+use crate::plan::{
+    Observed, ObservedLb, ObservedSecurity, OwnGroup, RuleScope, Step, plan, replacement,
+};
+use crate::security::{InstanceInfo, NodePortRange};
 
 /// How the provider reaches AWS.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +42,9 @@ pub struct AwsProviderConfig {
     /// Restrict subnet discovery to this VPC.
     #[serde(default)]
     pub vpc_id: Option<String>,
+    /// The cluster's NodePort range: the nodes accept it from the NLBs.
+    #[serde(default)]
+    pub node_port_range: NodePortRange,
 }
 
 impl AwsProviderConfig {
@@ -49,6 +54,7 @@ impl AwsProviderConfig {
             region: None,
             endpoint_url: None,
             vpc_id: None,
+            node_port_range: NodePortRange::default(),
         }
     }
 }
@@ -60,7 +66,12 @@ pub struct AwsProvider {
     pub(crate) elb: elb::Client,
     pub(crate) ec2: ec2::Client,
     calls: CallCounter,
-    pub(crate) cache: std::sync::Arc<Ec2Cache>,
+    pub(crate) cache: Arc<Ec2Cache>,
+    /// Ensures hold it shared; deleting the cluster's backend group holds it
+    /// alone, so no ensure attaches the group while it goes.
+    backend_lock: Arc<RwLock<()>>,
+    /// What each key's last ensure noticed, until the controller takes it.
+    notices: Arc<Mutex<HashMap<LoadBalancerKey, Vec<Notice>>>>,
 }
 
 pub(crate) type Result<T, E = ProviderError> = std::result::Result<T, E>;
@@ -122,6 +133,8 @@ impl AwsProvider {
             ec2: ec2::Client::from_conf(ec2_conf.build()),
             calls,
             cache: Default::default(),
+            backend_lock: Default::default(),
+            notices: Default::default(),
         }
     }
 
@@ -139,12 +152,29 @@ impl AwsProvider {
         self.calls.register(registry);
     }
 
+    /// Keep `notice` for the controller (see `take_notices`).
+    pub(crate) fn notice(&self, key: &LoadBalancerKey, notice: Notice) {
+        let mut notices = self.notices.lock().unwrap_or_else(|e| e.into_inner());
+        notices.entry(key.clone()).or_default().push(notice);
+    }
+
+    /// How a rule in `scope` is described for `key`.
+    pub(crate) fn describe_rule(&self, key: &LoadBalancerKey, scope: RuleScope) -> String {
+        match scope {
+            RuleScope::Service => rule_description(key),
+            RuleScope::Cluster => shared_rule_description(&self.config.cluster),
+        }
+    }
+
     async fn ensure_inner(&self, prepared: &Prepared<AwsPrepared>) -> Result<LoadBalancerStatus> {
         let spec = &prepared.spec;
         let AwsPrepared {
             options: opts,
             desired,
         } = &prepared.options;
+        let _shared = self.backend_lock.read().await;
+        // Only what this ensure notices is reported.
+        self.take_notices(&spec.key);
         let mut existing = self.find_lb(&desired.name).await?;
         if let Some(lb) = &existing
             && let Some(reason) = replacement(lb, desired)
@@ -161,7 +191,7 @@ impl AwsProvider {
         let discover_vpc = existing.is_none()
             && self.config.vpc_id.is_none()
             && opts.subnets == SubnetSelector::Discover;
-        let instances = if discover_vpc || !desired.security.backend_ports.is_empty() {
+        let instances = if discover_vpc || desired.security.shared_backend() {
             let ids = desired
                 .groups
                 .first()
@@ -218,8 +248,8 @@ impl AwsProvider {
     }
 
     /// A new NLB: its subnets (and so its VPC), its own security group
-    /// (found again after an interrupted ensure, else created) and the
-    /// user's groups, then the NLB itself.
+    /// (found again after an interrupted ensure, else created), the
+    /// cluster's backend group and the user's groups, then the NLB itself.
     async fn create(
         &self,
         key: &LoadBalancerKey,
@@ -245,12 +275,19 @@ impl AwsProvider {
         let user_groups = self
             .user_groups(&desired.security.user_groups, Some(&vpc))
             .await?;
+        let backend = if desired.security.shared_backend() {
+            Some(self.backend_group(&vpc).await?)
+        } else {
+            None
+        };
         let mut groups = user_groups.clone();
         groups.extend(own.iter().map(|(g, _)| g.id.clone()));
+        groups.extend(backend.iter().map(|b| b.id.clone()));
         let found = self.create_lb(desired, opts, &subnet_ids, &groups).await?;
         let start = SecurityStart {
             brand_new: own.as_ref().is_some_and(|(_, new)| *new),
             own: own.map(|(g, _)| g),
+            backend,
             user_groups,
         };
         Ok((found, start))
@@ -280,14 +317,23 @@ impl AwsProvider {
             return Ok(ObservedSecurity::default());
         }
         let vpc = lb.vpc_id.as_deref();
-        let (mut own, brand_new, user_groups) = match start {
-            Some(s) => (s.own, s.brand_new, s.user_groups),
+        let (mut own, brand_new, backend, user_groups) = match start {
+            Some(s) => (s.own, s.brand_new, s.backend, s.user_groups),
             None => {
-                let (own, users) = tokio::try_join!(
+                let backend = async {
+                    match vpc {
+                        Some(vpc) if want.shared_backend() => {
+                            self.backend_group(vpc).await.map(Some)
+                        }
+                        _ => Ok(None),
+                    }
+                };
+                let (own, users, backend) = tokio::try_join!(
                     self.own_group(key),
-                    self.user_groups(&want.user_groups, vpc)
+                    self.user_groups(&want.user_groups, vpc),
+                    backend
                 )?;
-                (own, false, users)
+                (own, false, backend, users)
             }
         };
         let mut brand_new = brand_new;
@@ -298,24 +344,33 @@ impl AwsProvider {
             own = Some(self.create_own_group(key, vpc, &desired.tags).await?);
             brand_new = true;
         }
-        let node_rules = async {
-            match &own {
-                Some(g) if !brand_new => self.rules_referencing(&g.id).await,
-                _ => Ok(Default::default()),
-            }
-        };
+        // One read for the rules naming either group (a group made just
+        // now has none yet).
+        let mut peers: Vec<&str> = Vec::new();
+        peers.extend(own.as_ref().filter(|_| !brand_new).map(|g| g.id.as_str()));
+        peers.extend(backend.as_ref().filter(|b| !b.new).map(|b| b.id.as_str()));
         let node_groups = async {
-            if want.backend_ports.is_empty() {
-                Ok(Default::default())
-            } else {
+            if want.shared_backend() {
                 self.node_groups(instances).await
+            } else {
+                Ok(Default::default())
             }
         };
-        let (node_rules, node_groups) = tokio::try_join!(node_rules, node_groups)?;
+        let (mut rules, node_groups) = tokio::try_join!(self.rules_naming(&peers), node_groups)?;
+        let node_rules = own
+            .as_ref()
+            .and_then(|g| rules.remove(&g.id))
+            .unwrap_or_default();
+        let shared_rules = backend
+            .as_ref()
+            .and_then(|b| rules.remove(&b.id))
+            .unwrap_or_default();
         Ok(ObservedSecurity {
             own,
             user_groups,
             node_rules,
+            backend: backend.map(|b| b.id),
+            shared_rules,
             node_groups,
         })
     }
@@ -326,6 +381,7 @@ struct SecurityStart {
     own: Option<OwnGroup>,
     /// The own group was made just now: nothing can refer to it yet.
     brand_new: bool,
+    backend: Option<BackendGroup>,
     user_groups: Vec<String>,
 }
 
@@ -347,7 +403,8 @@ impl LoadBalancerProvider for AwsProvider {
 
     fn prepare(&self, spec: LoadBalancerSpec) -> Result<Prepared<AwsPrepared>> {
         let options = AwsOptions::parse(&spec)?;
-        let desired = Desired::new(&spec, &options)?;
+        let mut desired = Desired::new(&spec, &options)?;
+        desired.security.node_port_range = self.config.node_port_range;
         let mut unenforced = crate::options::unimplemented_notes(&spec.annotations);
         unenforced.extend(crate::desired::unenforced_ranges(&spec, &options));
         Ok(Prepared {
@@ -369,6 +426,11 @@ impl LoadBalancerProvider for AwsProvider {
         let key = &prepared.spec.key;
         let span = info_span!("aws.ensure", service = %key, uid = %key.uid);
         self.ensure_inner(prepared).instrument(span).await
+    }
+
+    fn take_notices(&self, key: &LoadBalancerKey) -> Vec<Notice> {
+        let mut notices = self.notices.lock().unwrap_or_else(|e| e.into_inner());
+        notices.remove(key).unwrap_or_default()
     }
 
     async fn get(&self, key: &LoadBalancerKey) -> Result<Option<LoadBalancerStatus>> {
@@ -420,8 +482,11 @@ impl LoadBalancerProvider for AwsProvider {
                 // The balancer is gone; its target groups may not be (interrupted delete).
                 None => self.sweep_groups(key).await,
             }?;
-            // Last: the NLB held its own group until it was deleted.
-            self.delete_own_group(key).await
+            // Then: the NLB held its own group until it was deleted.
+            self.delete_own_group(key).await?;
+            // Last: the cluster's backend group, once no NLB carries it.
+            let _alone = self.backend_lock.write().await;
+            self.release_unused_backend_groups().await
         }
         .instrument(span)
         .await
@@ -430,33 +495,16 @@ impl LoadBalancerProvider for AwsProvider {
     async fn list_owned(&self) -> Result<Vec<LoadBalancerKey>> {
         let span = info_span!("aws.list_owned", cluster = %self.config.cluster);
         async {
-            let mut arns = Vec::new();
-            let mut marker = None;
-            loop {
-                let page = self
-                    .elb
-                    .describe_load_balancers()
-                    .page_size(400)
-                    .set_marker(marker)
-                    .send()
-                    .await
-                    .map_err(|e| from_sdk("DescribeLoadBalancers", e))?;
-                arns.extend(
-                    page.load_balancers()
-                        .iter()
-                        .filter(|lb| {
-                            is_network(lb)
-                                && lb
-                                    .load_balancer_name()
-                                    .is_some_and(|n| n.starts_with(names::NAME_PREFIX))
-                        })
-                        .filter_map(|lb| lb.load_balancer_arn().map(String::from)),
-                );
-                marker = page.next_marker().map(String::from);
-                if marker.is_none() {
-                    break;
-                }
-            }
+            let arns: Vec<String> = self
+                .network_load_balancers()
+                .await?
+                .iter()
+                .filter(|lb| {
+                    lb.load_balancer_name()
+                        .is_some_and(|n| n.starts_with(names::NAME_PREFIX))
+                })
+                .filter_map(|lb| lb.load_balancer_arn().map(String::from))
+                .collect();
             let (tags, group_keys) =
                 tokio::try_join!(self.tags(&arns), self.keys_of_owned_groups())?;
             let mut keys: Vec<LoadBalancerKey> = arns

@@ -67,6 +67,32 @@ pub(crate) fn forward_target(actions: &[Action]) -> Option<String> {
 }
 
 impl AwsProvider {
+    /// Every Network Load Balancer in the region, every page.
+    pub(crate) async fn network_load_balancers(&self) -> Result<Vec<elb::types::LoadBalancer>> {
+        let mut out = Vec::new();
+        let mut marker = None;
+        loop {
+            let page = self
+                .elb
+                .describe_load_balancers()
+                .page_size(400)
+                .set_marker(marker)
+                .send()
+                .await
+                .map_err(|e| from_sdk("DescribeLoadBalancers", e))?;
+            out.extend(
+                page.load_balancers()
+                    .iter()
+                    .filter(|lb| is_network(lb))
+                    .cloned(),
+            );
+            marker = page.next_marker().map(String::from);
+            if marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
     /// The NLB named `name`, if any. A load balancer of another type by that
     /// name is not ours to touch and counts as none (creating then fails with
     /// `DuplicateLoadBalancerName`). With duplicates (which only an emulator

@@ -1,23 +1,31 @@
 //! Security groups, decided with no I/O: the rules of the NLB's own group
-//! (who may connect), the rules on the nodes' cluster groups (the NLB may
+//! (who may connect), the rules on the nodes' cluster groups (the NLBs may
 //! reach the NodePorts and the health-check port), which of a node's groups
 //! is its cluster group, and the difference between what is and what should be.
 //!
 //! ```text
-//!  clients ──(source ranges, listener ports)──► [own group] NLB
-//!                                                   │
-//!        (NodePorts + health-check port, from the own group)
-//!                                                   ▼
-//!                                  [nodes' cluster group] instances
+//!  clients ──(source ranges, listener ports)──► [own group] NLB [backend group]
+//!                                                                    │
+//!          (the NodePort range and kube-proxy's health port, from the backend group)
+//!                                                                    ▼
+//!                                               [nodes' cluster group] instances
 //! ```
 //!
-//! Every rule on a node group whose peer is the NLB's own group is this
-//! NLB's: the own group belongs to one Service, so no rule is shared with
-//! another Service and removing them on delete touches nobody else's.
+//! Two groups per NLB, as the AWS Load Balancer Controller does it:
+//! - the **own group** is one Service's: its rules say who may connect;
+//! - the **backend group** is the cluster's, one per VPC, attached to every
+//!   NLB. The nodes' groups accept the NodePort range from it, so their
+//!   rules stay three however many Services there are (AWS allows 60 rules
+//!   per group; a rule per NodePort ran out at about 20 Services).
+//!
+//! A port the shared rules do not cover (a health-check port set by number
+//! outside the range) is opened from the own group instead: that rule is
+//! the Service's alone and goes with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
 
 /// The tag prefix that marks a resource as a cluster's (`kubernetes.io/cluster/<name>`).
 pub const CLUSTER_TAG_PREFIX: &str = "kubernetes.io/cluster/";
@@ -90,7 +98,96 @@ pub fn frontend_rules(ports: &[(u16, &str)], ranges: &[IpNet]) -> BTreeSet<Rule>
     out
 }
 
-/// A node group's rules for this NLB: each (protocol, port) from the own group.
+/// kube-proxy's health endpoint (`/healthz`), checked for `externalTrafficPolicy: Cluster`.
+pub const KUBE_PROXY_HEALTH_PORT: u16 = 10256;
+
+/// The cluster's NodePort range (`--service-node-port-range` of the API server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodePortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl Default for NodePortRange {
+    /// Kubernetes' default range.
+    fn default() -> Self {
+        Self {
+            first: 30000,
+            last: 32767,
+        }
+    }
+}
+
+impl NodePortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl std::str::FromStr for NodePortRange {
+    type Err = String;
+
+    /// `first-last` (`30000-32767`), as the API server's flag spells it.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("{s:?} is not a port range like 30000-32767");
+        let (first, last) = s.trim().split_once('-').ok_or_else(bad)?;
+        let first: u16 = first.trim().parse().map_err(|_| bad())?;
+        let last: u16 = last.trim().parse().map_err(|_| bad())?;
+        if first == 0 || first > last {
+            return Err(format!(
+                "{s:?}: the first port must be at least 1 and not above the last"
+            ));
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl TryFrom<String> for NodePortRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<NodePortRange> for String {
+    fn from(r: NodePortRange) -> Self {
+        r.to_string()
+    }
+}
+
+impl std::fmt::Display for NodePortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// The rules every node group holds for the cluster's backend group: TCP
+/// and UDP on the whole NodePort range, and kube-proxy's health port. The
+/// same for every Service, so they are shared and never per Service.
+pub fn shared_backend_rules(backend_group: &str, range: NodePortRange) -> BTreeSet<Rule> {
+    let peer = Peer::Group(backend_group.to_string());
+    let span = |protocol: &str| Rule {
+        protocol: protocol.to_string(),
+        from: i32::from(range.first),
+        to: i32::from(range.last),
+        peer: peer.clone(),
+    };
+    [
+        span("tcp"),
+        span("udp"),
+        Rule::port("tcp", KUBE_PROXY_HEALTH_PORT, peer.clone()),
+    ]
+    .into()
+}
+
+/// Whether the shared rules let (`protocol`, `port`) through.
+pub fn shared_rules_cover(range: NodePortRange, protocol: &str, port: u16) -> bool {
+    (matches!(protocol, "tcp" | "udp") && range.contains(port))
+        || (protocol == "tcp" && port == KUBE_PROXY_HEALTH_PORT)
+}
+
+/// A node group's rules for this NLB alone: each (protocol, port) from the own group.
 pub fn backend_rules(own_group: &str, ports: &BTreeSet<(&'static str, u16)>) -> BTreeSet<Rule> {
     ports
         .iter()
@@ -261,6 +358,55 @@ mod tests {
                 (Err(e), Err(w)) => assert!(e.contains(w), "{desc}: {e}"),
                 (got, want) => panic!("{desc}: got {got:?}, want {want:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn node_port_ranges_parse_or_say_why() {
+        type Case = (&'static str, Result<(u16, u16), &'static str>);
+        let cases: [Case; 6] = [
+            ("30000-32767", Ok((30000, 32767))),
+            (" 20000 - 22767 ", Ok((20000, 22767))),
+            ("30000", Err("not a port range")),
+            ("30000-99999", Err("not a port range")),
+            ("32767-30000", Err("not above the last")),
+            ("0-100", Err("at least 1")),
+        ];
+        for (input, want) in cases {
+            match (input.parse::<NodePortRange>(), want) {
+                (Ok(r), Ok((first, last))) => {
+                    assert_eq!((r.first, r.last), (first, last), "{input}");
+                    assert_eq!(r.to_string().parse::<NodePortRange>(), Ok(r));
+                }
+                (Err(e), Err(w)) => assert!(e.contains(w), "{input}: {e}"),
+                (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn shared_rules_are_three_and_cover_the_range_and_kube_proxy() {
+        let range = NodePortRange::default();
+        let rules = shared_backend_rules("sg-backend", range);
+        assert_eq!(rules.len(), 3, "{rules:?}");
+        for (protocol, port, covered) in [
+            ("tcp", 30000, true),
+            ("udp", 32767, true),
+            ("tcp", 10256, true),
+            ("udp", 10256, false),
+            ("tcp", 8080, false),
+            ("tcp", 29999, false),
+            ("icmp", 30001, false),
+        ] {
+            assert_eq!(
+                shared_rules_cover(range, protocol, port),
+                covered,
+                "{protocol}/{port}"
+            );
+            let by_rule = rules.iter().any(|r| {
+                r.protocol == protocol && r.from <= i32::from(port) && i32::from(port) <= r.to
+            });
+            assert_eq!(by_rule, covered, "the rules agree for {protocol}/{port}");
         }
     }
 

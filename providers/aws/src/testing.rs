@@ -286,6 +286,18 @@ impl AwsHarness {
         out
     }
 
+    /// Whether the security group `id` exists.
+    pub async fn security_group_exists(&self, id: &str) -> bool {
+        let out = self
+            .ec2
+            .describe_security_groups()
+            .filters(Filter::builder().name("group-id").values(id).build())
+            .send()
+            .await
+            .expect("describe security groups");
+        !out.security_groups().is_empty()
+    }
+
     /// Another provider on this harness's cluster, its configuration edited
     /// by `edit` (e.g. no `vpc_id`, to discover it).
     pub fn provider_with(&self, edit: impl FnOnce(&mut AwsProviderConfig)) -> AwsProvider {

@@ -402,10 +402,17 @@ impl Lb {
                 rules: self
                     .groups
                     .iter()
-                    .map(|g| ("tcp", g.port, "0.0.0.0/0".to_string()))
+                    .map(|g| ("tcp", g.port, g.port, "0.0.0.0/0".to_string()))
                     .collect(),
             }
         })
+    }
+
+    /// The groups the balancer carries: its own and the cluster's backend group.
+    fn security_groups(&self) -> Vec<String> {
+        let own = self.own_group().map(|g| g.id);
+        let backend = own.is_some().then(|| BACKEND_GROUP.to_string());
+        own.into_iter().chain(backend).collect()
     }
 
     /// `net/`, `app/` or `gwy/` after `loadbalancer/`, as real AWS writes it.
@@ -433,7 +440,7 @@ impl Lb {
             ("State", &xml(&[("Code", "active")])),
             ("Type", self.kind),
             ("AvailabilityZones", &members([zone])),
-            ("SecurityGroups", &members(self.own_group().map(|g| g.id))),
+            ("SecurityGroups", &members(self.security_groups())),
             ("IpAddressType", "ipv4"),
         ])
     }
@@ -524,7 +531,10 @@ impl Account {
             "DescribeSecurityGroups" => self.security_groups(c),
             "CreateSecurityGroup" => fake::ec2_ok(
                 &c.action,
-                "<return>true</return><groupId>sg-0created0000000000</groupId>",
+                &format!(
+                    "<return>true</return><groupId>sg-0{}</groupId>",
+                    short_hash(&[c.param("GroupName").unwrap_or_default()], 16)
+                ),
             ),
             "AuthorizeSecurityGroupIngress" | "RevokeSecurityGroupIngress" => {
                 fake::ec2_ok(&c.action, "<return>true</return>")
@@ -588,8 +598,8 @@ impl Account {
 struct SecurityGroup {
     id: String,
     tags: BTreeMap<String, String>,
-    /// (protocol, port, peer: a CIDR or a group id)
-    rules: Vec<(&'static str, u16, String)>,
+    /// (protocol, from port, to port, peer: a CIDR or a group id)
+    rules: Vec<(&'static str, u16, u16, String)>,
 }
 
 impl SecurityGroup {
@@ -597,8 +607,8 @@ impl SecurityGroup {
         let permissions: String = self
             .rules
             .iter()
-            .map(|(proto, port, peer)| {
-                let port = port.to_string();
+            .map(|(proto, from, to, peer)| {
+                let (from, to) = (from.to_string(), to.to_string());
                 let peers = if peer.starts_with("sg-") {
                     (
                         "groups",
@@ -617,8 +627,8 @@ impl SecurityGroup {
                     "<item>{}</item>",
                     xml(&[
                         ("ipProtocol", proto),
-                        ("fromPort", &port),
-                        ("toPort", &port),
+                        ("fromPort", &from),
+                        ("toPort", &to),
                         (peers.0, &peers.1),
                     ])
                 )
@@ -646,6 +656,8 @@ impl SecurityGroup {
 
 /// The nodes' cluster group.
 const NODE_GROUP: &str = "sg-0a1b2c3d4e5f6node";
+/// The cluster's backend group, there while it has a balancer.
+const BACKEND_GROUP: &str = "sg-0backend000000000";
 
 /// EC2 filters of a request: name → values.
 fn ec2_filters(c: &Call) -> BTreeMap<String, Vec<String>> {
@@ -685,22 +697,32 @@ fn instances(c: &Call) -> Reply {
 }
 
 impl Account {
-    /// The groups of the account: each balancer's own group, and the
-    /// nodes' cluster group holding the rules from every own group.
+    /// The groups of the account: each balancer's own group, the cluster's
+    /// backend group while it has a balancer, and the nodes' cluster group
+    /// holding the shared rules for the backend group.
     fn groups(&self) -> Vec<SecurityGroup> {
-        let own: Vec<(SecurityGroup, &Lb)> = self
-            .lbs
-            .iter()
-            .filter_map(|lb| Some((lb.own_group()?, lb)))
-            .collect();
+        let mut all: Vec<SecurityGroup> = self.lbs.iter().filter_map(Lb::own_group).collect();
         let mut node_rules = Vec::new();
-        for (g, lb) in &own {
-            node_rules.push(("tcp", 10256, g.id.clone()));
-            for tg in &lb.groups {
-                node_rules.push(("tcp", tg.node_port, g.id.clone()));
-            }
+        if !all.is_empty() {
+            let b = BACKEND_GROUP.to_string();
+            node_rules.extend([
+                ("tcp", 30000, 32767, b.clone()),
+                ("udp", 30000, 32767, b.clone()),
+                ("tcp", 10256, 10256, b.clone()),
+            ]);
+            all.push(SecurityGroup {
+                id: b,
+                tags: [
+                    ("portico.io/cluster", "recorded"),
+                    ("kubernetes.io/cluster/recorded", "owned"),
+                    ("portico.io/security-group-role", "backend"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+                rules: Vec::new(),
+            });
         }
-        let mut all: Vec<SecurityGroup> = own.into_iter().map(|(g, _)| g).collect();
         all.push(SecurityGroup {
             id: NODE_GROUP.to_string(),
             tags: [(
@@ -721,8 +743,9 @@ impl Account {
             .iter()
             .filter(|g| {
                 filters.iter().all(|(name, values)| match name.as_str() {
-                    "group-id" => values.contains(&g.id),
-                    "ip-permission.group-id" => g.rules.iter().any(|r| values.contains(&r.2)),
+                    "group-id" | "group-name" => values.contains(&g.id),
+                    "vpc-id" => values.iter().any(|v| v == VPC),
+                    "ip-permission.group-id" => g.rules.iter().any(|r| values.contains(&r.3)),
                     tag if tag.starts_with("tag:") => {
                         g.tags.get(&tag[4..]).is_some_and(|v| values.contains(v))
                     }
@@ -1030,14 +1053,22 @@ async fn a_name_taken_by_someone_else_is_a_conflict_never_an_adoption() {
                 })
             },
             says: &["tags do not name this Service"],
-            mutations: &["CreateSecurityGroup", "CreateLoadBalancer"],
+            mutations: &[
+                "CreateSecurityGroup",
+                "CreateSecurityGroup",
+                "CreateLoadBalancer",
+            ],
         },
         Case {
             desc: "an application load balancer has the name (even with our tags)",
             lb: alb,
             script: no_script,
             says: &["DuplicateLoadBalancerName", "not a network load balancer"],
-            mutations: &["CreateSecurityGroup", "CreateLoadBalancer"],
+            mutations: &[
+                "CreateSecurityGroup",
+                "CreateSecurityGroup",
+                "CreateLoadBalancer",
+            ],
         },
         Case {
             desc: "someone's NLB of another scheme has the name: not deleted to be replaced",
@@ -1090,12 +1121,8 @@ async fn aws_rejecting_the_spec_means_give_up_until_the_service_changes() {
                 "Target group name can only contain characters that are alphanumeric characters or hyphens(-)",
             ),
             sent: ("Name", target_group_name(&k, 443, "TCP", 30443)),
-            // The own group and the nodes open the new port first.
-            mutations: &[
-                "AuthorizeSecurityGroupIngress",
-                "AuthorizeSecurityGroupIngress",
-                "CreateTargetGroup",
-            ],
+            // The own group opens the new port first; the nodes' shared rules cover it.
+            mutations: &["AuthorizeSecurityGroupIngress", "CreateTargetGroup"],
         },
         Case {
             desc: "the target group of a new balancer",
@@ -1108,6 +1135,7 @@ async fn aws_rejecting_the_spec_means_give_up_until_the_service_changes() {
             ),
             sent: ("Name", target_group_name(&k, 80, "TCP", 30080)),
             mutations: &[
+                "CreateSecurityGroup",
                 "CreateSecurityGroup",
                 "CreateLoadBalancer",
                 "AuthorizeSecurityGroupIngress",
@@ -1193,9 +1221,23 @@ async fn an_instance_aws_refuses_does_not_hold_back_the_others() {
     let (new, stopped) = (NODES[1].to_string(), stopped.to_string());
     assert_eq!(
         calls,
-        vec![vec![new.clone(), stopped.clone()], vec![new], vec![stopped]],
+        vec![
+            vec![new.clone(), stopped.clone()],
+            vec![new],
+            vec![stopped.clone()]
+        ],
         "one batch, then one by one after the refusal"
     );
+    // The controller turns this into a Warning Event naming the instance.
+    let notices = provider.take_notices(&k);
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].reason, "TargetRefused");
+    assert!(
+        notices[0].message.contains(&stopped) && !notices[0].message.contains(NODES[1]),
+        "{}",
+        notices[0].message
+    );
+    assert!(provider.take_notices(&k).is_empty(), "taken once");
 }
 
 #[tokio::test]

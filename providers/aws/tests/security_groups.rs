@@ -1,8 +1,10 @@
 //! Security groups against the AWS endpoint in `AWS_ENDPOINT_URL` (moto):
 //! each NLB is created with its own group whose rules follow
-//! `loadBalancerSourceRanges`; the nodes' group lets that group reach the
-//! NodePorts and the health-check port; drift is repaired without
-//! duplicates; the user's groups replace portico's; delete leaves nothing.
+//! `loadBalancerSourceRanges`, and the cluster's backend group; the nodes'
+//! group lets the backend group reach the NodePort range and the health
+//! port, three rules however many Services (moto enforces AWS's 60 rules
+//! per group); drift is repaired without duplicates; the user's groups
+//! replace portico's; deleting the last Service leaves nothing.
 //! Skips when the endpoint is not set.
 
 use portico_aws::testing as common;
@@ -55,14 +57,7 @@ async fn ingress(h: &AwsHarness, group: &str) -> BTreeSet<(String, i32, i32, Str
 }
 
 async fn group_exists(h: &AwsHarness, group: &str) -> bool {
-    let out = h
-        .ec2
-        .describe_security_groups()
-        .filters(Filter::builder().name("group-id").values(group).build())
-        .send()
-        .await
-        .expect("describe security groups");
-    !out.security_groups().is_empty()
+    h.security_group_exists(group).await
 }
 
 /// The NLB's security groups.
@@ -81,6 +76,45 @@ async fn lb_groups(h: &AwsHarness, key: &LoadBalancerKey) -> Vec<String> {
 
 fn rule(proto: &str, port: i32, peer: &str) -> (String, i32, i32, String) {
     (proto.to_string(), port, port, peer.to_string())
+}
+
+/// The rules every node group holds for the backend group `backend`.
+fn shared(backend: &str) -> BTreeSet<(String, i32, i32, String)> {
+    [
+        ("tcp".to_string(), 30000, 32767, backend.to_string()),
+        ("udp".to_string(), 30000, 32767, backend.to_string()),
+        rule("tcp", 10256, backend),
+    ]
+    .into()
+}
+
+/// The cluster's backend group, if it exists.
+async fn backend_group(h: &AwsHarness) -> Option<String> {
+    let out = h
+        .ec2
+        .describe_security_groups()
+        .filters(
+            Filter::builder()
+                .name("group-name")
+                .values(portico_aws::backend_group_name(&h.cluster))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe security groups");
+    out.security_groups()
+        .first()
+        .and_then(|g| g.group_id())
+        .map(String::from)
+}
+
+/// The node group's rules whose peer is `peer`.
+async fn node_rules_from(h: &AwsHarness, peer: &str) -> BTreeSet<(String, i32, i32, String)> {
+    ingress(h, &h.node_group)
+        .await
+        .into_iter()
+        .filter(|r| r.3 == peer)
+        .collect()
 }
 
 async fn ensure(h: &AwsHarness, s: &LoadBalancerSpec) -> CallStats {
@@ -143,15 +177,25 @@ macro_rules! aws_test {
 }
 
 aws_test!(
-    own_group_follows_source_ranges_and_opens_the_nodes,
+    own_group_follows_source_ranges_and_the_backend_group_opens_the_nodes,
     |h: AwsHarness| async move {
         let mut s = spec(&h, "ranges", &[]).await;
         s.source_ranges = vec!["203.0.113.0/24".parse().expect("cidr")];
         let created = ensure(&h, &s).await;
-        assert_eq!(created.count("ec2:CreateSecurityGroup"), 1, "{created:?}");
+        assert_eq!(
+            created.count("ec2:CreateSecurityGroup"),
+            2,
+            "its own group and the cluster's backend group: {created:?}"
+        );
+        let backend = backend_group(&h).await.expect("the backend group");
         let groups = lb_groups(&h, &s.key).await;
-        assert_eq!(groups.len(), 1, "the NLB is created with its own group");
-        let own = groups[0].clone();
+        assert_eq!(groups.len(), 2, "own and backend: {groups:?}");
+        assert!(groups.contains(&backend));
+        let own = groups
+            .iter()
+            .find(|g| **g != backend)
+            .expect("own group")
+            .clone();
         assert_eq!(
             ingress(&h, &own).await,
             [
@@ -161,21 +205,14 @@ aws_test!(
             .into(),
             "clients from the source ranges on the listener ports only"
         );
-        let nodes = h.node_group.clone();
-        let from_own: BTreeSet<_> = ingress(&h, &nodes)
-            .await
-            .into_iter()
-            .filter(|r| r.3 == own)
-            .collect();
         assert_eq!(
-            from_own,
-            [
-                rule("tcp", 10256, &own),
-                rule("tcp", 30080, &own),
-                rule("udp", 30053, &own)
-            ]
-            .into(),
-            "the NodePorts and kube-proxy's health port, from the NLB's group"
+            node_rules_from(&h, &backend).await,
+            shared(&backend),
+            "the NodePort range (TCP, UDP) and kube-proxy's health port, from the backend group"
+        );
+        assert!(
+            node_rules_from(&h, &own).await.is_empty(),
+            "no per-Service rule on the nodes"
         );
         assert_eq!(ensure(&h, &s).await.mutations, 0, "at rest");
 
@@ -200,20 +237,23 @@ aws_test!(
             .into()
         );
 
-        // Drift: someone removes a node rule; it comes back, and only it.
+        // Drift: someone removes a shared node rule; it comes back, and only it.
         h.ec2
             .revoke_security_group_ingress()
-            .group_id(&nodes)
+            .group_id(&h.node_group)
             .ip_permissions(
                 IpPermission::builder()
-                    .ip_protocol("tcp")
-                    .from_port(30080)
-                    .to_port(30080)
+                    .ip_protocol("udp")
+                    .from_port(30000)
+                    .to_port(32767)
                     .user_id_group_pairs(
                         UserIdGroupPair::builder()
-                            .group_id(&own)
+                            .group_id(&backend)
                             // moto matches a group rule with its description; AWS does not.
-                            .description(format!("portico: sg/{}", s.key.name))
+                            .description(format!(
+                                "portico: load balancers of cluster {}",
+                                h.cluster
+                            ))
                             .build(),
                     )
                     .build(),
@@ -221,26 +261,70 @@ aws_test!(
             .send()
             .await
             .expect("revoke by hand");
+        assert_eq!(node_rules_from(&h, &backend).await.len(), 2, "revoked");
         let repaired = ensure(&h, &s).await;
         assert_eq!(repaired.mutations, 1, "{repaired:?}");
-        let again: Vec<_> = ingress(&h, &nodes)
-            .await
-            .into_iter()
-            .filter(|r| r.3 == own)
-            .collect();
-        assert_eq!(again.len(), 3, "no duplicate: {again:?}");
+        assert_eq!(node_rules_from(&h, &backend).await, shared(&backend));
 
-        // Delete: the NLB, its rules on the nodes, then its group.
+        // Delete the last Service: the NLB, its group, then the backend group and its rules.
         h.provider.delete(&s.key).await.expect("delete");
         assert!(!group_exists(&h, &own).await, "own group left behind");
         assert!(
-            ingress(&h, &nodes).await.iter().all(|r| r.3 != own),
+            !group_exists(&h, &backend).await,
+            "backend group left behind"
+        );
+        assert!(
+            ingress(&h, &h.node_group)
+                .await
+                .iter()
+                .all(|r| r.3 != own && r.3 != backend),
             "node rules left behind"
         );
         assert!(
             h.provider.list_owned().await.expect("list").is_empty(),
             "nothing owned"
         );
+    }
+);
+
+aws_test!(
+    node_rules_stay_three_past_the_sixty_rule_limit,
+    |h: AwsHarness| async move {
+        // Before the backend group, each two-port Service added three rules
+        // to the nodes' group and the 21st hit AWS's 60-rule limit.
+        let mut specs = Vec::new();
+        for i in 0..24u16 {
+            let mut s = spec(&h, &format!("many{i}"), &[]).await;
+            s.listeners[0].node_port = 30100 + i;
+            s.listeners[1].node_port = 31100 + i;
+            ensure(&h, &s).await;
+            specs.push(s);
+        }
+        let backend = backend_group(&h).await.expect("the backend group");
+        let from_portico: Vec<_> = ingress(&h, &h.node_group)
+            .await
+            .into_iter()
+            .filter(|r| r.3.starts_with("sg-"))
+            .collect();
+        assert_eq!(
+            from_portico.into_iter().collect::<BTreeSet<_>>(),
+            shared(&backend),
+            "24 Services, three rules"
+        );
+        // All but the last go: the backend group stays for the one left.
+        let last = specs.pop().expect("a spec");
+        for s in &specs {
+            h.provider.delete(&s.key).await.expect("delete");
+        }
+        assert!(
+            group_exists(&h, &backend).await,
+            "still carried by the last NLB"
+        );
+        assert_eq!(node_rules_from(&h, &backend).await, shared(&backend));
+        assert_eq!(ensure(&h, &last).await.mutations, 0, "the last one at rest");
+        h.provider.delete(&last.key).await.expect("delete");
+        assert!(!group_exists(&h, &backend).await, "gone with the last NLB");
+        assert!(node_rules_from(&h, &backend).await.is_empty());
     }
 );
 
