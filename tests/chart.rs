@@ -4,115 +4,18 @@
 //! into the real control plane with the controller running as the chart's
 //! ServiceAccount with the chart's arguments.
 
+mod chart_support;
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::tool;
-
+use chart_support::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn chart() -> PathBuf {
-    repo().join("charts/portico")
-}
-
-/// Run helm; `Ok(stdout)` or `Err(stderr)`.
-fn run_helm(args: &[&str]) -> Result<String, String> {
-    let output = Command::new(tool("helm"))
-        .args(args)
-        .output()
-        .expect("run helm");
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).into_owned())
-    }
-}
-
-fn values_files() -> Vec<Option<PathBuf>> {
-    let mut files: Vec<Option<PathBuf>> = vec![None];
-    let mut ci: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
-        .expect("charts/portico/ci")
-        .map(|e| e.expect("entry").path())
-        .collect();
-    ci.sort();
-    files.extend(ci.into_iter().map(Some));
-    files
-}
-
-fn render(values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
-    render_chart(&chart(), values, set)
-}
-
-fn render_chart(chart: &Path, values: Option<&Path>, set: &[&str]) -> Result<Vec<Value>, String> {
-    let mut args = vec![
-        "template",
-        "portico",
-        chart.to_str().expect("utf-8"),
-        "--namespace",
-        "portico-system",
-    ];
-    let values = values.map(|v| v.to_string_lossy().into_owned());
-    if let Some(v) = &values {
-        args.extend(["-f", v.as_str()]);
-    }
-    for s in set {
-        args.extend(["--set", s]);
-    }
-    let out = run_helm(&args)?;
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&out) {
-        let value = Value::deserialize(doc).map_err(|e| e.to_string())?;
-        if !value.is_null() {
-            docs.push(value);
-        }
-    }
-    Ok(docs)
-}
-
-/// Parse into the k8s-openapi type and back: a field the type does not
-/// know (a typo, a wrong level) is lost on the way and fails the comparison.
-fn typed<K: DeserializeOwned + serde::Serialize>(doc: &Value) -> K {
-    let object: K = serde_json::from_value(doc.clone())
-        .unwrap_or_else(|e| panic!("{} {}: {e}", doc["kind"], doc["metadata"]["name"]));
-    let back = serde_json::to_value(&object).expect("serialize");
-    assert_eq!(
-        &strip_nulls(back),
-        &strip_nulls(doc.clone()),
-        "{} {} has fields its type does not know",
-        doc["kind"],
-        doc["metadata"]["name"]
-    );
-    object
-}
-
-fn strip_nulls(v: Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, strip_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
-        other => other,
-    }
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
-    docs.iter().find(|d| d["kind"] == kind)
-}
 
 #[test]
 fn chart_lints_strictly_with_every_values_file() {
@@ -221,9 +124,7 @@ fn the_controller_is_hardened_and_highly_available() {
     );
 }
 
-/// The speaker DaemonSet as it renders once `provider: arp` is allowed (the
-/// chart still refuses arp until the IP pools land: rendered here from a
-/// copy of the chart with that one refusal lifted).
+/// The speaker DaemonSet, rendered for `provider: arp` only.
 #[test]
 fn the_speaker_daemonset_is_host_network_with_only_raw_capabilities() {
     use k8s_openapi::api::apps::v1::DaemonSet;
@@ -234,8 +135,6 @@ fn the_speaker_daemonset_is_host_network_with_only_raw_capabilities() {
         "no speaker unless provider is arp"
     );
     let docs = render(None, &["provider=arp"]).expect("renders with arp");
-    let crd = find(&docs, "CustomResourceDefinition").expect("the VipAnnouncement CRD");
-    assert_eq!(crd["metadata"]["name"], "vipannouncements.portico.io");
     let daemonset: DaemonSet = typed(find(&docs, "DaemonSet").expect("speaker DaemonSet"));
     let pod = daemonset
         .spec
@@ -308,32 +207,148 @@ fn the_speaker_daemonset_is_host_network_with_only_raw_capabilities() {
     );
 }
 
+/// Each bad value is refused with a message naming the value and saying
+/// what is wrong (helm's schema errors, or `portico.validate`'s `fail`).
 #[test]
 fn bad_values_are_refused_by_name() {
-    let cases = [
-        ("unknown provider", "provider=gcp", "/provider"),
-        ("no replicas", "replicaCount=0", "/replicaCount"),
-        ("a typo in a key", "replicas=3", "replicas"),
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "unknown provider",
+            &["provider=gcp"],
+            &["at '/provider'", "value must be one of"],
+        ),
+        (
+            "no replicas",
+            &["replicaCount=0"],
+            &["at '/replicaCount'", "minimum: got 0, want 1"],
+        ),
+        (
+            "a typo in a top-level key",
+            &["replicas=3"],
+            &["additional properties 'replicas' not allowed"],
+        ),
         (
             "a bad class",
-            "loadBalancerClass=Not A Class",
-            "/loadBalancerClass",
+            &["loadBalancerClass=Not A Class"],
+            &["at '/loadBalancerClass'", "does not match pattern"],
         ),
-        ("a bad duration", "resync=soon", "/resync"),
+        (
+            "a bad duration",
+            &["resync=soon"],
+            &["at '/resync'", "does not match pattern"],
+        ),
         (
             "a flag that is not one",
-            "extraArgs[0]=workers=3",
-            "/extraArgs/0",
+            &["extraArgs[0]=workers=3"],
+            &["at '/extraArgs/0'", "does not match pattern '^--'"],
         ),
-        ("a bad VPC id", "aws.vpcId=my-vpc", "/aws/vpcId"),
+        (
+            "a bad VPC id",
+            &["aws.vpcId=my-vpc"],
+            &["at '/aws/vpcId'", "does not match pattern"],
+        ),
+        (
+            "a typo under aws",
+            &["aws.regoin=eu-west-1"],
+            &["at '/aws'", "additional properties 'regoin' not allowed"],
+        ),
+        (
+            "a typo under slb",
+            &["slb.endpont=http://cloud:8480"],
+            &["at '/slb'", "additional properties 'endpont' not allowed"],
+        ),
+        (
+            "a typo under podDisruptionBudget",
+            &["podDisruptionBudget.minAvailabe=1"],
+            &[
+                "at '/podDisruptionBudget'",
+                "additional properties 'minAvailabe' not allowed",
+            ],
+        ),
+        (
+            "a typo under leaderElection",
+            &["leaderElection.enable=true"],
+            &[
+                "at '/leaderElection'",
+                "additional properties 'enable' not allowed",
+            ],
+        ),
+        (
+            "a key in the wrong case",
+            &["metrics.servicemonitor.enabled=true"],
+            &[
+                "at '/metrics'",
+                "additional properties 'servicemonitor' not allowed",
+            ],
+        ),
+        (
+            "a typo in an environment variable",
+            &["extraEnv[0].nam=RUST_LOG"],
+            &[
+                "at '/extraEnv/0'",
+                "missing property 'name'",
+                "additional properties 'nam' not allowed",
+            ],
+        ),
+        (
+            "a typo in a toleration",
+            &["tolerations[0].ke=dedicated"],
+            &[
+                "at '/tolerations/0'",
+                "additional properties 'ke' not allowed",
+            ],
+        ),
+        (
+            "a word for a boolean",
+            &["metrics.serviceMonitor.enabled=yes"],
+            &[
+                "at '/metrics/serviceMonitor/enabled'",
+                "got string, want boolean",
+            ],
+        ),
+        (
+            "a negative PDB",
+            &["podDisruptionBudget.minAvailable=-1"],
+            &[
+                "at '/podDisruptionBudget/minAvailable'",
+                "minimum: got -1, want 0",
+            ],
+        ),
+        (
+            "a PDB that blocks every drain",
+            &["podDisruptionBudget.minAvailable=2"],
+            &[
+                "podDisruptionBudget.minAvailable: 2 of 2 replicas would never let a node be drained",
+            ],
+        ),
+        (
+            "replicas without a leader",
+            &["replicaCount=3", "leaderElection.enabled=false"],
+            &["replicaCount: 3 replicas need leaderElection.enabled=true"],
+        ),
     ];
-    for (desc, set, want) in cases {
-        match render(None, &[set]) {
-            Ok(_) => panic!("{desc}: {set} was accepted"),
-            Err(err) => assert!(
-                err.contains(want),
-                "{desc}: {set}: the message names {want}: {err}"
-            ),
+    for (desc, set, wants) in cases {
+        match render(None, set) {
+            Ok(_) => panic!("{desc}: {set:?} was accepted"),
+            Err(err) => {
+                for want in *wants {
+                    assert!(
+                        err.contains(want),
+                        "{desc}: {set:?}: the message says {want:?}: {err}"
+                    );
+                }
+            }
+        }
+    }
+    // What stays allowed beside them.
+    for set in [
+        &["replicaCount=1", "leaderElection.enabled=false"][..],
+        &["podDisruptionBudget.minAvailable=50%"],
+        &["podDisruptionBudget.minAvailable=0"],
+        &["extraEnv[0].name=RUST_LOG", "extraEnv[0].value=debug"],
+    ] {
+        if let Err(err) = render(None, set) {
+            panic!("{set:?} is refused: {err}");
         }
     }
 }
@@ -407,6 +422,46 @@ fn the_arp_provider_ships_its_crd_and_only_it_may_touch_ippools() {
         typed(&crd);
     assert_eq!(crd.metadata.name.as_deref(), Some("ippools.portico.io"));
     assert_eq!(crd.spec.scope, "Cluster");
+}
+
+/// Every CRD is in crds/, none in templates/: helm installs crds/ before
+/// the templates and never deletes them, so `helm uninstall` or switching
+/// `provider` away from arp keeps the CRDs and the objects of their kinds
+/// (`tests/chart_real.rs` checks that on a real API server).
+#[test]
+fn the_crds_are_in_crds_so_uninstall_keeps_them() {
+    for values in values_files() {
+        for provider in ["slb", "aws", "arp"] {
+            let set = format!("provider={provider}");
+            let docs = render(values.as_deref(), &[&set]).expect("renders");
+            assert!(
+                find(&docs, "CustomResourceDefinition").is_none(),
+                "{values:?} {set}: a CRD in templates/ is deleted by helm uninstall"
+            );
+        }
+    }
+    let chart = chart();
+    let out = run_helm(&[
+        "template",
+        "portico",
+        chart.to_str().expect("utf-8"),
+        "--include-crds",
+        "--set",
+        "provider=arp",
+    ])
+    .expect("renders with CRDs");
+    let mut names: Vec<String> = serde_yaml::Deserializer::from_str(&out)
+        .filter_map(|doc| Value::deserialize(doc).ok())
+        .filter(|d| d["kind"] == "CustomResourceDefinition")
+        .map(|d| {
+            d["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ippools.portico.io", "vipannouncements.portico.io"]);
 }
 
 #[test]

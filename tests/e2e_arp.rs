@@ -299,4 +299,96 @@ async fn pools_and_addresses_end_to_end(backend: Backend) {
     .await;
 }
 
-on_both_backends!(pools_and_addresses_end_to_end);
+/// The manifests of `examples/arp/`: IPPools and Services.
+fn arp_examples() -> (Vec<IpPool>, Vec<k8s_openapi::api::core::v1::Service>) {
+    use serde::Deserialize;
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/arp");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("examples/arp")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    files.sort();
+    let (mut pools, mut services) = (Vec::new(), Vec::new());
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("read example");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_yaml::Value::deserialize(doc).expect("YAML");
+            match value["kind"].as_str() {
+                Some("IPPool") => pools.push(serde_yaml::from_value(value).expect("an IPPool")),
+                Some("Service") => services.push(serde_yaml::from_value(value).expect("a Service")),
+                other => panic!("{}: unexpected kind {other:?}", file.display()),
+            }
+        }
+    }
+    (pools, services)
+}
+
+/// `examples/arp/` as an operator applies it: the pool, a Service asking
+/// for it by annotation, and two Services sharing one address by their
+/// sharing key.
+async fn the_arp_examples_get_their_addresses(backend: Backend) {
+    within(120, async {
+        let env = Env::api_only(backend, 1).await;
+        install_crd(&env).await;
+        let (example_pools, services) = arp_examples();
+        assert_eq!(example_pools.len(), 1, "one IPPool in examples/arp");
+        let pool_name = kube::ResourceExt::name_any(&example_pools[0]);
+        for pool in &example_pools {
+            pools(&env)
+                .create(&PostParams::default(), pool)
+                .await
+                .expect("the example IPPool is accepted");
+        }
+        let controller = Controller::start(&env);
+        pool_reaches(&env, &pool_name, "True", "Valid", 0).await;
+        for service in services.clone() {
+            env.create(service).await;
+        }
+        let mut addresses = std::collections::BTreeMap::new();
+        for service in &services {
+            let name = kube::ResourceExt::name_any(service);
+            let ip: std::net::Ipv4Addr = address(&env, &name).await.parse().expect("IPv4");
+            assert!(
+                (ip.octets()[..3] == [192, 168, 10] && ip.octets()[3] >= 240),
+                "{name}: {ip} is from the pool {pool_name}"
+            );
+            addresses.insert(name, ip);
+        }
+        assert_eq!(
+            addresses.get("arp-dns-tcp"),
+            addresses.get("arp-dns-udp"),
+            "the allow-shared-ip key puts both DNS Services on one address: {addresses:?}"
+        );
+        assert_ne!(
+            addresses.get("arp-web"),
+            addresses.get("arp-dns-tcp"),
+            "a Service without the key gets its own: {addresses:?}"
+        );
+        pool_reaches(&env, &pool_name, "True", "Valid", 2).await;
+
+        for name in addresses.keys() {
+            env.delete(name).await;
+        }
+        eventually("every example Service gone", 20, || async {
+            for name in addresses.keys() {
+                if env.get(name).await.is_some() {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        controller.stop().await;
+        pools(&env)
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await
+            .expect("clear pools");
+    })
+    .await;
+}
+
+on_both_backends!(
+    pools_and_addresses_end_to_end,
+    the_arp_examples_get_their_addresses
+);

@@ -10,12 +10,17 @@ use crate::Error;
 
 /// The manifests of `examples/`, built into the binary so `portico demo`
 /// works from any directory.
-const BUILT_IN_EXAMPLES: [(&str, &str); 3] = [
+const BUILT_IN_EXAMPLES: [(&str, &str); 5] = [
     (
         "api-local.yaml",
         include_str!("../../examples/api-local.yaml"),
     ),
     ("dns.yaml", include_str!("../../examples/dns.yaml")),
+    ("game.yaml", include_str!("../../examples/game.yaml")),
+    (
+        "intranet.yaml",
+        include_str!("../../examples/intranet.yaml"),
+    ),
     ("web.yaml", include_str!("../../examples/web.yaml")),
 ];
 

@@ -32,8 +32,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Release.Namespace .Values.leaderElection.namespace -}}
 {{- end -}}
 
-{{/* Refuse what the schema cannot explain well (nothing yet). */}}
+{{/*
+Refuse what values.schema.json cannot say clearly: rules between values.
+*/}}
 {{- define "portico.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) -}}
+{{- fail (printf "replicaCount: %d replicas need leaderElection.enabled=true (without a leader every replica would act on every Service at once); set replicaCount=1 to run without leader election" (int .Values.replicaCount)) -}}
+{{- end -}}
+{{- $min := .Values.podDisruptionBudget.minAvailable -}}
+{{- if and .Values.podDisruptionBudget.enabled (gt (int .Values.replicaCount) 1) (not (kindIs "string" $min)) (ge (int $min) (int .Values.replicaCount)) -}}
+{{- fail (printf "podDisruptionBudget.minAvailable: %d of %d replicas would never let a node be drained; use fewer than replicaCount" (int $min) (int .Values.replicaCount)) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "portico.loadBalancerClass" -}}

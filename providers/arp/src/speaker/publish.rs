@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn the_chart_ships_the_generated_crd() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../charts/portico/files/vipannouncements.portico.io.yaml");
+            .join("../../charts/portico/crds/vipannouncement.yaml");
         let generated = serde_yaml::to_string(&VipAnnouncement::crd()).expect("yaml");
         if std::env::var_os("PORTICO_WRITE_CRDS").is_some() {
             let header = "# Generated from portico_arp::speaker::publish::VipAnnouncement\n# (PORTICO_WRITE_CRDS=1 cargo test -p portico-arp the_chart_ships_the_generated_crd).\n";
@@ -217,7 +217,7 @@ mod tests {
         let generated: serde_json::Value = serde_yaml::from_str(&generated).expect("valid YAML");
         assert_eq!(
             shipped, generated,
-            "charts/portico/files/vipannouncements.portico.io.yaml is stale: run PORTICO_WRITE_CRDS=1 cargo test -p portico-arp the_chart_ships_the_generated_crd"
+            "charts/portico/crds/vipannouncement.yaml is stale: run PORTICO_WRITE_CRDS=1 cargo test -p portico-arp the_chart_ships_the_generated_crd"
         );
     }
 
