@@ -140,6 +140,22 @@ pub fn service(
     let external_name = ty == "ExternalName";
     let node_ports = ty == "NodePort" || ty == "LoadBalancer";
 
+    // On update the real server allocates node ports before it validates:
+    // two ports asking for one (protocol, nodePort) fail there, with a 500.
+    if node_ports && old.is_some() {
+        let mut claimed = BTreeSet::new();
+        for p in spec["ports"].as_array().into_iter().flatten() {
+            if let Some(np) = p["nodePort"].as_u64().filter(|np| *np != 0) {
+                let proto = p["protocol"].as_str().unwrap_or("TCP");
+                if !claimed.insert((proto, np)) {
+                    return Err(StandinError::Internal(format!(
+                        "duplicate nodePort: {{{proto} {np}}}"
+                    )));
+                }
+            }
+        }
+    }
+
     // ports: defaults and validation
     let mut seen = BTreeSet::new();
     let allocate_lb_ports =
@@ -545,6 +561,40 @@ mod tests {
                 other => panic!("{desc}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn duplicate_node_port_on_update_is_the_allocators_500() {
+        let mut s = lb(json!([{"port": 53, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]));
+        service(&mut s, None, Allocated::default()).expect("valid");
+        let np = s["spec"]["ports"][0]["nodePort"].clone();
+        assert_eq!(
+            s["spec"]["ports"][1]["nodePort"], np,
+            "TCP and UDP 53 share"
+        );
+        // What a strategic merge of 53/UDP by port gives: both UDP, one nodePort.
+        let both_udp = json!([
+            {"port": 53, "protocol": "UDP", "nodePort": np},
+            {"port": 53, "protocol": "UDP", "nodePort": np}
+        ]);
+        let mut upd = lb(both_udp.clone());
+        match service(&mut upd, Some(&s), Allocated::default()) {
+            Err(e @ StandinError::Internal(_)) => {
+                assert_eq!(e.to_string(), format!("duplicate nodePort: {{UDP {np}}}"));
+                assert_eq!(e.code(), 500);
+                assert!(
+                    e.to_status().get("reason").is_none(),
+                    "no reason, as upstream"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // On create, or without nodePorts, validation names the duplicate.
+        let mut created = lb(both_udp);
+        assert!(matches!(
+            service(&mut created, None, Allocated::default()),
+            Err(StandinError::Invalid { .. })
+        ));
     }
 
     #[test]

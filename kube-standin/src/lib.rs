@@ -62,8 +62,9 @@
 //!   that changes a field takes it away from its appliers without recording
 //!   the writer as an owner, so a later apply never conflicts with it.
 //! - Strategic merge patch knows merge keys only for a few fields
-//!   (`status.conditions`, `spec.ports`, `metadata.ownerReferences`,
-//!   containers, taints, node addresses); other lists are replaced.
+//!   (`status.conditions`, `spec.ports` by `port` alone as upstream,
+//!   `metadata.ownerReferences`, containers, taints, node addresses); other
+//!   lists are replaced.
 //!   `metadata.finalizers` merges as a set, as upstream.
 //! - `continue` pages show the current state of the remaining objects, not a
 //!   snapshot at the list's resourceVersion (the list's resourceVersion is
@@ -164,6 +165,11 @@ pub enum StandinError {
     /// Unknown patch content type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A 500 without a reason, as the real server answers when one of its
+    /// allocators meets a state its validation would have refused had it
+    /// run first (`duplicate nodePort: {UDP 30053}`).
+    #[error("{0}")]
+    Internal(String),
     /// The listener could not be bound.
     #[error("failed to bind {addr}")]
     Bind {
@@ -209,6 +215,8 @@ impl StandinError {
             StandinError::Expired(_) => "Expired",
             StandinError::MethodNotAllowed(_) => "MethodNotAllowed",
             StandinError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            // upstream's StatusReasonUnknown
+            StandinError::Internal(_) => "",
             _ => "InternalError",
         }
     }
@@ -245,6 +253,11 @@ impl StandinError {
             }
             StandinError::UnknownResource(_) => {
                 s["message"] = json!("the server could not find the requested resource");
+            }
+            StandinError::Internal(_) => {
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("reason");
+                }
             }
             _ => {}
         }

@@ -124,7 +124,9 @@ pub fn json_patch_lenient(doc: &mut Value, patch: &Value) -> Result<(), StandinE
 pub fn merge_key(path: &str) -> Option<&'static [&'static str]> {
     match path {
         "status.conditions" | "status.addresses" => Some(&["type"]),
-        "spec.ports" => Some(&["port", "protocol"]),
+        // `port` alone, as upstream's `patchMergeKey` (a patch of 53/UDP
+        // merges into the first port 53, whatever its protocol).
+        "spec.ports" => Some(&["port"]),
         "metadata.ownerReferences" => Some(&["uid"]),
         "spec.taints" => Some(&["key", "effect"]),
         "spec.containers"
@@ -151,18 +153,7 @@ fn join(path: &str, key: &str) -> String {
 }
 
 fn same_key(a: &Value, b: &Value, keys: &[&str]) -> bool {
-    keys.iter().all(|k| {
-        let (x, y) = (&a[*k], &b[*k]);
-        // a missing protocol means TCP, the API default
-        let dflt = |v: &Value| {
-            if v.is_null() && *k == "protocol" {
-                Value::String("TCP".into())
-            } else {
-                v.clone()
-            }
-        };
-        dflt(x) == dflt(y)
-    })
+    keys.iter().all(|k| a[*k] == b[*k])
 }
 
 /// Strategic merge of `patch` into `doc`; `path` is the dotted path of `doc`.
@@ -437,10 +428,22 @@ mod tests {
                 json!({"status": {"conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "True"}, {"type": "C", "status": "True"}]}}),
             ),
             (
-                "ports merge by port",
+                "ports merge element-wise, other ports kept",
                 json!({"spec": {"ports": [{"port": 80, "nodePort": 30080}, {"port": 443}]}}),
                 json!({"spec": {"ports": [{"port": 80, "name": "http"}]}}),
                 json!({"spec": {"ports": [{"port": 80, "nodePort": 30080, "name": "http"}, {"port": 443}]}}),
+            ),
+            (
+                "the ports' merge key is the port alone: 53/UDP merges into the first 53 (TCP)",
+                json!({"spec": {"ports": [{"port": 53, "protocol": "TCP", "name": "dns-tcp"}, {"port": 53, "protocol": "UDP", "name": "dns-udp"}]}}),
+                json!({"spec": {"ports": [{"port": 53, "protocol": "UDP", "name": "dns"}]}}),
+                json!({"spec": {"ports": [{"port": 53, "protocol": "UDP", "name": "dns"}, {"port": 53, "protocol": "UDP", "name": "dns-udp"}]}}),
+            ),
+            (
+                "a port of another protocol is not added beside it",
+                json!({"spec": {"ports": [{"port": 53, "protocol": "TCP"}]}}),
+                json!({"spec": {"ports": [{"port": 53, "protocol": "UDP"}]}}),
+                json!({"spec": {"ports": [{"port": 53, "protocol": "UDP"}]}}),
             ),
             (
                 "delete directive in list",

@@ -225,6 +225,95 @@ async fn service_defaults(t: Target) -> Vec<String> {
     seen
 }
 
+/// The ports of a Service as (port, protocol, targetPort, name).
+fn port_list(svc: &Service) -> String {
+    let ports: Vec<_> = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            format!(
+                "{}/{} -> {:?} {:?}",
+                p.port,
+                p.protocol.unwrap_or_default(),
+                p.target_port,
+                p.name
+            )
+        })
+        .collect();
+    ports.join(", ")
+}
+
+/// Strategic merge of `spec.ports` keys on the port alone (upstream's
+/// `patchMergeKey: port`), not on port and protocol.
+async fn ports_merge_key(t: Target) -> Vec<String> {
+    let svcs = t.services();
+    svcs.create(
+        &PostParams::default(),
+        &lb(
+            "dns",
+            json!([
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                {"name": "dns-udp", "port": 53, "protocol": "UDP"}
+            ]),
+        ),
+    )
+    .await
+    .expect("create");
+    svcs.create(
+        &PostParams::default(),
+        &lb(
+            "mixed",
+            json!([
+                {"name": "dns", "port": 53, "protocol": "TCP"},
+                {"name": "http", "port": 80, "protocol": "TCP"}
+            ]),
+        ),
+    )
+    .await
+    .expect("create");
+    let mut seen = Vec::new();
+    let patch = |ports: Value| json!({"spec": {"ports": ports}});
+    for (what, name, ports) in [
+        (
+            "53/UDP onto TCP and UDP 53",
+            "dns",
+            json!([{"port": 53, "protocol": "UDP", "name": "dns"}]),
+        ),
+        (
+            "53/UDP with a targetPort onto TCP and UDP 53",
+            "dns",
+            json!([{"port": 53, "protocol": "UDP", "name": "dns-udp", "targetPort": 5353}]),
+        ),
+        (
+            "53/TCP with a targetPort onto TCP and UDP 53",
+            "dns",
+            json!([{"port": 53, "protocol": "TCP", "targetPort": 5353}]),
+        ),
+        (
+            "53/UDP onto 53/TCP and 80/TCP",
+            "mixed",
+            json!([{"port": 53, "protocol": "UDP", "targetPort": 5353}]),
+        ),
+    ] {
+        let result = svcs
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch(ports)),
+            )
+            .await;
+        let shown = match &result {
+            Ok(svc) => port_list(svc),
+            Err(_) => String::new(),
+        };
+        seen.push(format!("{what}: {} {shown}", outcome(result)));
+    }
+    seen
+}
+
 async fn status_writes(t: Target) -> Vec<String> {
     let svcs = t.services();
     svcs.create(&PostParams::default(), &lb("web", json!([{"port": 80}])))
@@ -552,6 +641,11 @@ async fn finalizers(t: Target) -> Vec<String> {
 #[tokio::test]
 async fn service_defaults_and_allocation() {
     same_on_both("defaults", |t| Box::pin(service_defaults(t))).await;
+}
+
+#[tokio::test]
+async fn service_ports_strategic_merge_key() {
+    same_on_both("ports", |t| Box::pin(ports_merge_key(t))).await;
 }
 
 #[tokio::test]
