@@ -18,7 +18,10 @@
 //! `loadBalancerSourceRanges` must be CIDRs; a new ClusterIP Service may not
 //! name a `nodePort`.
 //!
-//! What is not validated: names of ports, selectors, `externalIPs`,
+//! Port names are validated as upstream (required with more than one port,
+//! DNS labels, unique).
+//!
+//! What is not validated: selectors, `externalIPs`,
 //! dual-stack settings, `clusterIP` immutability (a changed value is
 //! accepted).
 
@@ -98,6 +101,46 @@ impl Allocated {
     }
 }
 
+/// Port names, as upstream's `validateServicePort`: required when there is
+/// more than one port, each a DNS-1123 label, no two alike. Every problem is
+/// named, as upstream lists them all.
+fn port_name_causes(ports: &[Value]) -> Vec<(String, String)> {
+    let mut causes = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let field = format!("spec.ports[{i}].name");
+        let name = p["name"].as_str().unwrap_or("");
+        if name.is_empty() {
+            if ports.len() > 1 {
+                causes.push((field, "Required value".into()));
+            }
+            continue;
+        }
+        if !is_dns_label(name) {
+            causes.push((
+                field.clone(),
+                format!(
+                    "Invalid value: {name:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+                ),
+            ));
+        }
+        if !names.insert(name) {
+            causes.push((field, format!("Duplicate value: {name:?}")));
+        }
+    }
+    causes
+}
+
+/// A lowercase RFC 1123 label (at most 63 characters).
+fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 /// Default, allocate and validate a Service being created (`old` is `None`)
 /// or updated. `others` are the allocations of every other Service (the
 /// store passes none when an update keeps the spec: nothing new can clash).
@@ -154,6 +197,18 @@ pub fn service(
                 }
             }
         }
+    }
+
+    let name_causes = port_name_causes(spec["ports"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+    if !name_causes.is_empty() {
+        return Err(StandinError::Invalid {
+            kind: "Service".into(),
+            name: snapshot["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            causes: name_causes,
+        });
     }
 
     // ports: defaults and validation
@@ -543,8 +598,23 @@ mod tests {
             ),
             (
                 "duplicate",
-                lb(json!([{"port": 80}, {"port": 80}])),
+                lb(json!([{"port": 80, "name": "a"}, {"port": 80, "name": "b"}])),
                 "spec.ports[1]",
+            ),
+            (
+                "two ports need names",
+                lb(json!([{"port": 80, "name": "a"}, {"port": 443}])),
+                "spec.ports[1].name",
+            ),
+            (
+                "port names are DNS labels",
+                lb(json!([{"port": 80, "name": "Web"}])),
+                "spec.ports[0].name",
+            ),
+            (
+                "port names are unique",
+                lb(json!([{"port": 80, "name": "a"}, {"port": 443, "name": "a"}])),
+                "spec.ports[1].name",
             ),
             ("no ports", lb(json!([])), "spec.ports"),
             (
@@ -565,7 +635,10 @@ mod tests {
 
     #[test]
     fn duplicate_node_port_on_update_is_the_allocators_500() {
-        let mut s = lb(json!([{"port": 53, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]));
+        let mut s = lb(json!([
+            {"port": 53, "protocol": "TCP", "name": "dns-tcp"},
+            {"port": 53, "protocol": "UDP", "name": "dns-udp"}
+        ]));
         service(&mut s, None, Allocated::default()).expect("valid");
         let np = s["spec"]["ports"][0]["nodePort"].clone();
         assert_eq!(
@@ -574,8 +647,8 @@ mod tests {
         );
         // What a strategic merge of 53/UDP by port gives: both UDP, one nodePort.
         let both_udp = json!([
-            {"port": 53, "protocol": "UDP", "nodePort": np},
-            {"port": 53, "protocol": "UDP", "nodePort": np}
+            {"port": 53, "protocol": "UDP", "nodePort": np, "name": "dns"},
+            {"port": 53, "protocol": "UDP", "nodePort": np, "name": "dns-udp"}
         ]);
         let mut upd = lb(both_udp.clone());
         match service(&mut upd, Some(&s), Allocated::default()) {
@@ -601,7 +674,7 @@ mod tests {
     fn update_keeps_allocations_and_local_gets_health_port() {
         let mut s = lb(json!([{"port": 80}]));
         service(&mut s, None, Allocated::default()).expect("valid");
-        let mut upd = lb(json!([{"port": 80}, {"port": 443}]));
+        let mut upd = lb(json!([{"port": 80, "name": "http"}, {"port": 443, "name": "https"}]));
         upd["spec"]["externalTrafficPolicy"] = json!("Local");
         let mut others = Allocated::default();
         others.cluster_ips.insert("10.96.0.99".into());

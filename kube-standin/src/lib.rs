@@ -43,14 +43,30 @@
 //!
 //! # Known differences from a real API server
 //!
-//! `tests/differential.rs` sends the same requests to the stand-in and to a
-//! real kube-apiserver (`scripts/control-plane.sh`) and requires the same
-//! answers for what portico depends on: Service defaults and NodePort
-//! sharing between TCP and UDP on one port, strategic merge of `spec.ports`,
-//! Service status defaulting (`ipMode: VIP`) and validation, an immutable
-//! `loadBalancerClass`, type changes clearing `status.loadBalancer`, field
-//! selectors, Lease updates without a resourceVersion, Event validation,
-//! the finalizer flow with JSON-patch `test`s, source-range validation.
+//! Two suites send the same requests to the stand-in and to a real
+//! kube-apiserver (`scripts/control-plane.sh`) and require the same
+//! answers. `tests/api.rs` is the stand-in's own API suite: CRUD and
+//! defaults, the status subresource, merge/strategic/apply patches with
+//! apply conflicts, no-op writes keeping the resourceVersion (no watch
+//! event), pagination, watch replay and `410` for a forgotten
+//! resourceVersion, label and field selectors, Nodes and Lease conflicts,
+//! streaming lists, discovery and Tables, CRDs and their custom resources.
+//! `tests/differential.rs` probes what portico depends on: Service defaults
+//! and NodePort sharing between TCP and UDP on one port, strategic merge of
+//! `spec.ports` by port alone, Service status defaulting (`ipMode: VIP`)
+//! and validation, an immutable `loadBalancerClass`, type changes clearing
+//! `status.loadBalancer`, field selectors, Lease updates without a
+//! resourceVersion, Event validation, the finalizer flow with JSON-patch
+//! `test`s, source-range validation.
+//!
+//! Left to the stand-in alone (`tests/standin_only.rs`), because the real
+//! server has no counterpart to ask: cutting every watch at once
+//! ([`ApiServer::disconnect_watches`]; the real tier breaks watches by
+//! restarting kube-apiserver instead), compaction followed by a watcher
+//! re-list ([`ApiServer::compact`]; the real server compacts on its own
+//! schedule), the request record ([`ApiServer::requests`]; the real
+//! server's is its audit log), and the fixed allocation ranges below.
+//!
 //! What is left different on purpose:
 //!
 //! - No authentication, authorization, admission, TLS, or HTTP/2.
@@ -72,10 +88,17 @@
 //!   `resourceVersionMatch=Exact` for anything but the current version
 //!   gets 410; other `resourceVersion`s are served from the current state.
 //! - Validation is minimal: object names (RFC 1123 subdomain), namespace
-//!   existence on create, Service ports/types/node ports/cluster IPs/source
-//!   ranges and status (see [`defaults`]), `events.k8s.io` Events, Lease
-//!   updates without a resourceVersion; no schema validation, unknown fields
-//!   are stored, CRD schemas are ignored.
+//!   existence on create, Service ports and their names/types/node
+//!   ports/cluster IPs/source ranges and status (see [`defaults`]),
+//!   `events.k8s.io` Events, Lease updates without a resourceVersion; no
+//!   schema validation, unknown fields are stored, CRD schemas are ignored
+//!   (the real server prunes fields a structural schema does not name).
+//!   Where an object has problems of several kinds, the stand-in may name
+//!   only the first kind (the real server names them all).
+//! - Cluster IPs come from 10.96.0.0/12 and node ports from 30000-32767,
+//!   lowest free first; the real server's ranges are flags (the test
+//!   control plane uses 10.96.0.0/16 and 20000-60000) and it picks at
+//!   random.
 //! - Field selectors are checked against the real server's lists for
 //!   Services, Nodes, Namespaces, ConfigMaps and Leases only; other
 //!   resources accept any field.
@@ -136,10 +159,14 @@ pub enum StandinError {
         /// Object name.
         name: String,
     },
-    /// Stale resourceVersion, failed precondition or apply conflict (409):
+    /// Stale resourceVersion or failed precondition (409):
     /// re-read and retry.
     #[error("{0}")]
     Conflict(String),
+    /// Server-side apply would take fields from other managers (409), each
+    /// named as a `FieldManagerConflict` cause.
+    #[error("Apply failed with {} conflict(s): {}", .0.len(), .0.iter().map(|c| format!("conflict with {:?}: {}", c.manager, c.field)).collect::<Vec<_>>().join(", "))]
+    ApplyConflict(Vec<patch::ApplyConflict>),
     /// Validation failed (422); each cause is (field path, message).
     #[error("{kind} {name:?} is invalid: {}", causes.iter().map(|(f, m)| if f.is_empty() { m.clone() } else { format!("{f}: {m}") }).collect::<Vec<_>>().join(", "))]
     Invalid {
@@ -194,7 +221,9 @@ impl StandinError {
     pub fn code(&self) -> u16 {
         match self {
             StandinError::NotFound { .. } | StandinError::UnknownResource(_) => 404,
-            StandinError::AlreadyExists { .. } | StandinError::Conflict(_) => 409,
+            StandinError::AlreadyExists { .. }
+            | StandinError::Conflict(_)
+            | StandinError::ApplyConflict(_) => 409,
             StandinError::Invalid { .. } => 422,
             StandinError::BadRequest(_) => 400,
             StandinError::Expired(_) => 410,
@@ -209,7 +238,7 @@ impl StandinError {
         match self {
             StandinError::NotFound { .. } | StandinError::UnknownResource(_) => "NotFound",
             StandinError::AlreadyExists { .. } => "AlreadyExists",
-            StandinError::Conflict(_) => "Conflict",
+            StandinError::Conflict(_) | StandinError::ApplyConflict(_) => "Conflict",
             StandinError::Invalid { .. } => "Invalid",
             StandinError::BadRequest(_) => "BadRequest",
             StandinError::Expired(_) => "Expired",
@@ -250,6 +279,19 @@ impl StandinError {
                     })
                     .collect();
                 s["details"] = json!({"name": name, "kind": kind, "causes": causes});
+            }
+            StandinError::ApplyConflict(conflicts) => {
+                let causes: Vec<Value> = conflicts
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "reason": "FieldManagerConflict",
+                            "message": format!("conflict with {:?}", c.manager),
+                            "field": c.field,
+                        })
+                    })
+                    .collect();
+                s["details"] = json!({"causes": causes});
             }
             StandinError::UnknownResource(_) => {
                 s["message"] = json!("the server could not find the requested resource");

@@ -273,6 +273,15 @@ fn merge_list(dl: &mut Vec<Value>, pl: &[Value], keys: &[&str], path: &str) {
     }
 }
 
+/// A field an apply would take from another manager without `force`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyConflict {
+    /// Who owns it now.
+    pub manager: String,
+    /// The field, spelt as upstream's field paths (`.data.b`).
+    pub field: String,
+}
+
 /// Field ownership of server-side apply: manager name → owned leaf paths
 /// (JSON pointers). Lists are owned atomically.
 pub type Owners = BTreeMap<String, BTreeSet<String>>;
@@ -333,7 +342,7 @@ pub fn apply_config(
     cfg: &Value,
     manager: &str,
     force: bool,
-) -> Vec<String> {
+) -> Vec<ApplyConflict> {
     let paths = leaf_paths(cfg);
     let mut conflicts = Vec::new();
     for p in &paths {
@@ -344,10 +353,10 @@ pub fn apply_config(
         }
         for (m, owned) in owners.iter() {
             if m != manager && owned.contains(p) {
-                conflicts.push(format!(
-                    "{m}: {}",
-                    p.trim_start_matches('/').replace('/', ".")
-                ));
+                conflicts.push(ApplyConflict {
+                    manager: m.clone(),
+                    field: p.replace('/', "."),
+                });
             }
         }
     }
@@ -492,7 +501,14 @@ mod tests {
         assert!(apply_config(&mut doc, &mut owners, &a, "c", false).is_empty());
         let b = json!({"spec": {"holderIdentity": "b"}});
         let conflicts = apply_config(&mut doc, &mut owners, &b, "b", false);
-        assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+        let named: Vec<_> = conflicts
+            .iter()
+            .map(|c| (c.manager.as_str(), c.field.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [("a", ".spec.holderIdentity"), ("c", ".spec.holderIdentity")]
+        );
         assert_eq!(doc["spec"]["holderIdentity"], "a");
         assert!(apply_config(&mut doc, &mut owners, &b, "b", true).is_empty());
         assert_eq!(doc["spec"]["holderIdentity"], "b");

@@ -7,108 +7,13 @@
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
-
-use common::{client, timed};
+use common::both::{Target, outcome, same_on_both};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use kube_standin::ApiServer;
-use kube_standin::control_plane::ControlPlane;
 use serde_json::{Value, json};
-
-/// Where a probe runs: a client and a namespace of its own.
-#[derive(Clone)]
-struct Target {
-    client: Client,
-    ns: String,
-}
-
-impl Target {
-    fn services(&self) -> Api<Service> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-}
-
-type Probe = fn(Target) -> Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
-
-/// `ok`, or `CODE Reason field,field` naming what the server refused.
-fn outcome<T>(result: Result<T, kube::Error>) -> String {
-    match result {
-        Ok(_) => "ok".into(),
-        Err(kube::Error::Api(status)) => {
-            // The fields named, as a set (the real server may name one twice).
-            let fields: std::collections::BTreeSet<String> = status
-                .details
-                .as_ref()
-                .map(|d| {
-                    d.causes
-                        .iter()
-                        .map(|c| c.field.clone())
-                        .filter(|f| !f.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let fields: Vec<String> = fields.into_iter().collect();
-            format!("{} {} {}", status.code, status.reason, fields.join(","))
-                .trim_end()
-                .to_string()
-        }
-        Err(other) => format!("client error: {other}"),
-    }
-}
-
-async fn namespace(client: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
-    match api.create(&PostParams::default(), &ns).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create namespace {name}: {e}"),
-    }
-}
-
-/// Run `probe` on both servers and require the same observations.
-async fn same_on_both(name: &str, probe: Probe) {
-    timed(60, async {
-        let ns = format!(
-            "diff-{name}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let server = ApiServer::start().await.expect("stand-in starts");
-        let standin = client(&server).await;
-        let plane = ControlPlane::connect()
-            .await
-            .expect("the real control plane (scripts/control-plane.sh start)");
-        namespace(&standin, &ns).await;
-        namespace(&plane.admin, &ns).await;
-        let fake = probe(Target {
-            client: standin,
-            ns: ns.clone(),
-        })
-        .await;
-        let real = probe(Target {
-            client: plane.admin.clone(),
-            ns,
-        })
-        .await;
-        for (i, (f, r)) in fake.iter().zip(&real).enumerate() {
-            println!("{i:2} {} stand-in: {f}", if f == r { " " } else { "≠" });
-            if f != r {
-                println!("            real: {r}");
-            }
-        }
-        assert_eq!(
-            fake, real,
-            "{name}: the stand-in and the real kube-apiserver disagree"
-        );
-    })
-    .await;
-}
 
 fn service(name: &str, spec: Value) -> Service {
     serde_json::from_value(json!({
