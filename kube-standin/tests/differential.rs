@@ -440,12 +440,33 @@ async fn events(t: Target) -> Vec<String> {
             outcome(api.create(&PostParams::default(), &e).await)
         ));
     }
-    let mut no_controller = event(&t.ns, "e4", "EnsuringLoadBalancer", "ok");
-    no_controller.reporting_controller = None;
-    seen.push(format!(
-        "no reportingController: {}",
-        outcome(api.create(&PostParams::default(), &no_controller).await)
-    ));
+    let long = "A".repeat(129);
+    let changes: [(&str, fn(&mut Event, &str)); 10] = [
+        ("no reportingController", |e, _| {
+            e.reporting_controller = None
+        }),
+        ("no reportingInstance", |e, _| e.reporting_instance = None),
+        ("reportingInstance of 129 bytes", |e, long| {
+            e.reporting_instance = Some(long.to_string())
+        }),
+        ("no action", |e, _| e.action = None),
+        ("action of 129 bytes", |e, long| {
+            e.action = Some(long.to_string())
+        }),
+        ("no eventTime", |e, _| e.event_time = None),
+        ("no type", |e, _| e.type_ = None),
+        ("type Info", |e, _| e.type_ = Some("Info".into())),
+        ("no reason", |e, _| e.reason = None),
+        ("no note", |e, _| e.note = None),
+    ];
+    for (i, (what, change)) in changes.into_iter().enumerate() {
+        let mut e = event(&t.ns, &format!("m{i}"), "EnsuringLoadBalancer", "ok");
+        change(&mut e, &long);
+        seen.push(format!(
+            "{what}: {}",
+            outcome(api.create(&PostParams::default(), &e).await)
+        ));
+    }
     let mut elsewhere = event(&t.ns, "e5", "EnsuringLoadBalancer", "ok");
     if let Some(regarding) = elsewhere.regarding.as_mut() {
         regarding.namespace = Some("another".into());
