@@ -67,12 +67,28 @@
 //! schedule), the request record ([`ApiServer::requests`]; the real
 //! server's is its audit log), and the fixed allocation ranges below.
 //!
+//! `tests/kubectl.rs` and `tests/controller.rs` (kubectl, a kube-runtime
+//! Controller and kube-lease-manager against the stand-in) stay stand-in
+//! only: portico's `tests/kubectl_real.rs` runs kubectl on the real server
+//! and its `tests/controller.rs` runs the controller on both.
+//!
 //! What is left different on purpose:
 //!
 //! - No authentication, authorization, admission, TLS, or HTTP/2.
 //! - No OpenAPI (`/openapi/v2`, `/openapi/v3` are 404): use
 //!   `kubectl apply --validate=false`. No aggregated discovery (kubectl falls
-//!   back to the legacy documents).
+//!   back to the legacy documents). Serving OpenAPI would mean the whole
+//!   schema of every served kind, and the stand-in validates no schema
+//!   anyway: where a test needs validation it runs on the real server.
+//! - helm cannot install a chart into the stand-in: `helm install` first
+//!   validates the rendered manifest against the server's OpenAPI ("failed
+//!   to download openapi"), and with `--disable-openapi-validation` it stops
+//!   at the kinds a chart is made of that the stand-in does not serve
+//!   (`apps/v1` Deployments, `rbac.authorization.k8s.io` Roles and bindings).
+//!   Left so: with no kubelet and no authorizer nothing would run the
+//!   Deployment or enforce the roles, so an install here would prove
+//!   nothing. The chart is installed, upgraded and uninstalled on the real
+//!   control plane instead (portico's `tests/chart_real.rs`).
 //! - Server-side apply: no `managedFields` in responses; ownership is tracked
 //!   per leaf field for appliers only (lists are atomic); a non-apply write
 //!   that changes a field takes it away from its appliers without recording
@@ -109,8 +125,17 @@
 //!   other built-in kinds that the real server versions (Deployments) are
 //!   not served.
 //! - Only one version is stored per resource; all served versions return
-//!   the same JSON with their own `apiVersion` (no conversion). core/v1 and
-//!   events.k8s.io/v1 events are separate resources.
+//!   the same JSON with their own `apiVersion` (no conversion).
+//! - core/v1 and events.k8s.io/v1 Events are separate resources, so an
+//!   Event portico writes (events.k8s.io) is invisible to `kubectl describe`,
+//!   which reads core/v1 Events by `involvedObject`. The real server stores
+//!   both as one resource and converts field by field (`regarding` ↔
+//!   `involvedObject`, `note` ↔ `message`, `reportingController` ↔
+//!   `reportingComponent`, ...). Left so: tests read portico's Events
+//!   through events.k8s.io, as it writes them, and `kubectl describe svc`
+//!   showing them is proven on the real server (portico's
+//!   `tests/kubectl_real.rs`); a two-way conversion with `involvedObject.*`
+//!   field selectors would be code only `describe` uses.
 //! - Deleting a namespace does not delete its contents; `gracePeriodSeconds`
 //!   and `propagationPolicy` are ignored (no garbage collector, no
 //!   ownerReference cascading). Status writes change only `.status`.

@@ -441,7 +441,9 @@ async fn events(t: Target) -> Vec<String> {
         ));
     }
     let long = "A".repeat(129);
-    let changes: [(&str, fn(&mut Event, &str)); 10] = [
+    // What is changed: (description, how, given a 129-byte string).
+    type Change = (&'static str, fn(&mut Event, &str));
+    let changes: [Change; 10] = [
         ("no reportingController", |e, _| {
             e.reporting_controller = None
         }),
