@@ -199,6 +199,13 @@ start() {
     certs
     kubeconfig
     audit_policy
+    # A fresh start (nothing running, e.g. after a run that was killed
+    # before `stop`) begins a fresh audit log: the RBAC check must not count
+    # an earlier run's requests. The old one is kept beside it.
+    if ! pid_alive "$DIR/etcd.pid" && ! pid_alive "$DIR/apiserver.pid"; then
+        [[ -f "$DIR/audit.log" ]] && mv "$DIR/audit.log" "$DIR/audit.log.previous"
+        rm -f "$DIR/restarts"
+    fi
     local started=$SECONDS
     start_etcd
     start_apiserver
