@@ -40,12 +40,32 @@ cleanup() {
     scripts/moto.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-eval "$(scripts/control-plane.sh start)"
+# Capture, check, then eval: `eval "$(cmd)"` ignores a failing cmd under set -e.
+control_plane_env="$(scripts/control-plane.sh start)" || {
+    echo "test.sh: the real control plane did not start (its messages are above)" >&2
+    exit 1
+}
+eval "$control_plane_env"
+[[ -n "${PORTICO_REAL_KUBECONFIG:-}" && -n "${PORTICO_REAL_AUDIT_LOG:-}" ]] || {
+    echo "test.sh: scripts/control-plane.sh start printed no PORTICO_REAL_KUBECONFIG/PORTICO_REAL_AUDIT_LOG" >&2
+    exit 1
+}
 export PORTICO_REAL_KUBECONFIG PORTICO_REAL_AUDIT_LOG PORTICO_REAL_CONTROL_PLANE
 
 step "moto (AWS emulator)"
-eval "$(scripts/moto.sh start)"
+moto_env="$(scripts/moto.sh start)" || {
+    echo "test.sh: the moto AWS emulator did not start (its messages are above)" >&2
+    exit 1
+}
+eval "$moto_env"
+[[ -n "${AWS_ENDPOINT_URL:-}" ]] || {
+    echo "test.sh: scripts/moto.sh start printed no AWS_ENDPOINT_URL" >&2
+    exit 1
+}
 export AWS_ENDPOINT_URL
+# Without the emulator the AWS tests would skip; here they must fail instead
+# (portico_aws::testing::skip).
+export PORTICO_REQUIRE_AWS=1
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
