@@ -28,10 +28,8 @@ kubectl version --client | sed -n 1p  # sed reads to the end: no SIGPIPE under p
 helm version --short
 
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
-command -v go >/dev/null || {
-    echo "test.sh: the Go toolchain (>= 1.26) is needed to build the real control plane (kube-apiserver, etcd); install it and run again" >&2
-    exit 1
-}
+# Go >= the version tests/control-plane/go.mod names, or a clear error.
+scripts/control-plane.sh check-go
 
 step "real control plane (kube-apiserver + etcd from Go modules)"
 scripts/control-plane.sh build
