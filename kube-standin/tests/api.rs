@@ -4,6 +4,9 @@
 //! asked — cutting every watch, the request record, its fixed allocation
 //! ranges — is in `standin_only.rs` (see the crate docs, "Known
 //! differences").
+//!
+//! Longer than most files: eleven short probes, one per area of the API,
+//! read best side by side as one suite.
 
 mod common;
 

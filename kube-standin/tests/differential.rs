@@ -4,6 +4,9 @@
 //! names, defaulted values. The two records must be equal. Differences that
 //! are left on purpose are listed in the crate docs ("Known differences")
 //! and are not probed here.
+//!
+//! Longer than most files: one probe per behaviour portico depends on, each
+//! short; they read best side by side.
 
 mod common;
 
