@@ -4,6 +4,7 @@
 # loopback. No kubelet, scheduler or controller-manager: tests create Node
 # objects themselves.
 #
+#   scripts/control-plane.sh check-go # Go >= the go.mod's `go` line, or a clear error
 #   scripts/control-plane.sh build    # once; cached in $PORTICO_CONTROL_PLANE_CACHE/<version>-r<recipe>/bin
 #   scripts/control-plane.sh start    # prints `export PORTICO_REAL_KUBECONFIG=...` etc. on stdout
 #   scripts/control-plane.sh stop
@@ -28,8 +29,13 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 MODULE="$HERE/tests/control-plane"
 VERSION="$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$MODULE/go.mod" | sed -n 1p)"
+ETCD_VERSION="$(awk '{ for (i = 1; i < NF; i++) if ($i == "go.etcd.io/etcd/server/v3") { print $(i + 1); exit } }' "$MODULE/go.mod")"
+GO_NEEDED="$(awk '$1 == "go" { print $2 }' "$MODULE/go.mod" | sed -n 1p)"
 CACHE="${PORTICO_CONTROL_PLANE_CACHE:-$HOME/.cache/portico-control-plane}"
-# Bump RECIPE when the way the binaries are built changes (the cache key).
+# The cache key is the Kubernetes version and RECIPE: bump RECIPE when the
+# way the binaries are built changes them (a cold build takes 20+ minutes).
+# The etcd version is not in the path (adding it would have thrown away every
+# cache): `cached` asks the cached etcd for its version instead.
 RECIPE=2
 BIN="$CACHE/$VERSION-r$RECIPE/bin"
 DIR="${PORTICO_CP_DIR:-/tmp/portico-control-plane}"
@@ -43,21 +49,51 @@ die() {
     exit 1
 }
 
+# Go, at least the version tests/control-plane/go.mod names: an older one
+# would try to download a newer toolchain or fail on the module's syntax.
+check_go() {
+    command -v go >/dev/null ||
+        die "the Go toolchain (>= $GO_NEEDED) is needed to build kube-apiserver and etcd; install it (https://go.dev/dl) and run again"
+    local have
+    have="$(go env GOVERSION)" # go1.26.8
+    have="${have#go}"
+    # sort -V puts the smaller first: the needed one must come first.
+    if [[ "$(printf '%s\n%s\n' "$GO_NEEDED" "$have" | sort -V | head -n 1)" != "$GO_NEEDED" ]]; then
+        die "Go $have is too old: building kube-apiserver $VERSION needs Go >= $GO_NEEDED (tests/control-plane/go.mod); install it (https://go.dev/dl) and run again"
+    fi
+}
+
+# Both binaries are in the cache and are the versions go.mod pins.
+cached() {
+    [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" ]] || return 1
+    local etcd apiserver
+    etcd="$("$BIN/etcd" --version 2>/dev/null | sed -n 's/^etcd Version: //p')"
+    apiserver="$("$BIN/kube-apiserver" --version 2>/dev/null)"
+    if [[ "v$etcd" != "$ETCD_VERSION" || "$apiserver" != "Kubernetes $VERSION" ]]; then
+        log "cached binaries are etcd v$etcd and ${apiserver:-no kube-apiserver}, go.mod pins etcd $ETCD_VERSION and $VERSION: rebuilding"
+        return 1
+    fi
+}
+
 build() {
     [[ -n "$VERSION" ]] || die "no k8s.io/kubernetes version in $MODULE/go.mod"
-    if [[ -x "$BIN/kube-apiserver" && -x "$BIN/etcd" ]]; then
-        log "kube-apiserver $VERSION and etcd cached in $BIN"
+    [[ -n "$ETCD_VERSION" ]] || die "no go.etcd.io/etcd/server/v3 version in $MODULE/go.mod"
+    if cached; then
+        log "kube-apiserver $VERSION and etcd $ETCD_VERSION cached in $BIN"
         return
     fi
-    command -v go >/dev/null ||
-        die "the Go toolchain is needed to build kube-apiserver and etcd (install Go >= 1.26: https://go.dev/dl)"
+    check_go
+    rm -rf "$BIN.partial"
     mkdir -p "$BIN.partial"
     log "building kube-apiserver $VERSION and etcd into $BIN (cold: tens of minutes on 2 cores)"
     local started=$SECONDS
     (
         cd "$MODULE"
         # -trimpath and no VCS stamping: the same source gives the same binary.
-        export CGO_ENABLED=0 GOFLAGS="-mod=mod -trimpath -buildvcs=false"
+        # -mod=readonly: go.mod and go.sum are complete and committed; a
+        # build never edits them (it gave the same binaries as -mod=mod did,
+        # so RECIPE stayed).
+        export CGO_ENABLED=0 GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
         go mod download >&2 ||
             die "go mod download failed: is the Go module proxy reachable (GOPROXY=$(go env GOPROXY))?"
         # Stamp the version as the Kubernetes release build does, so clients
@@ -199,6 +235,13 @@ start() {
     certs
     kubeconfig
     audit_policy
+    # A fresh start (nothing running, e.g. after a run that was killed
+    # before `stop`) begins a fresh audit log: the RBAC check must not count
+    # an earlier run's requests. The old one is kept beside it.
+    if ! pid_alive "$DIR/etcd.pid" && ! pid_alive "$DIR/apiserver.pid"; then
+        [[ -f "$DIR/audit.log" ]] && mv "$DIR/audit.log" "$DIR/audit.log.previous"
+        rm -f "$DIR/restarts"
+    fi
     local started=$SECONDS
     start_etcd
     start_apiserver
@@ -233,6 +276,7 @@ stop() {
 }
 
 case "${1:-}" in
+check-go) check_go ;;
 build) build ;;
 start) start ;;
 stop) stop ;;
@@ -248,7 +292,7 @@ restart-apiserver)
     log "kube-apiserver restarted"
     ;;
 *)
-    echo "usage: $0 build|start|stop|restart-apiserver" >&2
+    echo "usage: $0 check-go|build|start|stop|restart-apiserver" >&2
     exit 2
     ;;
 esac

@@ -28,10 +28,8 @@ kubectl version --client | sed -n 1p  # sed reads to the end: no SIGPIPE under p
 helm version --short
 
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
-command -v go >/dev/null || {
-    echo "test.sh: the Go toolchain (>= 1.26) is needed to build the real control plane (kube-apiserver, etcd); install it and run again" >&2
-    exit 1
-}
+# Go >= the version tests/control-plane/go.mod names, or a clear error.
+scripts/control-plane.sh check-go
 
 step "real control plane (kube-apiserver + etcd from Go modules)"
 scripts/control-plane.sh build
@@ -40,12 +38,32 @@ cleanup() {
     scripts/moto.sh stop >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-eval "$(scripts/control-plane.sh start)"
+# Capture, check, then eval: `eval "$(cmd)"` ignores a failing cmd under set -e.
+control_plane_env="$(scripts/control-plane.sh start)" || {
+    echo "test.sh: the real control plane did not start (its messages are above)" >&2
+    exit 1
+}
+eval "$control_plane_env"
+[[ -n "${PORTICO_REAL_KUBECONFIG:-}" && -n "${PORTICO_REAL_AUDIT_LOG:-}" ]] || {
+    echo "test.sh: scripts/control-plane.sh start printed no PORTICO_REAL_KUBECONFIG/PORTICO_REAL_AUDIT_LOG" >&2
+    exit 1
+}
 export PORTICO_REAL_KUBECONFIG PORTICO_REAL_AUDIT_LOG PORTICO_REAL_CONTROL_PLANE
 
 step "moto (AWS emulator)"
-eval "$(scripts/moto.sh start)"
+moto_env="$(scripts/moto.sh start)" || {
+    echo "test.sh: the moto AWS emulator did not start (its messages are above)" >&2
+    exit 1
+}
+eval "$moto_env"
+[[ -n "${AWS_ENDPOINT_URL:-}" ]] || {
+    echo "test.sh: scripts/moto.sh start printed no AWS_ENDPOINT_URL" >&2
+    exit 1
+}
 export AWS_ENDPOINT_URL
+# Without the emulator the AWS tests would skip; here they must fail instead
+# (portico_aws::testing::skip).
+export PORTICO_REQUIRE_AWS=1
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -54,6 +72,9 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 step "tests"
+# The RBAC check below reads the audit log from here on: a control plane
+# left running by an earlier run keeps that run's requests in its log.
+export PORTICO_AUDIT_SINCE="$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)"
 cargo nextest run --workspace --all-features --locked --no-fail-fast
 
 step "RBAC: what the controller used (audit log) == what deploy/rbac.yaml grants"

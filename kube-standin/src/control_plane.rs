@@ -427,8 +427,9 @@ impl ControlPlane {
 }
 
 /// One permission a manifest's Roles and ClusterRoles grant: API group,
-/// `resource` or `resource/subresource`, verb, and where (the Role's
-/// namespace; the first of its resourceNames, if it names any).
+/// `resource` or `resource/subresource`, verb, and where: the Role's
+/// namespace (`None` for a ClusterRole) and one of the rule's
+/// resourceNames (`None` when it names none: any object).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Grant {
     pub group: String,
@@ -464,21 +465,23 @@ pub fn grants(manifest: &Path) -> Result<Vec<Grant>, ControlPlaneError> {
                 }
             })?;
         for rule in rules {
-            let name = rule
-                .resource_names
-                .as_ref()
-                .and_then(|n| n.first())
-                .cloned();
+            // No resourceNames: any name. Otherwise one grant per name.
+            let names: Vec<Option<String>> = match rule.resource_names.as_deref() {
+                None | Some([]) => vec![None],
+                Some(names) => names.iter().cloned().map(Some).collect(),
+            };
             for group in rule.api_groups.iter().flatten() {
                 for resource in rule.resources.iter().flatten() {
                     for verb in &rule.verbs {
-                        out.push(Grant {
-                            group: group.clone(),
-                            resource: resource.clone(),
-                            verb: verb.clone(),
-                            namespace: namespace.clone(),
-                            name: name.clone(),
-                        });
+                        for name in &names {
+                            out.push(Grant {
+                                group: group.clone(),
+                                resource: resource.clone(),
+                                verb: verb.clone(),
+                                namespace: namespace.clone(),
+                                name: name.clone(),
+                            });
+                        }
                     }
                 }
             }

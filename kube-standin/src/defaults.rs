@@ -18,7 +18,10 @@
 //! `loadBalancerSourceRanges` must be CIDRs; a new ClusterIP Service may not
 //! name a `nodePort`.
 //!
-//! What is not validated: names of ports, selectors, `externalIPs`,
+//! Port names are validated as upstream (required with more than one port,
+//! DNS labels, unique).
+//!
+//! What is not validated: selectors, `externalIPs`,
 //! dual-stack settings, `clusterIP` immutability (a changed value is
 //! accepted).
 
@@ -98,6 +101,46 @@ impl Allocated {
     }
 }
 
+/// Port names, as upstream's `validateServicePort`: required when there is
+/// more than one port, each a DNS-1123 label, no two alike. Every problem is
+/// named, as upstream lists them all.
+fn port_name_causes(ports: &[Value]) -> Vec<(String, String)> {
+    let mut causes = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let field = format!("spec.ports[{i}].name");
+        let name = p["name"].as_str().unwrap_or("");
+        if name.is_empty() {
+            if ports.len() > 1 {
+                causes.push((field, "Required value".into()));
+            }
+            continue;
+        }
+        if !is_dns_label(name) {
+            causes.push((
+                field.clone(),
+                format!(
+                    "Invalid value: {name:?}: a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character"
+                ),
+            ));
+        }
+        if !names.insert(name) {
+            causes.push((field, format!("Duplicate value: {name:?}")));
+        }
+    }
+    causes
+}
+
+/// A lowercase RFC 1123 label (at most 63 characters).
+fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
 /// Default, allocate and validate a Service being created (`old` is `None`)
 /// or updated. `others` are the allocations of every other Service (the
 /// store passes none when an update keeps the spec: nothing new can clash).
@@ -139,6 +182,34 @@ pub fn service(
     }
     let external_name = ty == "ExternalName";
     let node_ports = ty == "NodePort" || ty == "LoadBalancer";
+
+    // On update the real server allocates node ports before it validates:
+    // two ports asking for one (protocol, nodePort) fail there, with a 500.
+    if node_ports && old.is_some() {
+        let mut claimed = BTreeSet::new();
+        for p in spec["ports"].as_array().into_iter().flatten() {
+            if let Some(np) = p["nodePort"].as_u64().filter(|np| *np != 0) {
+                let proto = p["protocol"].as_str().unwrap_or("TCP");
+                if !claimed.insert((proto, np)) {
+                    return Err(StandinError::Internal(format!(
+                        "duplicate nodePort: {{{proto} {np}}}"
+                    )));
+                }
+            }
+        }
+    }
+
+    let name_causes = port_name_causes(spec["ports"].as_array().map(Vec::as_slice).unwrap_or(&[]));
+    if !name_causes.is_empty() {
+        return Err(StandinError::Invalid {
+            kind: "Service".into(),
+            name: snapshot["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            causes: name_causes,
+        });
+    }
 
     // ports: defaults and validation
     let mut seen = BTreeSet::new();
@@ -478,96 +549,5 @@ fn is_cidr(text: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lb(ports: Value) -> Value {
-        json!({"metadata": {"name": "s"}, "spec": {"type": "LoadBalancer", "ports": ports}})
-    }
-
-    #[test]
-    fn create_defaults() {
-        let mut s = lb(json!([{"port": 80}]));
-        service(&mut s, None, Allocated::default()).expect("valid");
-        let spec = &s["spec"];
-        assert_eq!(spec["clusterIP"], "10.96.0.10");
-        assert_eq!(spec["clusterIPs"], json!(["10.96.0.10"]));
-        assert_eq!(spec["ports"][0]["protocol"], "TCP");
-        assert_eq!(spec["ports"][0]["targetPort"], 80);
-        assert_eq!(spec["ports"][0]["nodePort"], 30000);
-        assert_eq!(spec["externalTrafficPolicy"], "Cluster");
-        assert_eq!(spec["sessionAffinity"], "None");
-        assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
-        assert_eq!(s["status"], json!({"loadBalancer": {}}));
-    }
-
-    #[test]
-    fn validation_table() {
-        let taken = || {
-            let mut a = Allocated::default();
-            a.node_ports.insert(30080);
-            a
-        };
-        let cases = [
-            ("port 0", lb(json!([{"port": 0}])), "spec.ports[0].port"),
-            (
-                "port too big",
-                lb(json!([{"port": 70000}])),
-                "spec.ports[0].port",
-            ),
-            (
-                "nodePort clash",
-                lb(json!([{"port": 80, "nodePort": 30080}])),
-                "spec.ports[0].nodePort",
-            ),
-            (
-                "nodePort range",
-                lb(json!([{"port": 80, "nodePort": 80}])),
-                "spec.ports[0].nodePort",
-            ),
-            (
-                "duplicate",
-                lb(json!([{"port": 80}, {"port": 80}])),
-                "spec.ports[1]",
-            ),
-            ("no ports", lb(json!([])), "spec.ports"),
-            (
-                "bad type",
-                json!({"spec": {"type": "Foo", "ports": [{"port": 1}]}}),
-                "spec.type",
-            ),
-        ];
-        for (desc, mut s, field) in cases {
-            match service(&mut s, None, taken()) {
-                Err(StandinError::Invalid { causes, .. }) => {
-                    assert_eq!(causes[0].0, field, "{desc}")
-                }
-                other => panic!("{desc}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn update_keeps_allocations_and_local_gets_health_port() {
-        let mut s = lb(json!([{"port": 80}]));
-        service(&mut s, None, Allocated::default()).expect("valid");
-        let mut upd = lb(json!([{"port": 80}, {"port": 443}]));
-        upd["spec"]["externalTrafficPolicy"] = json!("Local");
-        let mut others = Allocated::default();
-        others.cluster_ips.insert("10.96.0.99".into());
-        service(&mut upd, Some(&s), others).expect("valid");
-        assert_eq!(upd["spec"]["clusterIP"], s["spec"]["clusterIP"]);
-        assert_eq!(
-            upd["spec"]["ports"][0]["nodePort"],
-            s["spec"]["ports"][0]["nodePort"]
-        );
-        assert!(upd["spec"]["ports"][1]["nodePort"].as_u64().is_some());
-        assert!(upd["spec"]["healthCheckNodePort"].as_u64().is_some());
-        // back to ClusterIP drops node ports
-        let mut cip = upd.clone();
-        cip["spec"]["type"] = json!("ClusterIP");
-        service(&mut cip, Some(&upd), Allocated::default()).expect("valid");
-        assert!(cip["spec"]["ports"][0].get("nodePort").is_none());
-        assert!(cip["spec"].get("externalTrafficPolicy").is_none());
-    }
-}
+#[path = "defaults_tests.rs"]
+mod tests;

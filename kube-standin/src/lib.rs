@@ -43,27 +43,60 @@
 //!
 //! # Known differences from a real API server
 //!
-//! `tests/differential.rs` sends the same requests to the stand-in and to a
-//! real kube-apiserver (`scripts/control-plane.sh`) and requires the same
-//! answers for what portico depends on: Service defaults and NodePort
-//! sharing between TCP and UDP on one port, strategic merge of `spec.ports`,
-//! Service status defaulting (`ipMode: VIP`) and validation, an immutable
-//! `loadBalancerClass`, type changes clearing `status.loadBalancer`, field
-//! selectors, Lease updates without a resourceVersion, Event validation,
-//! the finalizer flow with JSON-patch `test`s, source-range validation.
+//! Two suites send the same requests to the stand-in and to a real
+//! kube-apiserver (`scripts/control-plane.sh`) and require the same
+//! answers. `tests/api.rs` is the stand-in's own API suite: CRUD and
+//! defaults, the status subresource, merge/strategic/apply patches with
+//! apply conflicts, no-op writes keeping the resourceVersion (no watch
+//! event), pagination, watch replay and `410` for a forgotten
+//! resourceVersion, label and field selectors, Nodes and Lease conflicts,
+//! streaming lists, discovery and Tables, CRDs and their custom resources.
+//! `tests/differential.rs` probes what portico depends on: Service defaults
+//! and NodePort sharing between TCP and UDP on one port, strategic merge of
+//! `spec.ports` by port alone, Service status defaulting (`ipMode: VIP`)
+//! and validation, an immutable `loadBalancerClass`, type changes clearing
+//! `status.loadBalancer`, field selectors, Lease updates without a
+//! resourceVersion, Event validation, the finalizer flow with JSON-patch
+//! `test`s, source-range validation.
+//!
+//! Left to the stand-in alone (`tests/standin_only.rs`), because the real
+//! server has no counterpart to ask: cutting every watch at once
+//! ([`ApiServer::disconnect_watches`]; the real tier breaks watches by
+//! restarting kube-apiserver instead), compaction followed by a watcher
+//! re-list ([`ApiServer::compact`]; the real server compacts on its own
+//! schedule), the request record ([`ApiServer::requests`]; the real
+//! server's is its audit log), and the fixed allocation ranges below.
+//!
+//! `tests/kubectl.rs` and `tests/controller.rs` (kubectl, a kube-runtime
+//! Controller and kube-lease-manager against the stand-in) stay stand-in
+//! only: portico's `tests/kubectl_real.rs` runs kubectl on the real server
+//! and its `tests/controller.rs` runs the controller on both.
+//!
 //! What is left different on purpose:
 //!
 //! - No authentication, authorization, admission, TLS, or HTTP/2.
 //! - No OpenAPI (`/openapi/v2`, `/openapi/v3` are 404): use
 //!   `kubectl apply --validate=false`. No aggregated discovery (kubectl falls
-//!   back to the legacy documents).
+//!   back to the legacy documents). Serving OpenAPI would mean the whole
+//!   schema of every served kind, and the stand-in validates no schema
+//!   anyway: where a test needs validation it runs on the real server.
+//! - helm cannot install a chart into the stand-in: `helm install` first
+//!   validates the rendered manifest against the server's OpenAPI ("failed
+//!   to download openapi"), and with `--disable-openapi-validation` it stops
+//!   at the kinds a chart is made of that the stand-in does not serve
+//!   (`apps/v1` Deployments, `rbac.authorization.k8s.io` Roles and bindings).
+//!   Left so: with no kubelet and no authorizer nothing would run the
+//!   Deployment or enforce the roles, so an install here would prove
+//!   nothing. The chart is installed, upgraded and uninstalled on the real
+//!   control plane instead (portico's `tests/chart_real.rs`).
 //! - Server-side apply: no `managedFields` in responses; ownership is tracked
 //!   per leaf field for appliers only (lists are atomic); a non-apply write
 //!   that changes a field takes it away from its appliers without recording
 //!   the writer as an owner, so a later apply never conflicts with it.
 //! - Strategic merge patch knows merge keys only for a few fields
-//!   (`status.conditions`, `spec.ports`, `metadata.ownerReferences`,
-//!   containers, taints, node addresses); other lists are replaced.
+//!   (`status.conditions`, `spec.ports` by `port` alone as upstream,
+//!   `metadata.ownerReferences`, containers, taints, node addresses); other
+//!   lists are replaced.
 //!   `metadata.finalizers` merges as a set, as upstream.
 //! - `continue` pages show the current state of the remaining objects, not a
 //!   snapshot at the list's resourceVersion (the list's resourceVersion is
@@ -71,10 +104,17 @@
 //!   `resourceVersionMatch=Exact` for anything but the current version
 //!   gets 410; other `resourceVersion`s are served from the current state.
 //! - Validation is minimal: object names (RFC 1123 subdomain), namespace
-//!   existence on create, Service ports/types/node ports/cluster IPs/source
-//!   ranges and status (see [`defaults`]), `events.k8s.io` Events, Lease
-//!   updates without a resourceVersion; no schema validation, unknown fields
-//!   are stored, CRD schemas are ignored.
+//!   existence on create, Service ports and their names/types/node
+//!   ports/cluster IPs/source ranges and status (see [`defaults`]),
+//!   `events.k8s.io` Events, Lease updates without a resourceVersion; no
+//!   schema validation, unknown fields are stored, CRD schemas are ignored
+//!   (the real server prunes fields a structural schema does not name).
+//!   Where an object has problems of several kinds, the stand-in may name
+//!   only the first kind (the real server names them all).
+//! - Cluster IPs come from 10.96.0.0/12 and node ports from 30000-32767,
+//!   lowest free first; the real server's ranges are flags (the test
+//!   control plane uses 10.96.0.0/16 and 20000-60000) and it picks at
+//!   random.
 //! - Field selectors are checked against the real server's lists for
 //!   Services, Nodes, Namespaces, ConfigMaps and Leases only; other
 //!   resources accept any field.
@@ -85,8 +125,17 @@
 //!   other built-in kinds that the real server versions (Deployments) are
 //!   not served.
 //! - Only one version is stored per resource; all served versions return
-//!   the same JSON with their own `apiVersion` (no conversion). core/v1 and
-//!   events.k8s.io/v1 events are separate resources.
+//!   the same JSON with their own `apiVersion` (no conversion).
+//! - core/v1 and events.k8s.io/v1 Events are separate resources, so an
+//!   Event portico writes (events.k8s.io) is invisible to `kubectl describe`,
+//!   which reads core/v1 Events by `involvedObject`. The real server stores
+//!   both as one resource and converts field by field (`regarding` ↔
+//!   `involvedObject`, `note` ↔ `message`, `reportingController` ↔
+//!   `reportingComponent`, ...). Left so: tests read portico's Events
+//!   through events.k8s.io, as it writes them, and `kubectl describe svc`
+//!   showing them is proven on the real server (portico's
+//!   `tests/kubectl_real.rs`); a two-way conversion with `involvedObject.*`
+//!   field selectors would be code only `describe` uses.
 //! - Deleting a namespace does not delete its contents; `gracePeriodSeconds`
 //!   and `propagationPolicy` are ignored (no garbage collector, no
 //!   ownerReference cascading). Status writes change only `.status`.
@@ -135,10 +184,14 @@ pub enum StandinError {
         /// Object name.
         name: String,
     },
-    /// Stale resourceVersion, failed precondition or apply conflict (409):
+    /// Stale resourceVersion or failed precondition (409):
     /// re-read and retry.
     #[error("{0}")]
     Conflict(String),
+    /// Server-side apply would take fields from other managers (409), each
+    /// named as a `FieldManagerConflict` cause.
+    #[error("Apply failed with {} conflict(s): {}", .0.len(), .0.iter().map(|c| format!("conflict with {:?}: {}", c.manager, c.field)).collect::<Vec<_>>().join(", "))]
+    ApplyConflict(Vec<patch::ApplyConflict>),
     /// Validation failed (422); each cause is (field path, message).
     #[error("{kind} {name:?} is invalid: {}", causes.iter().map(|(f, m)| if f.is_empty() { m.clone() } else { format!("{f}: {m}") }).collect::<Vec<_>>().join(", "))]
     Invalid {
@@ -164,6 +217,11 @@ pub enum StandinError {
     /// Unknown patch content type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A 500 without a reason, as the real server answers when one of its
+    /// allocators meets a state its validation would have refused had it
+    /// run first (`duplicate nodePort: {UDP 30053}`).
+    #[error("{0}")]
+    Internal(String),
     /// The listener could not be bound.
     #[error("failed to bind {addr}")]
     Bind {
@@ -188,7 +246,9 @@ impl StandinError {
     pub fn code(&self) -> u16 {
         match self {
             StandinError::NotFound { .. } | StandinError::UnknownResource(_) => 404,
-            StandinError::AlreadyExists { .. } | StandinError::Conflict(_) => 409,
+            StandinError::AlreadyExists { .. }
+            | StandinError::Conflict(_)
+            | StandinError::ApplyConflict(_) => 409,
             StandinError::Invalid { .. } => 422,
             StandinError::BadRequest(_) => 400,
             StandinError::Expired(_) => 410,
@@ -203,12 +263,14 @@ impl StandinError {
         match self {
             StandinError::NotFound { .. } | StandinError::UnknownResource(_) => "NotFound",
             StandinError::AlreadyExists { .. } => "AlreadyExists",
-            StandinError::Conflict(_) => "Conflict",
+            StandinError::Conflict(_) | StandinError::ApplyConflict(_) => "Conflict",
             StandinError::Invalid { .. } => "Invalid",
             StandinError::BadRequest(_) => "BadRequest",
             StandinError::Expired(_) => "Expired",
             StandinError::MethodNotAllowed(_) => "MethodNotAllowed",
             StandinError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            // upstream's StatusReasonUnknown
+            StandinError::Internal(_) => "",
             _ => "InternalError",
         }
     }
@@ -243,8 +305,26 @@ impl StandinError {
                     .collect();
                 s["details"] = json!({"name": name, "kind": kind, "causes": causes});
             }
+            StandinError::ApplyConflict(conflicts) => {
+                let causes: Vec<Value> = conflicts
+                    .iter()
+                    .map(|c| {
+                        json!({
+                            "reason": "FieldManagerConflict",
+                            "message": format!("conflict with {:?}", c.manager),
+                            "field": c.field,
+                        })
+                    })
+                    .collect();
+                s["details"] = json!({"causes": causes});
+            }
             StandinError::UnknownResource(_) => {
                 s["message"] = json!("the server could not find the requested resource");
+            }
+            StandinError::Internal(_) => {
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("reason");
+                }
             }
             _ => {}
         }

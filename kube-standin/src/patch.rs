@@ -124,7 +124,9 @@ pub fn json_patch_lenient(doc: &mut Value, patch: &Value) -> Result<(), StandinE
 pub fn merge_key(path: &str) -> Option<&'static [&'static str]> {
     match path {
         "status.conditions" | "status.addresses" => Some(&["type"]),
-        "spec.ports" => Some(&["port", "protocol"]),
+        // `port` alone, as upstream's `patchMergeKey` (a patch of 53/UDP
+        // merges into the first port 53, whatever its protocol).
+        "spec.ports" => Some(&["port"]),
         "metadata.ownerReferences" => Some(&["uid"]),
         "spec.taints" => Some(&["key", "effect"]),
         "spec.containers"
@@ -151,18 +153,7 @@ fn join(path: &str, key: &str) -> String {
 }
 
 fn same_key(a: &Value, b: &Value, keys: &[&str]) -> bool {
-    keys.iter().all(|k| {
-        let (x, y) = (&a[*k], &b[*k]);
-        // a missing protocol means TCP, the API default
-        let dflt = |v: &Value| {
-            if v.is_null() && *k == "protocol" {
-                Value::String("TCP".into())
-            } else {
-                v.clone()
-            }
-        };
-        dflt(x) == dflt(y)
-    })
+    keys.iter().all(|k| a[*k] == b[*k])
 }
 
 /// Strategic merge of `patch` into `doc`; `path` is the dotted path of `doc`.
@@ -282,6 +273,15 @@ fn merge_list(dl: &mut Vec<Value>, pl: &[Value], keys: &[&str], path: &str) {
     }
 }
 
+/// A field an apply would take from another manager without `force`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyConflict {
+    /// Who owns it now.
+    pub manager: String,
+    /// The field, spelt as upstream's field paths (`.data.b`).
+    pub field: String,
+}
+
 /// Field ownership of server-side apply: manager name → owned leaf paths
 /// (JSON pointers). Lists are owned atomically.
 pub type Owners = BTreeMap<String, BTreeSet<String>>;
@@ -342,7 +342,7 @@ pub fn apply_config(
     cfg: &Value,
     manager: &str,
     force: bool,
-) -> Vec<String> {
+) -> Vec<ApplyConflict> {
     let paths = leaf_paths(cfg);
     let mut conflicts = Vec::new();
     for p in &paths {
@@ -353,10 +353,10 @@ pub fn apply_config(
         }
         for (m, owned) in owners.iter() {
             if m != manager && owned.contains(p) {
-                conflicts.push(format!(
-                    "{m}: {}",
-                    p.trim_start_matches('/').replace('/', ".")
-                ));
+                conflicts.push(ApplyConflict {
+                    manager: m.clone(),
+                    field: p.replace('/', "."),
+                });
             }
         }
     }
@@ -437,10 +437,22 @@ mod tests {
                 json!({"status": {"conditions": [{"type": "A", "status": "True"}, {"type": "B", "status": "True"}, {"type": "C", "status": "True"}]}}),
             ),
             (
-                "ports merge by port",
+                "ports merge element-wise, other ports kept",
                 json!({"spec": {"ports": [{"port": 80, "nodePort": 30080}, {"port": 443}]}}),
                 json!({"spec": {"ports": [{"port": 80, "name": "http"}]}}),
                 json!({"spec": {"ports": [{"port": 80, "nodePort": 30080, "name": "http"}, {"port": 443}]}}),
+            ),
+            (
+                "the ports' merge key is the port alone: 53/UDP merges into the first 53 (TCP)",
+                json!({"spec": {"ports": [{"port": 53, "protocol": "TCP", "name": "dns-tcp"}, {"port": 53, "protocol": "UDP", "name": "dns-udp"}]}}),
+                json!({"spec": {"ports": [{"port": 53, "protocol": "UDP", "name": "dns"}]}}),
+                json!({"spec": {"ports": [{"port": 53, "protocol": "UDP", "name": "dns"}, {"port": 53, "protocol": "UDP", "name": "dns-udp"}]}}),
+            ),
+            (
+                "a port of another protocol is not added beside it",
+                json!({"spec": {"ports": [{"port": 53, "protocol": "TCP"}]}}),
+                json!({"spec": {"ports": [{"port": 53, "protocol": "UDP"}]}}),
+                json!({"spec": {"ports": [{"port": 53, "protocol": "UDP"}]}}),
             ),
             (
                 "delete directive in list",
@@ -489,7 +501,14 @@ mod tests {
         assert!(apply_config(&mut doc, &mut owners, &a, "c", false).is_empty());
         let b = json!({"spec": {"holderIdentity": "b"}});
         let conflicts = apply_config(&mut doc, &mut owners, &b, "b", false);
-        assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+        let named: Vec<_> = conflicts
+            .iter()
+            .map(|c| (c.manager.as_str(), c.field.as_str()))
+            .collect();
+        assert_eq!(
+            named,
+            [("a", ".spec.holderIdentity"), ("c", ".spec.holderIdentity")]
+        );
         assert_eq!(doc["spec"]["holderIdentity"], "a");
         assert!(apply_config(&mut doc, &mut owners, &b, "b", true).is_empty());
         assert_eq!(doc["spec"]["holderIdentity"], "b");

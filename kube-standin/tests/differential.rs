@@ -4,111 +4,19 @@
 //! names, defaulted values. The two records must be equal. Differences that
 //! are left on purpose are listed in the crate docs ("Known differences")
 //! and are not probed here.
+//!
+//! Longer than most files: one probe per behaviour portico depends on, each
+//! short; they read best side by side.
 
 mod common;
 
-use std::future::Future;
-use std::pin::Pin;
-
-use common::{client, timed};
+use common::both::{Target, outcome, same_on_both};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::events::v1::Event;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use kube_standin::ApiServer;
-use kube_standin::control_plane::ControlPlane;
 use serde_json::{Value, json};
-
-/// Where a probe runs: a client and a namespace of its own.
-#[derive(Clone)]
-struct Target {
-    client: Client,
-    ns: String,
-}
-
-impl Target {
-    fn services(&self) -> Api<Service> {
-        Api::namespaced(self.client.clone(), &self.ns)
-    }
-}
-
-type Probe = fn(Target) -> Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
-
-/// `ok`, or `CODE Reason field,field` naming what the server refused.
-fn outcome<T>(result: Result<T, kube::Error>) -> String {
-    match result {
-        Ok(_) => "ok".into(),
-        Err(kube::Error::Api(status)) => {
-            // The fields named, as a set (the real server may name one twice).
-            let fields: std::collections::BTreeSet<String> = status
-                .details
-                .as_ref()
-                .map(|d| {
-                    d.causes
-                        .iter()
-                        .map(|c| c.field.clone())
-                        .filter(|f| !f.is_empty())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let fields: Vec<String> = fields.into_iter().collect();
-            format!("{} {} {}", status.code, status.reason, fields.join(","))
-                .trim_end()
-                .to_string()
-        }
-        Err(other) => format!("client error: {other}"),
-    }
-}
-
-async fn namespace(client: &Client, name: &str) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
-    match api.create(&PostParams::default(), &ns).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 409 => {}
-        Err(e) => panic!("create namespace {name}: {e}"),
-    }
-}
-
-/// Run `probe` on both servers and require the same observations.
-async fn same_on_both(name: &str, probe: Probe) {
-    timed(60, async {
-        let ns = format!(
-            "diff-{name}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        let server = ApiServer::start().await.expect("stand-in starts");
-        let standin = client(&server).await;
-        let plane = ControlPlane::connect()
-            .await
-            .expect("the real control plane (scripts/control-plane.sh start)");
-        namespace(&standin, &ns).await;
-        namespace(&plane.admin, &ns).await;
-        let fake = probe(Target {
-            client: standin,
-            ns: ns.clone(),
-        })
-        .await;
-        let real = probe(Target {
-            client: plane.admin.clone(),
-            ns,
-        })
-        .await;
-        for (i, (f, r)) in fake.iter().zip(&real).enumerate() {
-            println!("{i:2} {} stand-in: {f}", if f == r { " " } else { "≠" });
-            if f != r {
-                println!("            real: {r}");
-            }
-        }
-        assert_eq!(
-            fake, real,
-            "{name}: the stand-in and the real kube-apiserver disagree"
-        );
-    })
-    .await;
-}
 
 fn service(name: &str, spec: Value) -> Service {
     serde_json::from_value(json!({
@@ -222,6 +130,95 @@ async fn service_defaults(t: Target) -> Vec<String> {
         "ClusterIP with a nodePort: {}",
         outcome(svcs.create(&PostParams::default(), &cluster_ip).await)
     ));
+    seen
+}
+
+/// The ports of a Service as (port, protocol, targetPort, name).
+fn port_list(svc: &Service) -> String {
+    let ports: Vec<_> = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            format!(
+                "{}/{} -> {:?} {:?}",
+                p.port,
+                p.protocol.unwrap_or_default(),
+                p.target_port,
+                p.name
+            )
+        })
+        .collect();
+    ports.join(", ")
+}
+
+/// Strategic merge of `spec.ports` keys on the port alone (upstream's
+/// `patchMergeKey: port`), not on port and protocol.
+async fn ports_merge_key(t: Target) -> Vec<String> {
+    let svcs = t.services();
+    svcs.create(
+        &PostParams::default(),
+        &lb(
+            "dns",
+            json!([
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                {"name": "dns-udp", "port": 53, "protocol": "UDP"}
+            ]),
+        ),
+    )
+    .await
+    .expect("create");
+    svcs.create(
+        &PostParams::default(),
+        &lb(
+            "mixed",
+            json!([
+                {"name": "dns", "port": 53, "protocol": "TCP"},
+                {"name": "http", "port": 80, "protocol": "TCP"}
+            ]),
+        ),
+    )
+    .await
+    .expect("create");
+    let mut seen = Vec::new();
+    let patch = |ports: Value| json!({"spec": {"ports": ports}});
+    for (what, name, ports) in [
+        (
+            "53/UDP onto TCP and UDP 53",
+            "dns",
+            json!([{"port": 53, "protocol": "UDP", "name": "dns"}]),
+        ),
+        (
+            "53/UDP with a targetPort onto TCP and UDP 53",
+            "dns",
+            json!([{"port": 53, "protocol": "UDP", "name": "dns-udp", "targetPort": 5353}]),
+        ),
+        (
+            "53/TCP with a targetPort onto TCP and UDP 53",
+            "dns",
+            json!([{"port": 53, "protocol": "TCP", "targetPort": 5353}]),
+        ),
+        (
+            "53/UDP onto 53/TCP and 80/TCP",
+            "mixed",
+            json!([{"port": 53, "protocol": "UDP", "targetPort": 5353}]),
+        ),
+    ] {
+        let result = svcs
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Strategic(&patch(ports)),
+            )
+            .await;
+        let shown = match &result {
+            Ok(svc) => port_list(svc),
+            Err(_) => String::new(),
+        };
+        seen.push(format!("{what}: {} {shown}", outcome(result)));
+    }
     seen
 }
 
@@ -446,12 +443,35 @@ async fn events(t: Target) -> Vec<String> {
             outcome(api.create(&PostParams::default(), &e).await)
         ));
     }
-    let mut no_controller = event(&t.ns, "e4", "EnsuringLoadBalancer", "ok");
-    no_controller.reporting_controller = None;
-    seen.push(format!(
-        "no reportingController: {}",
-        outcome(api.create(&PostParams::default(), &no_controller).await)
-    ));
+    let long = "A".repeat(129);
+    // What is changed: (description, how, given a 129-byte string).
+    type Change = (&'static str, fn(&mut Event, &str));
+    let changes: [Change; 10] = [
+        ("no reportingController", |e, _| {
+            e.reporting_controller = None
+        }),
+        ("no reportingInstance", |e, _| e.reporting_instance = None),
+        ("reportingInstance of 129 bytes", |e, long| {
+            e.reporting_instance = Some(long.to_string())
+        }),
+        ("no action", |e, _| e.action = None),
+        ("action of 129 bytes", |e, long| {
+            e.action = Some(long.to_string())
+        }),
+        ("no eventTime", |e, _| e.event_time = None),
+        ("no type", |e, _| e.type_ = None),
+        ("type Info", |e, _| e.type_ = Some("Info".into())),
+        ("no reason", |e, _| e.reason = None),
+        ("no note", |e, _| e.note = None),
+    ];
+    for (i, (what, change)) in changes.into_iter().enumerate() {
+        let mut e = event(&t.ns, &format!("m{i}"), "EnsuringLoadBalancer", "ok");
+        change(&mut e, &long);
+        seen.push(format!(
+            "{what}: {}",
+            outcome(api.create(&PostParams::default(), &e).await)
+        ));
+    }
     let mut elsewhere = event(&t.ns, "e5", "EnsuringLoadBalancer", "ok");
     if let Some(regarding) = elsewhere.regarding.as_mut() {
         regarding.namespace = Some("another".into());
@@ -552,6 +572,11 @@ async fn finalizers(t: Target) -> Vec<String> {
 #[tokio::test]
 async fn service_defaults_and_allocation() {
     same_on_both("defaults", |t| Box::pin(service_defaults(t))).await;
+}
+
+#[tokio::test]
+async fn service_ports_strategic_merge_key() {
+    same_on_both("ports", |t| Box::pin(ports_merge_key(t))).await;
 }
 
 #[tokio::test]

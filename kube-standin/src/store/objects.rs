@@ -345,11 +345,7 @@ impl Store {
             }
             let conflicts = patch::apply_config(&mut new, &mut owners, body, &manager, opts.force);
             if !conflicts.is_empty() {
-                return Err(StandinError::Conflict(format!(
-                    "Apply failed with {} conflict(s): {}",
-                    conflicts.len(),
-                    conflicts.join(", ")
-                )));
+                return Err(StandinError::ApplyConflict(conflicts));
             }
         } else {
             patch::apply_patch(ty, &mut new, body)?;

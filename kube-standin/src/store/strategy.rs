@@ -181,8 +181,9 @@ fn crd_status(obj: &mut Value) {
 
 /// A new `events.k8s.io/v1` Event in namespace `ns`, checked as upstream's
 /// `ValidateEventCreate` does for what controllers get wrong: the regarding
-/// object's namespace, the reporting fields, and the size limits (the real
-/// server names the fields by their core/v1 names, as here).
+/// object's namespace, the reporting fields, `type` (Normal or Warning),
+/// `reason`, and the size limits (the real server names the fields by their
+/// core/v1 names, as here).
 fn event(ns: &str, obj: &Value) -> Result<(), StandinError> {
     let mut causes = Vec::new();
     let regarding_ns = obj["regarding"]["namespace"].as_str().unwrap_or("");
@@ -194,10 +195,18 @@ fn event(ns: &str, obj: &Value) -> Result<(), StandinError> {
             format!("Invalid value: {regarding_ns:?}: does not match event.namespace"),
         ));
     }
+    let event_type = obj["type"].as_str().unwrap_or("");
+    if event_type != "Normal" && event_type != "Warning" {
+        causes.push((
+            "type".to_string(),
+            format!("Invalid value: \"\": has invalid value: {event_type}"),
+        ));
+    }
     for field in [
         "reportingController",
         "reportingInstance",
         "action",
+        "reason",
         "eventTime",
     ] {
         if obj[field].as_str().unwrap_or("").is_empty() {
@@ -205,6 +214,7 @@ fn event(ns: &str, obj: &Value) -> Result<(), StandinError> {
         }
     }
     for (field, json_field, limit) in [
+        ("reportingInstance", "reportingInstance", 128),
         ("reason", "reason", 128),
         ("action", "action", 128),
         ("message", "note", 1024),
@@ -242,7 +252,8 @@ mod tests {
     fn event_checks_name_the_core_fields() {
         let good = json!({"metadata": {"name": "e"}, "regarding": {"namespace": "apps"},
             "reportingController": "portico.io/controller", "reportingInstance": "p-0",
-            "action": "Ensure", "eventTime": "2025-01-01T00:00:00.000000Z", "note": "ok"});
+            "action": "Ensure", "reason": "Ensuring", "type": "Normal",
+            "eventTime": "2025-01-01T00:00:00.000000Z", "note": "ok"});
         let cluster_scoped = json!({"regarding": {"namespace": null}});
         let cases = [
             ("complete", good.clone(), "apps", vec![]),
@@ -266,6 +277,18 @@ mod tests {
                 ),
                 "apps",
                 vec!["reportingController", "reportingInstance"],
+            ),
+            (
+                "type must be Normal or Warning, reason is required",
+                with(&good, json!({"type": "Info", "reason": null})),
+                "apps",
+                vec!["type", "reason"],
+            ),
+            (
+                "reportingInstance of 129 bytes",
+                with(&good, json!({"reportingInstance": "i".repeat(129)})),
+                "apps",
+                vec!["reportingInstance"],
             ),
             (
                 "a note too long is named message",

@@ -1,6 +1,8 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
 
+pub mod both;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -24,7 +26,8 @@ pub async fn client(server: &ApiServer) -> kube::Client {
     kube::Client::try_from(config).expect("client builds")
 }
 
-/// A LoadBalancer Service fixture.
+/// A LoadBalancer Service fixture; ports are named `port-<number>` (the
+/// API requires names once there is more than one).
 pub fn lb_service(name: &str, ports: &[i32]) -> Service {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
@@ -33,7 +36,10 @@ pub fn lb_service(name: &str, ports: &[i32]) -> Service {
         "spec": {
             "type": "LoadBalancer",
             "selector": {"app": name},
-            "ports": ports.iter().map(|p| serde_json::json!({"port": p})).collect::<Vec<_>>(),
+            "ports": ports
+                .iter()
+                .map(|p| serde_json::json!({"port": p, "name": format!("port-{p}")}))
+                .collect::<Vec<_>>(),
         }
     }))
     .expect("valid service")

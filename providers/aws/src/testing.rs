@@ -26,10 +26,29 @@ use tokio::sync::Mutex;
 pub const REGION: &str = "us-east-1";
 pub const ZONES: [&str; 2] = ["us-east-1a", "us-east-1b"];
 
+/// Whether the AWS tests must run: `PORTICO_REQUIRE_AWS` is set
+/// (`scripts/test.sh` sets it) or `CI=true`. Then a missing emulator is a
+/// failure, never a quiet skip.
+fn required() -> bool {
+    std::env::var_os("PORTICO_REQUIRE_AWS").is_some_and(|v| !v.is_empty())
+        || std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+}
+
 /// The emulator's URL, or `None` (after saying so) when tests must skip.
+///
+/// # Panics
+///
+/// When `AWS_ENDPOINT_URL` is not set but the tests are [`required`].
 pub fn endpoint() -> Option<String> {
-    match std::env::var("AWS_ENDPOINT_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
+    endpoint_from(std::env::var("AWS_ENDPOINT_URL").ok(), required())
+}
+
+fn endpoint_from(url: Option<String>, required: bool) -> Option<String> {
+    match url {
+        Some(url) if !url.is_empty() => Some(url),
+        _ if required => panic!(
+            "AWS_ENDPOINT_URL is not set, and the AWS tests must run here (PORTICO_REQUIRE_AWS or CI=true): start the emulator with `eval \"$(scripts/moto.sh start)\"`"
+        ),
         _ => {
             eprintln!("skipped: AWS_ENDPOINT_URL not set (run scripts/moto.sh start)");
             None
@@ -37,8 +56,29 @@ pub fn endpoint() -> Option<String> {
     }
 }
 
+/// Whether to skip a test that needs the emulator (never when the tests
+/// are required: then it panics).
 pub fn skip() -> bool {
     endpoint().is_none()
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::endpoint_from;
+
+    #[test]
+    fn a_missing_emulator_skips_only_when_not_required() {
+        let url = Some("http://127.0.0.1:5055".to_string());
+        assert_eq!(endpoint_from(url.clone(), true), url);
+        assert_eq!(endpoint_from(url.clone(), false), url);
+        assert_eq!(endpoint_from(None, false), None);
+        assert_eq!(endpoint_from(Some(String::new()), false), None);
+        let required = std::panic::catch_unwind(|| endpoint_from(None, true));
+        assert!(
+            required.is_err(),
+            "a required emulator that is missing fails"
+        );
+    }
 }
 
 /// Static test credentials and a short retry backoff: never the instance
