@@ -65,6 +65,16 @@ fn served(mut s: Service, condition_reason: Option<&str>) -> Service {
     s
 }
 
+/// `s` with portico's condition, of this reason, and no address.
+fn with_condition(mut s: Service, reason: &str) -> Service {
+    let served = served(s.clone(), Some(reason));
+    s.status = served.status.map(|mut status| {
+        status.load_balancer = None;
+        status
+    });
+    s
+}
+
 #[test]
 fn ownership_and_lifecycle() {
     let lb = || svc("default", "web").lb().port(80, 30080);
@@ -113,8 +123,8 @@ fn ownership_and_lifecycle() {
             "ensure:finalizer=true",
         ),
         (
-            "deleted with finalizer is cleaned up, status kept",
-            lb().finalizer(LB_FINALIZER).deleting().build(),
+            "deleted with finalizer and portico's condition is cleaned up, status kept",
+            with_condition(lb().finalizer(LB_FINALIZER).deleting().build(), "Ready"),
             "cleanup:ServiceDeleted:clear=false:release=true:Claimed",
         ),
         (
@@ -146,13 +156,52 @@ fn ownership_and_lifecycle() {
             "ignore:BeingDeletedWithoutFinalizer",
         ),
         (
-            "type changed away from LB cleans up and clears status",
+            "type changed away from LB, portico's condition on it: cleaned up, status cleared",
+            with_condition(
+                svc("default", "web")
+                    .type_("ClusterIP")
+                    .port(80, 30080)
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+                "Ready",
+            ),
+            "cleanup:NoLongerLoadBalancer:clear=true:release=true:Claimed",
+        ),
+        (
+            "type changed away from LB, nothing of portico's on it (the server cleared \
+             whatever class it had): only a balancer found for it proves it portico's",
             svc("default", "web")
                 .type_("ClusterIP")
                 .port(80, 30080)
                 .finalizer(LB_FINALIZER)
                 .build(),
+            "cleanup:NoLongerLoadBalancer:clear=true:release=true:IfBalancerFound",
+        ),
+        (
+            "a failed ensure's condition is portico's too",
+            with_condition(
+                svc("default", "web")
+                    .type_("ClusterIP")
+                    .port(80, 30080)
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+                "ProviderError",
+            ),
             "cleanup:NoLongerLoadBalancer:clear=true:release=true:Claimed",
+        ),
+        (
+            "class-less, being deleted, nothing of portico's on it: the finalizer may be \
+             another default controller's",
+            lb().finalizer(LB_FINALIZER).deleting().build(),
+            "cleanup:ServiceDeleted:clear=false:release=true:IfBalancerFound",
+        ),
+        (
+            "portico's class, being deleted: the class is the proof",
+            lb().class(crate::config::DEFAULT_CLASS)
+                .finalizer(LB_FINALIZER)
+                .deleting()
+                .build(),
+            "cleanup:ServiceDeleted:clear=false:release=true:Claimed",
         ),
         (
             "another class's finalized Service: our balancer goes, its status and finalizer stay",

@@ -142,7 +142,10 @@ async fn cleanup(
     carry_out(svc, ctx, api, outcome::deleted(&plan, result)).await
 }
 
-/// Do what `out` says, in order: status, finalizer, Events, memory, metrics.
+/// Do what `out` says, in order: finalizer, status, Events, memory, metrics.
+/// The finalizer goes first: portico's condition is its evidence that the
+/// finalizer is its own, so it must not be cleared while the finalizer may
+/// still be there (a failed removal would leave a finalizer nobody owns).
 async fn carry_out(
     svc: &Service,
     ctx: &Context,
@@ -150,15 +153,21 @@ async fn carry_out(
     out: Outcome,
 ) -> Result<Action, Error> {
     let obj = ObjectRef::from_obj(svc);
+    let released;
+    // The status write is guarded by the resourceVersion of the object it
+    // is built from: after removing the finalizer, that is the patched one.
+    let svc = if out.release_finalizer {
+        released = finalizer::remove(api, svc)
+            .await
+            .map_err(Error::kube("removing the finalizer"))?;
+        released.as_ref().unwrap_or(svc)
+    } else {
+        svc
+    };
     let wrote = match &out.status {
         Some(update) => ctx.patch_status(api, svc, update).await?,
         None => false,
     };
-    if out.release_finalizer {
-        finalizer::remove(api, svc)
-            .await
-            .map_err(Error::kube("removing the finalizer"))?;
-    }
     if out.announce == Announce::Always || wrote {
         post(svc, ctx, out.events).await;
     }

@@ -14,6 +14,7 @@ use portico_provider::{
 };
 
 const OTHER_CLASS: &str = "example.com/other";
+const LB_FINALIZER: &str = "service.kubernetes.io/load-balancer-cleanup";
 
 fn key(uid: &str, name: &str) -> LoadBalancerKey {
     LoadBalancerKey::new(ClusterName::new("test-cluster"), "default", name, uid)
@@ -145,6 +146,112 @@ async fn a_balancer_of_ours_for_a_foreign_service_is_removed(backend: Backend) {
         replica.stop().await;
     })
     .await;
+}
+
+/// Another class's Service, with the shared finalizer of its own
+/// controller, leaves type LoadBalancer: the API server clears its class,
+/// so it reads as class-less, which portico claims. Nothing on it says it
+/// was ever portico's: no delete, no Event, its finalizer stays.
+async fn another_class_leaving_type_load_balancer_is_left_alone(backend: Backend) {
+    within(60, async {
+        let env = Env::start(backend, 1).await;
+        env.create(
+            svc("default", "theirs")
+                .lb()
+                .class(OTHER_CLASS)
+                .port(80, 30081)
+                .finalizer(LB_FINALIZER)
+                .build(),
+        )
+        .await;
+        calls_about(env.provider(), "theirs", Op::Get).await;
+        to_cluster_ip(&env, "theirs").await;
+        let left = env.get("theirs").await.expect("exists");
+        assert_eq!(
+            left.spec
+                .as_ref()
+                .and_then(|s| s.load_balancer_class.as_deref()),
+            None,
+            "the API server cleared the class"
+        );
+        env.barrier(env.provider(), "barrier").await;
+        let calls = calls_for(&env.provider().calls(), "theirs");
+        assert!(
+            calls.iter().all(|c| c.op == Op::Get),
+            "only look-ups, no delete: {calls:?}"
+        );
+        let svc = env.get("theirs").await.expect("still there");
+        assert!(
+            has_finalizer(&svc),
+            "the other controller's finalizer stays"
+        );
+        assert!(
+            env.events("theirs").await.is_empty(),
+            "no Events on a Service that was never portico's"
+        );
+    })
+    .await;
+}
+
+/// A class-less Service another controller serves (its address, its
+/// finalizer): portico stands back, and when the Service is deleted, or
+/// leaves type LoadBalancer, it neither deletes nor strips that
+/// controller's finalizer (which guards that controller's balancer).
+async fn a_service_portico_stood_back_from_keeps_its_finalizer(backend: Backend) {
+    within(60, async {
+        let env = Env::api_only(backend, 1).await;
+        for (name, node_port) in [("deleted", 30081), ("retyped", 30082)] {
+            env.create(
+                svc("default", name)
+                    .lb()
+                    .port(80, node_port)
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+            )
+            .await;
+            let status = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.77", "ipMode": "VIP"}]}}});
+            env.services()
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .expect("another controller's status");
+        }
+        let replica = env.replica(RecordingProvider::new(), test_config(), None);
+        for name in ["deleted", "retyped"] {
+            eventually(&format!("portico stood back from {name}"), 20, || async {
+                env.get(name).await.filter(|s| {
+                    condition(s, CONDITION_TYPE)
+                        == Some(("False".into(), "ConflictingController".into()))
+                })
+            })
+            .await;
+        }
+        env.delete("deleted").await;
+        to_cluster_ip(&env, "retyped").await;
+        env.barrier(&replica.provider, "barrier").await;
+        for name in ["deleted", "retyped"] {
+            let calls = calls_for(&replica.provider.calls(), name);
+            assert!(
+                calls.iter().all(|c| c.op == Op::Get),
+                "{name}: only look-ups, no delete: {calls:?}"
+            );
+            let svc = env.get(name).await.expect("still there");
+            assert!(
+                has_finalizer(&svc),
+                "{name}: the other controller's finalizer stays"
+            );
+        }
+        replica.stop().await;
+    })
+    .await;
+}
+
+/// `spec.type: ClusterIP` on Service `name`.
+async fn to_cluster_ip(env: &Env, name: &str) {
+    let patch = serde_json::json!({"spec": {"type": "ClusterIP"}});
+    env.services()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("type change");
 }
 
 /// A Service portico would claim already shows an address someone else
@@ -377,6 +484,8 @@ on_both_backends!(
     another_controllers_finalizer_is_never_stripped,
     type_change_of_an_unclaimed_service_keeps_its_finalizer,
     a_balancer_of_ours_for_a_foreign_service_is_removed,
+    another_class_leaving_type_load_balancer_is_left_alone,
+    a_service_portico_stood_back_from_keeps_its_finalizer,
     another_controllers_address_is_not_overwritten,
     cloud_errors_are_retried_not_parked,
     long_errors_still_make_an_event,
