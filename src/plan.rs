@@ -265,9 +265,10 @@ fn cleanup(
     reason: CleanupReason,
 ) -> Plan {
     let (ownership, release_finalizer) = match (class, record_of(svc)) {
-        (ClassClaim::NotOurs, _) => (Ownership::IfBalancerFound, false),
-        (ClassClaim::Ours, _)
-        | (ClassClaim::ByDefault | ClassClaim::Unknown, Record::Served | Record::StoodBack) => {
+        // Another controller serves it, or another class names its owner:
+        // that finalizer guards someone else's balancer.
+        (_, Record::StoodBack) | (ClassClaim::NotOurs, _) => (Ownership::IfBalancerFound, false),
+        (ClassClaim::Ours, _) | (ClassClaim::ByDefault | ClassClaim::Unknown, Record::Served) => {
             (Ownership::Claimed, true)
         }
         // No class to go by and nothing of portico's on it: a balancer of

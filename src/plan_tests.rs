@@ -151,6 +151,44 @@ fn ownership_and_lifecycle() {
             "conflict",
         ),
         (
+            "portico stood back (another controller's address) and the Service is deleted: \
+             the finalizer is that controller's",
+            served(
+                lb().finalizer(LB_FINALIZER).deleting().build(),
+                Some(CONFLICT_REASON),
+            ),
+            "cleanup:ServiceDeleted:clear=false:release=false:IfBalancerFound",
+        ),
+        (
+            "another controller's address, no condition of portico's yet, deleted",
+            served(lb().finalizer(LB_FINALIZER).deleting().build(), None),
+            "cleanup:ServiceDeleted:clear=false:release=false:IfBalancerFound",
+        ),
+        (
+            "portico stood back, then the Service left type LoadBalancer: its status and \
+             finalizer stay the other controller's",
+            with_condition(
+                svc("default", "web")
+                    .type_("ClusterIP")
+                    .port(80, 30080)
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+                CONFLICT_REASON,
+            ),
+            "cleanup:NoLongerLoadBalancer:clear=false:release=false:IfBalancerFound",
+        ),
+        (
+            "stood back even on portico's class: portico never added that finalizer",
+            served(
+                lb().class(crate::config::DEFAULT_CLASS)
+                    .finalizer(LB_FINALIZER)
+                    .deleting()
+                    .build(),
+                Some(CONFLICT_REASON),
+            ),
+            "cleanup:ServiceDeleted:clear=false:release=false:IfBalancerFound",
+        ),
+        (
             "deleted without finalizer is ignored",
             lb().deleting().build(),
             "ignore:BeingDeletedWithoutFinalizer",
