@@ -172,24 +172,55 @@ fn record_of(svc: &Service) -> Record {
     }
 }
 
-/// Another controller's work on a Service portico would claim: an address
-/// in status that portico never wrote (its condition is missing, or says it
-/// stood back before).
+/// Finalizers other load-balancer controllers put on the Services they
+/// serve, and portico never writes (matched as prefixes), with their owner.
+/// The shared `service.kubernetes.io/load-balancer-cleanup` is not one:
+/// portico adds it too, before its first cloud call, so on a Service without
+/// portico's condition it may be portico's own from a run that stopped
+/// between that write and the status write.
+pub const FOREIGN_FINALIZERS: &[(&str, &str)] = &[
+    (
+        "service.k8s.aws/resources",
+        "the AWS Load Balancer Controller",
+    ),
+    ("gke.networking.io/l4-", "GKE's L4 load-balancer controller"),
+];
+
+/// Another controller's work on a Service portico would claim, unless
+/// portico served it already: an address in status that portico never wrote
+/// (its condition is missing, or says it stood back before), or another
+/// load-balancer controller's own finalizer.
 fn conflict(svc: &Service) -> Option<Conflict> {
-    let status = svc.status.as_ref()?;
-    let ingress = status.load_balancer.as_ref()?.ingress.as_deref()?;
-    let first = ingress.first()?;
     if record_of(svc) == Record::Served {
         return None;
     }
-    let address = first
-        .ip
-        .clone()
-        .or_else(|| first.hostname.clone())
-        .unwrap_or_default();
+    let first = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .and_then(<[_]>::first);
+    if let Some(first) = first {
+        let address = first
+            .ip
+            .clone()
+            .or_else(|| first.hostname.clone())
+            .unwrap_or_default();
+        return Some(Conflict {
+            message: format!(
+                "status.loadBalancer.ingress ({address}) was written by another controller; portico leaves this Service alone. Set spec.loadBalancerClass to choose one controller"
+            ),
+        });
+    }
+    let (finalizer, owner) = svc.finalizers().iter().find_map(|f| {
+        FOREIGN_FINALIZERS
+            .iter()
+            .find(|(prefix, _)| f.starts_with(prefix))
+            .map(|(_, owner)| (f, owner))
+    })?;
     Some(Conflict {
         message: format!(
-            "status.loadBalancer.ingress ({address}) was written by another controller; portico leaves this Service alone. Set spec.loadBalancerClass to choose one controller"
+            "the finalizer {finalizer} shows that {owner} serves this Service; portico leaves it alone. Set spec.loadBalancerClass to choose one controller"
         ),
     })
 }

@@ -189,6 +189,33 @@ fn ownership_and_lifecycle() {
             "cleanup:ServiceDeleted:clear=false:release=false:IfBalancerFound",
         ),
         (
+            "class-less, another load-balancer controller's own finalizer on it: theirs",
+            lb().finalizer("service.k8s.aws/resources").build(),
+            "conflict",
+        ),
+        (
+            "GKE's L4 finalizers too",
+            lb().finalizer("gke.networking.io/l4-netlb-v2")
+                .finalizer(LB_FINALIZER)
+                .build(),
+            "conflict",
+        ),
+        (
+            "a finalizer of portico's own kind alone proves nothing (portico adds it itself)",
+            lb().finalizer(LB_FINALIZER).build(),
+            "ensure:finalizer=false",
+        ),
+        (
+            "portico served it before the other controller's mark appeared: still portico's",
+            with_condition(
+                lb().finalizer("service.k8s.aws/resources")
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+                "Ready",
+            ),
+            "ensure:finalizer=false",
+        ),
+        (
             "deleted without finalizer is ignored",
             lb().deleting().build(),
             "ignore:BeingDeletedWithoutFinalizer",

@@ -287,6 +287,45 @@ async fn another_controllers_address_is_not_overwritten(backend: Backend) {
     .await;
 }
 
+/// A class-less Service carrying another load-balancer controller's own
+/// finalizer (here the AWS Load Balancer Controller's) is that
+/// controller's, even before it writes an address: portico builds nothing.
+async fn another_controllers_finalizer_marks_the_service_as_theirs(backend: Backend) {
+    within(60, async {
+        let env = Env::start(backend, 1).await;
+        env.create(
+            svc("default", "marked")
+                .lb()
+                .port(80, 30081)
+                .finalizer("service.k8s.aws/resources")
+                .build(),
+        )
+        .await;
+        let svc = eventually("ConflictingController condition", 20, || async {
+            env.get("marked")
+                .await
+                .filter(|s| condition(s, CONDITION_TYPE).is_some())
+        })
+        .await;
+        assert_eq!(
+            condition(&svc, CONDITION_TYPE),
+            Some(("False".into(), "ConflictingController".into()))
+        );
+        let note = env
+            .event("marked", "Warning", "ConflictingController")
+            .await;
+        assert!(note.contains("service.k8s.aws/resources"), "{note}");
+        env.barrier(env.provider(), "barrier").await;
+        let svc = env.get("marked").await.expect("exists");
+        assert!(!has_finalizer(&svc), "portico added no finalizer");
+        assert!(
+            calls_for(&env.provider().calls(), "marked").is_empty(),
+            "no cloud call for it"
+        );
+    })
+    .await;
+}
+
 /// Errors a cloud returned are retried, even those that name the spec
 /// (AWS answers TargetGroupNotFound for a while after creating one).
 async fn cloud_errors_are_retried_not_parked(backend: Backend) {
@@ -487,6 +526,7 @@ on_both_backends!(
     another_class_leaving_type_load_balancer_is_left_alone,
     a_service_portico_stood_back_from_keeps_its_finalizer,
     another_controllers_address_is_not_overwritten,
+    another_controllers_finalizer_marks_the_service_as_theirs,
     cloud_errors_are_retried_not_parked,
     long_errors_still_make_an_event,
 );
