@@ -516,8 +516,64 @@ async fn a_stale_status_write_cannot_drop_another_controllers_condition(backend:
     .await;
 }
 
+/// The controller itself meets that refusal: another controller adds its
+/// condition while portico's cloud call is in flight, so portico's status
+/// write (built from the copy read before) is refused with 409; the
+/// controller retries on a fresh copy and the Service ends with both
+/// conditions.
+async fn a_refused_status_write_is_retried_and_both_conditions_stay(backend: Backend) {
+    within(60, async {
+        let env = Env::api_only(backend, 1).await;
+        let provider = RecordingProvider::new();
+        provider.set_latency(std::time::Duration::from_secs(2));
+        let mark = env.mark();
+        let replica = env.replica(provider.clone(), test_config(), None);
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        eventually("the ensure is in flight", 20, || async {
+            (provider.started() >= 1).then_some(())
+        })
+        .await;
+        provider.set_latency(std::time::Duration::ZERO);
+        let theirs = serde_json::json!({"status": {"conditions": [{
+            "type": "example.com/Healthy", "status": "True", "reason": "Probed",
+            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        env.services()
+            .patch_status("web", &PatchParams::default(), &Patch::Merge(&theirs))
+            .await
+            .expect("another controller's condition");
+        let svc = eventually("portico's condition beside theirs", 30, || async {
+            env.get("web")
+                .await
+                .filter(|s| condition(s, CONDITION_TYPE) == Some(("True".into(), "Ready".into())))
+        })
+        .await;
+        assert!(
+            condition(&svc, "example.com/Healthy").is_some(),
+            "the other controller's condition survived"
+        );
+        assert!(ingress_ip(&svc).is_some());
+        let refused = eventually(
+            "the refused write in the API server's record",
+            10,
+            || async {
+                let refused = env.controller_writes_answered_since(mark, 409);
+                (!refused.is_empty()).then_some(refused)
+            },
+        )
+        .await;
+        assert!(
+            refused.iter().all(|w| w.contains("services/status")),
+            "only the status write was refused: {refused:?}"
+        );
+        replica.stop().await;
+    })
+    .await;
+}
+
 on_both_backends!(
     a_stale_status_write_cannot_drop_another_controllers_condition,
+    a_refused_status_write_is_retried_and_both_conditions_stay,
     deposed_leader_stops_at_once,
     gc_off_deletes_nothing,
     another_controllers_finalizer_is_never_stripped,

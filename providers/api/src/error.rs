@@ -172,6 +172,54 @@ mod tests {
     }
 
     #[test]
+    fn retry_floors_per_kind() {
+        let cases = [
+            ("transient: no floor", ProviderError::transient("x"), 0),
+            (
+                "conflict: no floor",
+                ProviderError::Conflict {
+                    message: "x".into(),
+                },
+                0,
+            ),
+            (
+                "throttled: what the cloud said",
+                ProviderError::Throttled {
+                    retry_after: Some(Duration::from_millis(7_500)),
+                },
+                7_500,
+            ),
+            (
+                "throttled without a hint: 2 s",
+                ProviderError::Throttled { retry_after: None },
+                2_000,
+            ),
+            (
+                "not found: 5 s",
+                ProviderError::NotFound { what: "x".into() },
+                5_000,
+            ),
+            ("invalid: 30 s", ProviderError::invalid("f", "r"), 30_000),
+            (
+                "unsupported: 30 s",
+                ProviderError::Unsupported { what: "x".into() },
+                30_000,
+            ),
+            (
+                "quota: 60 s",
+                ProviderError::QuotaExceeded {
+                    resource: "x".into(),
+                    message: "y".into(),
+                },
+                60_000,
+            ),
+        ];
+        for (desc, err, ms) in cases {
+            assert_eq!(err.retry_floor(), Duration::from_millis(ms), "{desc}");
+        }
+    }
+
+    #[test]
     fn messages_name_the_field() {
         let err = ProviderError::invalid("metadata.annotations[x]", "not a number");
         assert_eq!(
