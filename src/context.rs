@@ -61,7 +61,9 @@ impl Context {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Exponential backoff with full jitter, at least `floor`.
+    /// Exponential backoff (base doubling per failure in a row, up to the
+    /// cap), jittered to between half and all of it ("equal jitter", so a
+    /// retry never comes much sooner than planned), and at least `floor`.
     pub(crate) fn backoff(&self, obj: &ObjectRef<Service>, floor: Duration) -> Duration {
         let failures = {
             let mut memory = self.memory();
