@@ -61,7 +61,9 @@ impl Context {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Exponential backoff with full jitter, at least `floor`.
+    /// Exponential backoff (base doubling per failure in a row, up to the
+    /// cap), jittered to between half and all of it ("equal jitter", so a
+    /// retry never comes much sooner than planned), and at least `floor`.
     pub(crate) fn backoff(&self, obj: &ObjectRef<Service>, floor: Duration) -> Duration {
         let failures = {
             let mut memory = self.memory();
@@ -197,9 +199,116 @@ fn truncate_note(note: String) -> String {
     format!("{}{ELLIPSIS}", &note[..end])
 }
 
+/// A Context for unit tests: `client` (the stand-in's, or one that is
+/// never called), `provider`, `config`, and a target snapshot of `targets`.
+#[cfg(test)]
+pub(crate) fn for_tests(
+    client: Client,
+    provider: Arc<dyn DynProvider>,
+    config: ControllerConfig,
+    targets: portico_provider::Targets,
+) -> Context {
+    use kube::runtime::events::Reporter;
+    let metrics = Metrics::register(&mut prometheus_client::registry::Registry::default());
+    let (_tx, rx) = watch::channel(Some(TargetSnapshot {
+        targets,
+        fingerprint: 0,
+    }));
+    Context {
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "portico".into(),
+                instance: Some("test".into()),
+            },
+        ),
+        client,
+        provider,
+        config,
+        targets: rx,
+        backlog: Arc::new(Backlog::new(metrics.queued.clone())),
+        metrics,
+        memory: Mutex::default(),
+        locks: Arc::new(KeyLocks::default()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn backoff_doubles_to_its_cap_with_jitter_and_never_undercuts_the_floor() {
+        let client = Client::try_from(kube::Config::new(
+            "http://127.0.0.1:9".parse().expect("url"),
+        ))
+        .expect("client (never called)");
+        let config = ControllerConfig {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(2),
+            ..ControllerConfig::default()
+        };
+        let ctx = for_tests(
+            client,
+            Arc::new(portico_provider::testing::RecordingProvider::new()),
+            config,
+            portico_provider::Targets::default(),
+        );
+        let web = ObjectRef::new("web").within("default");
+        let ms = Duration::from_millis;
+        // The n-th failure in a row waits between half and all of
+        // base * 2^(n-1), capped at backoff_max.
+        let steps = [
+            (1, ms(100)),
+            (2, ms(200)),
+            (3, ms(400)),
+            (4, ms(800)),
+            (5, ms(1600)),
+            (6, ms(2000)),
+            (30, ms(2000)),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            ctx.succeeded(&web);
+            let mut failures = 0;
+            for (n, ceiling) in steps {
+                let mut delay = Duration::ZERO;
+                while failures < n {
+                    delay = ctx.backoff(&web, Duration::ZERO);
+                    failures += 1;
+                }
+                assert!(
+                    delay >= ceiling / 2 && delay <= ceiling,
+                    "failure {n}: {delay:?} outside [{:?}, {ceiling:?}]",
+                    ceiling / 2
+                );
+                if n == 1 {
+                    seen.insert(delay);
+                }
+            }
+        }
+        assert!(seen.len() > 1, "jittered: {seen:?}");
+        // Another Service has its own count.
+        let api = ObjectRef::new("api").within("default");
+        assert!(ctx.backoff(&api, Duration::ZERO) <= ms(100));
+        // A floor above the cap wins; below it, the backoff does.
+        assert_eq!(
+            ctx.backoff(&web, Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+        ctx.succeeded(&web);
+        let first = ctx.backoff(&web, ms(10));
+        assert!(
+            first >= ms(50),
+            "a low floor does not shorten it: {first:?}"
+        );
+        ctx.succeeded(&web);
+        assert_eq!(
+            ctx.backoff(&web, ms(150)),
+            ms(150),
+            "a floor above the first step lifts it"
+        );
+    }
 
     #[test]
     fn resyncs_are_spread_by_ten_percent() {

@@ -63,18 +63,20 @@ pub async fn add(api: &Api<Service>, svc: &Service) -> Result<Service, kube::Err
     apply(api, svc, add_patch(svc)).await
 }
 
-/// Remove portico's finalizer; a Service already gone is success.
+/// Remove portico's finalizer; the patched Service, or `None` when there was
+/// nothing to remove or the Service is gone (a Service already gone is
+/// success).
 ///
 /// # Errors
 /// The API server's answer.
-pub async fn remove(api: &Api<Service>, svc: &Service) -> Result<(), kube::Error> {
+pub async fn remove(api: &Api<Service>, svc: &Service) -> Result<Option<Service>, kube::Error> {
     let Some(patch) = remove_patch(svc) else {
-        return Ok(());
+        return Ok(None);
     };
     match apply(api, svc, patch).await {
         // Deleted once the last finalizer went.
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        other => other.map(|_| ()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        other => other.map(Some),
     }
 }
 

@@ -200,7 +200,187 @@ pub async fn run_gc(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_provider::ClusterName;
+    use crate::builders::svc;
+    use crate::k8s::{LB_FINALIZER, reflector};
+    use kube::runtime::watcher;
+    use portico_provider::testing::{Op, RecordingProvider};
+    use portico_provider::{ClusterName, LoadBalancerSpec};
+    use prometheus_client::registry::Registry;
+
+    fn gc_config() -> ControllerConfig {
+        ControllerConfig {
+            cluster: ClusterName::new("c"),
+            gc_interval: Duration::from_millis(10),
+            gc_grace: Duration::ZERO,
+            ..ControllerConfig::default()
+        }
+    }
+
+    /// A Service store that has (or, with `None`, has not yet) listed.
+    fn store(listed: Option<Vec<Service>>) -> (Store<Service>, reflector::store::Writer<Service>) {
+        let (reader, mut writer) = reflector::store();
+        if let Some(services) = listed {
+            writer.apply_watcher_event(&watcher::Event::Init);
+            for s in services {
+                writer.apply_watcher_event(&watcher::Event::InitApply(s));
+            }
+            writer.apply_watcher_event(&watcher::Event::InitDone);
+        }
+        (reader, writer)
+    }
+
+    fn list_passes(provider: &RecordingProvider) -> usize {
+        provider
+            .calls()
+            .iter()
+            .filter(|c| c.op == Op::ListOwned)
+            .count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn collection_waits_for_the_service_cache() {
+        let config = gc_config();
+        let web = svc("default", "web")
+            .lb()
+            .port(80, 30080)
+            .finalizer(LB_FINALIZER)
+            .build();
+        let provider = RecordingProvider::new();
+        let key = plan::key_of(&web, &config);
+        provider.insert(LoadBalancerSpec::new(key.clone()));
+        let (services, mut writer) = store(None);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run_gc(
+            services,
+            Arc::new(provider.clone()),
+            config,
+            Metrics::register(&mut Registry::default()),
+            Arc::new(KeyLocks::default()),
+            shutdown.clone(),
+        ));
+        // Time runs on while nothing else can happen: hundreds of intervals.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            list_passes(&provider),
+            0,
+            "no pass before the cache lists (an empty cache makes every balancer an orphan)"
+        );
+        assert!(provider.balancers().contains(&key));
+        writer.apply_watcher_event(&watcher::Event::Init);
+        writer.apply_watcher_event(&watcher::Event::InitApply(web));
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(list_passes(&provider) > 0, "passes run once it has listed");
+        assert!(
+            provider.balancers().contains(&key),
+            "a balancer whose Service is in the cache stays"
+        );
+        shutdown.cancel();
+        task.await.expect("gc task");
+    }
+
+    /// Everything a tracing subscriber writes, for asserting on log lines.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn each_deletion_is_counted_and_logged() {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let config = gc_config();
+        let provider = RecordingProvider::new();
+        let gone = key("gone");
+        provider.insert(LoadBalancerSpec::new(gone.clone()));
+        let (services, _writer) = store(Some(Vec::new()));
+        let metrics = Metrics::register(&mut Registry::default());
+        let locks = KeyLocks::default();
+        let collector = Collector {
+            services: &services,
+            provider: &provider,
+            config: &config,
+            metrics: &metrics,
+            locks: &locks,
+        };
+        let mut tracker = OrphanTracker::default();
+        assert_eq!(collector.collect_once(&mut tracker).await, 1);
+        assert!(provider.balancers().is_empty());
+        assert_eq!(
+            metrics.orphans_deleted.get(),
+            1,
+            "portico_orphans_deleted_total"
+        );
+        let text = logs.text();
+        let line = text
+            .lines()
+            .find(|l| l.contains("OrphanedLoadBalancerDeleted"))
+            .unwrap_or_else(|| panic!("no deletion line in:\n{text}"));
+        for field in ["service=", "default/gone", "uid=uid-gone", "cluster=c"] {
+            assert!(line.contains(field), "{field} missing from: {line}");
+        }
+        assert_eq!(
+            collector.collect_once(&mut tracker).await,
+            0,
+            "nothing left to delete"
+        );
+        assert_eq!(metrics.orphans_deleted.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_collector_calls_the_provider_only_under_the_services_lock() {
+        let config = gc_config();
+        let provider = RecordingProvider::new();
+        provider.insert(LoadBalancerSpec::new(key("gone")));
+        provider.set_latency(Duration::from_millis(300));
+        let (services, _writer) = store(Some(Vec::new()));
+        let metrics = Metrics::register(&mut Registry::default());
+        let locks = KeyLocks::default();
+        let collector = Collector {
+            services: &services,
+            provider: &provider,
+            config: &config,
+            metrics: &metrics,
+            locks: &locks,
+        };
+        let mut tracker = OrphanTracker::default();
+        let pass = collector.collect_once(&mut tracker);
+        let check = async {
+            // list_owned, then the delete: in flight now.
+            while provider.started() < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(
+                locks.is_held("default", "gone"),
+                "the delete runs without the Service's lock"
+            );
+        };
+        let (deleted, ()) = tokio::join!(pass, check);
+        assert_eq!(deleted, 1);
+    }
 
     fn key(name: &str) -> LoadBalancerKey {
         LoadBalancerKey::new(

@@ -38,6 +38,15 @@ impl KeyLocks {
         }
     }
 
+    /// Whether someone holds the lock of `namespace/name` now.
+    #[cfg(test)]
+    pub(crate) fn is_held(&self, namespace: &str, name: &str) -> bool {
+        let locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks
+            .get(&format!("{namespace}/{name}"))
+            .is_some_and(|l| l.try_lock().is_err())
+    }
+
     /// How many Services have a lock entry (held or waited for).
     pub fn len(&self) -> usize {
         self.locks.lock().unwrap_or_else(|e| e.into_inner()).len()

@@ -90,60 +90,137 @@ pub struct CleanupPlan {
 /// How portico knows a Service it is cleaning up is its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ownership {
-    /// Its class (or class-less while portico claims those).
+    /// Its class, or portico's own condition on the Service.
     Claimed,
-    /// Not claimed, yet it carries the shared finalizer: act only if the
-    /// provider finds a balancer tagged with this cluster for the key.
+    /// Nothing on the Service proves it portico's (another class, no class
+    /// any more, or class-less without portico's condition): act only if
+    /// the provider finds a balancer tagged with this cluster for the key.
     IfBalancerFound,
 }
 
 /// Whether portico answers for this Service's balancer.
 pub fn is_ours(svc: &Service, config: &ControllerConfig, provider: &dyn DynProvider) -> bool {
-    is_load_balancer(svc) && claims(svc, config, provider)
+    matches!(
+        class_of(svc, config, provider),
+        ClassClaim::Ours | ClassClaim::ByDefault
+    )
 }
 
 fn is_load_balancer(svc: &Service) -> bool {
     svc.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
 }
 
-/// Whether the Service's class (whatever its type) is portico's: the
-/// configured class, or none while portico claims class-less Services that
-/// the provider does not leave to another controller.
-fn claims(svc: &Service, config: &ControllerConfig, provider: &dyn DynProvider) -> bool {
+/// What the Service's class says about whose it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClassClaim {
+    /// portico's class, set explicitly: proof.
+    Ours,
+    /// No class, and portico claims class-less Services that the provider
+    /// does not leave to another controller: portico's to serve, but the
+    /// shared finalizer on it may be another default controller's.
+    ByDefault,
+    /// Another class, or no class while portico does not claim those.
+    NotOurs,
+    /// Not of type LoadBalancer: the API server cleared the class, so it
+    /// says nothing.
+    Unknown,
+}
+
+fn class_of(svc: &Service, config: &ControllerConfig, provider: &dyn DynProvider) -> ClassClaim {
+    if !is_load_balancer(svc) {
+        return ClassClaim::Unknown;
+    }
     match svc
         .spec
         .as_ref()
         .and_then(|s| s.load_balancer_class.as_deref())
     {
-        Some(class) => class == config.class,
-        None => config.claim_classless && provider.declines(svc.annotations()).is_none(),
+        Some(class) if class == config.class => ClassClaim::Ours,
+        Some(_) => ClassClaim::NotOurs,
+        None if config.claim_classless && provider.declines(svc.annotations()).is_none() => {
+            ClassClaim::ByDefault
+        }
+        None => ClassClaim::NotOurs,
     }
 }
 
-/// Another controller's work on a Service portico would claim: an address
-/// in status that portico never wrote (its condition is missing, or says it
-/// stood back before).
-fn conflict(svc: &Service) -> Option<Conflict> {
-    let status = svc.status.as_ref()?;
-    let ingress = status.load_balancer.as_ref()?.ingress.as_deref()?;
-    let first = ingress.first()?;
-    let ours = status
-        .conditions
-        .as_deref()
+/// What the Service shows of portico's past work on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// portico's condition, with any reason but `ConflictingController`.
+    Served,
+    /// portico's `ConflictingController` condition, or another
+    /// controller's address without any condition of portico's.
+    StoodBack,
+    /// Nothing of portico's.
+    Nothing,
+}
+
+fn record_of(svc: &Service) -> Record {
+    let ours = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
         .unwrap_or_default()
         .iter()
-        .any(|c| c.type_ == crate::status::CONDITION_TYPE && c.reason != CONFLICT_REASON);
-    if ours {
+        .find(|c| c.type_ == crate::status::CONDITION_TYPE);
+    match ours {
+        Some(c) if c.reason == CONFLICT_REASON => Record::StoodBack,
+        Some(_) => Record::Served,
+        None if crate::status::has_ingress(svc) => Record::StoodBack,
+        None => Record::Nothing,
+    }
+}
+
+/// Finalizers other load-balancer controllers put on the Services they
+/// serve, and portico never writes (matched as prefixes), with their owner.
+/// The shared `service.kubernetes.io/load-balancer-cleanup` is not one:
+/// portico adds it too, before its first cloud call, so on a Service without
+/// portico's condition it may be portico's own from a run that stopped
+/// between that write and the status write.
+pub const FOREIGN_FINALIZERS: &[(&str, &str)] = &[
+    (
+        "service.k8s.aws/resources",
+        "the AWS Load Balancer Controller",
+    ),
+    ("gke.networking.io/l4-", "GKE's L4 load-balancer controller"),
+];
+
+/// Another controller's work on a Service portico would claim, unless
+/// portico served it already: an address in status that portico never wrote
+/// (its condition is missing, or says it stood back before), or another
+/// load-balancer controller's own finalizer.
+fn conflict(svc: &Service) -> Option<Conflict> {
+    if record_of(svc) == Record::Served {
         return None;
     }
-    let address = first
-        .ip
-        .clone()
-        .or_else(|| first.hostname.clone())
-        .unwrap_or_default();
+    let first = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_deref())
+        .and_then(<[_]>::first);
+    if let Some(first) = first {
+        let address = first
+            .ip
+            .clone()
+            .or_else(|| first.hostname.clone())
+            .unwrap_or_default();
+        return Some(Conflict {
+            message: format!(
+                "status.loadBalancer.ingress ({address}) was written by another controller; portico leaves this Service alone. Set spec.loadBalancerClass to choose one controller"
+            ),
+        });
+    }
+    let (finalizer, owner) = svc.finalizers().iter().find_map(|f| {
+        FOREIGN_FINALIZERS
+            .iter()
+            .find(|(prefix, _)| f.starts_with(prefix))
+            .map(|(_, owner)| (f, owner))
+    })?;
     Some(Conflict {
         message: format!(
-            "status.loadBalancer.ingress ({address}) was written by another controller; portico leaves this Service alone. Set spec.loadBalancerClass to choose one controller"
+            "the finalizer {finalizer} shows that {owner} serves this Service; portico leaves it alone. Set spec.loadBalancerClass to choose one controller"
         ),
     })
 }
@@ -172,61 +249,73 @@ pub fn plan(
     provider: &dyn DynProvider,
 ) -> Plan {
     let finalized = has_finalizer(svc);
-    let claimed = claims(svc, config, provider);
-    let ownership = if claimed {
-        Ownership::Claimed
-    } else {
-        Ownership::IfBalancerFound
-    };
-    let cleanup = |reason, clear_status, release_finalizer| {
-        Plan::Cleanup(CleanupPlan {
-            key: key_of(svc, config),
-            reason,
-            clear_status,
-            release_finalizer,
-            ownership,
-        })
-    };
+    let class = class_of(svc, config, provider);
     if svc.metadata.deletion_timestamp.is_some() {
-        return match (finalized, claimed) {
-            (false, _) => Plan::Ignore(IgnoreReason::BeingDeletedWithoutFinalizer),
-            (true, true) => cleanup(CleanupReason::ServiceDeleted, false, true),
-            // Someone else's Service: remove a balancer portico may have made
-            // for it, but the finalizer is theirs to release.
-            (true, false) => cleanup(CleanupReason::ServiceDeleted, false, false),
-        };
-    }
-    if !is_load_balancer(svc) {
-        // Leaving type LoadBalancer clears the class, so a balancer found
-        // for the key is the evidence that the Service was portico's.
         return if finalized {
-            cleanup(CleanupReason::NoLongerLoadBalancer, true, true)
+            cleanup(svc, config, class, CleanupReason::ServiceDeleted)
         } else {
-            Plan::Ignore(IgnoreReason::NotLoadBalancer)
+            Plan::Ignore(IgnoreReason::BeingDeletedWithoutFinalizer)
         };
     }
-    if !claimed {
-        // Another class's Service carrying the shared finalizer: remove a
-        // balancer this cluster may hold for it, leave the rest to its owner.
-        return if finalized {
-            cleanup(CleanupReason::ClassChanged, false, false)
-        } else {
-            Plan::Ignore(IgnoreReason::OtherClass)
-        };
+    match class {
+        ClassClaim::Unknown if finalized => {
+            cleanup(svc, config, class, CleanupReason::NoLongerLoadBalancer)
+        }
+        ClassClaim::Unknown => Plan::Ignore(IgnoreReason::NotLoadBalancer),
+        ClassClaim::NotOurs if finalized => {
+            cleanup(svc, config, class, CleanupReason::ClassChanged)
+        }
+        ClassClaim::NotOurs => Plan::Ignore(IgnoreReason::OtherClass),
+        ClassClaim::Ours | ClassClaim::ByDefault => {
+            if let Some(conflict) = conflict(svc) {
+                return Plan::Conflict(conflict);
+            }
+            match build_spec(svc, targets, config) {
+                Err(rejection) => Plan::Reject(rejection),
+                Ok(spec) => match provider.prepare(spec) {
+                    Err(err) => Plan::Reject(rejection_from(err)),
+                    Ok(prepared) => Plan::Ensure(Box::new(EnsurePlan {
+                        prepared,
+                        add_finalizer: !finalized,
+                    })),
+                },
+            }
+        }
     }
-    if let Some(conflict) = conflict(svc) {
-        return Plan::Conflict(conflict);
-    }
-    match build_spec(svc, targets, config) {
-        Err(rejection) => Plan::Reject(rejection),
-        Ok(spec) => match provider.prepare(spec) {
-            Err(err) => Plan::Reject(rejection_from(err)),
-            Ok(prepared) => Plan::Ensure(Box::new(EnsurePlan {
-                prepared,
-                add_finalizer: !finalized,
-            })),
-        },
-    }
+}
+
+/// The cleanup of a Service carrying the shared finalizer. portico acts on
+/// what proves the Service its own (its class, its condition), else only on
+/// a balancer of this cluster found for the key; the finalizer and status
+/// of a Service of another class, or of one portico stood back from, are
+/// never its to change.
+fn cleanup(
+    svc: &Service,
+    config: &ControllerConfig,
+    class: ClassClaim,
+    reason: CleanupReason,
+) -> Plan {
+    let (ownership, release_finalizer) = match (class, record_of(svc)) {
+        // Another controller serves it, or another class names its owner:
+        // that finalizer guards someone else's balancer.
+        (_, Record::StoodBack) | (ClassClaim::NotOurs, _) => (Ownership::IfBalancerFound, false),
+        (ClassClaim::Ours, _) | (ClassClaim::ByDefault | ClassClaim::Unknown, Record::Served) => {
+            (Ownership::Claimed, true)
+        }
+        // No class to go by and nothing of portico's on it: a balancer of
+        // this cluster for the key is the evidence.
+        (ClassClaim::ByDefault | ClassClaim::Unknown, Record::Nothing) => {
+            (Ownership::IfBalancerFound, true)
+        }
+    };
+    Plan::Cleanup(CleanupPlan {
+        key: key_of(svc, config),
+        reason,
+        // Only a Service that stays to be described, and is portico's.
+        clear_status: release_finalizer && reason == CleanupReason::NoLongerLoadBalancer,
+        release_finalizer,
+        ownership,
+    })
 }
 
 fn rejection_from(err: ProviderError) -> Rejection {

@@ -65,6 +65,16 @@ fn served(mut s: Service, condition_reason: Option<&str>) -> Service {
     s
 }
 
+/// `s` with portico's condition, of this reason, and no address.
+fn with_condition(mut s: Service, reason: &str) -> Service {
+    let served = served(s.clone(), Some(reason));
+    s.status = served.status.map(|mut status| {
+        status.load_balancer = None;
+        status
+    });
+    s
+}
+
 #[test]
 fn ownership_and_lifecycle() {
     let lb = || svc("default", "web").lb().port(80, 30080);
@@ -113,8 +123,8 @@ fn ownership_and_lifecycle() {
             "ensure:finalizer=true",
         ),
         (
-            "deleted with finalizer is cleaned up, status kept",
-            lb().finalizer(LB_FINALIZER).deleting().build(),
+            "deleted with finalizer and portico's condition is cleaned up, status kept",
+            with_condition(lb().finalizer(LB_FINALIZER).deleting().build(), "Ready"),
             "cleanup:ServiceDeleted:clear=false:release=true:Claimed",
         ),
         (
@@ -141,18 +151,122 @@ fn ownership_and_lifecycle() {
             "conflict",
         ),
         (
+            "portico stood back (another controller's address) and the Service is deleted: \
+             the finalizer is that controller's",
+            served(
+                lb().finalizer(LB_FINALIZER).deleting().build(),
+                Some(CONFLICT_REASON),
+            ),
+            "cleanup:ServiceDeleted:clear=false:release=false:IfBalancerFound",
+        ),
+        (
+            "another controller's address, no condition of portico's yet, deleted",
+            served(lb().finalizer(LB_FINALIZER).deleting().build(), None),
+            "cleanup:ServiceDeleted:clear=false:release=false:IfBalancerFound",
+        ),
+        (
+            "portico stood back, then the Service left type LoadBalancer: its status and \
+             finalizer stay the other controller's",
+            with_condition(
+                svc("default", "web")
+                    .type_("ClusterIP")
+                    .port(80, 30080)
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+                CONFLICT_REASON,
+            ),
+            "cleanup:NoLongerLoadBalancer:clear=false:release=false:IfBalancerFound",
+        ),
+        (
+            "stood back even on portico's class: portico never added that finalizer",
+            served(
+                lb().class(crate::config::DEFAULT_CLASS)
+                    .finalizer(LB_FINALIZER)
+                    .deleting()
+                    .build(),
+                Some(CONFLICT_REASON),
+            ),
+            "cleanup:ServiceDeleted:clear=false:release=false:IfBalancerFound",
+        ),
+        (
+            "class-less, another load-balancer controller's own finalizer on it: theirs",
+            lb().finalizer("service.k8s.aws/resources").build(),
+            "conflict",
+        ),
+        (
+            "GKE's L4 finalizers too",
+            lb().finalizer("gke.networking.io/l4-netlb-v2")
+                .finalizer(LB_FINALIZER)
+                .build(),
+            "conflict",
+        ),
+        (
+            "a finalizer of portico's own kind alone proves nothing (portico adds it itself)",
+            lb().finalizer(LB_FINALIZER).build(),
+            "ensure:finalizer=false",
+        ),
+        (
+            "portico served it before the other controller's mark appeared: still portico's",
+            with_condition(
+                lb().finalizer("service.k8s.aws/resources")
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+                "Ready",
+            ),
+            "ensure:finalizer=false",
+        ),
+        (
             "deleted without finalizer is ignored",
             lb().deleting().build(),
             "ignore:BeingDeletedWithoutFinalizer",
         ),
         (
-            "type changed away from LB cleans up and clears status",
+            "type changed away from LB, portico's condition on it: cleaned up, status cleared",
+            with_condition(
+                svc("default", "web")
+                    .type_("ClusterIP")
+                    .port(80, 30080)
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+                "Ready",
+            ),
+            "cleanup:NoLongerLoadBalancer:clear=true:release=true:Claimed",
+        ),
+        (
+            "type changed away from LB, nothing of portico's on it (the server cleared \
+             whatever class it had): only a balancer found for it proves it portico's",
             svc("default", "web")
                 .type_("ClusterIP")
                 .port(80, 30080)
                 .finalizer(LB_FINALIZER)
                 .build(),
+            "cleanup:NoLongerLoadBalancer:clear=true:release=true:IfBalancerFound",
+        ),
+        (
+            "a failed ensure's condition is portico's too",
+            with_condition(
+                svc("default", "web")
+                    .type_("ClusterIP")
+                    .port(80, 30080)
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+                "ProviderError",
+            ),
             "cleanup:NoLongerLoadBalancer:clear=true:release=true:Claimed",
+        ),
+        (
+            "class-less, being deleted, nothing of portico's on it: the finalizer may be \
+             another default controller's",
+            lb().finalizer(LB_FINALIZER).deleting().build(),
+            "cleanup:ServiceDeleted:clear=false:release=true:IfBalancerFound",
+        ),
+        (
+            "portico's class, being deleted: the class is the proof",
+            lb().class(crate::config::DEFAULT_CLASS)
+                .finalizer(LB_FINALIZER)
+                .deleting()
+                .build(),
+            "cleanup:ServiceDeleted:clear=false:release=true:Claimed",
         ),
         (
             "another class's finalized Service: our balancer goes, its status and finalizer stay",

@@ -145,7 +145,10 @@ async fn cleanup(
     carry_out(svc, ctx, api, outcome::deleted(&plan, result)).await
 }
 
-/// Do what `out` says, in order: status, finalizer, Events, memory, metrics.
+/// Do what `out` says, in order: finalizer, status, Events, memory, metrics.
+/// The finalizer goes first: portico's condition is its evidence that the
+/// finalizer is its own, so it must not be cleared while the finalizer may
+/// still be there (a failed removal would leave a finalizer nobody owns).
 async fn carry_out(
     svc: &Service,
     ctx: &Context,
@@ -153,15 +156,21 @@ async fn carry_out(
     out: Outcome,
 ) -> Result<Action, Error> {
     let obj = ObjectRef::from_obj(svc);
+    let released;
+    // The status write is guarded by the resourceVersion of the object it
+    // is built from: after removing the finalizer, that is the patched one.
+    let svc = if out.release_finalizer {
+        released = finalizer::remove(api, svc)
+            .await
+            .map_err(Error::kube("removing the finalizer"))?;
+        released.as_ref().unwrap_or(svc)
+    } else {
+        svc
+    };
     let wrote = match &out.status {
         Some(update) => ctx.patch_status(api, svc, update).await?,
         None => false,
     };
-    if out.release_finalizer {
-        finalizer::remove(api, svc)
-            .await
-            .map_err(Error::kube("removing the finalizer"))?;
-    }
     if out.announce == Announce::Always || wrote {
         post(svc, ctx, out.events).await;
     }
@@ -240,7 +249,105 @@ fn spec_hashes(spec: &LoadBalancerSpec, targets: u64) -> SpecHashes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portico_provider::{ClusterName, LoadBalancerKey};
+    use crate::builders::{node, svc};
+    use crate::config::ControllerConfig;
+    use crate::k8s::PostParams;
+    use crate::nodes::node_target;
+    use portico_provider::testing::RecordingProvider;
+    use portico_provider::{ClusterName, LoadBalancerKey, ProviderError, Targets};
+    use std::time::Duration;
+
+    /// The stand-in with Service `name` created, and a Context on it.
+    async fn on_stand_in(
+        provider: RecordingProvider,
+        names: &[&str],
+    ) -> (kube_standin::ApiServer, Arc<Context>, Vec<Arc<Service>>) {
+        let server = kube_standin::ApiServer::start().await.expect("stand-in");
+        let client = server.client().await.expect("client");
+        let api: Api<Service> = Api::namespaced(client.clone(), "default");
+        let mut created = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let port = 30080 + i32::try_from(i).expect("few");
+            let mut s = svc("default", name).lb().port(80, port).build();
+            s.metadata.uid = None;
+            let s = api
+                .create(&PostParams::default(), &s)
+                .await
+                .expect("create");
+            created.push(Arc::new(s));
+        }
+        let targets: Targets = [node_target(&node("n1").ip("10.0.0.1").build()).expect("eligible")]
+            .into_iter()
+            .collect();
+        let config = ControllerConfig {
+            cluster: ClusterName::new("c"),
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            ..ControllerConfig::default()
+        };
+        let ctx = crate::context::for_tests(client, Arc::new(provider), config, targets);
+        (server, Arc::new(ctx), created)
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_calls_the_provider_only_under_the_services_lock() {
+        let provider = RecordingProvider::new();
+        provider.set_latency(Duration::from_millis(300));
+        let (_server, ctx, created) = on_stand_in(provider.clone(), &["web"]).await;
+        let run = tokio::spawn(reconcile(created[0].clone(), ctx.clone()));
+        while provider.started() < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            ctx.locks.is_held("default", "web"),
+            "the ensure runs without the Service's lock (the orphan collector takes it too)"
+        );
+        run.await.expect("task").expect("reconciled");
+        assert!(ctx.locks.is_empty(), "released afterwards");
+    }
+
+    #[tokio::test]
+    async fn refusals_from_the_cloud_are_retried_at_their_floor_not_parked() {
+        let cases = [
+            (
+                "invalid",
+                ProviderError::invalid("spec.ports", "the cloud refused the listener"),
+                30,
+            ),
+            (
+                "unsupported",
+                ProviderError::Unsupported {
+                    what: "this scheme in this region".into(),
+                },
+                30,
+            ),
+            (
+                "quota",
+                ProviderError::QuotaExceeded {
+                    resource: "load balancers".into(),
+                    message: "limit 20".into(),
+                },
+                60,
+            ),
+        ];
+        let names: Vec<&str> = cases.iter().map(|c| c.0).collect();
+        let provider = RecordingProvider::new();
+        let (_server, ctx, created) = on_stand_in(provider.clone(), &names).await;
+        for ((desc, err, floor_secs), svc) in cases.into_iter().zip(created) {
+            provider.fail_next([err]);
+            let err = reconcile(svc.clone(), ctx.clone())
+                .await
+                .expect_err("a refusal from the cloud is a failed reconcile");
+            assert!(matches!(err, Error::Provider(_)), "{desc}: {err:?}");
+            // The backoff (at most 2 s here) is lifted to the kind's floor:
+            // retried, not left waiting for the Service to change.
+            assert_eq!(
+                error_policy(svc, &err, ctx.clone()),
+                Action::requeue(Duration::from_secs(floor_secs)),
+                "{desc}"
+            );
+        }
+    }
 
     #[test]
     fn spec_hashes_separate_target_changes_from_the_rest() {

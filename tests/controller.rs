@@ -268,15 +268,17 @@ async fn type_change_cleans_up(backend: Backend) {
             .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .expect("patch");
-        let svc = eventually("released", 20, || async {
-            env.get("web")
-                .await
-                .filter(|s| !has_finalizer(s) && ingress_ip(s).is_none())
+        // The finalizer goes first, then the status is cleared.
+        eventually("released, condition removed", 20, || async {
+            env.get("web").await.filter(|s| {
+                !has_finalizer(s)
+                    && ingress_ip(s).is_none()
+                    && condition(s, CONDITION_TYPE).is_none()
+            })
         })
         .await;
         assert!(env.provider().balancers().is_empty(), "balancer deleted");
-        assert_eq!(condition(&svc, CONDITION_TYPE), None, "condition removed");
-        assert!(env.has_event("web", "DeletedLoadBalancer").await);
+        env.event("web", "Normal", "DeletedLoadBalancer").await;
     })
     .await;
 }

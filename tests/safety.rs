@@ -14,6 +14,7 @@ use portico_provider::{
 };
 
 const OTHER_CLASS: &str = "example.com/other";
+const LB_FINALIZER: &str = "service.kubernetes.io/load-balancer-cleanup";
 
 fn key(uid: &str, name: &str) -> LoadBalancerKey {
     LoadBalancerKey::new(ClusterName::new("test-cluster"), "default", name, uid)
@@ -51,7 +52,10 @@ async fn another_controllers_finalizer_is_never_stripped(backend: Backend) {
             .build();
         env.create(theirs).await;
         env.delete("theirs").await;
-        let calls = calls_about(env.provider(), "theirs", Op::Get).await;
+        calls_about(env.provider(), "theirs", Op::Get).await;
+        // Whatever portico would do about it, it has done by now.
+        env.barrier(env.provider(), "barrier").await;
+        let calls = calls_for(&env.provider().calls(), "theirs");
         assert!(
             calls.iter().all(|c| c.op == Op::Get),
             "only a look-up, no delete: {calls:?}"
@@ -97,6 +101,7 @@ async fn type_change_of_an_unclaimed_service_keeps_its_finalizer(backend: Backen
             .await
             .expect("type change");
         calls_about(&replica.provider, "theirs", Op::Get).await;
+        env.barrier(&replica.provider, "barrier").await;
         let svc = env.get("theirs").await.expect("exists");
         assert!(
             has_finalizer(&svc),
@@ -140,11 +145,119 @@ async fn a_balancer_of_ours_for_a_foreign_service_is_removed(backend: Backend) {
             (!provider.balancers().contains(&ours)).then_some(())
         })
         .await;
+        // A finalizer stripped after the delete would be gone by now.
+        env.barrier(&provider, "barrier").await;
         let svc = env.get("moved").await.expect("still there");
         assert!(has_finalizer(&svc), "the finalizer stays for its owner");
         replica.stop().await;
     })
     .await;
+}
+
+/// Another class's Service, with the shared finalizer of its own
+/// controller, leaves type LoadBalancer: the API server clears its class,
+/// so it reads as class-less, which portico claims. Nothing on it says it
+/// was ever portico's: no delete, no Event, its finalizer stays.
+async fn another_class_leaving_type_load_balancer_is_left_alone(backend: Backend) {
+    within(60, async {
+        let env = Env::start(backend, 1).await;
+        env.create(
+            svc("default", "theirs")
+                .lb()
+                .class(OTHER_CLASS)
+                .port(80, 30081)
+                .finalizer(LB_FINALIZER)
+                .build(),
+        )
+        .await;
+        calls_about(env.provider(), "theirs", Op::Get).await;
+        to_cluster_ip(&env, "theirs").await;
+        let left = env.get("theirs").await.expect("exists");
+        assert_eq!(
+            left.spec
+                .as_ref()
+                .and_then(|s| s.load_balancer_class.as_deref()),
+            None,
+            "the API server cleared the class"
+        );
+        env.barrier(env.provider(), "barrier").await;
+        let calls = calls_for(&env.provider().calls(), "theirs");
+        assert!(
+            calls.iter().all(|c| c.op == Op::Get),
+            "only look-ups, no delete: {calls:?}"
+        );
+        let svc = env.get("theirs").await.expect("still there");
+        assert!(
+            has_finalizer(&svc),
+            "the other controller's finalizer stays"
+        );
+        assert!(
+            env.events("theirs").await.is_empty(),
+            "no Events on a Service that was never portico's"
+        );
+    })
+    .await;
+}
+
+/// A class-less Service another controller serves (its address, its
+/// finalizer): portico stands back, and when the Service is deleted, or
+/// leaves type LoadBalancer, it neither deletes nor strips that
+/// controller's finalizer (which guards that controller's balancer).
+async fn a_service_portico_stood_back_from_keeps_its_finalizer(backend: Backend) {
+    within(60, async {
+        let env = Env::api_only(backend, 1).await;
+        for (name, node_port) in [("deleted", 30081), ("retyped", 30082)] {
+            env.create(
+                svc("default", name)
+                    .lb()
+                    .port(80, node_port)
+                    .finalizer(LB_FINALIZER)
+                    .build(),
+            )
+            .await;
+            let status = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.51.100.77", "ipMode": "VIP"}]}}});
+            env.services()
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .expect("another controller's status");
+        }
+        let replica = env.replica(RecordingProvider::new(), test_config(), None);
+        for name in ["deleted", "retyped"] {
+            eventually(&format!("portico stood back from {name}"), 20, || async {
+                env.get(name).await.filter(|s| {
+                    condition(s, CONDITION_TYPE)
+                        == Some(("False".into(), "ConflictingController".into()))
+                })
+            })
+            .await;
+        }
+        env.delete("deleted").await;
+        to_cluster_ip(&env, "retyped").await;
+        env.barrier(&replica.provider, "barrier").await;
+        for name in ["deleted", "retyped"] {
+            let calls = calls_for(&replica.provider.calls(), name);
+            assert!(
+                calls.iter().all(|c| c.op == Op::Get),
+                "{name}: only look-ups, no delete: {calls:?}"
+            );
+            let svc = env.get(name).await.expect("still there");
+            assert!(
+                has_finalizer(&svc),
+                "{name}: the other controller's finalizer stays"
+            );
+        }
+        replica.stop().await;
+    })
+    .await;
+}
+
+/// `spec.type: ClusterIP` on Service `name`.
+async fn to_cluster_ip(env: &Env, name: &str) {
+    let patch = serde_json::json!({"spec": {"type": "ClusterIP"}});
+    env.services()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("type change");
 }
 
 /// A Service portico would claim already shows an address someone else
@@ -176,6 +289,45 @@ async fn another_controllers_address_is_not_overwritten(backend: Backend) {
         let note = env.event("served", "Warning", "ConflictingController").await;
         assert!(note.contains("198.51.100.77"), "{note}");
         replica.stop().await;
+    })
+    .await;
+}
+
+/// A class-less Service carrying another load-balancer controller's own
+/// finalizer (here the AWS Load Balancer Controller's) is that
+/// controller's, even before it writes an address: portico builds nothing.
+async fn another_controllers_finalizer_marks_the_service_as_theirs(backend: Backend) {
+    within(60, async {
+        let env = Env::start(backend, 1).await;
+        env.create(
+            svc("default", "marked")
+                .lb()
+                .port(80, 30081)
+                .finalizer("service.k8s.aws/resources")
+                .build(),
+        )
+        .await;
+        let svc = eventually("ConflictingController condition", 20, || async {
+            env.get("marked")
+                .await
+                .filter(|s| condition(s, CONDITION_TYPE).is_some())
+        })
+        .await;
+        assert_eq!(
+            condition(&svc, CONDITION_TYPE),
+            Some(("False".into(), "ConflictingController".into()))
+        );
+        let note = env
+            .event("marked", "Warning", "ConflictingController")
+            .await;
+        assert!(note.contains("service.k8s.aws/resources"), "{note}");
+        env.barrier(env.provider(), "barrier").await;
+        let svc = env.get("marked").await.expect("exists");
+        assert!(!has_finalizer(&svc), "portico added no finalizer");
+        assert!(
+            calls_for(&env.provider().calls(), "marked").is_empty(),
+            "no cloud call for it"
+        );
     })
     .await;
 }
@@ -370,14 +522,73 @@ async fn a_stale_status_write_cannot_drop_another_controllers_condition(backend:
     .await;
 }
 
+/// The controller itself meets that refusal: another controller adds its
+/// condition while portico's cloud call is in flight, so portico's status
+/// write (built from the copy read before) is refused with 409; the
+/// controller retries on a fresh copy and the Service ends with both
+/// conditions.
+async fn a_refused_status_write_is_retried_and_both_conditions_stay(backend: Backend) {
+    within(60, async {
+        let env = Env::api_only(backend, 1).await;
+        let provider = RecordingProvider::new();
+        provider.set_latency(std::time::Duration::from_secs(2));
+        let mark = env.mark();
+        let replica = env.replica(provider.clone(), test_config(), None);
+        env.create(svc("default", "web").lb().port(80, 30080).build())
+            .await;
+        eventually("the ensure is in flight", 20, || async {
+            (provider.started() >= 1).then_some(())
+        })
+        .await;
+        provider.set_latency(std::time::Duration::ZERO);
+        let theirs = serde_json::json!({"status": {"conditions": [{
+            "type": "example.com/Healthy", "status": "True", "reason": "Probed",
+            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        env.services()
+            .patch_status("web", &PatchParams::default(), &Patch::Merge(&theirs))
+            .await
+            .expect("another controller's condition");
+        let svc = eventually("portico's condition beside theirs", 30, || async {
+            env.get("web")
+                .await
+                .filter(|s| condition(s, CONDITION_TYPE) == Some(("True".into(), "Ready".into())))
+        })
+        .await;
+        assert!(
+            condition(&svc, "example.com/Healthy").is_some(),
+            "the other controller's condition survived"
+        );
+        assert!(ingress_ip(&svc).is_some());
+        let refused = eventually(
+            "the refused write in the API server's record",
+            10,
+            || async {
+                let refused = env.controller_writes_answered_since(mark, 409);
+                (!refused.is_empty()).then_some(refused)
+            },
+        )
+        .await;
+        assert!(
+            refused.iter().all(|w| w.contains("services/status")),
+            "only the status write was refused: {refused:?}"
+        );
+        replica.stop().await;
+    })
+    .await;
+}
+
 on_both_backends!(
     a_stale_status_write_cannot_drop_another_controllers_condition,
+    a_refused_status_write_is_retried_and_both_conditions_stay,
     deposed_leader_stops_at_once,
     gc_off_deletes_nothing,
     another_controllers_finalizer_is_never_stripped,
     type_change_of_an_unclaimed_service_keeps_its_finalizer,
     a_balancer_of_ours_for_a_foreign_service_is_removed,
+    another_class_leaving_type_load_balancer_is_left_alone,
+    a_service_portico_stood_back_from_keeps_its_finalizer,
     another_controllers_address_is_not_overwritten,
+    another_controllers_finalizer_marks_the_service_as_theirs,
     cloud_errors_are_retried_not_parked,
     long_errors_still_make_an_event,
 );

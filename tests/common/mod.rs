@@ -248,6 +248,33 @@ impl Env {
         }
     }
 
+    /// The writes the controller made since `mark` that the API server
+    /// answered with `code`, as "verb resource name".
+    pub fn controller_writes_answered_since(&self, mark: Mark, code: u16) -> Vec<String> {
+        match &self.cluster {
+            Cluster::StandIn(server) => server
+                .requests()
+                .into_iter()
+                .skip(mark.0 as usize)
+                .filter(|r| r.is_write() && r.status == code)
+                .map(|r| format!("{} {} {}", r.verb, r.resource_path(), r.path))
+                .collect(),
+            Cluster::Real(plane) => {
+                let user = ControlPlane::service_account_user(
+                    kube_standin::control_plane::CONTROLLER_NAMESPACE,
+                    kube_standin::control_plane::CONTROLLER_ACCOUNT,
+                );
+                plane
+                    .audit_since(mark.0)
+                    .expect("audit log")
+                    .into_iter()
+                    .filter(|e| e.user.username == user && e.is_write() && e.code() == Some(code))
+                    .map(|e| format!("{} {} {}", e.verb, e.resource(), e.request_uri))
+                    .collect()
+            }
+        }
+    }
+
     /// Who holds the controller's Lease in `kube-system` now, if anyone.
     pub async fn lease_holder(&self) -> Option<String> {
         let leases: Api<k8s_openapi::api::coordination::v1::Lease> =

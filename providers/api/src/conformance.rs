@@ -30,7 +30,7 @@ use crate::testing::EnsureSpec;
 
 use crate::{
     ClusterName, HealthCheck, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
-    LoadBalancerStatus, Protocol, ProviderError, RetryHint, Target, Targets,
+    LoadBalancerStatus, Protocol, ProviderError, Target, Targets,
 };
 
 /// A health check as the cloud holds it, in the spec's words where it can.
@@ -183,11 +183,15 @@ async fn ensure_eventually<P: LoadBalancerProvider + ?Sized>(
         match provider.ensure_spec(spec).await {
             Ok(status) => return status,
             Err(err) => {
-                match err.retry_hint() {
-                    RetryHint::UntilChanged => panic!("ensure gave up on a valid spec: {err}"),
-                    RetryHint::After(d) => tokio::time::sleep(d.min(Duration::from_secs(2))).await,
-                    RetryHint::Backoff => tokio::time::sleep(Duration::from_millis(20)).await,
+                if matches!(
+                    err,
+                    ProviderError::InvalidSpec { .. } | ProviderError::Unsupported { .. }
+                ) {
+                    panic!("ensure refused a valid spec: {err}");
                 }
+                // The controller's floor, shortened for the suite.
+                let wait = err.retry_floor().min(Duration::from_secs(2));
+                tokio::time::sleep(wait.max(Duration::from_millis(20))).await;
                 last = Some(err);
             }
         }

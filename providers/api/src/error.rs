@@ -14,8 +14,10 @@ pub enum ProviderError {
     /// The cloud asked us to slow down; retry no sooner than `retry_after` when given.
     #[error("throttled by the provider{}", retry_after.map(|d| format!(", retry after {}ms", d.as_millis())).unwrap_or_default())]
     Throttled { retry_after: Option<Duration> },
-    /// The Service asks for something this provider cannot build. Retrying is
-    /// pointless until the Service changes; `field` names what to fix.
+    /// The Service asks for something this provider cannot build; `field`
+    /// names what to fix. From the pure `prepare`, the controller waits for
+    /// the Service to change; from a cloud call, it retries slowly (clouds
+    /// refuse what they later accept: limits, eventual consistency).
     #[error("invalid load balancer spec: {field}: {reason}")]
     InvalidSpec { field: String, reason: String },
     /// An account limit stops the change; retry slowly, an operator must act.
@@ -31,19 +33,6 @@ pub enum ProviderError {
     /// The provider does not support what the spec asks (e.g. a protocol).
     #[error("unsupported by this provider: {what}")]
     Unsupported { what: String },
-}
-
-/// How the controller should schedule the next attempt after an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryHint {
-    /// Exponential backoff with jitter.
-    Backoff,
-    /// Not before this long (the cloud said so).
-    After(Duration),
-    /// Only a change to the Service (or a fix in the cloud) can help. The
-    /// controller still retries slowly (see [`ProviderError::retry_floor`]):
-    /// only the pure, no-I/O validation waits for the Service to change.
-    UntilChanged,
 }
 
 impl ProviderError {
@@ -68,22 +57,6 @@ impl ProviderError {
         Self::InvalidSpec {
             field: field.into(),
             reason: reason.into(),
-        }
-    }
-
-    /// What the controller should do about this error.
-    pub fn retry_hint(&self) -> RetryHint {
-        match self {
-            Self::Transient { .. } | Self::Conflict { .. } | Self::QuotaExceeded { .. } => {
-                RetryHint::Backoff
-            }
-            Self::Throttled {
-                retry_after: Some(d),
-            } => RetryHint::After(*d),
-            Self::Throttled { retry_after: None } => RetryHint::Backoff,
-            Self::InvalidSpec { .. } | Self::Unsupported { .. } | Self::NotFound { .. } => {
-                RetryHint::UntilChanged
-            }
         }
     }
 
@@ -141,33 +114,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hints_follow_the_variant() {
+    fn retry_floors_per_kind() {
         let cases = [
+            ("transient: no floor", ProviderError::transient("x"), 0),
             (
-                "transient retries with backoff",
-                ProviderError::transient("x"),
-                RetryHint::Backoff,
-            ),
-            (
-                "throttled with a hint waits that long",
-                ProviderError::Throttled {
-                    retry_after: Some(Duration::from_secs(3)),
+                "conflict: no floor",
+                ProviderError::Conflict {
+                    message: "x".into(),
                 },
-                RetryHint::After(Duration::from_secs(3)),
+                0,
             ),
             (
-                "throttled without a hint backs off",
+                "throttled: what the cloud said",
+                ProviderError::Throttled {
+                    retry_after: Some(Duration::from_millis(7_500)),
+                },
+                7_500,
+            ),
+            (
+                "throttled without a hint: 2 s",
                 ProviderError::Throttled { retry_after: None },
-                RetryHint::Backoff,
+                2_000,
             ),
             (
-                "invalid waits for a change",
-                ProviderError::invalid("f", "r"),
-                RetryHint::UntilChanged,
+                "not found: 5 s",
+                ProviderError::NotFound { what: "x".into() },
+                5_000,
+            ),
+            ("invalid: 30 s", ProviderError::invalid("f", "r"), 30_000),
+            (
+                "unsupported: 30 s",
+                ProviderError::Unsupported { what: "x".into() },
+                30_000,
+            ),
+            (
+                "quota: 60 s",
+                ProviderError::QuotaExceeded {
+                    resource: "x".into(),
+                    message: "y".into(),
+                },
+                60_000,
             ),
         ];
-        for (desc, err, hint) in cases {
-            assert_eq!(err.retry_hint(), hint, "{desc}");
+        for (desc, err, ms) in cases {
+            assert_eq!(err.retry_floor(), Duration::from_millis(ms), "{desc}");
         }
     }
 

@@ -21,7 +21,7 @@ pub mod conformance;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use error::{ProviderError, RetryHint};
+pub use error::ProviderError;
 pub use identity::{cluster_tags, tag};
 pub use names::{owned_name, short_hash};
 pub use provider::{

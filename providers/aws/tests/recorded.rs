@@ -20,7 +20,7 @@ use portico_aws::{
 use portico_provider::testing::EnsureSpec;
 use portico_provider::{
     ClusterName, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, Protocol,
-    ProviderError, RetryHint, Target, short_hash,
+    ProviderError, Target, short_hash,
 };
 
 /// The fake endpoint: an axum server on 127.0.0.1:0 that hands each request
@@ -1120,7 +1120,12 @@ async fn a_name_taken_by_someone_else_is_a_conflict_never_an_adoption() {
             "{}: {err:?}",
             case.desc
         );
-        assert_eq!(err.retry_hint(), RetryHint::Backoff, "{}", case.desc);
+        assert_eq!(
+            err.retry_floor(),
+            std::time::Duration::ZERO,
+            "{}: retried with plain backoff",
+            case.desc
+        );
         for words in case.says {
             assert!(err.to_string().contains(words), "{}: {err}", case.desc);
         }
@@ -1130,7 +1135,7 @@ async fn a_name_taken_by_someone_else_is_a_conflict_never_an_adoption() {
 }
 
 #[tokio::test]
-async fn aws_rejecting_the_spec_means_give_up_until_the_service_changes() {
+async fn aws_rejecting_the_spec_is_an_invalid_spec_error_retried_slowly() {
     struct Case {
         desc: &'static str,
         lbs: Vec<Lb>,
@@ -1190,7 +1195,12 @@ async fn aws_rejecting_the_spec_means_give_up_until_the_service_changes() {
             "{}: {err:?}",
             case.desc
         );
-        assert_eq!(err.retry_hint(), RetryHint::UntilChanged, "{}", case.desc);
+        assert_eq!(
+            err.retry_floor(),
+            std::time::Duration::from_secs(30),
+            "{}: the controller retries a cloud's refusal, slowly",
+            case.desc
+        );
         for words in [action, code, message] {
             assert!(err.to_string().contains(words), "{}: {err}", case.desc);
         }
