@@ -50,9 +50,12 @@ pub(crate) struct Backend {
     health: AtomicU8,
     active: AtomicU64,
     pub metrics: BackendMetrics,
-    /// Cancelled when the backend's drain time is over: every connection to
-    /// it closes.
-    pub retired: CancellationToken,
+    /// The token the connections opened now watch; cancelled (and replaced
+    /// by a fresh one) when a drain runs out, so every connection open then
+    /// closes while later ones (after the weight comes back) are unaffected.
+    ends: Mutex<CancellationToken>,
+    /// The running drain of a configured backend weighted to 0, if any.
+    weight_drain: Mutex<Option<CancellationToken>>,
     /// The running health-check task, if any.
     pub health_task: Mutex<Option<CancellationToken>>,
     /// Out of the listener's configuration (not merely weighted to zero).
@@ -88,7 +91,8 @@ impl Backend {
             health: AtomicU8::new(HealthState::Unknown.as_u8()),
             active: AtomicU64::new(0),
             metrics,
-            retired: CancellationToken::new(),
+            ends: Mutex::new(CancellationToken::new()),
+            weight_drain: Mutex::new(None),
             health_task: Mutex::new(None),
             removed: AtomicBool::new(false),
             removal: Notify::new(),
@@ -183,15 +187,65 @@ impl Backend {
 
     /// Stop the health-check task (if any) and install `next` in its place.
     pub(crate) fn replace_health_task(&self, next: Option<CancellationToken>) {
-        let mut slot = self
-            .health_task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut slot = lock(&self.health_task);
         if let Some(old) = slot.take() {
             old.cancel();
         }
         *slot = next;
     }
+
+    /// The token a connection (or UDP session) opened now watches: it is
+    /// cancelled when the backend's drain runs out.
+    pub(crate) fn connections_end(&self) -> CancellationToken {
+        lock(&self.ends).clone()
+    }
+
+    /// End every connection and session open now; later ones get a fresh
+    /// token (a drained backend may be weighted up again).
+    pub(crate) fn end_connections(&self) {
+        let old = std::mem::replace(&mut *lock(&self.ends), CancellationToken::new());
+        old.cancel();
+    }
+
+    /// Install `token` as the backend's weight drain unless one runs
+    /// already; returns whether it was installed.
+    pub(crate) fn start_weight_drain(&self, token: &CancellationToken) -> bool {
+        let mut slot = lock(&self.weight_drain);
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(token.clone());
+        true
+    }
+
+    /// Stop the weight drain, if one runs (the weight came back, or the
+    /// backend was removed and drains as such); returns whether one ran.
+    pub(crate) fn stop_weight_drain(&self) -> bool {
+        match lock(&self.weight_drain).take() {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The weight drain `token` ran out: true, and the backend drains no
+    /// more, unless the drain was stopped meanwhile. (Stopping cancels under
+    /// the same lock, and a new drain starts only on an empty slot, so an
+    /// uncancelled `token` is the one in the slot.)
+    pub(crate) fn finish_weight_drain(&self, token: &CancellationToken) -> bool {
+        let mut slot = lock(&self.weight_drain);
+        if token.is_cancelled() {
+            return false;
+        }
+        *slot = None;
+        true
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Counts one open connection (or UDP session) to a backend for as long as

@@ -268,6 +268,9 @@ impl ListenerShared {
             }
         }
         let drain_timeout = config.drain_timeout;
+        for b in &next {
+            self.follow_weight(b, drain_timeout);
+        }
         for b in old {
             if !next.iter().any(|n| n.addr == b.addr) {
                 info!(backend = %b.addr, ?drain_timeout, "backend removed: its UDP sessions end, its TCP connections drain");
@@ -315,10 +318,47 @@ impl ListenerShared {
         }
     }
 
+    /// A configured backend weighted to 0 drains: it takes no new
+    /// connection (the scheduler skips it), its open connections and UDP
+    /// sessions carry on until `timeout`, then they end. A weight above 0
+    /// stops the drain; a drain that ran out leaves the backend configured,
+    /// so it serves again once weighted up.
+    fn follow_weight(self: &Arc<Self>, backend: &Arc<Backend>, timeout: Duration) {
+        if backend.weight() > 0 {
+            if backend.stop_weight_drain() {
+                info!(backend = %backend.addr, "weighted up again: drain stopped, connections kept");
+            }
+            return;
+        }
+        let drain = CancellationToken::new();
+        if !backend.start_weight_drain(&drain) {
+            return;
+        }
+        info!(backend = %backend.addr, ?timeout, "weighted to 0: no new connections, open ones drain");
+        let hard_stop = self.hard_stop.clone();
+        let backend = Arc::clone(backend);
+        let task = async move {
+            tokio::select! {
+                _ = drain.cancelled() => return,
+                _ = hard_stop.cancelled() => return,
+                _ = tokio::time::sleep(timeout) => {}
+            }
+            if backend.finish_weight_drain(&drain) {
+                if backend.active() > 0 {
+                    info!(backend = %backend.addr, open = backend.active(), "drain timeout at weight 0, closing connections");
+                }
+                backend.end_connections();
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, self.span.clone()));
+    }
+
     /// No new connections for `backend`; its open ones may finish within
     /// `timeout`, then they are closed.
     fn drain(self: &Arc<Self>, st: &mut State, backend: Arc<Backend>, timeout: Duration) {
         backend.replace_health_task(None);
+        // The removal's drain takes over from one at weight 0.
+        backend.stop_weight_drain();
         let revived = CancellationToken::new();
         st.draining.push(Draining {
             backend: Arc::clone(&backend),
@@ -351,7 +391,7 @@ impl ListenerShared {
             } else {
                 debug!(backend = %backend.addr, "drained");
             }
-            backend.retired.cancel();
+            backend.end_connections();
             shared.all_metrics.forget_backend(&backend.metrics);
         };
         tokio::spawn(tracing::Instrument::instrument(task, self.span.clone()));

@@ -44,7 +44,10 @@
 //! that stay keep their connections and health state. Removed backends get
 //! no new connections and are drained: open connections may finish until
 //! `drain_timeout`, then are closed. A backend added back while draining
-//! is revived as it was. A removed TCP listener stops accepting at once and
+//! is revived as it was. A backend that stays but is weighted to 0 drains
+//! too: no new connection, while its open TCP connections *and* UDP
+//! sessions carry on until `drain_timeout`, then end; weighted up before
+//! that, it keeps them, and after that it serves new ones again. A removed TCP listener stops accepting at once and
 //! drains its connections the same way; a removed UDP listener closes its
 //! socket and sessions at once (UDP has nothing to finish). A changed VIP
 //! rebinds every listener. All new sockets are bound before anything

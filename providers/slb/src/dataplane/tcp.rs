@@ -89,9 +89,10 @@ async fn handle(shared: Arc<ListenerShared>, client: TcpStream, peer: SocketAddr
 
     let mut client = client;
     let mut upstream = upstream;
+    let ends = backend.connections_end();
     let result = tokio::select! {
         r = forward(&mut client, &mut upstream, settings, &backend.metrics) => r,
-        _ = backend.retired.cancelled() => {
+        _ = ends.cancelled() => {
             debug!(backend = %backend.addr, "closed at the end of the drain");
             return;
         }

@@ -42,6 +42,16 @@ struct Session {
     /// Milliseconds since the listener's epoch of the last datagram.
     last: Arc<AtomicU64>,
     stop: CancellationToken,
+    /// Cancelled when the backend's drain runs out.
+    ends: CancellationToken,
+}
+
+impl Session {
+    /// Whether the session may carry no more datagrams: its backend left
+    /// the configuration, or drained (weight 0) until the timeout.
+    fn is_over(&self) -> bool {
+        self.backend.is_removed() || self.ends.is_cancelled()
+    }
 }
 
 /// Milliseconds since the listener started, shared by the listener loop
@@ -105,11 +115,11 @@ pub(crate) async fn serve(shared: Arc<ListenerShared>, socket: Arc<UdpSocket>) {
                 }
                 let at_cap = sessions.len() >= shared.settings.max_udp_sessions;
                 let session = match sessions.entry(client) {
-                    // A session to a removed backend ends here, before its
-                    // next datagram could reach it; the client moves to a
-                    // configured backend.
-                    Entry::Occupied(mut e) if e.get().backend.is_removed() => {
-                        trace!(%client, backend = %e.get().backend.addr, "udp session to a removed backend ended");
+                    // A session to a removed (or drained) backend ends
+                    // here, before its next datagram could reach it; the
+                    // client moves to a configured backend.
+                    Entry::Occupied(mut e) if e.get().is_over() => {
+                        trace!(%client, backend = %e.get().backend.addr, "udp session to a removed or drained backend ended");
                         e.get().stop.cancel();
                         next_id += 1;
                         match open(&shared, &socket, client, next_id, &ended_tx, clock) {
@@ -188,6 +198,7 @@ fn open(
         backend: Arc::clone(&backend),
         last: Arc::new(AtomicU64::new(clock.now_ms())),
         stop: shared.hard_stop.child_token(),
+        ends: backend.connections_end(),
     };
     backend.metrics.connections.inc();
     let active = ActiveGuard::udp(backend);
@@ -198,6 +209,7 @@ fn open(
         client,
         last: Arc::clone(&session.last),
         stop: session.stop.clone(),
+        ends: session.ends.clone(),
         ended: ended.clone(),
         id,
         clock,
@@ -231,6 +243,7 @@ struct Replies {
     client: SocketAddr,
     last: Arc<AtomicU64>,
     stop: CancellationToken,
+    ends: CancellationToken,
     ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
     id: u64,
     clock: Clock,
@@ -246,6 +259,7 @@ impl Replies {
             client,
             last,
             stop,
+            ends,
             ended,
             id,
             clock,
@@ -255,7 +269,7 @@ impl Replies {
         'session: loop {
             let ready = tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = backend.retired.cancelled() => {
+                _ = ends.cancelled() => {
                     debug!(backend = %backend.addr, "udp session closed at the end of the drain");
                     break;
                 }
