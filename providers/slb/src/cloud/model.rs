@@ -298,8 +298,12 @@ impl CreateListenerRequest {
     }
 }
 
+/// The highest weight of a backend server (and the default); 0 takes no
+/// new traffic and drains the server.
+pub const MAX_WEIGHT: u32 = 100;
+
 fn default_weight() -> u32 {
-    100
+    MAX_WEIGHT
 }
 
 #[derive(
@@ -312,9 +316,10 @@ pub struct BackendServer {
     /// 1..=65535.
     #[schemars(range(min = 1, max = 65535))]
     pub port: u32,
-    /// 0..=100; 0 takes no new traffic.
+    /// 0..=100; 0 takes no new traffic: open connections drain until the
+    /// cloud's drain timeout.
     #[serde(default = "default_weight")]
-    #[schemars(range(max = 100))]
+    #[schemars(range(max = MAX_WEIGHT))]
     pub weight: u32,
     /// Free text, e.g. the node's name.
     #[serde(default)]

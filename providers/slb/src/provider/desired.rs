@@ -10,7 +10,7 @@ use portico_provider::{
 };
 
 use super::marker;
-use super::options::{Reuse, SlbOptions};
+use super::options::{Reuse, SlbOptions, drains};
 use crate::cloud::model::*;
 
 /// The ACL every listener should carry.
@@ -217,7 +217,7 @@ pub fn desired_listeners(
                 .or_insert_with(|| BackendServer {
                     address,
                     port: l.node_port.into(),
-                    weight: opts.weight,
+                    weight: if drains(t) { 0 } else { opts.weight },
                     description: t.node_name.clone(),
                 });
         }

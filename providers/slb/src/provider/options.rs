@@ -3,9 +3,11 @@
 
 use std::net::IpAddr;
 
-use portico_provider::{Annotations, LoadBalancerSpec, ProviderError};
+use portico_provider::{Annotations, LoadBalancerSpec, ProviderError, Target};
 
-use crate::cloud::model::{AclMode, AddressType, BALANCER_SPECS, HealthCheckType, SchedulerKind};
+use crate::cloud::model::{
+    AclMode, AddressType, BALANCER_SPECS, HealthCheckType, MAX_WEIGHT, SchedulerKind,
+};
 
 /// Every annotation this provider reads starts with this.
 pub const PREFIX: &str = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-";
@@ -53,6 +55,21 @@ pub mod keys {
         PERSISTENCE_TIMEOUT,
         IP,
     ];
+}
+
+/// Node label that drains the node from every SLB balancer: its backends
+/// get weight 0, so they take no new connection while open TCP connections
+/// and UDP sessions carry on until the cloud's drain timeout. Any value but
+/// one Go's `ParseBool` reads as false (`false`, `False`, `FALSE`, `f`, `F`,
+/// `0`) drains, as for `node.kubernetes.io/exclude-from-external-load-balancers`.
+pub const DRAIN_NODE_LABEL: &str = "portico.io/slb-drain";
+
+/// Whether `target` carries [`DRAIN_NODE_LABEL`] with a value that drains.
+pub fn drains(target: &Target) -> bool {
+    target
+        .labels
+        .get(DRAIN_NODE_LABEL)
+        .is_some_and(|v| !matches!(v.as_str(), "false" | "False" | "FALSE" | "f" | "F" | "0"))
 }
 
 /// The full annotation name of `key`.
@@ -107,7 +124,9 @@ pub struct SlbOptions {
     pub acl: Option<UserAcl>,
     /// Reuse this existing balancer instead of creating one.
     pub reuse: Option<Reuse>,
-    /// Weight of every backend, 1..=100 (default 100).
+    /// Weight of every backend, 0..=100 (default 100). 0 drains them all:
+    /// the balancer takes no new connection, open ones end at the cloud's
+    /// drain timeout.
     pub weight: u32,
     /// Client-IP stickiness in seconds, overriding sessionAffinity; 0 = off.
     pub persistence_timeout: Option<u32>,
@@ -278,7 +297,7 @@ impl SlbOptions {
                 id: id.to_string(),
                 foreign_listeners,
             });
-        let weight = range(a, keys::WEIGHT, 1, 100)?.unwrap_or(100);
+        let weight = range(a, keys::WEIGHT, 0, i64::from(MAX_WEIGHT))?.unwrap_or(MAX_WEIGHT);
         let persistence_timeout = range(a, keys::PERSISTENCE_TIMEOUT, 0, 86_400)?;
         let ip: Option<IpAddr> = a.parse(&annotation(keys::IP))?;
 

@@ -318,9 +318,15 @@ pub struct UdpBackend {
 
 impl UdpBackend {
     pub async fn start(name: &str) -> UdpBackend {
-        let s = UdpSocket::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), name)
             .await
-            .expect("bind udp backend");
+            .expect("bind udp backend")
+    }
+
+    /// Like [`UdpBackend::start`], on `addr` (e.g. a port another backend
+    /// uses on another loopback address).
+    pub async fn start_on(addr: SocketAddr, name: &str) -> io::Result<UdpBackend> {
+        let s = UdpSocket::bind(addr).await?;
         let addr = s.local_addr().expect("udp backend address");
         let name = name.to_owned();
         let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -337,11 +343,11 @@ impl UdpBackend {
                 let _ = s.send_to(&reply, from).await;
             }
         });
-        UdpBackend {
+        Ok(UdpBackend {
             addr,
             received,
             task,
-        }
+        })
     }
 }
 
