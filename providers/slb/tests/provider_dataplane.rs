@@ -14,7 +14,8 @@ use std::time::Duration;
 use dataplane_support::within;
 use portico_provider::testing::EnsureSpec;
 use portico_provider::{
-    ClusterName, Listener as SpecListener, LoadBalancerKey, LoadBalancerSpec, Protocol, Target,
+    ClusterName, Listener as SpecListener, LoadBalancerKey, LoadBalancerSpec, Protocol,
+    ProviderError, Target,
 };
 use portico_slb::cloud::{CloudConfig, CloudServer};
 use portico_slb::dataplane::{DataPlane, DataPlaneConfig};
@@ -193,30 +194,36 @@ impl Chain {
     /// Ensure the Service `web` with a TCP and a UDP port on `targets`;
     /// returns its VIP.
     async fn ensure(&self, node_port: u16, targets: Vec<Target>) -> IpAddr {
-        let mut spec = LoadBalancerSpec::new(LoadBalancerKey::new(
-            ClusterName::new("c"),
-            "ns",
-            "web",
-            "uid-web",
-        ));
-        spec.listeners = vec![
-            SpecListener {
-                port: TCP_PORT,
-                protocol: Protocol::Tcp,
-                node_port,
-                name: None,
-            },
-            SpecListener {
-                port: UDP_PORT,
-                protocol: Protocol::Udp,
-                node_port,
-                name: None,
-            },
-        ];
-        spec.targets = targets.into();
+        let spec = web(node_port, targets);
         let status = self.provider.ensure_spec(&spec).await.expect("ensure");
         status.ingress[0].ip.expect("a vip")
     }
+}
+
+/// The Service `web`: TCP and UDP ports to `node_port` on `targets`.
+fn web(node_port: u16, targets: Vec<Target>) -> LoadBalancerSpec {
+    let mut spec = LoadBalancerSpec::new(LoadBalancerKey::new(
+        ClusterName::new("c"),
+        "ns",
+        "web",
+        "uid-web",
+    ));
+    spec.listeners = vec![
+        SpecListener {
+            port: TCP_PORT,
+            protocol: Protocol::Tcp,
+            node_port,
+            name: None,
+        },
+        SpecListener {
+            port: UDP_PORT,
+            protocol: Protocol::Udp,
+            node_port,
+            name: None,
+        },
+    ];
+    spec.targets = targets.into();
+    spec
 }
 
 /// A TCP connection through the VIP: the node's name, then echoed lines.
@@ -371,6 +378,52 @@ async fn a_node_labelled_to_drain_keeps_its_connections_until_the_timeout() {
             2,
             "without the label both nodes serve: {seen:?}"
         );
+    })
+    .await;
+}
+
+/// `ensure` returns Ok only when traffic follows: while another process
+/// holds the VIP's TCP port on the host, the cloud refuses the listener
+/// (409 ForwardingFailed, nothing made) and `ensure` fails with a conflict
+/// the controller retries; once the port is free, `ensure` succeeds and
+/// the VIP serves.
+#[tokio::test]
+async fn ensure_fails_while_the_data_plane_cannot_listen() {
+    within(60, async {
+        let chain = Chain::start("127.243.2.0/24", Duration::from_secs(1)).await;
+        let (nodes, port) = nodes(&["node-a"], 4).await;
+        let vip: IpAddr = "127.243.2.10".parse().expect("ip");
+        let mut spec = web(port, vec![nodes[0].target(false)]);
+        spec.requested_ips = vec![vip];
+
+        let squatter = std::net::TcpListener::bind(SocketAddr::new(vip, TCP_PORT)).expect("bind");
+        match chain.provider.ensure_spec(&spec).await {
+            Err(ProviderError::Conflict { message }) => {
+                assert!(message.contains("cannot listen on"), "{message}");
+            }
+            other => panic!("ensure must fail while the port is taken: {other:?}"),
+        }
+        let tcp_listeners = chain
+            .cloud
+            .snapshot()
+            .listeners
+            .values()
+            .filter(|l| l.port == TCP_PORT)
+            .count();
+        assert_eq!(
+            tcp_listeners, 0,
+            "the cloud did not record a listener it cannot serve"
+        );
+
+        drop(squatter);
+        let status = chain.provider.ensure_spec(&spec).await.expect("ensure");
+        assert_eq!(status.ingress[0].ip, Some(vip));
+        let mut conn = Conn::open(vip)
+            .await
+            .expect("the VIP serves once ensure returned");
+        assert_eq!(conn.node, "node-a");
+        conn.echo("seq 1").await.expect("echo");
+        assert_eq!(nodes[0].tcp_seqs(), [1]);
     })
     .await;
 }

@@ -20,7 +20,7 @@ fn op(id: &str, summary: &str, body: Option<&str>, ok: (&str, Option<&str>)) -> 
             },
             "400": {"$ref": "#/components/responses/Error"},
             "404": {"$ref": "#/components/responses/Error"},
-            "409": {"$ref": "#/components/responses/Error"},
+            "409": {"$ref": "#/components/responses/Conflict"},
             "429": {"$ref": "#/components/responses/Throttled"},
             "503": {"$ref": "#/components/responses/Error"}
         }
@@ -154,6 +154,7 @@ fn components(vips: ipnet::IpNet) -> Value {
             },
             "responses": {
                 "Error": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "Conflict": {"description": "conflict with what exists (ListenerAlreadyExists, AddressInUse, AddressExhausted, a group or ACL still in use), or ForwardingFailed: the data plane could not apply the change (e.g. a VIP's port is taken on the host), so the change was not made; retry it later", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                 "Throttled": {"description": "throttled; wait Retry-After seconds (retry-after-ms has milliseconds)", "headers": {"Retry-After": {"schema": {"type": "integer"}}, "retry-after-ms": {"schema": {"type": "integer"}}}, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             },
             "schemas": schemas(vips)
