@@ -353,3 +353,70 @@ async fn backends_replaced_under_load_fail_no_request() {
     })
     .await;
 }
+
+/// A change that takes a backend out returns only once no connect to it is
+/// under way any more: a connect decided before the change (here stuck,
+/// the backend's accept queue being full) is over when `apply` returns, so
+/// nothing reaches a removed backend afterwards.
+#[tokio::test]
+async fn apply_waits_for_connects_under_way_to_a_backend_it_takes_out() {
+    within(30, async {
+        // A backend that never accepts, its queue full: SYNs are dropped
+        // and a connect hangs until the data plane's timeout (500 ms).
+        let stuck = tokio::net::TcpSocket::new_v4().expect("socket");
+        stuck
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind");
+        let stuck = stuck.listen(1).expect("listen");
+        let stuck_addr = stuck.local_addr().expect("addr");
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(stuck_addr))
+                    .await
+            {
+                fillers.push(s);
+            }
+        }
+        let e2 = Backend::echo().await;
+        let dp = dataplane();
+        let vip = vip(FILE, 6);
+        let cfg = |b: SocketAddr| {
+            listener(8000, Transport::Tcp)
+                .backends(&[b])
+                .probe(ProbeKind::Disabled)
+                .build()
+        };
+        dp.apply(balancer("lb-settle", vip, vec![cfg(stuck_addr)]))
+            .await
+            .expect("apply");
+        let addr = SocketAddr::new(vip, 8000);
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            echo_once(&mut c, b"hello").await
+        });
+        wait_for(&dp, "lb-settle", 5, "a connect under way", |s| {
+            s.listeners[0]
+                .backends
+                .iter()
+                .any(|b| b.addr == stuck_addr && b.active_connections == 1)
+        })
+        .await;
+
+        dp.apply(balancer("lb-settle", vip, vec![cfg(e2.addr)]))
+            .await
+            .expect("apply");
+        let under_way = active(&dp, "lb-settle", stuck_addr).is_some_and(|(n, _)| n > 0);
+        assert!(
+            !under_way,
+            "apply returned while a connect to the removed backend was under way"
+        );
+        // The client's connection fails over to the new backend.
+        client
+            .await
+            .expect("client task")
+            .expect("answered by the remaining backend");
+        drop(fillers);
+    })
+    .await;
+}

@@ -427,3 +427,103 @@ async fn ensure_fails_while_the_data_plane_cannot_listen() {
     })
     .await;
 }
+
+/// Traffic that never stops while a node leaves: one UDP client sending
+/// from a single source port, and clients opening new TCP connections, each
+/// datagram and connection numbered before it is sent. Every round removes
+/// the node the UDP client's session is on (and puts back the one removed
+/// before) through `ensure`; whatever is numbered after `ensure` returned
+/// must never reach the removed node, and every TCP request must be
+/// answered. The cores are kept busy all along, so races get their chance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_gets_nothing_sent_after_ensure_returns() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    let load = dataplane_support::CpuLoad::start_for(2, Duration::from_secs(150));
+    within(120, async {
+        let chain = Chain::start("127.243.3.0/24", Duration::from_secs(10)).await;
+        let (nodes, port) = nodes(&["node-a", "node-b", "node-c"], 6).await;
+        let all: Vec<Target> = nodes.iter().map(|n| n.target(false)).collect();
+        let vip = chain.ensure(port, all.clone()).await;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let udp_seq = Arc::new(AtomicU64::new(0));
+        let tcp_seq = Arc::new(AtomicU64::new(0));
+        let tcp_failures = Arc::new(AtomicUsize::new(0));
+        let client = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let mut tasks = Vec::new();
+        {
+            let (stop, seq, client) = (Arc::clone(&stop), Arc::clone(&udp_seq), Arc::clone(&client));
+            tasks.push(tokio::spawn(async move {
+                let to = SocketAddr::new(vip, UDP_PORT);
+                while !stop.load(Ordering::SeqCst) {
+                    let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    let _ = client.send_to(n.to_string().as_bytes(), to).await;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }));
+        }
+        {
+            // Replies are not needed; read them so the socket never fills.
+            let (stop, client) = (Arc::clone(&stop), Arc::clone(&client));
+            tasks.push(tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                while !stop.load(Ordering::SeqCst) {
+                    let _ = tokio::time::timeout(Duration::from_millis(50), client.recv_from(&mut buf)).await;
+                }
+            }));
+        }
+        for _ in 0..2 {
+            let (stop, seq, failures) = (Arc::clone(&stop), Arc::clone(&tcp_seq), Arc::clone(&tcp_failures));
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
+                    let answered = match Conn::open(vip).await {
+                        Ok(mut c) => c.echo(&format!("seq {n}")).await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if !answered {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }));
+        }
+
+        let last = |seqs: Vec<u64>| seqs.into_iter().max().unwrap_or(0);
+        for round in 0..10 {
+            chain.ensure(port, all.clone()).await;
+            tokio::time::sleep(Duration::from_millis(80)).await;
+            // The node the UDP client's session is on now.
+            let gone = (0..nodes.len())
+                .max_by_key(|&i| last(nodes[i].udp_seqs()))
+                .expect("nodes");
+            let remaining: Vec<Target> = nodes
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != gone)
+                .map(|(_, n)| n.target(false))
+                .collect();
+            chain.ensure(port, remaining).await;
+            let (udp_mark, tcp_mark) = (udp_seq.load(Ordering::SeqCst), tcp_seq.load(Ordering::SeqCst));
+            tokio::time::sleep(Duration::from_millis(150)).await;
+
+            let name = &nodes[gone].name;
+            let late_udp: Vec<u64> = nodes[gone].udp_seqs().into_iter().filter(|&n| n > udp_mark).collect();
+            assert!(late_udp.is_empty(), "round {round}: datagrams {late_udp:?} sent after ensure returned reached {name}");
+            let late_tcp: Vec<u64> = nodes[gone].tcp_seqs().into_iter().filter(|&n| n > tcp_mark).collect();
+            assert!(late_tcp.is_empty(), "round {round}: connections {late_tcp:?} opened after ensure returned reached {name}");
+            let others = |seqs: fn(&Node) -> Vec<u64>| {
+                nodes.iter().enumerate().filter(|(i, _)| *i != gone).map(|(_, n)| last(seqs(n))).max().unwrap_or(0)
+            };
+            assert!(others(Node::udp_seqs) > udp_mark, "round {round}: the UDP client moved on to a remaining node");
+            assert!(others(Node::tcp_seqs) > tcp_mark, "round {round}: new connections reach the remaining nodes");
+        }
+        stop.store(true, Ordering::SeqCst);
+        for t in tasks {
+            t.await.expect("traffic task");
+        }
+        assert_eq!(tcp_failures.load(Ordering::SeqCst), 0, "every TCP request was answered");
+        assert!(udp_seq.load(Ordering::SeqCst) > 100, "the UDP client kept sending");
+    })
+    .await;
+    assert!(load.running(), "the CPU load lasted as long as the test");
+}

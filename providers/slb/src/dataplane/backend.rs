@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -64,6 +64,12 @@ pub(crate) struct Backend {
     removed: AtomicBool,
     /// Woken when `removed` is set.
     pub removal: Notify,
+    /// Forwarding decisions for this backend not on the wire yet: a TCP
+    /// connect under way, a datagram being sent. A change that takes the
+    /// backend out waits for them ([`Backend::settle`]).
+    in_flight: AtomicU64,
+    /// Woken when `in_flight` drops to 0.
+    settled: Notify,
     /// Real connections that failed in a row (passive health checking).
     consecutive_failures: AtomicU32,
     /// Out of the pick until this instant (milliseconds on [`EPOCH`]), after
@@ -96,6 +102,8 @@ impl Backend {
             health_task: Mutex::new(None),
             removed: AtomicBool::new(false),
             removal: Notify::new(),
+            in_flight: AtomicU64::new(0),
+            settled: Notify::new(),
             consecutive_failures: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
         };
@@ -181,6 +189,32 @@ impl Backend {
         false
     }
 
+    /// Count a forwarding decision for this backend until the guard drops.
+    /// Taken under the listener's lock when the backend is picked, or before
+    /// checking [`Backend::is_removed`] for a datagram, so a change that takes
+    /// the backend out sees every decision made before it.
+    pub(crate) fn enter_flight(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Wait (at most `limit`) until no forwarding decision made before now
+    /// is still on its way to the backend; returns whether none is.
+    pub(crate) async fn settle(&self, limit: Duration) -> bool {
+        let wait = async {
+            loop {
+                let woken = self.settled.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+
     pub(crate) fn active(&self) -> u64 {
         self.active.load(Ordering::Relaxed)
     }
@@ -246,6 +280,19 @@ impl Backend {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One forwarding decision on its way to a backend (see
+/// [`Backend::enter_flight`]).
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Backend>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.settled.notify_waiters();
+        }
+    }
 }
 
 /// Counts one open connection (or UDP session) to a backend for as long as

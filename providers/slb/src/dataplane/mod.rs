@@ -73,9 +73,11 @@ use async_trait::async_trait;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
 pub use backend::HealthState;
+
+use backend::Backend;
 
 use crate::forwarding::{
     BalancerForwarding, ForwardingError, ForwardingSink, ListenerConfig, Transport,
@@ -252,7 +254,9 @@ impl DataPlane {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn converge(&self, desired: BalancerForwarding) -> Result<(), ForwardingError> {
+    /// Make `desired` what runs; returns the backends taken out of new
+    /// traffic, for [`settle`].
+    fn converge(&self, desired: BalancerForwarding) -> Result<Vec<Arc<Backend>>, ForwardingError> {
         let mut balancers = self.balancers();
         let current = balancers.get(&desired.balancer_id);
         let plan = plan(
@@ -268,7 +272,7 @@ impl DataPlane {
             &desired,
         );
         if plan.is_noop() && current.is_some() {
-            return Ok(());
+            return Ok(Vec::new());
         }
 
         // Bind everything new first: an error leaves the balancer untouched.
@@ -285,18 +289,19 @@ impl DataPlane {
                 listeners: BTreeMap::new(),
             });
         balancer.vip = desired.vip;
+        let mut taken_out = Vec::new();
         for key in plan.remove {
             if let Some(l) = balancer.listeners.remove(&key) {
                 let _e = l.span.enter();
                 info!("listener removed");
-                l.shutdown();
+                taken_out.extend(l.shutdown());
             }
         }
         for config in plan.update {
             if let Some(l) = balancer.listeners.get(&ListenerKey::of(&config)) {
                 let _e = l.span.enter();
                 info!("listener reconfigured");
-                l.reconfigure(config);
+                taken_out.extend(l.reconfigure(config));
             }
         }
         for (config, socket) in bound {
@@ -330,7 +335,24 @@ impl DataPlane {
             }
             balancer.listeners.insert(key, shared);
         }
-        Ok(())
+        Ok(taken_out)
+    }
+
+    /// How long a change waits for decisions under way: a connect ends
+    /// within the connect timeout.
+    fn settle_limit(&self) -> Duration {
+        self.inner.settings.connect_timeout + Duration::from_millis(100)
+    }
+}
+
+/// Wait until no connect or datagram decided before a change is still on
+/// its way to a backend the change took out (at most `limit` each), so
+/// that once `apply` returns nothing reaches them any more.
+async fn settle(taken_out: &[Arc<Backend>], limit: Duration) {
+    for b in taken_out {
+        if !b.settle(limit).await {
+            debug!(backend = %b.addr, "forwarding under way to a backend taken out did not end in time");
+        }
     }
 }
 
@@ -339,18 +361,22 @@ impl ForwardingSink for DataPlane {
     async fn apply(&self, config: BalancerForwarding) -> Result<(), ForwardingError> {
         // Binding is synchronous (std sockets handed to tokio), so the whole
         // convergence runs under one lock without awaiting.
-        self.converge(config)
+        let taken_out = self.converge(config)?;
+        settle(&taken_out, self.settle_limit()).await;
+        Ok(())
     }
 
     async fn remove(&self, balancer_id: &str) {
         let removed = self.balancers().remove(balancer_id);
+        let mut taken_out = Vec::new();
         if let Some(b) = removed {
             for l in b.listeners.values() {
                 let _e = l.span.enter();
                 info!("listener removed with its balancer");
-                l.shutdown();
+                taken_out.extend(l.shutdown());
             }
         }
+        settle(&taken_out, self.settle_limit()).await;
     }
 }
 

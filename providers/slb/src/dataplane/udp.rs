@@ -147,8 +147,20 @@ pub(crate) async fn serve(shared: Arc<ListenerShared>, socket: Arc<UdpSocket>) {
                         }
                     }
                 };
+                // Counted in flight, then checked again: a change that takes
+                // the backend out either shows here, or waits until this
+                // datagram has left (so none leaves once `apply` returned).
+                let flight = session.backend.enter_flight();
+                if session.is_over() {
+                    trace!(%client, backend = %session.backend.addr, "backend taken out just now; datagram dropped, the next opens a new session");
+                    session.stop.cancel();
+                    sessions.remove(&client);
+                    continue;
+                }
                 session.last.store(now_ms(), Ordering::Relaxed);
-                match session.upstream.send(&buf[..n]).await {
+                let sent = session.upstream.send(&buf[..n]).await;
+                drop(flight);
+                match sent {
                     Ok(sent) => {
                         session.backend.metrics.bytes_in.inc_by(sent as u64);
                     }
@@ -179,7 +191,9 @@ fn open(
     ended: &mpsc::UnboundedSender<(SocketAddr, u64)>,
     clock: Clock,
 ) -> Option<Session> {
-    let Some(backend) = shared.pick(client.ip(), &[]) else {
+    // The pick's in-flight count ends here: the datagram is counted again
+    // (and the session checked) just before it is sent.
+    let Some((backend, _flight)) = shared.pick(client.ip(), &[]) else {
         shared.metrics.no_backend.inc();
         debug!(%client, "no backend for a new udp session");
         return None;

@@ -391,8 +391,10 @@ pub fn port(base: u16) -> u16 {
     base + NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Spin `threads` busy threads until the guard drops (bounded: at most 60 s),
-/// so races between reconfiguration and forwarding have a chance to show.
+/// Spin `threads` busy threads until the guard drops (bounded: at most 60 s
+/// by default), so races between reconfiguration and forwarding have a
+/// chance to show. [`CpuLoad::running`] tells a test whether the load
+/// lasted as long as it did.
 pub struct CpuLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -400,12 +402,17 @@ pub struct CpuLoad {
 
 impl CpuLoad {
     pub fn start(threads: usize) -> CpuLoad {
+        Self::start_for(threads, Duration::from_secs(60))
+    }
+
+    /// Like [`CpuLoad::start`], spinning at most `bound`.
+    pub fn start_for(threads: usize, bound: Duration) -> CpuLoad {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let threads = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
-                    let until = std::time::Instant::now() + Duration::from_secs(60);
+                    let until = std::time::Instant::now() + bound;
                     let mut x = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed)
                         && std::time::Instant::now() < until
@@ -417,6 +424,11 @@ impl CpuLoad {
             })
             .collect();
         CpuLoad { stop, threads }
+    }
+
+    /// Whether every thread still spins (none reached its bound).
+    pub fn running(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
     }
 }
 
