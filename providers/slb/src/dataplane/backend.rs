@@ -130,6 +130,7 @@ impl Backend {
         if before == HealthState::Unhealthy && state == HealthState::Healthy {
             self.ejected_until.store(0, Ordering::SeqCst);
             self.consecutive_failures.store(0, Ordering::SeqCst);
+            self.metrics.ejected.set(0);
         }
         self.metrics
             .healthy
@@ -151,23 +152,38 @@ impl Backend {
         self.removed.load(Ordering::SeqCst)
     }
 
-    /// A real connection (or datagram) to the backend failed; after
-    /// `outlier.consecutive_failures` in a row it is ejected for
-    /// `outlier.ejection`. Returns whether this failure ejected it.
-    pub(crate) fn record_failure(&self, outlier: OutlierDetection) -> bool {
+    /// A real connection (or UDP session) to the backend failed; after
+    /// `outlier.consecutive_failures` in a row (no success between) it is
+    /// ejected for `outlier.ejection`. Returns whether this failure ejected
+    /// it.
+    pub(crate) fn record_failure(self: &Arc<Self>, outlier: OutlierDetection) -> bool {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::SeqCst) + 1;
         if outlier.consecutive_failures == 0 || failures < outlier.consecutive_failures {
             return false;
         }
         self.consecutive_failures.store(0, Ordering::SeqCst);
         let until = now_ms()
-            .saturating_add(u64::try_from(outlier.ejection.as_millis()).unwrap_or(u64::MAX));
-        self.ejected_until.store(until.max(1), Ordering::SeqCst);
+            .saturating_add(u64::try_from(outlier.ejection.as_millis()).unwrap_or(u64::MAX))
+            .max(1);
+        self.ejected_until.store(until, Ordering::SeqCst);
         self.metrics.ejections.inc();
+        self.metrics.ejected.set(1);
+        // The gauge follows the cool-down's end (a later ejection moves
+        // `ejected_until`, and its own timer clears the gauge).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let backend = Arc::clone(self);
+            runtime.spawn(async move {
+                tokio::time::sleep(outlier.ejection).await;
+                if backend.ejected_until.load(Ordering::SeqCst) == until && !backend.is_ejected() {
+                    backend.metrics.ejected.set(0);
+                }
+            });
+        }
         true
     }
 
-    /// A real connection succeeded: the failure count starts over.
+    /// A real connection succeeded (for UDP: the backend answered): the
+    /// failure count starts over, so only failures in a row eject.
     pub(crate) fn record_success(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
     }
@@ -335,5 +351,50 @@ impl Drop for ActiveGuard {
         if self.udp {
             self.backend.metrics.udp_sessions.dec();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::metrics::{BackendLabels, Metrics};
+
+    fn backend() -> Arc<Backend> {
+        let metrics = Metrics::default().backend(BackendLabels {
+            balancer: "lb".into(),
+            listener: "80/tcp".into(),
+            backend: "10.0.0.1:80".into(),
+        });
+        Arc::new(Backend::new(
+            "10.0.0.1:80".parse().expect("addr"),
+            1,
+            HealthState::Healthy,
+            metrics,
+        ))
+    }
+
+    #[test]
+    fn only_failures_in_a_row_eject() {
+        let outlier = OutlierDetection {
+            consecutive_failures: 3,
+            ejection: Duration::from_secs(60),
+        };
+        let b = backend();
+        assert!(!b.record_failure(outlier));
+        assert!(!b.record_failure(outlier));
+        b.record_success();
+        assert!(!b.record_failure(outlier));
+        assert!(!b.record_failure(outlier));
+        assert!(!b.is_ejected(), "a success between starts the count over");
+        assert!(b.record_failure(outlier), "the third in a row ejects");
+        assert!(b.is_ejected());
+        assert_eq!(b.metrics.ejected.get(), 1);
+        b.set_health(HealthState::Unhealthy);
+        b.set_health(HealthState::Healthy);
+        assert!(
+            !b.is_ejected(),
+            "an active check bringing it back ends the ejection"
+        );
+        assert_eq!(b.metrics.ejected.get(), 0);
     }
 }

@@ -428,6 +428,7 @@ impl ListenerShared {
             health: b.health(),
             draining,
             active_connections: b.active(),
+            ejected: b.is_ejected(),
         };
         let mut backends: Vec<BackendSnapshot> =
             st.backends.iter().map(|b| row(b, false)).collect();

@@ -183,6 +183,9 @@ pub struct BackendSnapshot {
     pub draining: bool,
     /// Open TCP connections or UDP sessions.
     pub active_connections: u64,
+    /// Taken out by passive health checking for now (real connections or
+    /// UDP sessions failed in a row); back after the cool-down.
+    pub ejected: bool,
 }
 
 /// The forwarding data plane. Cheap to clone (all clones share one state);

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, trace};
+use tracing::{Instrument, debug, info, trace};
 
 use super::backend::{ActiveGuard, Backend};
 use super::listener::ListenerShared;
@@ -167,6 +168,9 @@ pub(crate) async fn serve(shared: Arc<ListenerShared>, socket: Arc<UdpSocket>) {
                     Err(e) => {
                         debug!(%client, backend = %session.backend.addr, error = %e, "udp send to backend failed");
                         session.backend.metrics.connect_failures.inc();
+                        if session.backend.record_failure(shared.settings.outlier) {
+                            info!(backend = %session.backend.addr, "udp sessions keep failing: backend ejected (passive health check)");
+                        }
                         session.stop.cancel();
                         sessions.remove(&client);
                     }
@@ -203,6 +207,9 @@ fn open(
         Err(e) => {
             debug!(%client, backend = %backend.addr, error = %e, "cannot open a udp socket to the backend");
             backend.metrics.connect_failures.inc();
+            if backend.record_failure(shared.settings.outlier) {
+                info!(backend = %backend.addr, "udp sessions keep failing: backend ejected (passive health check)");
+            }
             return None;
         }
     };
@@ -294,11 +301,39 @@ impl Replies {
                     }
                     continue;
                 }
-                r = upstream.readable() => r,
+                // ICMP port unreachable shows up as a socket error alone
+                // (EPOLLERR without EPOLLIN), so wait for errors too.
+                r = upstream.ready(Interest::READABLE | Interest::ERROR) => r,
             };
-            if let Err(e) = ready {
-                debug!(backend = %backend.addr, error = %e, "udp backend socket failed");
-                break;
+            let ready = match ready {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(backend = %backend.addr, error = %e, "udp backend socket failed");
+                    break;
+                }
+            };
+            if ready.is_error() {
+                match upstream.take_error() {
+                    Ok(Some(e)) => {
+                        debug!(backend = %backend.addr, error = %e, "udp backend unreachable");
+                        backend.metrics.connect_failures.inc();
+                        if backend.record_failure(outlier) {
+                            info!(backend = %backend.addr, "udp sessions keep failing: backend ejected (passive health check)");
+                        }
+                        break;
+                    }
+                    // Already taken by a send: forget the readiness, or the
+                    // wait above would return at once forever.
+                    Ok(None) => {
+                        let _ = upstream.try_io(Interest::ERROR, || {
+                            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                        });
+                    }
+                    Err(e) => {
+                        debug!(backend = %backend.addr, error = %e, "udp backend socket failed");
+                        break;
+                    }
+                }
             }
             // Move every datagram waiting, without an await in between, so
             // the sessions share one buffer per thread instead of holding
@@ -313,9 +348,13 @@ impl Replies {
                     Ok(Ok(sent)) => {
                         last.store(clock.now_ms(), Ordering::Relaxed);
                         backend.metrics.bytes_out.inc_by(sent as u64);
+                        // The backend answered: for passive health checking
+                        // that is a success, so only failures in a row count.
+                        backend.record_success();
                     }
                     Ok(Err(e)) => {
                         last.store(clock.now_ms(), Ordering::Relaxed);
+                        backend.record_success();
                         debug!(error = %e, "udp reply to client dropped");
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -323,7 +362,9 @@ impl Replies {
                         // ICMP port unreachable shows up here as ConnectionRefused.
                         debug!(backend = %backend.addr, error = %e, "udp backend unreachable");
                         backend.metrics.connect_failures.inc();
-                        backend.record_failure(outlier);
+                        if backend.record_failure(outlier) {
+                            info!(backend = %backend.addr, "udp sessions keep failing: backend ejected (passive health check)");
+                        }
                         break 'session;
                     }
                 }
