@@ -900,3 +900,49 @@ async fn requests_follow_the_document() {
     })
     .await;
 }
+
+/// Every operation the document lists is served: no documented path and
+/// method falls through to the router's "no such route" or "method not
+/// allowed" answers (the document and the router share their paths).
+#[tokio::test]
+async fn every_documented_operation_is_routed() {
+    with_timeout(async {
+        let cloud = Cloud::start(CloudConfig::default()).await;
+        let (s, doc, _) = cloud
+            .call(reqwest::Method::GET, "/openapi.json", None, None)
+            .await;
+        assert_eq!(s, 200);
+        let paths = doc["paths"].as_object().expect("paths");
+        assert!(paths.len() >= 14, "{}", paths.len());
+        let mut operations = 0;
+        for (path, item) in paths {
+            let concrete = path.replace("{lb}", "lb-x").replace("{id}", "x-1");
+            let methods = item
+                .as_object()
+                .expect("path item")
+                .keys()
+                .filter(|k| *k != "parameters");
+            for method in methods {
+                let method: reqwest::Method = method.to_uppercase().parse().expect("a method");
+                let body = matches!(
+                    method,
+                    reqwest::Method::POST | reqwest::Method::PUT | reqwest::Method::PATCH
+                )
+                .then(|| json!({}));
+                let (status, v, _) = cloud.call(method.clone(), &concrete, body, None).await;
+                let code = v["code"].as_str().unwrap_or_default();
+                assert!(
+                    status != 405 && !(status == 404 && code == "NotFound"),
+                    "{method} {path} is documented but not routed: {status} {v}"
+                );
+                operations += 1;
+            }
+        }
+        assert!(operations >= 26, "{operations} operations tried");
+        let (status, v, _) = cloud
+            .call(reqwest::Method::GET, "/v1/nothing-here", None, None)
+            .await;
+        assert_eq!((status, v["code"].as_str()), (404, Some("NotFound")));
+    })
+    .await;
+}

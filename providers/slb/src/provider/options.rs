@@ -5,9 +5,11 @@ use std::net::IpAddr;
 
 use portico_provider::{Annotations, LoadBalancerSpec, ProviderError, Target};
 
-use crate::cloud::model::{
-    AclMode, AddressType, BALANCER_SPECS, HealthCheckType, MAX_WEIGHT, SchedulerKind,
+use crate::cloud::limits::{
+    self, Bounds, HEALTH_INTERVAL_SECONDS, HEALTH_PATH_MAX_CHARS, HEALTH_THRESHOLD,
+    HEALTH_TIMEOUT_SECONDS, PORT, STICKY_SECONDS, WEIGHT,
 };
+use crate::cloud::model::{AclMode, AddressType, BALANCER_SPECS, HealthCheckType, SchedulerKind};
 
 /// Every annotation this provider reads starts with this.
 pub const PREFIX: &str = "service.beta.kubernetes.io/alibaba-cloud-loadbalancer-";
@@ -160,9 +162,12 @@ fn choice<T: Copy>(
         })
 }
 
-fn range(a: &Annotations, key: &str, min: i64, max: i64) -> Result<Option<u32>, ProviderError> {
-    Ok(a.parse_in_range(&annotation(key), min, max)?
-        .and_then(|v| u32::try_from(v).ok()))
+/// An integer annotation within `bounds` (the cloud's own limits).
+fn range(a: &Annotations, key: &str, bounds: Bounds) -> Result<Option<u32>, ProviderError> {
+    Ok(
+        a.parse_in_range(&annotation(key), bounds.min.into(), bounds.max.into())?
+            .and_then(|v| u32::try_from(v).ok()),
+    )
 }
 
 impl SlbOptions {
@@ -220,40 +225,38 @@ impl SlbOptions {
         )?;
         let uri = match a.get(&annotation(keys::HEALTH_CHECK_URI)) {
             None => None,
-            Some(raw)
-                if raw.starts_with('/')
-                    && !raw.contains(char::is_whitespace)
-                    && raw.len() <= 200 =>
-            {
-                Some(raw.to_string())
-            }
+            Some(raw) if limits::is_health_path(raw) => Some(raw.to_string()),
             Some(raw) => {
                 return Err(ProviderError::invalid(
                     field(keys::HEALTH_CHECK_URI),
                     format!(
-                        "{raw:?} must start with / and have no spaces (at most 200 characters)"
+                        "{raw:?} must start with / and then be visible ASCII, no spaces (at most {HEALTH_PATH_MAX_CHARS} characters)"
                     ),
                 ));
             }
         };
-        let connect_port = range(a, keys::HEALTH_CHECK_CONNECT_PORT, 1, 65535)?
-            .and_then(|p| u16::try_from(p).ok());
+        let connect_port =
+            range(a, keys::HEALTH_CHECK_CONNECT_PORT, PORT)?.and_then(|p| u16::try_from(p).ok());
         if connect_port.is_some() && kind == Some(HealthCheckType::Tcp) {
             return Err(ProviderError::invalid(
                 field(keys::HEALTH_CHECK_CONNECT_PORT),
                 "tcp checks probe each backend's own port; a connect port needs health-check-type http",
             ));
         }
-        let connect_timeout = range(a, keys::HEALTH_CHECK_CONNECT_TIMEOUT, 1, 300)?;
-        let timeout = range(a, keys::HEALTH_CHECK_TIMEOUT, 1, 300)?;
+        let connect_timeout = range(
+            a,
+            keys::HEALTH_CHECK_CONNECT_TIMEOUT,
+            HEALTH_TIMEOUT_SECONDS,
+        )?;
+        let timeout = range(a, keys::HEALTH_CHECK_TIMEOUT, HEALTH_TIMEOUT_SECONDS)?;
         let health = HealthOptions {
             kind,
             uri,
             connect_port,
-            interval_seconds: range(a, keys::HEALTH_CHECK_INTERVAL, 1, 50)?,
+            interval_seconds: range(a, keys::HEALTH_CHECK_INTERVAL, HEALTH_INTERVAL_SECONDS)?,
             timeout_seconds: timeout.or(connect_timeout),
-            healthy_threshold: range(a, keys::HEALTHY_THRESHOLD, 2, 10)?,
-            unhealthy_threshold: range(a, keys::UNHEALTHY_THRESHOLD, 2, 10)?,
+            healthy_threshold: range(a, keys::HEALTHY_THRESHOLD, HEALTH_THRESHOLD)?,
+            unhealthy_threshold: range(a, keys::UNHEALTHY_THRESHOLD, HEALTH_THRESHOLD)?,
         };
 
         let acl_on = choice(a, keys::ACL_STATUS, &[("on", true), ("off", false)])?.unwrap_or(false);
@@ -297,8 +300,13 @@ impl SlbOptions {
                 id: id.to_string(),
                 foreign_listeners,
             });
-        let weight = range(a, keys::WEIGHT, 0, i64::from(MAX_WEIGHT))?.unwrap_or(MAX_WEIGHT);
-        let persistence_timeout = range(a, keys::PERSISTENCE_TIMEOUT, 0, 86_400)?;
+        let weight = range(a, keys::WEIGHT, WEIGHT)?.unwrap_or(WEIGHT.max);
+        // 0 turns stickiness off.
+        let persistence = Bounds {
+            min: 0,
+            ..STICKY_SECONDS
+        };
+        let persistence_timeout = range(a, keys::PERSISTENCE_TIMEOUT, persistence)?;
         let ip: Option<IpAddr> = a.parse(&annotation(keys::IP))?;
 
         Ok(Self {
