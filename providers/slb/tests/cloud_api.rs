@@ -727,6 +727,106 @@ async fn a_change_is_acknowledged_only_once_the_data_plane_has_it() {
     .await;
 }
 
+/// A data plane that cannot listen on port 81 (as when another process
+/// holds it on the host); everything else it records.
+#[derive(Debug, Clone)]
+struct PortTakenSink(RecordingSink);
+
+#[async_trait::async_trait]
+impl portico_slb::forwarding::ForwardingSink for PortTakenSink {
+    async fn apply(
+        &self,
+        config: portico_slb::forwarding::BalancerForwarding,
+    ) -> Result<(), portico_slb::forwarding::ForwardingError> {
+        if let Some(l) = config.listeners.iter().find(|l| l.port == 81) {
+            return Err(portico_slb::forwarding::ForwardingError::Bind {
+                addr: std::net::SocketAddr::new(config.vip, l.port),
+                transport: l.transport,
+                source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+            });
+        }
+        self.0.apply(config).await
+    }
+    async fn remove(&self, balancer_id: &str) {
+        self.0.remove(balancer_id).await;
+    }
+}
+
+/// A change the data plane cannot apply is refused (409 ForwardingFailed)
+/// and not made: the API, the state file and the data plane all keep the
+/// state before it, and the next change goes through.
+#[tokio::test]
+async fn a_change_the_data_plane_cannot_apply_is_refused_and_not_made() {
+    with_timeout(async {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state_file = dir.path().join("cloud.json");
+        let recorded = RecordingSink::new();
+        let server = CloudServer::start(
+            CloudConfig {
+                state_file: Some(state_file.clone()),
+                ..CloudConfig::default()
+            },
+            "127.0.0.1:0".parse().expect("addr"),
+            Arc::new(PortTakenSink(recorded.clone())),
+        )
+        .await
+        .expect("cloud starts");
+        let cloud = Cloud {
+            server,
+            sink: recorded.clone(),
+            http: reqwest::Client::new(),
+        };
+        let lb = cloud.create_lb("taken", json!({})).await;
+        let group = cloud
+            .create_group(&lb.id, json!([{"address": "10.0.0.1", "port": 30080}]))
+            .await;
+        let listeners = format!("/v1/load-balancers/{}/listeners", lb.id);
+        let create = |port: u16| json!({"port": port, "protocol": "tcp", "backend_server_group_id": group.id});
+        let (s, v) = cloud.post(&listeners, create(80)).await;
+        assert_eq!(s, 201, "{v}");
+
+        let (s, v, _) = cloud
+            .call(reqwest::Method::POST, &listeners, Some(create(81)), Some("tok-1"))
+            .await;
+        assert_error(s, &v, 409, "ForwardingFailed", "cannot listen on");
+        let (s, v, _) = cloud
+            .call(reqwest::Method::GET, &listeners, None, None)
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let ports: Vec<u64> = v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|l| l["port"].as_u64())
+            .collect();
+        assert_eq!(ports, [80], "the refused listener was not made");
+        assert_eq!(cloud.server.snapshot().listeners.len(), 1);
+        let on_disk: portico_slb::cloud::Store =
+            serde_json::from_slice(&std::fs::read(&state_file).expect("state file"))
+                .expect("state");
+        assert_eq!(on_disk.listeners.len(), 1, "nor written to the state file");
+        let forwarded: Vec<u16> = recorded
+            .current(&lb.id)
+            .expect("forwarding")
+            .listeners
+            .iter()
+            .map(|l| l.port)
+            .collect();
+        assert_eq!(forwarded, [80], "the data plane keeps what the API says");
+
+        // Nothing of the failed create stays, not even its token: the same
+        // token makes a new listener rather than replaying one.
+        let (s, v, _) = cloud
+            .call(reqwest::Method::POST, &listeners, Some(create(82)), Some("tok-1"))
+            .await;
+        assert_eq!(s, 201, "the next change goes through: {v}");
+        assert_eq!(v["port"], 82, "{v}");
+        assert_eq!(cloud.server.snapshot().listeners.len(), 2);
+        assert_eq!(cloud.sink.current(&lb.id).map(|c| c.listeners.len()), Some(2));
+    })
+    .await;
+}
+
 /// What the OpenAPI document allows, the server takes, and nothing else:
 /// integral numbers in any spelling, repeated servers and CIDRs folded into
 /// one (the last listing counts), tokens without spaces, and a bad request
@@ -797,6 +897,52 @@ async fn requests_follow_the_document() {
             )
             .await;
         assert_error(s, &v, 400, "InvalidParameter", "tags");
+    })
+    .await;
+}
+
+/// Every operation the document lists is served: no documented path and
+/// method falls through to the router's "no such route" or "method not
+/// allowed" answers (the document and the router share their paths).
+#[tokio::test]
+async fn every_documented_operation_is_routed() {
+    with_timeout(async {
+        let cloud = Cloud::start(CloudConfig::default()).await;
+        let (s, doc, _) = cloud
+            .call(reqwest::Method::GET, "/openapi.json", None, None)
+            .await;
+        assert_eq!(s, 200);
+        let paths = doc["paths"].as_object().expect("paths");
+        assert!(paths.len() >= 14, "{}", paths.len());
+        let mut operations = 0;
+        for (path, item) in paths {
+            let concrete = path.replace("{lb}", "lb-x").replace("{id}", "x-1");
+            let methods = item
+                .as_object()
+                .expect("path item")
+                .keys()
+                .filter(|k| *k != "parameters");
+            for method in methods {
+                let method: reqwest::Method = method.to_uppercase().parse().expect("a method");
+                let body = matches!(
+                    method,
+                    reqwest::Method::POST | reqwest::Method::PUT | reqwest::Method::PATCH
+                )
+                .then(|| json!({}));
+                let (status, v, _) = cloud.call(method.clone(), &concrete, body, None).await;
+                let code = v["code"].as_str().unwrap_or_default();
+                assert!(
+                    status != 405 && !(status == 404 && code == "NotFound"),
+                    "{method} {path} is documented but not routed: {status} {v}"
+                );
+                operations += 1;
+            }
+        }
+        assert!(operations >= 26, "{operations} operations tried");
+        let (status, v, _) = cloud
+            .call(reqwest::Method::GET, "/v1/nothing-here", None, None)
+            .await;
+        assert_eq!((status, v["code"].as_str()), (404, Some("NotFound")));
     })
     .await;
 }

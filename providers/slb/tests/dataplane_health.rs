@@ -320,3 +320,189 @@ async fn a_backend_that_resets_connections_is_ejected_and_comes_back() {
     })
     .await;
 }
+
+/// The value of `metric` for `backend` in `registry`'s text, if present.
+fn backend_metric(
+    registry: &prometheus_client::registry::Registry,
+    metric: &str,
+    backend: SocketAddr,
+) -> Option<i64> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+    text.lines()
+        .find(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&format!("\"{backend}\"")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Whether `backend` is ejected, as the snapshot says.
+fn ejected(dp: &portico_slb::dataplane::DataPlane, id: &str, backend: SocketAddr) -> bool {
+    dp.snapshot(id)
+        .into_iter()
+        .flat_map(|s| s.listeners)
+        .flat_map(|l| l.backends)
+        .any(|b| b.addr == backend && b.ejected)
+}
+
+/// Start a UDP backend on `addr` once its old socket is gone.
+async fn udp_backend_on(addr: SocketAddr, name: &str) -> UdpBackend {
+    for _ in 0..100 {
+        if let Ok(b) = UdpBackend::start_on(addr, name).await {
+            return b;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("cannot bind {addr} again");
+}
+
+/// Passive health checking for UDP: a session the backend refuses (ICMP
+/// port unreachable) counts as a failure and a reply as a success, so only
+/// failures in a row eject; the ejection shows in the snapshot and in
+/// `slb_dataplane_backend_ejected`, and ends after the cool-down.
+#[tokio::test]
+async fn udp_failures_in_a_row_eject_a_backend_until_its_cool_down() {
+    use portico_slb::dataplane::{DataPlane, DataPlaneConfig, OutlierDetection};
+    within(60, async {
+        let dp = DataPlane::new(DataPlaneConfig {
+            outlier: OutlierDetection {
+                consecutive_failures: 3,
+                ejection: std::time::Duration::from_millis(1500),
+            },
+            ..DataPlaneConfig::default()
+        });
+        let mut registry = prometheus_client::registry::Registry::default();
+        dp.register_metrics(&mut registry);
+        let flaky = UdpBackend::start("flaky").await;
+        let addr = flaky.addr;
+        drop(flaky);
+        let vip = vip(FILE, 21);
+        let l = listener(5390, Transport::Udp).backends(&[addr]).build();
+        dp.apply(balancer("lb-udp-outlier", vip, vec![l]))
+            .await
+            .expect("apply");
+        let to = SocketAddr::new(vip, 5390);
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        // One datagram; the session it opens either answers or is refused
+        // (and ends). Returns whether it answered.
+        let ask = |msg: &'static str| {
+            let (client, dp) = (&client, &dp);
+            async move {
+                client.send_to(msg.as_bytes(), to).await.expect("send");
+                let mut buf = [0u8; 256];
+                let answered = tokio::time::timeout(
+                    std::time::Duration::from_millis(300),
+                    client.recv_from(&mut buf),
+                )
+                .await
+                .is_ok();
+                if !answered {
+                    wait_for(dp, "lb-udp-outlier", 5, "the refused session to end", |s| {
+                        s.listeners[0].udp_sessions == 0
+                    })
+                    .await;
+                }
+                answered
+            }
+        };
+
+        assert!(!ask("1").await && !ask("2").await, "refused twice");
+        assert!(
+            !ejected(&dp, "lb-udp-outlier", addr),
+            "two failures do not eject"
+        );
+        let alive = udp_backend_on(addr, "flaky").await;
+        assert!(ask("3").await, "the backend answers");
+        drop(alive);
+        // Refused again: the answer in between started the count over.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!ask("4").await && !ask("5").await, "refused twice more");
+        assert!(
+            !ejected(&dp, "lb-udp-outlier", addr),
+            "failures separated by a success are not in a row"
+        );
+        assert_eq!(
+            backend_metric(&registry, "slb_dataplane_backend_ejected", addr),
+            Some(0)
+        );
+
+        assert!(!ask("6").await, "refused a third time in a row");
+        assert!(
+            ejected(&dp, "lb-udp-outlier", addr),
+            "ejected after three in a row"
+        );
+        assert_eq!(
+            backend_metric(&registry, "slb_dataplane_backend_ejected", addr),
+            Some(1)
+        );
+        assert_eq!(
+            backend_metric(&registry, "slb_dataplane_backend_ejections_total", addr),
+            Some(1)
+        );
+
+        tokio::time::sleep(std::time::Duration::from_millis(1700)).await;
+        assert!(
+            !ejected(&dp, "lb-udp-outlier", addr),
+            "back after its cool-down"
+        );
+        assert_eq!(
+            backend_metric(&registry, "slb_dataplane_backend_ejected", addr),
+            Some(0)
+        );
+    })
+    .await;
+}
+
+/// A UDP backend that refuses every session is ejected: after the
+/// configured failures, every new client's session goes to the backend
+/// that answers.
+#[tokio::test]
+async fn a_udp_backend_that_refuses_is_ejected() {
+    use portico_slb::dataplane::{DataPlane, DataPlaneConfig, OutlierDetection};
+    within(60, async {
+        let dp = DataPlane::new(DataPlaneConfig {
+            outlier: OutlierDetection {
+                consecutive_failures: 2,
+                ejection: std::time::Duration::from_secs(30),
+            },
+            ..DataPlaneConfig::default()
+        });
+        let good = UdpBackend::start("good").await;
+        let dead = UdpBackend::start("dead").await;
+        let dead_addr = dead.addr;
+        drop(dead);
+        let vip = vip(FILE, 22);
+        let l = listener(5391, Transport::Udp)
+            .backends(&[dead_addr, good.addr])
+            .build();
+        dp.apply(balancer("lb-udp-eject", vip, vec![l]))
+            .await
+            .expect("apply");
+        let to = SocketAddr::new(vip, 5391);
+        let mut unanswered = 0;
+        for i in 0..20 {
+            // A new client each time: a new session, picked round robin.
+            let c = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            c.send_to(format!("m{i}").as_bytes(), to)
+                .await
+                .expect("send");
+            let mut buf = [0u8; 256];
+            let answered =
+                tokio::time::timeout(std::time::Duration::from_millis(300), c.recv_from(&mut buf))
+                    .await
+                    .is_ok();
+            if !answered {
+                unanswered += 1;
+            }
+        }
+        assert_eq!(
+            unanswered, 2,
+            "two sessions refused, then the backend is out and every client gets an answer"
+        );
+        assert!(ejected(&dp, "lb-udp-eject", dead_addr));
+    })
+    .await;
+}

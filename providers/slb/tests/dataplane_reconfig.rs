@@ -87,6 +87,101 @@ async fn removed_backend_drains_until_the_timeout() {
     .await;
 }
 
+/// Weight 0 drains a backend that stays configured: its open connection
+/// keeps working until the drain timeout, then is closed; new connections
+/// go elsewhere meanwhile; weighted up again, it serves new connections
+/// that outlive the old timeout, and weighting up before the timeout keeps
+/// the open ones.
+#[tokio::test]
+async fn a_backend_weighted_to_zero_drains_until_the_timeout() {
+    within(30, async {
+        let (e1, e2) = (Backend::echo().await, Backend::echo().await);
+        let dp = dataplane();
+        let vip = vip(FILE, 5);
+        let drain = Duration::from_millis(800);
+        let cfg = |w1: u32| {
+            listener(8000, Transport::Tcp)
+                .backend(e1.addr, w1)
+                .backend(e2.addr, 1)
+                .probe(ProbeKind::Disabled)
+                .drain(drain)
+                .build()
+        };
+        // Only e1 takes the first connection.
+        dp.apply(balancer("lb-weight", vip, vec![cfg(1)]))
+            .await
+            .expect("apply");
+        let addr = SocketAddr::new(vip, 8000);
+        let mut old = TcpStream::connect(addr).await.expect("connect");
+        echo_once(&mut old, b"before").await.expect("echo");
+        let (drained, other) = if active(&dp, "lb-weight", e1.addr) == Some((1, false)) {
+            (e1.addr, e2.addr)
+        } else {
+            (e2.addr, e1.addr)
+        };
+        let cfg = |w_drained: u32| {
+            listener(8000, Transport::Tcp)
+                .backend(drained, w_drained)
+                .backend(other, 1)
+                .probe(ProbeKind::Disabled)
+                .drain(drain)
+                .build()
+        };
+
+        dp.apply(balancer("lb-weight", vip, vec![cfg(0)]))
+            .await
+            .expect("apply");
+        let weighted_down = tokio::time::Instant::now();
+        let mut fresh = Vec::new();
+        for _ in 0..4 {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            echo_once(&mut c, b"new").await.expect("echo");
+            fresh.push(c);
+        }
+        assert_eq!(
+            active(&dp, "lb-weight", other),
+            Some((4, false)),
+            "new connections avoid the backend at weight 0"
+        );
+        tokio::time::sleep_until(weighted_down + drain / 2).await;
+        echo_once(&mut old, b"during")
+            .await
+            .expect("the open connection works while draining");
+        tokio::time::sleep_until(weighted_down + drain + Duration::from_millis(300)).await;
+        assert!(
+            echo_once(&mut old, b"after").await.is_err(),
+            "closed when the drain ran out, though the backend is still configured"
+        );
+        assert_eq!(active(&dp, "lb-weight", drained), Some((0, false)));
+        for c in &mut fresh {
+            echo_once(c, b"unaffected").await.expect("others untouched");
+        }
+
+        // Weighted up again: it serves, and what it serves is not cut by the
+        // drain that ended.
+        dp.apply(balancer("lb-weight", vip, vec![cfg(100)]))
+            .await
+            .expect("apply");
+        let mut back = TcpStream::connect(addr).await.expect("connect");
+        echo_once(&mut back, b"back").await.expect("echo");
+        assert_eq!(active(&dp, "lb-weight", drained), Some((1, false)));
+
+        // Down and up again within the timeout: the open connection stays.
+        dp.apply(balancer("lb-weight", vip, vec![cfg(0)]))
+            .await
+            .expect("apply");
+        tokio::time::sleep(drain / 4).await;
+        dp.apply(balancer("lb-weight", vip, vec![cfg(1)]))
+            .await
+            .expect("apply");
+        tokio::time::sleep(drain + Duration::from_millis(300)).await;
+        echo_once(&mut back, b"kept")
+            .await
+            .expect("weighted up before the timeout: the connection stays");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn reconfiguring_other_settings_leaves_connections_alone() {
     within(30, async {
@@ -255,6 +350,73 @@ async fn backends_replaced_under_load_fail_no_request() {
             v
         };
         assert!(names.iter().all(|n| n.starts_with("gen3-")), "{names:?}");
+    })
+    .await;
+}
+
+/// A change that takes a backend out returns only once no connect to it is
+/// under way any more: a connect decided before the change (here stuck,
+/// the backend's accept queue being full) is over when `apply` returns, so
+/// nothing reaches a removed backend afterwards.
+#[tokio::test]
+async fn apply_waits_for_connects_under_way_to_a_backend_it_takes_out() {
+    within(30, async {
+        // A backend that never accepts, its queue full: SYNs are dropped
+        // and a connect hangs until the data plane's timeout (500 ms).
+        let stuck = tokio::net::TcpSocket::new_v4().expect("socket");
+        stuck
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind");
+        let stuck = stuck.listen(1).expect("listen");
+        let stuck_addr = stuck.local_addr().expect("addr");
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(stuck_addr))
+                    .await
+            {
+                fillers.push(s);
+            }
+        }
+        let e2 = Backend::echo().await;
+        let dp = dataplane();
+        let vip = vip(FILE, 6);
+        let cfg = |b: SocketAddr| {
+            listener(8000, Transport::Tcp)
+                .backends(&[b])
+                .probe(ProbeKind::Disabled)
+                .build()
+        };
+        dp.apply(balancer("lb-settle", vip, vec![cfg(stuck_addr)]))
+            .await
+            .expect("apply");
+        let addr = SocketAddr::new(vip, 8000);
+        let client = tokio::spawn(async move {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            echo_once(&mut c, b"hello").await
+        });
+        wait_for(&dp, "lb-settle", 5, "a connect under way", |s| {
+            s.listeners[0]
+                .backends
+                .iter()
+                .any(|b| b.addr == stuck_addr && b.active_connections == 1)
+        })
+        .await;
+
+        dp.apply(balancer("lb-settle", vip, vec![cfg(e2.addr)]))
+            .await
+            .expect("apply");
+        let under_way = active(&dp, "lb-settle", stuck_addr).is_some_and(|(n, _)| n > 0);
+        assert!(
+            !under_way,
+            "apply returned while a connect to the removed backend was under way"
+        );
+        // The client's connection fails over to the new backend.
+        client
+            .await
+            .expect("client task")
+            .expect("answered by the remaining backend");
+        drop(fillers);
     })
     .await;
 }

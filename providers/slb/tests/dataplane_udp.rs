@@ -203,15 +203,18 @@ async fn a_removed_backend_gets_no_datagram_after_apply() {
 }
 
 /// Draining (weight 0) is not removal: an open UDP session stays on its
-/// backend until the drain timeout.
+/// backend until the drain timeout, then ends, and the client's next
+/// datagram opens a session to a weighted backend.
 #[tokio::test]
-async fn a_draining_backend_keeps_its_udp_sessions() {
+async fn a_draining_backend_keeps_its_udp_sessions_until_the_timeout() {
     within(30, async {
         let (a, b) = (UdpBackend::start("a").await, UdpBackend::start("b").await);
         let dp = dataplane();
         let vip = vip(FILE, 40);
+        let drain = Duration::from_millis(800);
         let both = listener(5311, Transport::Udp)
             .backends(&[a.addr, b.addr])
+            .drain(drain)
             .build();
         dp.apply(balancer("lb-drain", vip, vec![both]))
             .await
@@ -224,11 +227,13 @@ async fn a_draining_backend_keeps_its_udp_sessions() {
         let weighted = listener(5311, Transport::Udp)
             .backend(draining.addr, 0)
             .backend(other.addr, 100)
+            .drain(drain)
             .build();
         dp.apply(balancer("lb-drain", vip, vec![weighted]))
             .await
             .expect("apply");
-        for i in 0..5 {
+        let weighted_down = tokio::time::Instant::now();
+        for i in 0..3 {
             let (reply, _) = round_trip(&c, to, &format!("m{i}")).await.expect("a reply");
             assert!(
                 reply.starts_with(first),
@@ -241,6 +246,23 @@ async fn a_draining_backend_keeps_its_udp_sessions() {
         assert!(
             !reply.starts_with(first),
             "no new session on a draining backend: {reply}"
+        );
+
+        tokio::time::sleep_until(weighted_down + drain + Duration::from_millis(200)).await;
+        let before = draining.received.load(std::sync::atomic::Ordering::SeqCst);
+        for i in 0..3 {
+            let (reply, _) = round_trip(&c, to, &format!("late{i}"))
+                .await
+                .expect("a reply");
+            assert!(
+                !reply.starts_with(first),
+                "the drain ran out: the session moved on ({reply})"
+            );
+        }
+        assert_eq!(
+            draining.received.load(std::sync::atomic::Ordering::SeqCst),
+            before,
+            "no datagram reached the drained backend after the timeout"
         );
     })
     .await;

@@ -142,6 +142,7 @@ fn good_values_parse() {
             |o| o.reuse.is_none(),
         ),
         ("weight", &[("weight", "1")], |o| o.weight == 1),
+        ("weight zero drains", &[("weight", "0")], |o| o.weight == 0),
         ("persistence", &[("persistence-timeout", "1800")], |o| {
             o.persistence_timeout == Some(1800)
         }),
@@ -248,7 +249,7 @@ fn bad_values_name_the_annotation() {
             &[("force-override-listeners", "yes")],
             "force-override-listeners",
         ),
-        ("weight zero", &[("weight", "0")], "weight"),
+        ("weight below zero", &[("weight", "-1")], "weight"),
         ("weight too big", &[("weight", "101")], "weight"),
         (
             "persistence",

@@ -14,6 +14,7 @@
 mod api;
 mod error;
 mod faults;
+pub mod limits;
 pub mod model;
 mod openapi;
 mod sink;

@@ -8,6 +8,13 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use schemars::JsonSchema;
+
+pub use super::limits::MAX_TAGS;
+use super::limits::{
+    self, Bounds, DESCRIPTION_MAX_CHARS, HEALTH_INTERVAL_SECONDS, HEALTH_PATH_MAX_CHARS,
+    HEALTH_PATH_PATTERN, HEALTH_THRESHOLD, HEALTH_TIMEOUT_SECONDS, NAME_MAX_CHARS, NAME_PATTERN,
+    PORT, STICKY_SECONDS, TAG_KEY_MAX_CHARS, TAG_VALUE_MAX_CHARS, WEIGHT,
+};
 use serde::{Deserialize, Serialize};
 
 /// Balancer specs (sizes) the cloud sells.
@@ -62,7 +69,7 @@ pub struct LoadBalancer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateLoadBalancerRequest {
-    #[schemars(length(min = 1, max = 80), regex(pattern = r"\S"))]
+    #[schemars(length(min = 1, max = NAME_MAX_CHARS), regex(pattern = NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
     pub address_type: AddressType,
@@ -82,7 +89,7 @@ pub struct CreateLoadBalancerRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateLoadBalancerRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 80), regex(pattern = r"\S"))]
+    #[schemars(length(min = 1, max = NAME_MAX_CHARS), regex(pattern = NAME_PATTERN))]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "spec_schema")]
@@ -160,16 +167,16 @@ pub struct HealthCheck {
     /// The path of an `http` check, starting with `/` (default `/`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// 1..=50 seconds.
+    /// [`HEALTH_INTERVAL_SECONDS`].
     #[serde(default = "default_interval")]
     pub interval_seconds: u32,
-    /// 1..=300 seconds.
+    /// [`HEALTH_TIMEOUT_SECONDS`].
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u32,
-    /// 2..=10.
+    /// [`HEALTH_THRESHOLD`].
     #[serde(default = "default_threshold")]
     pub healthy_threshold: u32,
-    /// 2..=10.
+    /// [`HEALTH_THRESHOLD`].
     #[serde(default = "default_threshold")]
     pub unhealthy_threshold: u32,
 }
@@ -219,7 +226,7 @@ pub struct ListenerAcl {
 #[serde(deny_unknown_fields)]
 pub struct StickySession {
     /// Client-IP stickiness, 1..=86400 seconds.
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = STICKY_SECONDS.min, max = STICKY_SECONDS.max))]
     pub timeout_seconds: u32,
 }
 
@@ -237,7 +244,7 @@ pub struct ListenerSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_session: Option<StickySession>,
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = DESCRIPTION_MAX_CHARS))]
     pub description: String,
 }
 
@@ -255,7 +262,7 @@ pub struct Listener {
 #[serde(deny_unknown_fields)]
 pub struct CreateListenerRequest {
     /// 1..=65535 (validated by the server so the error names the field).
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(range(min = PORT.min, max = PORT.max))]
     pub port: u32,
     pub protocol: ListenerProtocol,
     pub backend_server_group_id: String,
@@ -268,7 +275,7 @@ pub struct CreateListenerRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sticky_session: Option<StickySession>,
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = DESCRIPTION_MAX_CHARS))]
     pub description: String,
 }
 
@@ -298,8 +305,9 @@ impl CreateListenerRequest {
     }
 }
 
+/// A server's weight when the request gives none: the highest.
 fn default_weight() -> u32 {
-    100
+    WEIGHT.max
 }
 
 #[derive(
@@ -310,15 +318,16 @@ pub struct BackendServer {
     #[schemars(schema_with = "ip_schema")]
     pub address: IpAddr,
     /// 1..=65535.
-    #[schemars(range(min = 1, max = 65535))]
+    #[schemars(range(min = PORT.min, max = PORT.max))]
     pub port: u32,
-    /// 0..=100; 0 takes no new traffic.
+    /// 0..=100; 0 takes no new traffic: open connections drain until the
+    /// cloud's drain timeout.
     #[serde(default = "default_weight")]
-    #[schemars(range(max = 100))]
+    #[schemars(range(min = WEIGHT.min, max = WEIGHT.max))]
     pub weight: u32,
     /// Free text, e.g. the node's name.
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = DESCRIPTION_MAX_CHARS))]
     pub description: String,
 }
 
@@ -333,7 +342,7 @@ pub struct BackendServerGroup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateBackendServerGroupRequest {
-    #[schemars(length(min = 1, max = 80), regex(pattern = r"\S"))]
+    #[schemars(length(min = 1, max = NAME_MAX_CHARS), regex(pattern = NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
     pub servers: Vec<BackendServer>,
@@ -356,7 +365,7 @@ pub struct AclEntry {
     #[schemars(schema_with = "cidr_schema")]
     pub cidr: String,
     #[serde(default)]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = DESCRIPTION_MAX_CHARS))]
     pub description: String,
 }
 
@@ -380,7 +389,7 @@ pub struct Acl {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAclRequest {
-    #[schemars(length(min = 1, max = 80), regex(pattern = r"\S"))]
+    #[schemars(length(min = 1, max = NAME_MAX_CHARS), regex(pattern = NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
     pub entries: Vec<AclEntry>,
@@ -394,7 +403,7 @@ pub struct CreateAclRequest {
 #[serde(deny_unknown_fields)]
 pub struct UpdateAclRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 80), regex(pattern = r"\S"))]
+    #[schemars(length(min = 1, max = NAME_MAX_CHARS), regex(pattern = NAME_PATTERN))]
     pub name: Option<String>,
     pub entries: Vec<AclEntry>,
 }
@@ -407,9 +416,6 @@ pub struct ErrorBody {
     pub message: String,
     pub request_id: String,
 }
-
-/// The most tags an object carries.
-pub const MAX_TAGS: usize = 20;
 
 // Schemas of what the derive cannot say: the server's rules as JSON Schema
 // (OpenAPI 3.1), so a request the document allows is one the server takes.
@@ -432,14 +438,13 @@ fn optional_ip_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// IPv4 CIDRs only, though the server takes IPv6 ones too: a pattern for
-/// every IPv6 spelling would be unreadable, and a narrower document is
-/// still a true one.
+/// IPv4 and IPv6 CIDRs, as the server parses them (see
+/// [`limits::cidr_pattern`]).
 fn cidr_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
-        "pattern": "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])$",
-        "examples": ["10.0.0.0/8"]
+        "pattern": limits::cidr_pattern(),
+        "examples": ["10.0.0.0/8", "fd00::/8"]
     })
 }
 
@@ -447,8 +452,8 @@ fn tags_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "maxProperties": MAX_TAGS,
-        "propertyNames": {"minLength": 1, "maxLength": 128},
-        "additionalProperties": {"type": "string", "maxLength": 256}
+        "propertyNames": {"minLength": 1, "maxLength": TAG_KEY_MAX_CHARS},
+        "additionalProperties": {"type": "string", "maxLength": TAG_VALUE_MAX_CHARS}
     })
 }
 
@@ -466,20 +471,25 @@ impl JsonSchema for HealthCheck {
     /// Either a `tcp` check (no port, no path) or an `http` one (a port, a
     /// path starting with `/`), as the server insists.
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        let range = |b: Bounds, default: u32| serde_json::json!({"type": "integer", "minimum": b.min, "maximum": b.max, "default": default});
         let common = serde_json::json!({
             "enabled": {"type": "boolean", "default": true},
-            "interval_seconds": {"type": "integer", "minimum": 1, "maximum": 50, "default": 2},
-            "timeout_seconds": {"type": "integer", "minimum": 1, "maximum": 300, "default": 5},
-            "healthy_threshold": {"type": "integer", "minimum": 2, "maximum": 10, "default": 3},
-            "unhealthy_threshold": {"type": "integer", "minimum": 2, "maximum": 10, "default": 3}
+            "interval_seconds": range(HEALTH_INTERVAL_SECONDS, default_interval()),
+            "timeout_seconds": range(HEALTH_TIMEOUT_SECONDS, default_timeout()),
+            "healthy_threshold": range(HEALTH_THRESHOLD, default_threshold()),
+            "unhealthy_threshold": range(HEALTH_THRESHOLD, default_threshold())
         });
         let mut tcp = common.clone();
         tcp["type"] = serde_json::json!({"type": "string", "enum": ["tcp"], "default": "tcp"});
         let mut http = common;
         http["type"] = serde_json::json!({"type": "string", "enum": ["http"]});
-        http["port"] = serde_json::json!({"type": "integer", "minimum": 1, "maximum": 65535});
-        http["path"] =
-            serde_json::json!({"type": "string", "pattern": "^/[^\\s]*$", "maxLength": 200});
+        http["port"] =
+            serde_json::json!({"type": "integer", "minimum": PORT.min, "maximum": PORT.max});
+        http["path"] = serde_json::json!({
+            "type": "string",
+            "pattern": HEALTH_PATH_PATTERN,
+            "maxLength": HEALTH_PATH_MAX_CHARS
+        });
         schemars::json_schema!({
             "description": "Active health check: tcp connects to each backend's own port; http GETs `path` on `port`.",
             "oneOf": [

@@ -4,7 +4,10 @@
 
 use serde_json::{Value, json};
 
-use super::api::TagFilter;
+use super::api::{TAG_FILTER_PATTERN, TagFilter};
+use super::limits::{CLIENT_TOKEN_MAX_CHARS, CLIENT_TOKEN_PATTERN};
+use super::model::CLIENT_TOKEN_HEADER;
+use super::state::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 fn op(id: &str, summary: &str, body: Option<&str>, ok: (&str, Option<&str>)) -> Value {
     let mut o = json!({
@@ -20,7 +23,7 @@ fn op(id: &str, summary: &str, body: Option<&str>, ok: (&str, Option<&str>)) -> 
             },
             "400": {"$ref": "#/components/responses/Error"},
             "404": {"$ref": "#/components/responses/Error"},
-            "409": {"$ref": "#/components/responses/Error"},
+            "409": {"$ref": "#/components/responses/Conflict"},
             "429": {"$ref": "#/components/responses/Throttled"},
             "503": {"$ref": "#/components/responses/Error"}
         }
@@ -75,71 +78,123 @@ pub fn document(vips: ipnet::IpNet) -> Value {
 }
 
 fn paths() -> Value {
-    json!({
-            "/v1/load-balancers": {
+    use super::api::paths::*;
+    let lb = || json!([{"$ref": "#/components/parameters/Lb"}]);
+    let lb_id =
+        || json!([{"$ref": "#/components/parameters/Lb"}, {"$ref": "#/components/parameters/Id"}]);
+    let items = [
+        (
+            LOAD_BALANCERS,
+            json!({
                 "get": with_list(op("DescribeLoadBalancers", "List balancers, optionally filtered by tags", None, ("200", Some("LoadBalancerPage"))), TagFilter::Accepted),
                 "post": with_token(op("CreateLoadBalancer", "Create a balancer (201; 200 when replayed from a client token)", Some("CreateLoadBalancerRequest"), ("201", Some("LoadBalancer"))))
-            },
-            "/v1/load-balancers/{lb}": {
-                "parameters": [{"$ref": "#/components/parameters/Lb"}],
+            }),
+        ),
+        (
+            LOAD_BALANCER,
+            json!({
+                "parameters": lb(),
                 "get": op("DescribeLoadBalancer", "Describe a balancer", None, ("200", Some("LoadBalancer"))),
                 "patch": op("ModifyLoadBalancer", "Change name, spec, add or remove tags", Some("UpdateLoadBalancerRequest"), ("200", Some("LoadBalancer"))),
                 "delete": op("DeleteLoadBalancer", "Delete a balancer with its listeners and groups; frees its VIP", None, ("204", None))
-            },
-            "/v1/load-balancers/{lb}/listeners": {
-                "parameters": [{"$ref": "#/components/parameters/Lb"}],
+            }),
+        ),
+        (
+            LISTENERS,
+            json!({
+                "parameters": lb(),
                 "get": with_list(op("DescribeListeners", "List listeners", None, ("200", Some("ListenerPage"))), TagFilter::Refused),
-                "post": with_token(op("CreateListener", "Create a listener; 409 ListenerAlreadyExists on a port/protocol clash", Some("CreateListenerRequest"), ("201", Some("Listener"))))
-            },
-            "/v1/load-balancers/{lb}/listeners/{id}": {
-                "parameters": [{"$ref": "#/components/parameters/Lb"}, {"$ref": "#/components/parameters/Id"}],
+                "post": with_token(op("CreateListener", "Create a listener; 409 ListenerAlreadyExists on a port/protocol clash, 409 ForwardingFailed when the data plane cannot listen", Some("CreateListenerRequest"), ("201", Some("Listener"))))
+            }),
+        ),
+        (
+            LISTENER,
+            json!({
+                "parameters": lb_id(),
                 "get": op("DescribeListener", "Describe a listener", None, ("200", Some("Listener"))),
                 "put": op("ModifyListener", "Replace the listener's settings in place", Some("ListenerSettings"), ("200", Some("Listener"))),
                 "delete": op("DeleteListener", "Delete a listener", None, ("204", None))
-            },
-            "/v1/load-balancers/{lb}/backend-server-groups": {
-                "parameters": [{"$ref": "#/components/parameters/Lb"}],
+            }),
+        ),
+        (
+            GROUPS,
+            json!({
+                "parameters": lb(),
                 "get": with_list(op("DescribeBackendServerGroups", "List backend server groups", None, ("200", Some("BackendServerGroupPage"))), TagFilter::Refused),
                 "post": with_token(op("CreateBackendServerGroup", "Create a backend server group", Some("CreateBackendServerGroupRequest"), ("201", Some("BackendServerGroup"))))
-            },
-            "/v1/load-balancers/{lb}/backend-server-groups/{id}": {
-                "parameters": [{"$ref": "#/components/parameters/Lb"}, {"$ref": "#/components/parameters/Id"}],
+            }),
+        ),
+        (
+            GROUP,
+            json!({
+                "parameters": lb_id(),
                 "get": op("DescribeBackendServerGroup", "Describe a group", None, ("200", Some("BackendServerGroup"))),
                 "delete": op("DeleteBackendServerGroup", "Delete a group no listener uses", None, ("204", None))
-            },
-            "/v1/load-balancers/{lb}/backend-server-groups/{id}/servers": {
-                "parameters": [{"$ref": "#/components/parameters/Lb"}, {"$ref": "#/components/parameters/Id"}],
+            }),
+        ),
+        (
+            SERVERS,
+            json!({
+                "parameters": lb_id(),
                 "put": op("SetBackendServers", "Replace the whole server list atomically", Some("ServersRequest"), ("200", Some("BackendServerGroup")))
-            },
-            "/v1/load-balancers/{lb}/backend-server-groups/{id}/servers/add": {
-                "parameters": [{"$ref": "#/components/parameters/Lb"}, {"$ref": "#/components/parameters/Id"}],
+            }),
+        ),
+        (
+            SERVERS_ADD,
+            json!({
+                "parameters": lb_id(),
                 "post": op("AddBackendServers", "Add servers, or update weight/description of present ones", Some("ServersRequest"), ("200", Some("BackendServerGroup")))
-            },
-            "/v1/load-balancers/{lb}/backend-server-groups/{id}/servers/remove": {
-                "parameters": [{"$ref": "#/components/parameters/Lb"}, {"$ref": "#/components/parameters/Id"}],
+            }),
+        ),
+        (
+            SERVERS_REMOVE,
+            json!({
+                "parameters": lb_id(),
                 "post": op("RemoveBackendServers", "Remove servers by address and port; absent ones are ignored", Some("ServersRequest"), ("200", Some("BackendServerGroup")))
-            },
-            "/v1/acls": {
+            }),
+        ),
+        (
+            ACLS,
+            json!({
                 "get": with_list(op("DescribeAcls", "List ACLs, optionally filtered by tags", None, ("200", Some("AclPage"))), TagFilter::Accepted),
                 "post": with_token(op("CreateAcl", "Create an ACL", Some("CreateAclRequest"), ("201", Some("Acl"))))
-            },
-            "/v1/acls/{id}": {
+            }),
+        ),
+        (
+            ACL,
+            json!({
                 "parameters": [{"$ref": "#/components/parameters/Id"}],
                 "get": op("DescribeAcl", "Describe an ACL", None, ("200", Some("Acl"))),
                 "put": op("ModifyAcl", "Replace the ACL's entries (and name)", Some("UpdateAclRequest"), ("200", Some("Acl"))),
                 "delete": op("DeleteAcl", "Delete an ACL no listener uses", None, ("204", None))
-            },
-            "/admin/faults": {
+            }),
+        ),
+        (
+            FAULTS,
+            json!({
                 "get": {"operationId": "GetFaults", "responses": {"200": {"description": "the fault config", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FaultConfig"}}}}}},
                 "put": {"operationId": "SetFaults", "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FaultConfig"}}}}, "responses": {"200": {"description": "the new fault config"}, "400": {"$ref": "#/components/responses/Error"}}}
-            },
-            "/admin/stats": {
+            }),
+        ),
+        (
+            STATS,
+            json!({
                 "get": {"operationId": "GetStats", "responses": {"200": {"description": "call counts", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ApiStats"}}}}}}
-            },
-            "/admin/stats/reset": {
+            }),
+        ),
+        (
+            STATS_RESET,
+            json!({
                 "post": {"operationId": "ResetStats", "responses": {"204": {"description": "counters zeroed"}}}
-            }
-    })
+            }),
+        ),
+    ];
+    Value::Object(
+        items
+            .into_iter()
+            .map(|(path, item)| (path.to_string(), item))
+            .collect(),
+    )
 }
 
 fn components(vips: ipnet::IpNet) -> Value {
@@ -147,13 +202,14 @@ fn components(vips: ipnet::IpNet) -> Value {
             "parameters": {
                 "Lb": {"name": "lb", "in": "path", "required": true, "schema": {"type": "string"}},
                 "Id": {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
-                "ClientToken": {"name": "x-client-token", "in": "header", "required": false, "description": "Idempotency token: a create retried with the same token returns the object the first one made, while it exists.", "schema": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[!-~]+$"}},
-                "PageSize": {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}},
+                "ClientToken": {"name": CLIENT_TOKEN_HEADER, "in": "header", "required": false, "description": "Idempotency token: a create retried with the same token returns the object the first one made, while it exists.", "schema": {"type": "string", "minLength": 1, "maxLength": CLIENT_TOKEN_MAX_CHARS, "pattern": CLIENT_TOKEN_PATTERN}},
+                "PageSize": {"name": "page_size", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": DEFAULT_PAGE_SIZE}},
                 "PageToken": {"name": "page_token", "in": "query", "schema": {"type": "string"}},
-                "Tag": {"name": "tag", "in": "query", "description": "key=value; repeat to require several tags", "schema": {"type": "array", "items": {"type": "string", "pattern": "="}}, "style": "form", "explode": true}
+                "Tag": {"name": "tag", "in": "query", "description": "key=value; repeat to require several tags", "schema": {"type": "array", "items": {"type": "string", "pattern": TAG_FILTER_PATTERN}}, "style": "form", "explode": true}
             },
             "responses": {
                 "Error": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                "Conflict": {"description": "conflict with what exists (ListenerAlreadyExists, AddressInUse, AddressExhausted, a group or ACL still in use), or ForwardingFailed: the data plane could not apply the change (e.g. a VIP's port is taken on the host), so the change was not made; retry it later", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                 "Throttled": {"description": "throttled; wait Retry-After seconds (retry-after-ms has milliseconds)", "headers": {"Retry-After": {"schema": {"type": "integer"}}, "retry-after-ms": {"schema": {"type": "integer"}}}, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             },
             "schemas": schemas(vips)
@@ -227,3 +283,7 @@ fn requested_vip_schema(vips: ipnet::IpNet) -> Value {
         "description": format!("a VIP inside {vips}, free; leave it out to let the cloud pick one")
     })
 }
+
+#[cfg(test)]
+#[path = "openapi_tests.rs"]
+mod tests;

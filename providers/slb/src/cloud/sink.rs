@@ -111,13 +111,20 @@ impl ForwardingSink for RecordingSink {
     }
 }
 
+/// Answered once the sink has carried out one message: the sink's error,
+/// if it failed.
+pub(crate) type Applied = oneshot::Receiver<Result<(), ForwardingError>>;
+
 /// What the applier task is told to do. `done` (when given) is answered
 /// once the sink has carried it out, so an API call can return only when
-/// the data plane forwards accordingly.
+/// the data plane forwards accordingly, or fail when it cannot.
 #[derive(Debug)]
 pub(crate) enum ApplierMsg {
-    Apply(BalancerForwarding, Option<oneshot::Sender<()>>),
-    Remove(String, Option<oneshot::Sender<()>>),
+    Apply(
+        BalancerForwarding,
+        Option<oneshot::Sender<Result<(), ForwardingError>>>,
+    ),
+    Remove(String, Option<oneshot::Sender<Result<(), ForwardingError>>>),
 }
 
 /// Feeds the sink from one task, so calls for one balancer keep their order
@@ -131,22 +138,23 @@ pub(crate) fn spawn_applier(
     let (tx, mut rx) = mpsc::unbounded_channel::<ApplierMsg>();
     let handle = tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            let done = match msg {
+            let (result, done) = match msg {
                 ApplierMsg::Apply(config, done) => {
                     let id = config.balancer_id.clone();
-                    if let Err(err) = sink.apply(config).await {
+                    let result = sink.apply(config).await;
+                    if let Err(err) = &result {
                         tracing::warn!(balancer = %id, error = %err, "data plane could not apply the balancer");
                     }
-                    done
+                    (result, done)
                 }
                 ApplierMsg::Remove(id, done) => {
                     sink.remove(&id).await;
-                    done
+                    (Ok(()), done)
                 }
             };
             if let Some(done) = done {
                 // The caller may have given up waiting; nothing to tell then.
-                let _ = done.send(());
+                let _ = done.send(result);
             }
         }
     });

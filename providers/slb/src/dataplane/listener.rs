@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{Span, debug, info};
 
-use super::backend::{Backend, HealthState};
+use super::backend::{Backend, HealthState, InFlight};
 use super::metrics::{BackendLabels, ListenerMetrics, Metrics};
 use super::scheduler::{self, Candidate};
 use super::{BackendSnapshot, DataPlaneConfig, ListenerSnapshot, acl, health};
@@ -154,7 +154,15 @@ impl ListenerShared {
     /// listener fails open and uses every backend with weight > 0 whatever
     /// its health (this is also how a fresh listener serves before its first
     /// probes complete).
-    pub(crate) fn pick(&self, client: IpAddr, exclude: &[SocketAddr]) -> Option<Arc<Backend>> {
+    ///
+    /// The pick is counted as in flight (under the lock, so a change taking
+    /// the backend out waits for it) until the returned guard drops: hold it
+    /// until the connect is done.
+    pub(crate) fn pick(
+        &self,
+        client: IpAddr,
+        exclude: &[SocketAddr],
+    ) -> Option<(Arc<Backend>, InFlight)> {
         let mut st = self.state();
         let st = &mut *st;
         let usable = |b: &Backend| b.weight() > 0 && !exclude.contains(&b.addr);
@@ -184,7 +192,9 @@ impl ListenerShared {
                 .position(|(b, c)| b.addr == s.backend && c.eligible)
         {
             s.last = now;
-            return Some(Arc::clone(&st.backends[i]));
+            let backend = Arc::clone(&st.backends[i]);
+            let flight = backend.enter_flight();
+            return Some((backend, flight));
         }
 
         let chosen = match st.config.scheduler {
@@ -195,6 +205,7 @@ impl ListenerShared {
             }
         }?;
         let backend = Arc::clone(&st.backends[chosen]);
+        let flight = backend.enter_flight();
 
         if let Some(timeout) = sticky_timeout {
             st.sticky.insert(
@@ -210,12 +221,16 @@ impl ListenerShared {
                     .retain(|_, s| now.duration_since(s.last) < timeout);
             }
         }
-        Some(backend)
+        Some((backend, flight))
     }
 
     /// Converge this listener to `config` (same port and transport) without
     /// touching its socket or the connections to backends that stay.
-    pub(crate) fn reconfigure(self: &Arc<Self>, config: ListenerConfig) {
+    /// Returns the backends taken out of new traffic (removed, or weighted
+    /// down to 0), whose forwarding decisions under way the caller may wait
+    /// for ([`Backend::settle`]).
+    pub(crate) fn reconfigure(self: &Arc<Self>, config: ListenerConfig) -> Vec<Arc<Backend>> {
+        let mut taken_out = Vec::new();
         let mut st = self.state();
         let probe_changed = st.config.health_check != config.health_check;
         let old: Vec<Arc<Backend>> = std::mem::take(&mut st.backends);
@@ -231,6 +246,9 @@ impl ListenerShared {
             if let Some(i) = old.iter().position(|b| b.addr == want.addr) {
                 // Staying: same object, so its connections and health carry on.
                 let b = Arc::clone(&old[i]);
+                if b.weight() > 0 && want.weight == 0 {
+                    taken_out.push(Arc::clone(&b));
+                }
                 b.set_weight(want.weight);
                 if probe_changed {
                     self.start_health(&b, &config);
@@ -268,10 +286,14 @@ impl ListenerShared {
             }
         }
         let drain_timeout = config.drain_timeout;
+        for b in &next {
+            self.follow_weight(b, drain_timeout);
+        }
         for b in old {
             if !next.iter().any(|n| n.addr == b.addr) {
                 info!(backend = %b.addr, ?drain_timeout, "backend removed: its UDP sessions end, its TCP connections drain");
                 b.mark_removed();
+                taken_out.push(Arc::clone(&b));
                 self.drain(&mut st, b, drain_timeout);
             }
         }
@@ -281,18 +303,22 @@ impl ListenerShared {
             st.sticky.clear();
         }
         st.config = config;
+        taken_out
     }
 
-    /// Stop accepting and drain every backend (the listener was removed).
-    pub(crate) fn shutdown(self: &Arc<Self>) {
+    /// Stop accepting and drain every backend (the listener was removed);
+    /// returns them, as [`ListenerShared::reconfigure`] does.
+    pub(crate) fn shutdown(self: &Arc<Self>) -> Vec<Arc<Backend>> {
         self.stop.cancel();
         let mut st = self.state();
         let drain_timeout = st.config.drain_timeout;
         st.wrr.clear();
-        for b in std::mem::take(&mut st.backends) {
-            self.drain(&mut st, b, drain_timeout);
+        let backends = std::mem::take(&mut st.backends);
+        for b in &backends {
+            self.drain(&mut st, Arc::clone(b), drain_timeout);
         }
         self.all_metrics.forget_listener(&self.metrics);
+        backends
     }
 
     fn start_health(self: &Arc<Self>, backend: &Arc<Backend>, config: &ListenerConfig) {
@@ -315,10 +341,47 @@ impl ListenerShared {
         }
     }
 
+    /// A configured backend weighted to 0 drains: it takes no new
+    /// connection (the scheduler skips it), its open connections and UDP
+    /// sessions carry on until `timeout`, then they end. A weight above 0
+    /// stops the drain; a drain that ran out leaves the backend configured,
+    /// so it serves again once weighted up.
+    fn follow_weight(self: &Arc<Self>, backend: &Arc<Backend>, timeout: Duration) {
+        if backend.weight() > 0 {
+            if backend.stop_weight_drain() {
+                info!(backend = %backend.addr, "weighted up again: drain stopped, connections kept");
+            }
+            return;
+        }
+        let drain = CancellationToken::new();
+        if !backend.start_weight_drain(&drain) {
+            return;
+        }
+        info!(backend = %backend.addr, ?timeout, "weighted to 0: no new connections, open ones drain");
+        let hard_stop = self.hard_stop.clone();
+        let backend = Arc::clone(backend);
+        let task = async move {
+            tokio::select! {
+                _ = drain.cancelled() => return,
+                _ = hard_stop.cancelled() => return,
+                _ = tokio::time::sleep(timeout) => {}
+            }
+            if backend.finish_weight_drain(&drain) {
+                if backend.active() > 0 {
+                    info!(backend = %backend.addr, open = backend.active(), "drain timeout at weight 0, closing connections");
+                }
+                backend.end_connections();
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, self.span.clone()));
+    }
+
     /// No new connections for `backend`; its open ones may finish within
     /// `timeout`, then they are closed.
     fn drain(self: &Arc<Self>, st: &mut State, backend: Arc<Backend>, timeout: Duration) {
         backend.replace_health_task(None);
+        // The removal's drain takes over from one at weight 0.
+        backend.stop_weight_drain();
         let revived = CancellationToken::new();
         st.draining.push(Draining {
             backend: Arc::clone(&backend),
@@ -351,7 +414,7 @@ impl ListenerShared {
             } else {
                 debug!(backend = %backend.addr, "drained");
             }
-            backend.retired.cancel();
+            backend.end_connections();
             shared.all_metrics.forget_backend(&backend.metrics);
         };
         tokio::spawn(tracing::Instrument::instrument(task, self.span.clone()));
@@ -365,6 +428,7 @@ impl ListenerShared {
             health: b.health(),
             draining,
             active_connections: b.active(),
+            ejected: b.is_ejected(),
         };
         let mut backends: Vec<BackendSnapshot> =
             st.backends.iter().map(|b| row(b, false)).collect();

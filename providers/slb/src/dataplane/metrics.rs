@@ -38,6 +38,7 @@ pub(crate) struct Metrics {
     backend_healthy: Family<BackendLabels, Gauge>,
     udp_sessions: Family<BackendLabels, Gauge>,
     ejections: Family<BackendLabels, Counter>,
+    ejected: Family<BackendLabels, Gauge>,
     rejected: Family<ListenerLabels, Counter>,
     no_backend: Family<ListenerLabels, Counter>,
     udp_session_limit: Family<ListenerLabels, Counter>,
@@ -66,6 +67,8 @@ pub(crate) struct BackendMetrics {
     pub udp_sessions: Gauge,
     /// Times passive health checking took the backend out.
     pub ejections: Counter,
+    /// 1 while passive health checking keeps the backend out.
+    pub ejected: Gauge,
 }
 
 /// The series of one listener, resolved once.
@@ -123,6 +126,11 @@ impl Metrics {
             self.ejections.clone(),
         );
         registry.register(
+            "slb_dataplane_backend_ejected",
+            "Whether passive health checking keeps a backend out now (1) or not (0)",
+            self.ejected.clone(),
+        );
+        registry.register(
             "slb_dataplane_rejected",
             "TCP connections and UDP datagrams refused by the listener's access control",
             self.rejected.clone(),
@@ -156,6 +164,7 @@ impl Metrics {
             healthy: self.backend_healthy.get_or_create(&labels).clone(),
             udp_sessions: self.udp_sessions.get_or_create(&labels).clone(),
             ejections: self.ejections.get_or_create(&labels).clone(),
+            ejected: self.ejected.get_or_create(&labels).clone(),
             labels,
         }
     }
@@ -186,6 +195,7 @@ impl Metrics {
         self.backend_healthy.remove(&m.labels);
         self.udp_sessions.remove(&m.labels);
         self.ejections.remove(&m.labels);
+        self.ejected.remove(&m.labels);
     }
 
     /// Drop the series of a listener that is gone.

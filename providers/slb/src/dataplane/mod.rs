@@ -44,7 +44,10 @@
 //! that stay keep their connections and health state. Removed backends get
 //! no new connections and are drained: open connections may finish until
 //! `drain_timeout`, then are closed. A backend added back while draining
-//! is revived as it was. A removed TCP listener stops accepting at once and
+//! is revived as it was. A backend that stays but is weighted to 0 drains
+//! too: no new connection, while its open TCP connections *and* UDP
+//! sessions carry on until `drain_timeout`, then end; weighted up before
+//! that, it keeps them, and after that it serves new ones again. A removed TCP listener stops accepting at once and
 //! drains its connections the same way; a removed UDP listener closes its
 //! socket and sessions at once (UDP has nothing to finish). A changed VIP
 //! rebinds every listener. All new sockets are bound before anything
@@ -70,9 +73,11 @@ use async_trait::async_trait;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, debug, info, info_span};
 
 pub use backend::HealthState;
+
+use backend::Backend;
 
 use crate::forwarding::{
     BalancerForwarding, ForwardingError, ForwardingSink, ListenerConfig, Transport,
@@ -178,6 +183,9 @@ pub struct BackendSnapshot {
     pub draining: bool,
     /// Open TCP connections or UDP sessions.
     pub active_connections: u64,
+    /// Taken out by passive health checking for now (real connections or
+    /// UDP sessions failed in a row); back after the cool-down.
+    pub ejected: bool,
 }
 
 /// The forwarding data plane. Cheap to clone (all clones share one state);
@@ -249,7 +257,9 @@ impl DataPlane {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn converge(&self, desired: BalancerForwarding) -> Result<(), ForwardingError> {
+    /// Make `desired` what runs; returns the backends taken out of new
+    /// traffic, for [`settle`].
+    fn converge(&self, desired: BalancerForwarding) -> Result<Vec<Arc<Backend>>, ForwardingError> {
         let mut balancers = self.balancers();
         let current = balancers.get(&desired.balancer_id);
         let plan = plan(
@@ -265,7 +275,7 @@ impl DataPlane {
             &desired,
         );
         if plan.is_noop() && current.is_some() {
-            return Ok(());
+            return Ok(Vec::new());
         }
 
         // Bind everything new first: an error leaves the balancer untouched.
@@ -282,18 +292,19 @@ impl DataPlane {
                 listeners: BTreeMap::new(),
             });
         balancer.vip = desired.vip;
+        let mut taken_out = Vec::new();
         for key in plan.remove {
             if let Some(l) = balancer.listeners.remove(&key) {
                 let _e = l.span.enter();
                 info!("listener removed");
-                l.shutdown();
+                taken_out.extend(l.shutdown());
             }
         }
         for config in plan.update {
             if let Some(l) = balancer.listeners.get(&ListenerKey::of(&config)) {
                 let _e = l.span.enter();
                 info!("listener reconfigured");
-                l.reconfigure(config);
+                taken_out.extend(l.reconfigure(config));
             }
         }
         for (config, socket) in bound {
@@ -327,7 +338,24 @@ impl DataPlane {
             }
             balancer.listeners.insert(key, shared);
         }
-        Ok(())
+        Ok(taken_out)
+    }
+
+    /// How long a change waits for decisions under way: a connect ends
+    /// within the connect timeout.
+    fn settle_limit(&self) -> Duration {
+        self.inner.settings.connect_timeout + Duration::from_millis(100)
+    }
+}
+
+/// Wait until no connect or datagram decided before a change is still on
+/// its way to a backend the change took out (at most `limit` each), so
+/// that once `apply` returns nothing reaches them any more.
+async fn settle(taken_out: &[Arc<Backend>], limit: Duration) {
+    for b in taken_out {
+        if !b.settle(limit).await {
+            debug!(backend = %b.addr, "forwarding under way to a backend taken out did not end in time");
+        }
     }
 }
 
@@ -336,18 +364,22 @@ impl ForwardingSink for DataPlane {
     async fn apply(&self, config: BalancerForwarding) -> Result<(), ForwardingError> {
         // Binding is synchronous (std sockets handed to tokio), so the whole
         // convergence runs under one lock without awaiting.
-        self.converge(config)
+        let taken_out = self.converge(config)?;
+        settle(&taken_out, self.settle_limit()).await;
+        Ok(())
     }
 
     async fn remove(&self, balancer_id: &str) {
         let removed = self.balancers().remove(balancer_id);
+        let mut taken_out = Vec::new();
         if let Some(b) = removed {
             for l in b.listeners.values() {
                 let _e = l.span.enter();
                 info!("listener removed with its balancer");
-                l.shutdown();
+                taken_out.extend(l.shutdown());
             }
         }
+        settle(&taken_out, self.settle_limit()).await;
     }
 }
 
@@ -446,139 +478,5 @@ impl Bound {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::forwarding::{
-        AccessControl, BackendConfig, HealthCheckConfig, ProbeKind, Scheduler,
-    };
-
-    fn listener(port: u16, transport: Transport, backends: &[u16]) -> ListenerConfig {
-        ListenerConfig {
-            port,
-            transport,
-            backends: backends
-                .iter()
-                .map(|p| BackendConfig {
-                    addr: SocketAddr::from(([127, 0, 0, 1], *p)),
-                    weight: 1,
-                })
-                .collect(),
-            health_check: HealthCheckConfig {
-                probe: ProbeKind::TcpConnect,
-                interval: Duration::from_secs(1),
-                timeout: Duration::from_secs(1),
-                healthy_threshold: 2,
-                unhealthy_threshold: 2,
-            },
-            access: AccessControl::AllowAll,
-            scheduler: Scheduler::Wrr,
-            drain_timeout: Duration::from_secs(5),
-            sticky_timeout: None,
-        }
-    }
-
-    fn desired(vip: [u8; 4], listeners: Vec<ListenerConfig>) -> BalancerForwarding {
-        BalancerForwarding {
-            balancer_id: "lb-1".into(),
-            vip: IpAddr::from(vip),
-            listeners,
-        }
-    }
-
-    fn running(
-        vip: [u8; 4],
-        ls: Vec<ListenerConfig>,
-    ) -> Option<(IpAddr, BTreeMap<ListenerKey, ListenerConfig>)> {
-        Some((
-            IpAddr::from(vip),
-            ls.into_iter().map(|l| (ListenerKey::of(&l), l)).collect(),
-        ))
-    }
-
-    #[test]
-    fn plan_table() {
-        let tcp80 = listener(80, Transport::Tcp, &[1, 2]);
-        let tcp80b = listener(80, Transport::Tcp, &[2, 3]);
-        let udp53 = listener(53, Transport::Udp, &[1]);
-        let tcp53 = listener(53, Transport::Tcp, &[1]);
-        let key = |l: &ListenerConfig| ListenerKey::of(l);
-        struct Case {
-            desc: &'static str,
-            current: Option<(IpAddr, BTreeMap<ListenerKey, ListenerConfig>)>,
-            desired: BalancerForwarding,
-            want: Plan,
-        }
-        let cases = [
-            Case {
-                desc: "new balancer binds everything",
-                current: None,
-                desired: desired([127, 240, 0, 1], vec![tcp80.clone(), udp53.clone()]),
-                want: Plan {
-                    add: vec![udp53.clone(), tcp80.clone()],
-                    ..Plan::default()
-                },
-            },
-            Case {
-                desc: "same config changes nothing",
-                current: running([127, 240, 0, 1], vec![tcp80.clone(), udp53.clone()]),
-                desired: desired([127, 240, 0, 1], vec![tcp80.clone(), udp53.clone()]),
-                want: Plan::default(),
-            },
-            Case {
-                desc: "backend change updates in place",
-                current: running([127, 240, 0, 1], vec![tcp80.clone()]),
-                desired: desired([127, 240, 0, 1], vec![tcp80b.clone()]),
-                want: Plan {
-                    update: vec![tcp80b.clone()],
-                    ..Plan::default()
-                },
-            },
-            Case {
-                desc: "transport change is a different listener",
-                current: running([127, 240, 0, 1], vec![udp53.clone()]),
-                desired: desired([127, 240, 0, 1], vec![tcp53.clone()]),
-                want: Plan {
-                    add: vec![tcp53.clone()],
-                    remove: vec![key(&udp53)],
-                    ..Plan::default()
-                },
-            },
-            Case {
-                desc: "vip change rebinds everything",
-                current: running([127, 240, 0, 1], vec![tcp80.clone()]),
-                desired: desired([127, 240, 0, 2], vec![tcp80.clone()]),
-                want: Plan {
-                    add: vec![tcp80.clone()],
-                    remove: vec![key(&tcp80)],
-                    ..Plan::default()
-                },
-            },
-            Case {
-                desc: "duplicate listener: the first wins",
-                current: None,
-                desired: desired([127, 240, 0, 1], vec![tcp80.clone(), tcp80b.clone()]),
-                want: Plan {
-                    add: vec![tcp80.clone()],
-                    ..Plan::default()
-                },
-            },
-            Case {
-                desc: "no listeners left removes all",
-                current: running([127, 240, 0, 1], vec![tcp80.clone()]),
-                desired: desired([127, 240, 0, 1], vec![]),
-                want: Plan {
-                    remove: vec![key(&tcp80)],
-                    ..Plan::default()
-                },
-            },
-        ];
-        for case in cases {
-            assert_eq!(
-                plan(case.current, &case.desired),
-                case.want,
-                "{}",
-                case.desc
-            );
-        }
-    }
-}
+#[path = "plan_tests.rs"]
+mod tests;

@@ -61,7 +61,7 @@ async fn handle(shared: Arc<ListenerShared>, client: TcpStream, peer: SocketAddr
             debug!(?tried, "no backend accepted the connection");
             return;
         }
-        let Some(backend) = shared.pick(peer.ip(), &tried) else {
+        let Some((backend, flight)) = shared.pick(peer.ip(), &tried) else {
             shared.metrics.no_backend.inc();
             debug!(?tried, "no backend available");
             return;
@@ -69,7 +69,12 @@ async fn handle(shared: Arc<ListenerShared>, client: TcpStream, peer: SocketAddr
         let addr = backend.addr;
         // Counted from the pick on, so a burst of accepts spreads (wlc).
         let active = ActiveGuard::tcp(backend);
-        match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await {
+        let connected =
+            tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr)).await;
+        // The connect is over (and the SYN sent, if it was): a change that
+        // takes the backend out need not wait for it any more.
+        drop(flight);
+        match connected {
             Ok(Ok(upstream)) => break (active, upstream),
             Ok(Err(e)) => debug!(backend = %addr, error = %e, "connect failed"),
             Err(_) => debug!(backend = %addr, "connect timed out"),
@@ -89,9 +94,10 @@ async fn handle(shared: Arc<ListenerShared>, client: TcpStream, peer: SocketAddr
 
     let mut client = client;
     let mut upstream = upstream;
+    let ends = backend.connections_end();
     let result = tokio::select! {
         r = forward(&mut client, &mut upstream, settings, &backend.metrics) => r,
-        _ = backend.retired.cancelled() => {
+        _ = ends.cancelled() => {
             debug!(backend = %backend.addr, "closed at the end of the drain");
             return;
         }

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, trace};
+use tracing::{Instrument, debug, info, trace};
 
 use super::backend::{ActiveGuard, Backend};
 use super::listener::ListenerShared;
@@ -42,6 +43,16 @@ struct Session {
     /// Milliseconds since the listener's epoch of the last datagram.
     last: Arc<AtomicU64>,
     stop: CancellationToken,
+    /// Cancelled when the backend's drain runs out.
+    ends: CancellationToken,
+}
+
+impl Session {
+    /// Whether the session may carry no more datagrams: its backend left
+    /// the configuration, or drained (weight 0) until the timeout.
+    fn is_over(&self) -> bool {
+        self.backend.is_removed() || self.ends.is_cancelled()
+    }
 }
 
 /// Milliseconds since the listener started, shared by the listener loop
@@ -105,11 +116,11 @@ pub(crate) async fn serve(shared: Arc<ListenerShared>, socket: Arc<UdpSocket>) {
                 }
                 let at_cap = sessions.len() >= shared.settings.max_udp_sessions;
                 let session = match sessions.entry(client) {
-                    // A session to a removed backend ends here, before its
-                    // next datagram could reach it; the client moves to a
-                    // configured backend.
-                    Entry::Occupied(mut e) if e.get().backend.is_removed() => {
-                        trace!(%client, backend = %e.get().backend.addr, "udp session to a removed backend ended");
+                    // A session to a removed (or drained) backend ends
+                    // here, before its next datagram could reach it; the
+                    // client moves to a configured backend.
+                    Entry::Occupied(mut e) if e.get().is_over() => {
+                        trace!(%client, backend = %e.get().backend.addr, "udp session to a removed or drained backend ended");
                         e.get().stop.cancel();
                         next_id += 1;
                         match open(&shared, &socket, client, next_id, &ended_tx, clock) {
@@ -137,14 +148,29 @@ pub(crate) async fn serve(shared: Arc<ListenerShared>, socket: Arc<UdpSocket>) {
                         }
                     }
                 };
+                // Counted in flight, then checked again: a change that takes
+                // the backend out either shows here, or waits until this
+                // datagram has left (so none leaves once `apply` returned).
+                let flight = session.backend.enter_flight();
+                if session.is_over() {
+                    trace!(%client, backend = %session.backend.addr, "backend taken out just now; datagram dropped, the next opens a new session");
+                    session.stop.cancel();
+                    sessions.remove(&client);
+                    continue;
+                }
                 session.last.store(now_ms(), Ordering::Relaxed);
-                match session.upstream.send(&buf[..n]).await {
+                let sent = session.upstream.send(&buf[..n]).await;
+                drop(flight);
+                match sent {
                     Ok(sent) => {
                         session.backend.metrics.bytes_in.inc_by(sent as u64);
                     }
                     Err(e) => {
                         debug!(%client, backend = %session.backend.addr, error = %e, "udp send to backend failed");
                         session.backend.metrics.connect_failures.inc();
+                        if session.backend.record_failure(shared.settings.outlier) {
+                            info!(backend = %session.backend.addr, "udp sessions keep failing: backend ejected (passive health check)");
+                        }
                         session.stop.cancel();
                         sessions.remove(&client);
                     }
@@ -169,7 +195,9 @@ fn open(
     ended: &mpsc::UnboundedSender<(SocketAddr, u64)>,
     clock: Clock,
 ) -> Option<Session> {
-    let Some(backend) = shared.pick(client.ip(), &[]) else {
+    // The pick's in-flight count ends here: the datagram is counted again
+    // (and the session checked) just before it is sent.
+    let Some((backend, _flight)) = shared.pick(client.ip(), &[]) else {
         shared.metrics.no_backend.inc();
         debug!(%client, "no backend for a new udp session");
         return None;
@@ -179,6 +207,9 @@ fn open(
         Err(e) => {
             debug!(%client, backend = %backend.addr, error = %e, "cannot open a udp socket to the backend");
             backend.metrics.connect_failures.inc();
+            if backend.record_failure(shared.settings.outlier) {
+                info!(backend = %backend.addr, "udp sessions keep failing: backend ejected (passive health check)");
+            }
             return None;
         }
     };
@@ -188,6 +219,7 @@ fn open(
         backend: Arc::clone(&backend),
         last: Arc::new(AtomicU64::new(clock.now_ms())),
         stop: shared.hard_stop.child_token(),
+        ends: backend.connections_end(),
     };
     backend.metrics.connections.inc();
     let active = ActiveGuard::udp(backend);
@@ -198,6 +230,7 @@ fn open(
         client,
         last: Arc::clone(&session.last),
         stop: session.stop.clone(),
+        ends: session.ends.clone(),
         ended: ended.clone(),
         id,
         clock,
@@ -231,6 +264,7 @@ struct Replies {
     client: SocketAddr,
     last: Arc<AtomicU64>,
     stop: CancellationToken,
+    ends: CancellationToken,
     ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
     id: u64,
     clock: Clock,
@@ -246,6 +280,7 @@ impl Replies {
             client,
             last,
             stop,
+            ends,
             ended,
             id,
             clock,
@@ -255,7 +290,7 @@ impl Replies {
         'session: loop {
             let ready = tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = backend.retired.cancelled() => {
+                _ = ends.cancelled() => {
                     debug!(backend = %backend.addr, "udp session closed at the end of the drain");
                     break;
                 }
@@ -266,11 +301,39 @@ impl Replies {
                     }
                     continue;
                 }
-                r = upstream.readable() => r,
+                // ICMP port unreachable shows up as a socket error alone
+                // (EPOLLERR without EPOLLIN), so wait for errors too.
+                r = upstream.ready(Interest::READABLE | Interest::ERROR) => r,
             };
-            if let Err(e) = ready {
-                debug!(backend = %backend.addr, error = %e, "udp backend socket failed");
-                break;
+            let ready = match ready {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(backend = %backend.addr, error = %e, "udp backend socket failed");
+                    break;
+                }
+            };
+            if ready.is_error() {
+                match upstream.take_error() {
+                    Ok(Some(e)) => {
+                        debug!(backend = %backend.addr, error = %e, "udp backend unreachable");
+                        backend.metrics.connect_failures.inc();
+                        if backend.record_failure(outlier) {
+                            info!(backend = %backend.addr, "udp sessions keep failing: backend ejected (passive health check)");
+                        }
+                        break;
+                    }
+                    // Already taken by a send: forget the readiness, or the
+                    // wait above would return at once forever.
+                    Ok(None) => {
+                        let _ = upstream.try_io(Interest::ERROR, || {
+                            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+                        });
+                    }
+                    Err(e) => {
+                        debug!(backend = %backend.addr, error = %e, "udp backend socket failed");
+                        break;
+                    }
+                }
             }
             // Move every datagram waiting, without an await in between, so
             // the sessions share one buffer per thread instead of holding
@@ -285,9 +348,13 @@ impl Replies {
                     Ok(Ok(sent)) => {
                         last.store(clock.now_ms(), Ordering::Relaxed);
                         backend.metrics.bytes_out.inc_by(sent as u64);
+                        // The backend answered: for passive health checking
+                        // that is a success, so only failures in a row count.
+                        backend.record_success();
                     }
                     Ok(Err(e)) => {
                         last.store(clock.now_ms(), Ordering::Relaxed);
+                        backend.record_success();
                         debug!(error = %e, "udp reply to client dropped");
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -295,7 +362,9 @@ impl Replies {
                         // ICMP port unreachable shows up here as ConnectionRefused.
                         debug!(backend = %backend.addr, error = %e, "udp backend unreachable");
                         backend.metrics.connect_failures.inc();
-                        backend.record_failure(outlier);
+                        if backend.record_failure(outlier) {
+                            info!(backend = %backend.addr, "udp sessions keep failing: backend ejected (passive health check)");
+                        }
                         break 'session;
                     }
                 }

@@ -10,7 +10,8 @@ use portico_provider::{
 };
 
 use super::marker;
-use super::options::{Reuse, SlbOptions};
+use super::options::{Reuse, SlbOptions, drains};
+use crate::cloud::limits::{NAME_MAX_CHARS, STICKY_SECONDS};
 use crate::cloud::model::*;
 
 /// The ACL every listener should carry.
@@ -62,7 +63,7 @@ impl Desired {
         let key = spec.key.clone();
         Ok(Self {
             marker: marker(&key),
-            name: key.cloud_name("portico", 80),
+            name: key.cloud_name("portico", NAME_MAX_CHARS),
             key,
             reuse: opts.reuse.clone(),
             address: requested_address(spec, opts),
@@ -180,7 +181,7 @@ fn sticky(spec: &LoadBalancerSpec, opts: &SlbOptions) -> Option<StickySession> {
         None => match spec.session_affinity {
             SessionAffinity::None => None,
             SessionAffinity::ClientIp { timeout_seconds } => Some(StickySession {
-                timeout_seconds: timeout_seconds.clamp(1, 86_400),
+                timeout_seconds: timeout_seconds.clamp(STICKY_SECONDS.min, STICKY_SECONDS.max),
             }),
         },
     }
@@ -217,7 +218,7 @@ pub fn desired_listeners(
                 .or_insert_with(|| BackendServer {
                     address,
                     port: l.node_port.into(),
-                    weight: opts.weight,
+                    weight: if drains(t) { 0 } else { opts.weight },
                     description: t.node_name.clone(),
                 });
         }

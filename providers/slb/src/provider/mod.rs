@@ -23,7 +23,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use portico_provider::{
     ClusterName, IngressStatus, IpMode, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
-    LoadBalancerStatus, PortStatus, Prepared, Protocol, ProviderError, cluster_tags,
+    LoadBalancerStatus, PortStatus, Prepared, Protocol, ProviderError, ServiceAnnotations,
+    cluster_tags,
 };
 use tracing::Instrument;
 
@@ -193,6 +194,13 @@ impl LoadBalancerProvider for SlbProvider {
     fn prepare(&self, spec: LoadBalancerSpec) -> Result<Prepared<SlbOptions>, ProviderError> {
         let options = self.check(&spec)?;
         Ok(Prepared::new(spec, options))
+    }
+
+    /// Always: a node's [`options::DRAIN_NODE_LABEL`] weighs its backends
+    /// down to 0 in every Service, so a change of labels alone must reach
+    /// them (an unchanged Service's re-ensure only reads).
+    fn selects_targets_by_node_labels(&self, _annotations: &ServiceAnnotations) -> bool {
+        true
     }
 
     async fn ensure(

@@ -3,8 +3,12 @@
 
 use std::net::IpAddr;
 
-use portico_provider::{Annotations, LoadBalancerSpec, ProviderError};
+use portico_provider::{Annotations, LoadBalancerSpec, ProviderError, Target};
 
+use crate::cloud::limits::{
+    self, Bounds, HEALTH_INTERVAL_SECONDS, HEALTH_PATH_MAX_CHARS, HEALTH_THRESHOLD,
+    HEALTH_TIMEOUT_SECONDS, PORT, STICKY_SECONDS, WEIGHT,
+};
 use crate::cloud::model::{AclMode, AddressType, BALANCER_SPECS, HealthCheckType, SchedulerKind};
 
 /// Every annotation this provider reads starts with this.
@@ -53,6 +57,21 @@ pub mod keys {
         PERSISTENCE_TIMEOUT,
         IP,
     ];
+}
+
+/// Node label that drains the node from every SLB balancer: its backends
+/// get weight 0, so they take no new connection while open TCP connections
+/// and UDP sessions carry on until the cloud's drain timeout. Any value but
+/// one Go's `ParseBool` reads as false (`false`, `False`, `FALSE`, `f`, `F`,
+/// `0`) drains, as for `node.kubernetes.io/exclude-from-external-load-balancers`.
+pub const DRAIN_NODE_LABEL: &str = "portico.io/slb-drain";
+
+/// Whether `target` carries [`DRAIN_NODE_LABEL`] with a value that drains.
+pub fn drains(target: &Target) -> bool {
+    target
+        .labels
+        .get(DRAIN_NODE_LABEL)
+        .is_some_and(|v| !matches!(v.as_str(), "false" | "False" | "FALSE" | "f" | "F" | "0"))
 }
 
 /// The full annotation name of `key`.
@@ -107,7 +126,9 @@ pub struct SlbOptions {
     pub acl: Option<UserAcl>,
     /// Reuse this existing balancer instead of creating one.
     pub reuse: Option<Reuse>,
-    /// Weight of every backend, 1..=100 (default 100).
+    /// Weight of every backend, 0..=100 (default 100). 0 drains them all:
+    /// the balancer takes no new connection, open ones end at the cloud's
+    /// drain timeout.
     pub weight: u32,
     /// Client-IP stickiness in seconds, overriding sessionAffinity; 0 = off.
     pub persistence_timeout: Option<u32>,
@@ -141,9 +162,12 @@ fn choice<T: Copy>(
         })
 }
 
-fn range(a: &Annotations, key: &str, min: i64, max: i64) -> Result<Option<u32>, ProviderError> {
-    Ok(a.parse_in_range(&annotation(key), min, max)?
-        .and_then(|v| u32::try_from(v).ok()))
+/// An integer annotation within `bounds` (the cloud's own limits).
+fn range(a: &Annotations, key: &str, bounds: Bounds) -> Result<Option<u32>, ProviderError> {
+    Ok(
+        a.parse_in_range(&annotation(key), bounds.min.into(), bounds.max.into())?
+            .and_then(|v| u32::try_from(v).ok()),
+    )
 }
 
 impl SlbOptions {
@@ -201,40 +225,38 @@ impl SlbOptions {
         )?;
         let uri = match a.get(&annotation(keys::HEALTH_CHECK_URI)) {
             None => None,
-            Some(raw)
-                if raw.starts_with('/')
-                    && !raw.contains(char::is_whitespace)
-                    && raw.len() <= 200 =>
-            {
-                Some(raw.to_string())
-            }
+            Some(raw) if limits::is_health_path(raw) => Some(raw.to_string()),
             Some(raw) => {
                 return Err(ProviderError::invalid(
                     field(keys::HEALTH_CHECK_URI),
                     format!(
-                        "{raw:?} must start with / and have no spaces (at most 200 characters)"
+                        "{raw:?} must start with / and then be visible ASCII, no spaces (at most {HEALTH_PATH_MAX_CHARS} characters)"
                     ),
                 ));
             }
         };
-        let connect_port = range(a, keys::HEALTH_CHECK_CONNECT_PORT, 1, 65535)?
-            .and_then(|p| u16::try_from(p).ok());
+        let connect_port =
+            range(a, keys::HEALTH_CHECK_CONNECT_PORT, PORT)?.and_then(|p| u16::try_from(p).ok());
         if connect_port.is_some() && kind == Some(HealthCheckType::Tcp) {
             return Err(ProviderError::invalid(
                 field(keys::HEALTH_CHECK_CONNECT_PORT),
                 "tcp checks probe each backend's own port; a connect port needs health-check-type http",
             ));
         }
-        let connect_timeout = range(a, keys::HEALTH_CHECK_CONNECT_TIMEOUT, 1, 300)?;
-        let timeout = range(a, keys::HEALTH_CHECK_TIMEOUT, 1, 300)?;
+        let connect_timeout = range(
+            a,
+            keys::HEALTH_CHECK_CONNECT_TIMEOUT,
+            HEALTH_TIMEOUT_SECONDS,
+        )?;
+        let timeout = range(a, keys::HEALTH_CHECK_TIMEOUT, HEALTH_TIMEOUT_SECONDS)?;
         let health = HealthOptions {
             kind,
             uri,
             connect_port,
-            interval_seconds: range(a, keys::HEALTH_CHECK_INTERVAL, 1, 50)?,
+            interval_seconds: range(a, keys::HEALTH_CHECK_INTERVAL, HEALTH_INTERVAL_SECONDS)?,
             timeout_seconds: timeout.or(connect_timeout),
-            healthy_threshold: range(a, keys::HEALTHY_THRESHOLD, 2, 10)?,
-            unhealthy_threshold: range(a, keys::UNHEALTHY_THRESHOLD, 2, 10)?,
+            healthy_threshold: range(a, keys::HEALTHY_THRESHOLD, HEALTH_THRESHOLD)?,
+            unhealthy_threshold: range(a, keys::UNHEALTHY_THRESHOLD, HEALTH_THRESHOLD)?,
         };
 
         let acl_on = choice(a, keys::ACL_STATUS, &[("on", true), ("off", false)])?.unwrap_or(false);
@@ -278,8 +300,13 @@ impl SlbOptions {
                 id: id.to_string(),
                 foreign_listeners,
             });
-        let weight = range(a, keys::WEIGHT, 1, 100)?.unwrap_or(100);
-        let persistence_timeout = range(a, keys::PERSISTENCE_TIMEOUT, 0, 86_400)?;
+        let weight = range(a, keys::WEIGHT, WEIGHT)?.unwrap_or(WEIGHT.max);
+        // 0 turns stickiness off.
+        let persistence = Bounds {
+            min: 0,
+            ..STICKY_SECONDS
+        };
+        let persistence_timeout = range(a, keys::PERSISTENCE_TIMEOUT, persistence)?;
         let ip: Option<IpAddr> = a.parse(&annotation(keys::IP))?;
 
         Ok(Self {

@@ -318,9 +318,15 @@ pub struct UdpBackend {
 
 impl UdpBackend {
     pub async fn start(name: &str) -> UdpBackend {
-        let s = UdpSocket::bind("127.0.0.1:0")
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), name)
             .await
-            .expect("bind udp backend");
+            .expect("bind udp backend")
+    }
+
+    /// Like [`UdpBackend::start`], on `addr` (e.g. a port another backend
+    /// uses on another loopback address).
+    pub async fn start_on(addr: SocketAddr, name: &str) -> io::Result<UdpBackend> {
+        let s = UdpSocket::bind(addr).await?;
         let addr = s.local_addr().expect("udp backend address");
         let name = name.to_owned();
         let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -337,11 +343,11 @@ impl UdpBackend {
                 let _ = s.send_to(&reply, from).await;
             }
         });
-        UdpBackend {
+        Ok(UdpBackend {
             addr,
             received,
             task,
-        }
+        })
     }
 }
 
@@ -385,8 +391,10 @@ pub fn port(base: u16) -> u16 {
     base + NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Spin `threads` busy threads until the guard drops (bounded: at most 60 s),
-/// so races between reconfiguration and forwarding have a chance to show.
+/// Spin `threads` busy threads until the guard drops (bounded: at most 60 s
+/// by default), so races between reconfiguration and forwarding have a
+/// chance to show. [`CpuLoad::running`] tells a test whether the load
+/// lasted as long as it did.
 pub struct CpuLoad {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -394,12 +402,17 @@ pub struct CpuLoad {
 
 impl CpuLoad {
     pub fn start(threads: usize) -> CpuLoad {
+        Self::start_for(threads, Duration::from_secs(60))
+    }
+
+    /// Like [`CpuLoad::start`], spinning at most `bound`.
+    pub fn start_for(threads: usize, bound: Duration) -> CpuLoad {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let threads = (0..threads)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
-                    let until = std::time::Instant::now() + Duration::from_secs(60);
+                    let until = std::time::Instant::now() + bound;
                     let mut x = 0u64;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed)
                         && std::time::Instant::now() < until
@@ -411,6 +424,11 @@ impl CpuLoad {
             })
             .collect();
         CpuLoad { stop, threads }
+    }
+
+    /// Whether every thread still spins (none reached its bound).
+    pub fn running(&self) -> bool {
+        self.threads.iter().all(|t| !t.is_finished())
     }
 }
 

@@ -168,6 +168,43 @@ fn health_checks_and_annotations_shape_the_listener() {
     }
 }
 
+/// A node labelled `portico.io/slb-drain` (any value but a Go `ParseBool`
+/// false) gets weight 0 on every listener; other nodes keep the
+/// Service's weight.
+#[test]
+fn a_drained_node_is_weighted_to_zero() {
+    use portico_slb::provider::options::DRAIN_NODE_LABEL;
+    let cases = [
+        ("true", 0),
+        ("yes", 0),
+        ("", 0),
+        ("false", 40),
+        ("F", 40),
+        ("0", 40),
+    ];
+    for (value, want) in cases {
+        let mut spec = base_spec();
+        spec.annotations = Annotations::new([(format!("{PREFIX}weight"), "40".to_string())].into());
+        let mut targets: Vec<_> = spec.targets.iter().cloned().collect();
+        targets[1]
+            .labels
+            .insert(DRAIN_NODE_LABEL.into(), value.into());
+        spec.targets = targets.into();
+        for l in desired(&spec) {
+            let weights: Vec<(String, u32)> = l
+                .servers
+                .iter()
+                .map(|s| (s.description.clone(), s.weight))
+                .collect();
+            assert_eq!(
+                weights,
+                [("a".to_string(), 40), ("b".to_string(), want)],
+                "label value {value:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn creates_everything_on_an_empty_balancer() {
     let want = desired(&base_spec());

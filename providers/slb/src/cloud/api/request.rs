@@ -10,11 +10,16 @@ use axum::http::HeaderMap;
 use serde::de::DeserializeOwned;
 
 use crate::cloud::error::ApiError;
+use crate::cloud::limits::{self, CLIENT_TOKEN_MAX_CHARS};
 use crate::cloud::model::CLIENT_TOKEN_HEADER;
 use crate::cloud::state::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageRequest};
 
 /// The query of a list call, as axum parsed it (or why it could not).
-pub(super) type ListQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
+pub(crate) type ListQuery = Result<Query<Vec<(String, String)>>, QueryRejection>;
+
+/// A `tag` filter's value must hold an `=` (`key=value`; the key may be
+/// empty); the document says so with this pattern.
+pub(crate) const TAG_FILTER_PATTERN: &str = "=";
 
 /// Whether a list call filters by `tag=key=value` parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,34 +65,23 @@ fn integral_floats_to_integers(value: &mut serde_json::Value) {
     }
 }
 
-pub(super) fn client_token(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(crate) fn client_token(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get(CLIENT_TOKEN_HEADER) {
         None => Ok(None),
-        Some(v) => {
-            let token = v
-                .to_str()
-                .map_err(|_| ApiError::invalid(CLIENT_TOKEN_HEADER, "must be visible ASCII"))?;
-            if token.is_empty() || token.len() > 64 {
-                return Err(ApiError::invalid(
-                    CLIENT_TOKEN_HEADER,
-                    "must have 1..=64 characters",
-                ));
-            }
-            if !token.bytes().all(|b| (b'!'..=b'~').contains(&b)) {
-                return Err(ApiError::invalid(
-                    CLIENT_TOKEN_HEADER,
-                    "must be visible ASCII without spaces",
-                ));
-            }
-            Ok(Some(token.to_string()))
-        }
+        Some(v) => match v.to_str() {
+            Ok(token) if limits::is_client_token(token) => Ok(Some(token.to_string())),
+            _ => Err(ApiError::invalid(
+                CLIENT_TOKEN_HEADER,
+                format!("must be 1..={CLIENT_TOKEN_MAX_CHARS} visible ASCII characters, no spaces"),
+            )),
+        },
     }
 }
 
 /// Parse list parameters: `page_size`, `page_token` and, where
 /// `tag_filter` accepts them, repeated `tag=key=value`. Anything else is
 /// rejected.
-pub(super) fn list_params(
+pub(crate) fn list_params(
     query: ListQuery,
     tag_filter: TagFilter,
 ) -> Result<(PageRequest, BTreeMap<String, String>), ApiError> {

@@ -1,6 +1,7 @@
-//! What every handler shares, and the one path a change takes: made under
-//! the store's lock, handed to the data plane in order, made durable, and
-//! acknowledged only once traffic follows it.
+//! What every handler shares, and the one path a change takes: made on a
+//! copy of the store, handed to the data plane and waited for, committed
+//! and made durable only once traffic follows it (or not made at all when
+//! the data plane cannot apply it), then acknowledged.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -11,8 +12,9 @@ use super::durable::{PersistError, StateWriter};
 use crate::cloud::CloudConfig;
 use crate::cloud::error::ApiError;
 use crate::cloud::faults::FaultState;
-use crate::cloud::sink::ApplierMsg;
+use crate::cloud::sink::{Applied, ApplierMsg};
 use crate::cloud::state::{Effects, Store};
+use crate::forwarding::ForwardingError;
 use crate::forwarding::projection::balancer_forwarding;
 
 /// The shared state behind every handler.
@@ -23,6 +25,8 @@ pub(crate) struct Inner {
     pub(super) faults: Mutex<FaultState>,
     pub(super) stats: Mutex<ApiStats>,
     applier: mpsc::UnboundedSender<ApplierMsg>,
+    /// Held through one change, from the copy of the store to its commit.
+    changes: tokio::sync::Mutex<()>,
     writer: StateWriter,
     pub(crate) metrics: ApiMetrics,
 }
@@ -49,6 +53,7 @@ impl Inner {
             faults: Mutex::new(faults),
             stats: Mutex::new(ApiStats::default()),
             applier,
+            changes: tokio::sync::Mutex::new(()),
             writer,
             metrics: ApiMetrics::default(),
         }
@@ -64,51 +69,86 @@ impl Inner {
         }
     }
 
-    /// Run a mutation under the lock; on success hand its effects to the
-    /// data plane (in order, still under the lock), make it durable, and
-    /// return only once the data plane forwards accordingly: what the API
-    /// acknowledges is what traffic sees (read-your-writes).
+    /// Make one change, as the API's one path for changes:
+    ///
+    /// 1. `f` runs on a copy of the store (a refusal changes nothing);
+    /// 2. the data plane is given the forwarding of every balancer the
+    ///    change affects, and waited for;
+    /// 3. only if it applied all of it does the change replace the store
+    ///    and get written to the state file; the call then returns, so
+    ///    what the API acknowledges is what traffic sees (read-your-writes).
+    ///
+    /// If the data plane cannot apply it (a VIP's port is taken on the
+    /// host), the change is not made: the balancers it already reached are
+    /// given their forwarding from the unchanged store again, and the
+    /// caller gets 409 `ForwardingFailed`. Changes run one at a time, so
+    /// the store a failed change leaves is the one before it.
     pub(super) async fn mutate<T>(
         &self,
         f: impl FnOnce(&mut Store) -> Result<(T, Effects), ApiError>,
     ) -> Result<T, ApiError> {
-        let mut applied = Vec::new();
-        let (value, snapshot) = {
+        let _one_change = self.changes.lock().await;
+        let mut next = self.read(Store::clone);
+        let (value, effects) = f(&mut next)?;
+        if let Err(err) = self.forward(&next, &effects).await {
+            let current = self.read(Store::clone);
+            if let Err(again) = self.forward(&current, &effects).await {
+                tracing::error!(error = %again, "data plane cannot return to the state before a failed change");
+            }
+            return Err(forwarding_failed(&err));
+        }
+        let snapshot = {
             let mut store = lock(&self.store);
-            let (value, effects) = f(&mut store)?;
-            for id in &effects.remove {
-                let (done, wait) = tokio::sync::oneshot::channel();
-                if self
-                    .applier
-                    .send(ApplierMsg::Remove(id.clone(), Some(done)))
-                    .is_ok()
-                {
-                    applied.push(wait);
-                }
-            }
-            for id in &effects.apply {
-                if let Some(fwd) = balancer_forwarding(&store, id, self.config.drain_timeout) {
-                    let (done, wait) = tokio::sync::oneshot::channel();
-                    if self
-                        .applier
-                        .send(ApplierMsg::Apply(fwd, Some(done)))
-                        .is_ok()
-                    {
-                        applied.push(wait);
-                    }
-                }
-            }
-            let snapshot = self.writer.snapshot(&store).map_err(persist_failed)?;
-            (value, snapshot)
+            *store = next;
+            self.writer.snapshot(&store).map_err(persist_failed)?
         };
+        drop(_one_change);
         if let Some(snapshot) = snapshot {
             self.writer.write(snapshot).await.map_err(persist_failed)?;
         }
-        for wait in applied {
-            // An error means the applier stopped (the cloud is shutting down).
-            let _ = wait.await;
-        }
         Ok(value)
+    }
+
+    /// Hand the data plane what `store` says `effects`' balancers forward,
+    /// in order, and wait until it has: the first error, if any.
+    async fn forward(&self, store: &Store, effects: &Effects) -> Result<(), ForwardingError> {
+        let mut waits = Vec::new();
+        for id in &effects.remove {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            if store.balancers.contains_key(id) {
+                // Back to a balancer that was to go (a failed change).
+                if let Some(fwd) = balancer_forwarding(store, id, self.config.drain_timeout) {
+                    self.send(ApplierMsg::Apply(fwd, Some(done)), wait, &mut waits);
+                }
+            } else {
+                self.send(ApplierMsg::Remove(id.clone(), Some(done)), wait, &mut waits);
+            }
+        }
+        for id in &effects.apply {
+            let (done, wait) = tokio::sync::oneshot::channel();
+            match balancer_forwarding(store, id, self.config.drain_timeout) {
+                Some(fwd) => self.send(ApplierMsg::Apply(fwd, Some(done)), wait, &mut waits),
+                // Gone in `store` (a failed change made it): stop forwarding.
+                None => self.send(ApplierMsg::Remove(id.clone(), Some(done)), wait, &mut waits),
+            }
+        }
+        let mut first = Ok(());
+        for wait in waits {
+            // A closed channel means the applier stopped (the cloud is
+            // shutting down): nothing forwards any more either way.
+            if let Ok(Err(err)) = wait.await
+                && first.is_ok()
+            {
+                first = Err(err);
+            }
+        }
+        first
+    }
+
+    fn send(&self, msg: ApplierMsg, wait: Applied, waits: &mut Vec<Applied>) {
+        if self.applier.send(msg).is_ok() {
+            waits.push(wait);
+        }
     }
 
     pub(super) fn read<T>(&self, f: impl FnOnce(&Store) -> T) -> T {
@@ -116,16 +156,33 @@ impl Inner {
     }
 }
 
-/// Log a failed save with its causes and answer 500: the change is in
-/// effect but may not survive a restart.
-fn persist_failed(err: PersistError) -> ApiError {
+/// 409 `ForwardingFailed`, with the data plane's error and its causes.
+fn forwarding_failed(err: &ForwardingError) -> ApiError {
+    ApiError::conflict(
+        "ForwardingFailed",
+        format!(
+            "the data plane cannot apply the change, so it was not made: {}",
+            chain(err)
+        ),
+    )
+}
+
+/// `err` and its causes, `: `-separated.
+fn chain(err: &dyn std::error::Error) -> String {
     let mut message = err.to_string();
-    let mut source = std::error::Error::source(&err);
+    let mut source = err.source();
     while let Some(cause) = source {
         message.push_str(": ");
         message.push_str(&cause.to_string());
         source = cause.source();
     }
+    message
+}
+
+/// Log a failed save with its causes and answer 500: the change is in
+/// effect but may not survive a restart.
+fn persist_failed(err: PersistError) -> ApiError {
+    let message = chain(&err);
     tracing::error!(error = %message, "cannot save the cloud's state");
     ApiError::internal(message)
 }

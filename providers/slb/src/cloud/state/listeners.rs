@@ -3,7 +3,7 @@
 //! listener that changes changes what its balancer forwards.
 
 use super::page::{PageRequest, paginate};
-use super::validate::{check_description, check_health, check_port, check_range};
+use super::validate::{check_description, check_health, check_port, check_sticky};
 use super::{Created, Effects, Store, new_id};
 use crate::cloud::Quotas;
 use crate::cloud::error::ApiError;
@@ -51,12 +51,7 @@ impl Store {
             ));
         }
         if let Some(sticky) = &s.sticky_session {
-            check_range(
-                "sticky_session.timeout_seconds",
-                sticky.timeout_seconds,
-                1,
-                86_400,
-            )?;
+            check_sticky("sticky_session", sticky)?;
         }
         check_description("description", &s.description)
     }

@@ -11,7 +11,7 @@ mod balancers;
 mod groups;
 mod listeners;
 mod page;
-mod validate;
+pub(crate) mod validate;
 mod vip;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,34 +1,46 @@
 //! Checks of request fields that need no other object: names, tags,
 //! ports, ranges, health checks, server lists and ACL entries. Each error
-//! names the offending field.
+//! names the offending field. The limits come from [`crate::cloud::limits`],
+//! which the OpenAPI document states too.
 
 use std::collections::BTreeMap;
 
 use ipnet::IpNet;
 
 use crate::cloud::error::ApiError;
+use crate::cloud::limits::{
+    self, Bounds, DESCRIPTION_MAX_CHARS, HEALTH_INTERVAL_SECONDS, HEALTH_PATH_MAX_CHARS,
+    HEALTH_THRESHOLD, HEALTH_TIMEOUT_SECONDS, MAX_TAGS, NAME_MAX_CHARS, PORT, STICKY_SECONDS,
+    TAG_KEY_MAX_CHARS, TAG_VALUE_MAX_CHARS, WEIGHT,
+};
 use crate::cloud::model::{
-    AclEntry, BALANCER_SPECS, BackendServer, HealthCheck, HealthCheckType, MAX_TAGS,
+    AclEntry, BALANCER_SPECS, BackendServer, HealthCheck, HealthCheckType, StickySession,
 };
 
-pub(super) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
-    if name.trim().is_empty() {
-        return Err(ApiError::invalid(field, "must not be empty"));
+pub(crate) fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+    if limits::is_blank(name) {
+        return Err(ApiError::invalid(field, "must not be blank"));
     }
-    if name.chars().count() > 80 {
-        return Err(ApiError::invalid(field, "must be at most 80 characters"));
-    }
-    Ok(())
-}
-
-pub(super) fn check_description(field: &str, text: &str) -> Result<(), ApiError> {
-    if text.chars().count() > 256 {
-        return Err(ApiError::invalid(field, "must be at most 256 characters"));
+    if name.chars().count() > NAME_MAX_CHARS {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {NAME_MAX_CHARS} characters"),
+        ));
     }
     Ok(())
 }
 
-pub(super) fn check_tags(field: &str, tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
+pub(crate) fn check_description(field: &str, text: &str) -> Result<(), ApiError> {
+    if text.chars().count() > DESCRIPTION_MAX_CHARS {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {DESCRIPTION_MAX_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn check_tags(field: &str, tags: &BTreeMap<String, String>) -> Result<(), ApiError> {
     if tags.len() > MAX_TAGS {
         return Err(ApiError::invalid(
             field,
@@ -36,23 +48,23 @@ pub(super) fn check_tags(field: &str, tags: &BTreeMap<String, String>) -> Result
         ));
     }
     for (k, v) in tags {
-        if k.is_empty() || k.chars().count() > 128 {
+        if k.is_empty() || k.chars().count() > TAG_KEY_MAX_CHARS {
             return Err(ApiError::invalid(
                 format!("{field}[{k}]"),
-                "tag keys must have 1..=128 characters",
+                format!("tag keys must have 1..={TAG_KEY_MAX_CHARS} characters"),
             ));
         }
-        if v.chars().count() > 256 {
+        if v.chars().count() > TAG_VALUE_MAX_CHARS {
             return Err(ApiError::invalid(
                 format!("{field}[{k}]"),
-                "tag values must have at most 256 characters",
+                format!("tag values must have at most {TAG_VALUE_MAX_CHARS} characters"),
             ));
         }
     }
     Ok(())
 }
 
-pub(super) fn check_spec(field: &str, spec: &str) -> Result<(), ApiError> {
+pub(crate) fn check_spec(field: &str, spec: &str) -> Result<(), ApiError> {
     if BALANCER_SPECS.contains(&spec) {
         Ok(())
     } else {
@@ -66,92 +78,74 @@ pub(super) fn check_spec(field: &str, spec: &str) -> Result<(), ApiError> {
     }
 }
 
-pub(super) fn check_port(field: &str, port: u32) -> Result<u16, ApiError> {
-    match u16::try_from(port) {
-        Ok(p) if p != 0 => Ok(p),
-        _ => Err(ApiError::invalid(
-            field,
-            format!("port {port} is out of range 1..=65535"),
-        )),
-    }
+pub(crate) fn check_port(field: &str, port: u32) -> Result<u16, ApiError> {
+    check_range(field, port, PORT)?;
+    u16::try_from(port)
+        .map_err(|_| ApiError::invalid(field, format!("port {port} is out of range")))
 }
 
-pub(super) fn check_range(field: &str, value: u32, min: u32, max: u32) -> Result<(), ApiError> {
-    if (min..=max).contains(&value) {
+pub(crate) fn check_range(field: &str, value: u32, bounds: Bounds) -> Result<(), ApiError> {
+    if bounds.contains(value) {
         Ok(())
     } else {
         Err(ApiError::invalid(
             field,
-            format!("{value} is out of range {min}..={max}"),
+            format!("{value} is out of range {}..={}", bounds.min, bounds.max),
         ))
     }
 }
 
-pub(super) fn check_health(field: &str, hc: &HealthCheck) -> Result<(), ApiError> {
+pub(crate) fn check_health(field: &str, hc: &HealthCheck) -> Result<(), ApiError> {
+    let sub = |name: &str| format!("{field}.{name}");
     check_range(
-        &format!("{field}.interval_seconds"),
+        &sub("interval_seconds"),
         hc.interval_seconds,
-        1,
-        50,
+        HEALTH_INTERVAL_SECONDS,
     )?;
     check_range(
-        &format!("{field}.timeout_seconds"),
+        &sub("timeout_seconds"),
         hc.timeout_seconds,
-        1,
-        300,
+        HEALTH_TIMEOUT_SECONDS,
     )?;
     check_range(
-        &format!("{field}.healthy_threshold"),
+        &sub("healthy_threshold"),
         hc.healthy_threshold,
-        2,
-        10,
+        HEALTH_THRESHOLD,
     )?;
     check_range(
-        &format!("{field}.unhealthy_threshold"),
+        &sub("unhealthy_threshold"),
         hc.unhealthy_threshold,
-        2,
-        10,
+        HEALTH_THRESHOLD,
     )?;
     match hc.kind {
         HealthCheckType::Tcp => {
             if hc.port.is_some() {
                 return Err(ApiError::invalid(
-                    format!("{field}.port"),
+                    sub("port"),
                     "tcp checks connect to each backend's port and take no port",
                 ));
             }
             if hc.path.is_some() {
                 return Err(ApiError::invalid(
-                    format!("{field}.path"),
+                    sub("path"),
                     "only http checks take a path",
                 ));
             }
         }
         HealthCheckType::Http => {
             match hc.port {
-                None => {
-                    return Err(ApiError::invalid(
-                        format!("{field}.port"),
-                        "http checks need a port",
-                    ));
+                None => return Err(ApiError::invalid(sub("port"), "http checks need a port")),
+                Some(port) => {
+                    check_port(&sub("port"), port.into())?;
                 }
-                Some(0) => {
-                    return Err(ApiError::invalid(
-                        format!("{field}.port"),
-                        "port 0 is out of range 1..=65535",
-                    ));
-                }
-                Some(_) => {}
             }
             if let Some(path) = &hc.path
-                && (!path.starts_with('/')
-                    || path.len() > 200
-                    || path.contains(char::is_whitespace))
+                && !limits::is_health_path(path)
             {
                 return Err(ApiError::invalid(
-                    format!("{field}.path"),
+                    sub("path"),
                     format!(
-                        "{path:?} must start with / and have no spaces (at most 200 characters)"
+                        "{path:?} must start with / and then be visible ASCII, no spaces (at most {HEALTH_PATH_MAX_CHARS} characters)"
                     ),
                 ));
             }
@@ -160,17 +154,25 @@ pub(super) fn check_health(field: &str, hc: &HealthCheck) -> Result<(), ApiError
     Ok(())
 }
 
+pub(crate) fn check_sticky(field: &str, sticky: &StickySession) -> Result<(), ApiError> {
+    check_range(
+        &format!("{field}.timeout_seconds"),
+        sticky.timeout_seconds,
+        STICKY_SECONDS,
+    )
+}
+
 /// Validate `servers` and fold repeats: a server (address and port) listed
 /// more than once counts once, as its last listing says (a set, as the
 /// document's schema can describe it).
-pub(super) fn check_servers(
+pub(crate) fn check_servers(
     field: &str,
     servers: Vec<BackendServer>,
 ) -> Result<Vec<BackendServer>, ApiError> {
     let mut out: Vec<BackendServer> = Vec::with_capacity(servers.len());
     for (i, s) in servers.into_iter().enumerate() {
         check_port(&format!("{field}[{i}].port"), s.port)?;
-        check_range(&format!("{field}[{i}].weight"), s.weight, 0, 100)?;
+        check_range(&format!("{field}[{i}].weight"), s.weight, WEIGHT)?;
         check_description(&format!("{field}[{i}].description"), &s.description)?;
         match out
             .iter_mut()
@@ -183,22 +185,34 @@ pub(super) fn check_servers(
     Ok(out)
 }
 
+/// `address/prefix` as the document's pattern has it: the address as Rust
+/// reads it (no leading zeros in IPv4 octets), the prefix in decimal without
+/// leading zeros, nothing around them (no spaces).
+fn parse_cidr(text: &str) -> Option<IpNet> {
+    let (addr, prefix) = text.split_once('/')?;
+    let addr: std::net::IpAddr = addr.parse().ok()?;
+    if prefix.is_empty()
+        || !prefix.bytes().all(|b| b.is_ascii_digit())
+        || (prefix.len() > 1 && prefix.starts_with('0'))
+    {
+        return None;
+    }
+    IpNet::new(addr, prefix.parse().ok()?).ok()
+}
+
 /// Parse the entries' CIDRs, folding repeats: a CIDR listed more than once
 /// counts once, with its last description.
-pub(super) fn parse_entries(
+pub(crate) fn parse_entries(
     field: &str,
     entries: Vec<AclEntry>,
 ) -> Result<Vec<AclEntry>, ApiError> {
     let mut out: Vec<(IpNet, AclEntry)> = Vec::with_capacity(entries.len());
     for (i, e) in entries.into_iter().enumerate() {
-        let net: IpNet = e
-            .cidr
-            .trim()
-            .parse::<IpNet>()
-            .map_err(|_| {
+        let net: IpNet = parse_cidr(&e.cidr)
+            .ok_or_else(|| {
                 ApiError::invalid(
                     format!("{field}[{i}].cidr"),
-                    format!("{:?} is not a CIDR such as 10.0.0.0/8", e.cidr),
+                    format!("{:?} is not a CIDR such as 10.0.0.0/8 or fd00::/8", e.cidr),
                 )
             })?
             .trunc();
