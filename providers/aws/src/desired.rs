@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use portico_provider::{
-    HealthCheck, IngressStatus, Listener, LoadBalancerSpec, LoadBalancerStatus, PortStatus,
-    Protocol, ProviderError,
+    HealthCheck, IngressStatus, Listener, LoadBalancerKey, LoadBalancerSpec, LoadBalancerStatus,
+    PortStatus, Protocol, ProviderError,
 };
 
 use crate::names;
@@ -282,6 +282,9 @@ impl DesiredSecurity {
 /// The NLB a spec asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
+    /// The Service's key: whose the NLB and its target groups are.
+    pub key: LoadBalancerKey,
+    /// The generated name, or `load-balancer-name`'s.
     pub name: String,
     pub scheme: Scheme,
     pub ip_address_type: IpAddressType,
@@ -458,7 +461,11 @@ impl Desired {
         let ranges = client_ranges(spec, opts.ip_address_type)?;
         let security = Self::security(&groups, &health, &ranges, opts);
         Ok(Self {
-            name: names::load_balancer_name(&spec.key),
+            key: spec.key.clone(),
+            name: opts
+                .name
+                .clone()
+                .unwrap_or_else(|| names::load_balancer_name(&spec.key)),
             scheme: opts.scheme,
             ip_address_type: opts.ip_address_type,
             lb_attributes: opts.load_balancer_attributes.clone(),

@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::counter::CallCounter;
 use crate::desired::{Desired, TgProtocol};
-use crate::names::{self, key_from_tags, owned_by};
+use crate::names::{self, owned_by};
 use crate::network::{BackendGroup, Ec2Cache, rule_description, shared_rule_description};
 use crate::options::{AwsOptions, SubnetSelector};
 use crate::plan::{
@@ -165,6 +165,16 @@ impl AwsProvider {
         } = &prepared.options;
         let _shared = self.backend_lock.read().await;
         let mut existing = self.find_lb(&desired.name).await?;
+        if existing.is_none() {
+            // The Service's NLB under another name (`load-balancer-name` set,
+            // changed or removed): AWS cannot rename one, so it is replaced,
+            // deleted first as for a scheme change (the new NLB takes over
+            // its target groups' names).
+            for old in self.lbs_of(&spec.key, &desired.name).await? {
+                info!(old = %old.name, new = %desired.name, "the load balancer's name changed: replacing it");
+                self.delete_lb(&spec.key, &old).await?;
+            }
+        }
         if let Some(lb) = &existing
             && let Some(reason) = replacement(lb, desired)
         {
@@ -420,8 +430,14 @@ impl LoadBalancerProvider for AwsProvider {
     async fn get(&self, key: &LoadBalancerKey) -> Result<Option<LoadBalancerStatus>> {
         let span = info_span!("aws.get", service = %key, uid = %key.uid);
         async {
-            let Some(lb) = self.find_lb(&names::load_balancer_name(key)).await? else {
-                return Ok(None);
+            let generated = names::load_balancer_name(key);
+            let lb = match self.find_lb(&generated).await? {
+                Some(lb) => lb,
+                // Named by the Service (`load-balancer-name`), or gone.
+                None => match self.lbs_of(key, &generated).await?.into_iter().next() {
+                    Some(lb) => lb,
+                    None => return Ok(None),
+                },
             };
             let listeners = self.listeners(&lb.arn).await?;
             let mut ports: Vec<(u16, TgProtocol)> = listeners
@@ -447,25 +463,31 @@ impl LoadBalancerProvider for AwsProvider {
     async fn delete(&self, key: &LoadBalancerKey) -> Result<()> {
         let span = info_span!("aws.delete", service = %key, uid = %key.uid);
         async {
-            match self.find_lb(&names::load_balancer_name(key)).await? {
-                Some(lb) => {
-                    let tags = self.tags(std::slice::from_ref(&lb.arn)).await?;
-                    match tags.get(&lb.arn) {
-                        // Deleted since it was found: only its target groups may be left.
-                        None => self.sweep_groups(key).await,
-                        Some(t) if !owned_by(key, t) => {
-                            warn!(name = %lb.name, "not deleting a load balancer whose tags do not name this Service");
-                            Ok(())
-                        }
-                        Some(_) => {
-                            info!(name = %lb.name, "deleting network load balancer");
-                            self.delete_lb(key, &lb).await
-                        }
+            let generated = names::load_balancer_name(key);
+            let mut lbs = Vec::new();
+            if let Some(lb) = self.find_lb(&generated).await? {
+                let tags = self.tags(std::slice::from_ref(&lb.arn)).await?;
+                match tags.get(&lb.arn) {
+                    // Deleted since it was found.
+                    None => {}
+                    Some(t) if !owned_by(key, t) => {
+                        warn!(name = %lb.name, "not deleting a load balancer whose tags do not name this Service");
                     }
+                    Some(_) => lbs.push(lb),
                 }
+            }
+            if lbs.is_empty() {
+                // Named by the Service (`load-balancer-name`), or gone.
+                lbs = self.lbs_of(key, &generated).await?;
+            }
+            if lbs.is_empty() {
                 // The balancer is gone; its target groups may not be (interrupted delete).
-                None => self.sweep_groups(key).await,
-            }?;
+                self.sweep_groups(key).await?;
+            }
+            for lb in &lbs {
+                info!(name = %lb.name, "deleting network load balancer");
+                self.delete_lb(key, lb).await?;
+            }
             // Then: the NLB held its own group until it was deleted.
             self.delete_own_group(key).await?;
             // Last: the cluster's backend group, once no NLB carries it.
@@ -479,22 +501,11 @@ impl LoadBalancerProvider for AwsProvider {
     async fn list_owned(&self) -> Result<Vec<LoadBalancerKey>> {
         let span = info_span!("aws.list_owned", cluster = %self.config.cluster);
         async {
-            let arns: Vec<String> = self
-                .network_load_balancers()
-                .await?
-                .iter()
-                .filter(|lb| {
-                    lb.load_balancer_name()
-                        .is_some_and(|n| n.starts_with(names::NAME_PREFIX))
-                })
-                .filter_map(|lb| lb.load_balancer_arn().map(String::from))
-                .collect();
-            let (tags, group_keys) =
-                tokio::try_join!(self.tags(&arns), self.keys_of_owned_groups())?;
-            let mut keys: Vec<LoadBalancerKey> = arns
-                .iter()
-                .filter_map(|arn| key_from_tags(&self.config.cluster, tags.get(arn)?))
-                .collect();
+            // Every NLB's tags: one named by its Service (`load-balancer-name`,
+            // adopted) is owned as much as one under a generated name.
+            let (lbs, group_keys) =
+                tokio::try_join!(self.owned_lbs(|_| true), self.keys_of_owned_groups())?;
+            let mut keys: Vec<LoadBalancerKey> = lbs.into_iter().map(|(_, key)| key).collect();
             // A security group whose NLB is gone (an interrupted delete) is owned too.
             keys.extend(group_keys);
             keys.sort();

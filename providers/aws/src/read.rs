@@ -117,6 +117,55 @@ impl AwsProvider {
         Ok(found.into_iter().next())
     }
 
+    /// The NLBs whose names pass `candidate`, each with the key its tags
+    /// name (this cluster's, `owned`): one listing of every NLB, then
+    /// DescribeTags for the candidates only.
+    pub(crate) async fn owned_lbs(
+        &self,
+        candidate: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(ObservedLb, LoadBalancerKey)>> {
+        let lbs: Vec<ObservedLb> = self
+            .network_load_balancers()
+            .await?
+            .iter()
+            .filter(|lb| lb.load_balancer_name().is_some_and(&candidate))
+            .filter_map(observed_lb)
+            .collect();
+        let arns: Vec<String> = lbs.iter().map(|lb| lb.arn.clone()).collect();
+        let tags = self.tags(&arns).await?;
+        Ok(lbs
+            .into_iter()
+            .filter_map(|lb| {
+                let key = names::key_from_tags(&self.config.cluster, tags.get(&lb.arn)?)?;
+                Some((lb, key))
+            })
+            .collect())
+    }
+
+    /// `key`'s NLBs under names other than `except`, found by their tags:
+    /// its generated name, or one no longer asked for (a `load-balancer-name`
+    /// changed or removed). Generated names of other Services are skipped
+    /// unread, so this reads tags only of NLBs portico did not name itself.
+    pub(crate) async fn lbs_of(
+        &self,
+        key: &LoadBalancerKey,
+        except: &str,
+    ) -> Result<Vec<ObservedLb>> {
+        let generated = names::load_balancer_name(key);
+        let candidate = |name: &str| {
+            name != except && (name == generated || !names::is_generated_lb_name(name))
+        };
+        let mut found: Vec<ObservedLb> = self
+            .owned_lbs(candidate)
+            .await?
+            .into_iter()
+            .filter(|(_, k)| k == key)
+            .map(|(lb, _)| lb)
+            .collect();
+        found.sort_by(|a, b| a.arn.cmp(&b.arn));
+        Ok(found)
+    }
+
     /// Tags of `arns`, 20 per DescribeTags call. A resource deleted since it
     /// was listed is left out of the map: AWS fails the whole call for it
     /// (`LoadBalancerNotFound`), so that batch is asked again one ARN at a time.

@@ -902,6 +902,20 @@ async fn list_owned_pages_batches_tags_and_keeps_owned_network_balancers() {
             tag_calls: 1,
         },
         Case {
+            desc: "a balancer named by its Service (load-balancer-name) is listed by its tags",
+            lbs: vec![
+                Lb {
+                    name: "web-prod".into(),
+                    ..Lb::ours(&key("named"), &[], &[], "healthy")
+                },
+                Lb::other("someone-elses", "network", &[("team", "payments")]),
+                Lb::ours(&key("generated"), &[], &[], "healthy"),
+            ],
+            page: 400,
+            owned: vec![key("named"), key("generated")],
+            tag_calls: 1,
+        },
+        Case {
             desc: "a balancer deleted between DescribeLoadBalancers and DescribeTags is left out",
             lbs: vec![
                 Lb::ours(&key("a"), &[], &[], "healthy"),
