@@ -10,6 +10,7 @@ use portico_provider::{
     PortStatus, Protocol, ProviderError,
 };
 
+use crate::adopt::AdoptRef;
 use crate::names;
 use crate::options::{
     AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, Scheme, TlsPorts,
@@ -284,8 +285,10 @@ impl DesiredSecurity {
 pub struct Desired {
     /// The Service's key: whose the NLB and its target groups are.
     pub key: LoadBalancerKey,
-    /// The generated name, or `load-balancer-name`'s.
+    /// The generated name, `load-balancer-name`'s, or the adopted NLB's.
     pub name: String,
+    /// The NLB the Service opted in to taking over, if any.
+    pub adopt: Option<AdoptRef>,
     pub scheme: Scheme,
     pub ip_address_type: IpAddressType,
     /// NLB attributes portico manages (only these keys).
@@ -462,10 +465,12 @@ impl Desired {
         let security = Self::security(&groups, &health, &ranges, opts);
         Ok(Self {
             key: spec.key.clone(),
-            name: opts
-                .name
-                .clone()
-                .unwrap_or_else(|| names::load_balancer_name(&spec.key)),
+            name: match (&opts.adopt, &opts.name) {
+                (Some(adopt), _) => adopt.name().to_string(),
+                (None, Some(name)) => name.clone(),
+                (None, None) => names::load_balancer_name(&spec.key),
+            },
+            adopt: opts.adopt.clone(),
             scheme: opts.scheme,
             ip_address_type: opts.ip_address_type,
             lb_attributes: opts.load_balancer_attributes.clone(),

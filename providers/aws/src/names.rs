@@ -72,6 +72,45 @@ pub fn lb_name_problem(name: &str) -> Option<String> {
     None
 }
 
+/// The name cloud-provider-aws gives a Service's load balancer (Kubernetes'
+/// `DefaultLoadBalancerName`): `a` and the Service UID without dashes,
+/// cut to 32 characters.
+pub fn cloud_provider_aws_name(uid: &str) -> String {
+    let mut name: String = format!("a{uid}").chars().filter(|c| *c != '-').collect();
+    name.truncate(MAX_NAME);
+    name
+}
+
+/// The load balancer name in an ELBv2 load balancer ARN
+/// (`arn:aws:elasticloadbalancing:<region>:<account>:loadbalancer/net/<name>/<id>`).
+pub fn name_in_arn(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(_partition), Some("elasticloadbalancing"), Some(_), Some(_)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let mut resource = parts.next()?.split('/');
+    match (
+        resource.next(),
+        resource.next(),
+        resource.next(),
+        resource.next(),
+        resource.next(),
+    ) {
+        (Some("loadbalancer"), Some(kind), Some(name), Some(id), None)
+            if !kind.is_empty() && !name.is_empty() && !id.is_empty() =>
+        {
+            Some(name)
+        }
+        _ => None,
+    }
+}
+
 /// The cluster's backend security group: `k8s-traffic-<16 hex of the
 /// cluster>`, one per VPC (group names are unique per VPC).
 pub fn backend_group_name(cluster: &ClusterName) -> String {
@@ -240,7 +279,7 @@ mod tests {
             ),
             (
                 "cloud-provider-aws's",
-                "a8d1e4a2c5b0f4c1e9a3d2f6b7c8d9e0".to_string(),
+                cloud_provider_aws_name("8d1e4a2c-5b0f-4c1e-9a3d-2f6b7c8d9e0a"),
                 false,
             ),
         ];
@@ -272,6 +311,56 @@ mod tests {
                 (Some(got), Some(words)) => assert!(got.contains(words), "{desc}: {got}"),
                 (got, _) => panic!("{desc}: {name:?} gave {got:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn cloud_provider_aws_names_as_kubernetes_makes_them() {
+        // DefaultLoadBalancerName: "a" + UID, dashes removed, cut to 32.
+        let name = cloud_provider_aws_name("8d1e4a2c-5b0f-4c1e-9a3d-2f6b7c8d9e0a");
+        assert_eq!(name, "a8d1e4a2c5b0f4c1e9a3d2f6b7c8d9e0");
+        assert_eq!(name.len(), MAX_NAME);
+        assert_eq!(lb_name_problem(&name), None);
+        assert_eq!(cloud_provider_aws_name("short-uid"), "ashortuid");
+    }
+
+    #[test]
+    fn names_are_read_from_load_balancer_arns() {
+        let cases = [
+            (
+                "a network load balancer",
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/web/50dc6c495c0c9188",
+                Some("web"),
+            ),
+            (
+                "another partition",
+                "arn:aws-cn:elasticloadbalancing:cn-north-1:123456789012:loadbalancer/net/web/1",
+                Some("web"),
+            ),
+            (
+                "an emulator's app/ for every type",
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/web/1",
+                Some("web"),
+            ),
+            (
+                "a target group",
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1",
+                None,
+            ),
+            (
+                "a listener",
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/net/web/1/2",
+                None,
+            ),
+            (
+                "another service",
+                "arn:aws:ec2:us-east-1:123456789012:loadbalancer/net/web/1",
+                None,
+            ),
+            ("not an ARN", "web", None),
+        ];
+        for (desc, arn, name) in cases {
+            assert_eq!(name_in_arn(arn), name, "{desc}");
         }
     }
 

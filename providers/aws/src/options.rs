@@ -166,6 +166,8 @@ pub struct AwsOptions {
     pub tls: Option<TlsOptions>,
     /// `load-balancer-name`: the NLB's name instead of the generated one.
     pub name: Option<String>,
+    /// `portico.io/adopt-load-balancer`: an NLB portico did not create, to take over.
+    pub adopt: Option<crate::adopt::AdoptRef>,
 }
 
 fn invalid(suffix: &str, reason: impl Into<String>) -> ProviderError {
@@ -456,6 +458,19 @@ impl AwsOptions {
                 Some(name.to_string())
             }
         };
+        let adopt = crate::adopt::AdoptRef::parse(spec)?;
+        if let (Some(name), Some(adopt)) = (&name, &adopt)
+            && name != adopt.name()
+        {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{name:?}: the adopted load balancer ({}) keeps its name {}",
+                    crate::adopt::ADOPT_ANNOTATION,
+                    adopt.name()
+                ),
+            ));
+        }
 
         Ok(Self {
             scheme,
@@ -473,6 +488,7 @@ impl AwsOptions {
             manage_backend_rules,
             tls,
             name,
+            adopt,
         })
     }
 }

@@ -2,7 +2,6 @@
 //! and the contract's entry points. Reads live in `read.rs` and
 //! `network.rs`, mutating calls in `execute.rs`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -17,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::adopt::{ADOPT_ANNOTATION, AdoptRef, Claim, claim};
 use crate::counter::CallCounter;
 use crate::desired::{Desired, TgProtocol};
 use crate::names::{self, owned_by};
@@ -80,23 +80,6 @@ pub(crate) enum Found {
     Created(ObservedLb),
     /// Already there: whose it is must be read from its tags.
     Existing(ObservedLb),
-}
-
-/// `Conflict` unless `tags` (`None`: the balancer vanished) name `key`.
-fn check_owned(
-    key: &LoadBalancerKey,
-    lb: &ObservedLb,
-    tags: Option<&BTreeMap<String, String>>,
-) -> Result<()> {
-    let message = match tags {
-        Some(t) if owned_by(key, t) => return Ok(()),
-        Some(_) => format!(
-            "load balancer {} exists but its tags do not name this Service",
-            lb.name
-        ),
-        None => format!("load balancer {} vanished while it was read", lb.name),
-    };
-    Err(ProviderError::Conflict { message })
 }
 
 impl AwsProvider {
@@ -164,23 +147,46 @@ impl AwsProvider {
             desired,
         } = &prepared.options;
         let _shared = self.backend_lock.read().await;
-        let mut existing = self.find_lb(&desired.name).await?;
-        if existing.is_none() {
-            // The Service's NLB under another name (`load-balancer-name` set,
-            // changed or removed): AWS cannot rename one, so it is replaced,
-            // deleted first as for a scheme change (the new NLB takes over
-            // its target groups' names).
-            for old in self.lbs_of(&spec.key, &desired.name).await? {
-                info!(old = %old.name, new = %desired.name, "the load balancer's name changed: replacing it");
-                self.delete_lb(&spec.key, &old).await?;
+        let (mut existing, named_by_opt_in) = self.find_wanted(desired).await?;
+        // The opt-in, when it names the NLB found.
+        let adopt = desired.adopt.as_ref().filter(|_| named_by_opt_in);
+        match (&existing, &desired.adopt) {
+            (None, Some(wanted)) => {
+                return Err(ProviderError::NotFound {
+                    what: format!(
+                        "no network load balancer {wanted} to adopt ({ADOPT_ANNOTATION}; classic and application load balancers cannot be adopted): remove the annotation to have portico create one"
+                    ),
+                });
             }
+            (None, None) => {
+                // The Service's NLB under another name (`load-balancer-name`
+                // set, changed or removed, or an adoption undone): AWS cannot
+                // rename one, so it is replaced, deleted first as for a scheme
+                // change (the new NLB takes over its target groups' names).
+                for old in self.lbs_of(&spec.key, &desired.name).await? {
+                    info!(old = %old.name, new = %desired.name, "the load balancer's name changed: replacing it");
+                    self.delete_lb(&spec.key, &old).await?;
+                }
+            }
+            (Some(_), _) => {}
         }
         if let Some(lb) = &existing
             && let Some(reason) = replacement(lb, desired)
         {
             // Only ours may be deleted: check the tags before replacing.
             let tags = self.tags(std::slice::from_ref(&lb.arn)).await?;
-            check_owned(&spec.key, lb, tags.get(&lb.arn))?;
+            match claim(&spec.key, adopt, &lb.name, tags.get(&lb.arn)) {
+                Claim::Ours => {}
+                Claim::Adopt => {
+                    return Err(ProviderError::Conflict {
+                        message: format!(
+                            "load balancer {} cannot be adopted: {reason} (annotate the scheme it has)",
+                            lb.name
+                        ),
+                    });
+                }
+                Claim::Refuse(message) => return Err(ProviderError::Conflict { message }),
+            }
             info!(%reason, "replacing the load balancer");
             self.delete_lb(&spec.key, lb).await?;
             existing = None;
@@ -201,7 +207,7 @@ impl AwsProvider {
             Vec::new()
         };
         let (lb, mut observed, start) = match existing {
-            Some(lb) => self.observe_owned(&spec.key, lb, desired).await?,
+            Some(lb) => self.observe_claimed(&spec.key, lb, adopt, desired).await?,
             None => {
                 let (found, start) = self.create(&spec.key, desired, opts, &instances).await?;
                 match found {
@@ -211,7 +217,8 @@ impl AwsProvider {
                         (lb, observed, Some(start))
                     }
                     Found::Existing(lb) => {
-                        let (lb, observed, _) = self.observe_owned(&spec.key, lb, desired).await?;
+                        let (lb, observed, _) =
+                            self.observe_claimed(&spec.key, lb, None, desired).await?;
                         (lb, observed, Some(start))
                     }
                 }
@@ -234,16 +241,36 @@ impl AwsProvider {
         Ok(desired.status(&lb.dns_name))
     }
 
-    /// What AWS has for `lb`, once its tags say it is `key`'s.
-    async fn observe_owned(
+    /// What AWS has for `lb`, once its tags say it is `key`'s, or, with the
+    /// Service's opt-in (`adopt`), that it is no one else's: then it is
+    /// adopted, tagged by the plan as any drift of tags is, and converged in
+    /// place. The Service's NLBs elsewhere (made before the opt-in) go
+    /// first: their target groups have the names the adopted NLB's get.
+    async fn observe_claimed(
         &self,
         key: &LoadBalancerKey,
         lb: ObservedLb,
+        adopt: Option<&AdoptRef>,
         desired: &Desired,
     ) -> Result<(ObservedLb, Observed, Option<SecurityStart>)> {
         let observed = self.observe(key, lb.clone(), desired).await?;
-        check_owned(key, &lb, Some(&observed.tags))?;
-        Ok((lb, observed, None))
+        match claim(key, adopt, &lb.name, Some(&observed.tags)) {
+            Claim::Ours => Ok((lb, observed, None)),
+            Claim::Refuse(message) => Err(ProviderError::Conflict { message }),
+            Claim::Adopt => {
+                info!(name = %lb.name, dns_name = %lb.dns_name, "adopting the load balancer: it keeps its name and address");
+                let others = self.lbs_of(key, &lb.name).await?;
+                if others.is_empty() {
+                    return Ok((lb, observed, None));
+                }
+                for old in &others {
+                    info!(old = %old.name, "deleting this Service's previous load balancer");
+                    self.delete_lb(key, old).await?;
+                }
+                let observed = self.observe(key, lb.clone(), desired).await?;
+                Ok((lb, observed, None))
+            }
+        }
     }
 
     /// A new NLB: its subnets (and so its VPC), its own security group

@@ -11,6 +11,7 @@ use futures::future::try_join_all;
 use portico_provider::{LoadBalancerKey, ProviderError};
 use tracing::debug;
 
+use crate::adopt::AdoptRef;
 use crate::desired::Desired;
 use crate::errors::{from_sdk, gone_is_ok};
 use crate::names;
@@ -115,6 +116,45 @@ impl AwsProvider {
             .collect();
         found.sort_by(|a, b| a.arn.cmp(&b.arn));
         Ok(found.into_iter().next())
+    }
+
+    /// The NLB with ARN `arn`, if there is one and it is a Network Load Balancer.
+    pub(crate) async fn find_lb_by_arn(&self, arn: &str) -> Result<Option<ObservedLb>> {
+        match self
+            .elb
+            .describe_load_balancers()
+            .load_balancer_arns(arn)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .load_balancers()
+                .iter()
+                .filter(|lb| is_network(lb))
+                .find_map(observed_lb)),
+            Err(e) => match from_sdk("DescribeLoadBalancers", e) {
+                ProviderError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// The NLB `desired` names, and whether it is the one the Service's
+    /// opt-in names (so that it may be adopted). An NLB adopted by ARN and
+    /// since replaced (a scheme change) is found by its name, as ours only.
+    pub(crate) async fn find_wanted(
+        &self,
+        desired: &Desired,
+    ) -> Result<(Option<ObservedLb>, bool)> {
+        let by_arn = match &desired.adopt {
+            Some(AdoptRef::Arn { arn, .. }) => Some(self.find_lb_by_arn(arn).await?),
+            _ => None,
+        };
+        match by_arn {
+            Some(Some(lb)) => Ok((Some(lb), true)),
+            Some(None) => Ok((self.find_lb(&desired.name).await?, false)),
+            None => Ok((self.find_lb(&desired.name).await?, desired.adopt.is_some())),
+        }
     }
 
     /// The NLBs whose names pass `candidate`, each with the key its tags
