@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_elasticloadbalancingv2::types::{
-    Action, ActionTypeEnum, LoadBalancer, LoadBalancerTypeEnum, ProtocolEnum, Tag,
-    TargetDescription, TargetTypeEnum,
+    Action, ActionTypeEnum, LoadBalancer, LoadBalancerSchemeEnum, LoadBalancerTypeEnum,
+    ProtocolEnum, Tag, TargetDescription, TargetTypeEnum,
 };
 use common::AwsHarness;
 use portico_aws::{ADOPT_ANNOTATION, CallStats};
@@ -257,6 +257,7 @@ async fn legacy_nlb(h: &AwsHarness, name: &str, service: &str) -> Legacy {
         .create_load_balancer()
         .name(name)
         .r#type(LoadBalancerTypeEnum::Network)
+        .scheme(LoadBalancerSchemeEnum::InternetFacing)
         .set_subnets(Some(h.subnets.iter().map(|(id, _)| id.clone()).collect()))
         .tags(tag("kubernetes.io/service-name", service))
         .tags(tag("kubernetes.io/cluster/old-cluster", "owned"))
@@ -518,6 +519,12 @@ aws_test!(
         let free = legacy_nlb(&h, &unique("free"), &service).await;
         let mut s = taker.clone();
         annotate(&mut s, &[(ADOPT_ANNOTATION, &free.arn)]);
+        // Not if the Service asks for a scheme it does not have.
+        let mut internal = s.clone();
+        annotate(&mut internal, &[(&format!("{A}scheme"), "internal")]);
+        let (r, stats) = calls(&h, h.provider.ensure_spec(&internal)).await;
+        refused("another scheme", r, &["cannot be adopted", "internal"]);
+        assert_eq!(stats.mutations, 0, "{stats:?}");
         let (hostname, _) = ensure(&h, &s).await;
         assert_eq!(hostname, free.dns_name);
         let (_, again) = ensure(&h, &s).await;
