@@ -6,10 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use portico_provider::{
-    HealthCheck, IngressStatus, Listener, LoadBalancerSpec, LoadBalancerStatus, PortStatus,
-    Protocol, ProviderError,
+    HealthCheck, IngressStatus, Listener, LoadBalancerKey, LoadBalancerSpec, LoadBalancerStatus,
+    PortStatus, Protocol, ProviderError,
 };
 
+use crate::adopt::AdoptRef;
 use crate::names;
 use crate::options::{
     AwsOptions, HealthOverrides, HealthPort, HealthProtocol, IpAddressType, Scheme, TlsPorts,
@@ -282,7 +283,12 @@ impl DesiredSecurity {
 /// The NLB a spec asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
+    /// The Service's key: whose the NLB and its target groups are.
+    pub key: LoadBalancerKey,
+    /// The generated name, `load-balancer-name`'s, or the adopted NLB's.
     pub name: String,
+    /// The NLB the Service opted in to taking over, if any.
+    pub adopt: Option<AdoptRef>,
     pub scheme: Scheme,
     pub ip_address_type: IpAddressType,
     /// NLB attributes portico manages (only these keys).
@@ -458,7 +464,13 @@ impl Desired {
         let ranges = client_ranges(spec, opts.ip_address_type)?;
         let security = Self::security(&groups, &health, &ranges, opts);
         Ok(Self {
-            name: names::load_balancer_name(&spec.key),
+            key: spec.key.clone(),
+            name: match (&opts.adopt, &opts.name) {
+                (Some(adopt), _) => adopt.name().to_string(),
+                (None, Some(name)) => name.clone(),
+                (None, None) => names::load_balancer_name(&spec.key),
+            },
+            adopt: opts.adopt.clone(),
             scheme: opts.scheme,
             ip_address_type: opts.ip_address_type,
             lb_attributes: opts.load_balancer_attributes.clone(),

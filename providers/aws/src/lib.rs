@@ -13,10 +13,11 @@
 //!   counts through [`AwsProvider::calls`] and, with `testing`, inject faults.
 //!
 //! The module split follows "decide, then act": [`options`], `names`,
-//! `desired`, `security`, `subnets` and `plan` are pure; `read` and
+//! `adopt`, `desired`, `security`, `subnets` and `plan` are pure; `read` and
 //! `network` observe ELBv2 and EC2, `execute` carries the steps out, and
 //! `provider` runs the flow.
 
+mod adopt;
 mod counter;
 mod desired;
 mod errors;
@@ -34,9 +35,13 @@ mod test_fixtures;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use adopt::{ADOPT_ANNOTATION, CLOUD_PROVIDER_AWS};
 pub use counter::{CallCounter, CallStats, FaultInjection, FaultKind, is_read_only};
 pub use errors::classify as classify_aws_error;
-pub use names::{backend_group_name, load_balancer_name, ownership_tags, target_group_name};
+pub use names::{
+    backend_group_name, cloud_provider_aws_name, load_balancer_name, ownership_tags,
+    target_group_name,
+};
 pub use options::{AwsOptions, declined_for_aws_lb_controller};
 pub use provider::{AwsPrepared, AwsProvider, AwsProviderConfig};
 pub use security::NodePortRange;

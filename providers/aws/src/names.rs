@@ -34,6 +34,83 @@ pub fn load_balancer_name(key: &LoadBalancerKey) -> String {
     key.cloud_name("k8s", MAX_NAME)
 }
 
+/// Whether `name` has the form of [`load_balancer_name`] (`k8s-<28 hex>`):
+/// the NLB of some Service under its generated name. Such an NLB is found
+/// by that name alone, so searches by tags skip it.
+pub fn is_generated_lb_name(name: &str) -> bool {
+    name.len() == MAX_NAME
+        && name
+            .strip_prefix(NAME_PREFIX)
+            .is_some_and(|h| h.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')))
+}
+
+/// Why AWS would refuse `name` for a load balancer, if it would: 1 to 32
+/// letters, digits and hyphens, no hyphen first or last, not `internal-...`.
+pub fn lb_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Some(format!(
+            "{name:?} must be 1 to {MAX_NAME} characters long (it has {})",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && *c != '-')
+    {
+        return Some(format!(
+            "{name:?} may hold only letters, digits and hyphens, not {bad:?}"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Some(format!("{name:?} must not start or end with a hyphen"));
+    }
+    if name.to_ascii_lowercase().starts_with("internal-") {
+        return Some(format!(
+            "{name:?} must not start with \"internal-\" (AWS reserves it)"
+        ));
+    }
+    None
+}
+
+/// The name cloud-provider-aws gives a Service's load balancer (Kubernetes'
+/// `DefaultLoadBalancerName`): `a` and the Service UID without dashes,
+/// cut to 32 characters.
+pub fn cloud_provider_aws_name(uid: &str) -> String {
+    let mut name: String = format!("a{uid}").chars().filter(|c| *c != '-').collect();
+    name.truncate(MAX_NAME);
+    name
+}
+
+/// The load balancer name in an ELBv2 load balancer ARN
+/// (`arn:aws:elasticloadbalancing:<region>:<account>:loadbalancer/net/<name>/<id>`).
+pub fn name_in_arn(arn: &str) -> Option<&str> {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(_partition), Some("elasticloadbalancing"), Some(_), Some(_)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let mut resource = parts.next()?.split('/');
+    match (
+        resource.next(),
+        resource.next(),
+        resource.next(),
+        resource.next(),
+        resource.next(),
+    ) {
+        (Some("loadbalancer"), Some(kind), Some(name), Some(id), None)
+            if !kind.is_empty() && !name.is_empty() && !id.is_empty() =>
+        {
+            Some(name)
+        }
+        _ => None,
+    }
+}
+
 /// The cluster's backend security group: `k8s-traffic-<16 hex of the
 /// cluster>`, one per VPC (group names are unique per VPC).
 pub fn backend_group_name(cluster: &ClusterName) -> String {
@@ -178,6 +255,113 @@ mod tests {
             "never taken for a Service's"
         );
         assert!(!is_backend_group_of(&c, &ownership_tags(&key("u1"))));
+    }
+
+    #[test]
+    fn generated_names_are_recognised_and_nothing_else() {
+        let cases = [
+            ("a generated name", load_balancer_name(&key("u1")), true),
+            ("a user's name", "web-prod".to_string(), false),
+            (
+                "k8s- but not hex",
+                "k8s-web-prod-0000000000000000000".to_string(),
+                false,
+            ),
+            (
+                "k8s- and hex but short",
+                "k8s-0123456789abcdef".to_string(),
+                false,
+            ),
+            (
+                "upper-case hex is not ours",
+                "k8s-0123456789ABCDEF0123456789AB".to_string(),
+                false,
+            ),
+            (
+                "cloud-provider-aws's",
+                cloud_provider_aws_name("8d1e4a2c-5b0f-4c1e-9a3d-2f6b7c8d9e0a"),
+                false,
+            ),
+        ];
+        for (desc, name, generated) in cases {
+            assert_eq!(is_generated_lb_name(&name), generated, "{desc}: {name}");
+        }
+    }
+
+    #[test]
+    fn load_balancer_names_follow_aws_rules() {
+        let cases: [(&str, &str, Option<&str>); 9] = [
+            ("letters, digits, hyphens", "web-prod-1", None),
+            ("32 characters", "a234567890123456789012345678901b", None),
+            ("one character", "a", None),
+            ("empty", "", Some("1 to 32")),
+            (
+                "33 characters",
+                "a2345678901234567890123456789012b",
+                Some("1 to 32"),
+            ),
+            ("underscore", "web_prod", Some("not '_'")),
+            ("leading hyphen", "-web", Some("hyphen")),
+            ("trailing hyphen", "web-", Some("hyphen")),
+            ("internal-", "Internal-web", Some("internal-")),
+        ];
+        for (desc, name, problem) in cases {
+            match (lb_name_problem(name), problem) {
+                (None, None) => {}
+                (Some(got), Some(words)) => assert!(got.contains(words), "{desc}: {got}"),
+                (got, _) => panic!("{desc}: {name:?} gave {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cloud_provider_aws_names_as_kubernetes_makes_them() {
+        // DefaultLoadBalancerName: "a" + UID, dashes removed, cut to 32.
+        let name = cloud_provider_aws_name("8d1e4a2c-5b0f-4c1e-9a3d-2f6b7c8d9e0a");
+        assert_eq!(name, "a8d1e4a2c5b0f4c1e9a3d2f6b7c8d9e0");
+        assert_eq!(name.len(), MAX_NAME);
+        assert_eq!(lb_name_problem(&name), None);
+        assert_eq!(cloud_provider_aws_name("short-uid"), "ashortuid");
+    }
+
+    #[test]
+    fn names_are_read_from_load_balancer_arns() {
+        let cases = [
+            (
+                "a network load balancer",
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/net/web/50dc6c495c0c9188",
+                Some("web"),
+            ),
+            (
+                "another partition",
+                "arn:aws-cn:elasticloadbalancing:cn-north-1:123456789012:loadbalancer/net/web/1",
+                Some("web"),
+            ),
+            (
+                "an emulator's app/ for every type",
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/web/1",
+                Some("web"),
+            ),
+            (
+                "a target group",
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/1",
+                None,
+            ),
+            (
+                "a listener",
+                "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/net/web/1/2",
+                None,
+            ),
+            (
+                "another service",
+                "arn:aws:ec2:us-east-1:123456789012:loadbalancer/net/web/1",
+                None,
+            ),
+            ("not an ARN", "web", None),
+        ];
+        for (desc, arn, name) in cases {
+            assert_eq!(name_in_arn(arn), name, "{desc}");
+        }
     }
 
     #[test]

@@ -164,6 +164,10 @@ pub struct AwsOptions {
     /// Whether portico opens the nodes' cluster group to the NLB.
     pub manage_backend_rules: bool,
     pub tls: Option<TlsOptions>,
+    /// `load-balancer-name`: the NLB's name instead of the generated one.
+    pub name: Option<String>,
+    /// `portico.io/adopt-load-balancer`: an NLB portico did not create, to take over.
+    pub adopt: Option<crate::adopt::AdoptRef>,
 }
 
 fn invalid(suffix: &str, reason: impl Into<String>) -> ProviderError {
@@ -436,6 +440,38 @@ impl AwsOptions {
 
         let tls = tls(a)?;
 
+        let name = match a.get(&key("name")) {
+            None => None,
+            Some(name) => {
+                if let Some(problem) = crate::names::lb_name_problem(name) {
+                    return Err(invalid("name", problem));
+                }
+                // Searches by tags skip such names: they are found by name.
+                if crate::names::is_generated_lb_name(name) {
+                    return Err(invalid(
+                        "name",
+                        format!(
+                            "{name:?} has the form portico keeps for the names it generates (k8s-<28 hex>)"
+                        ),
+                    ));
+                }
+                Some(name.to_string())
+            }
+        };
+        let adopt = crate::adopt::AdoptRef::parse(spec)?;
+        if let (Some(name), Some(adopt)) = (&name, &adopt)
+            && name != adopt.name()
+        {
+            return Err(invalid(
+                "name",
+                format!(
+                    "{name:?}: the adopted load balancer ({}) keeps its name {}",
+                    crate::adopt::ADOPT_ANNOTATION,
+                    adopt.name()
+                ),
+            ));
+        }
+
         Ok(Self {
             scheme,
             subnets,
@@ -451,6 +487,8 @@ impl AwsOptions {
             security_groups,
             manage_backend_rules,
             tls,
+            name,
+            adopt,
         })
     }
 }
@@ -617,6 +655,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "ssl-negotiation-policy",
     "alpn-policy",
     "backend-protocol",
+    "name",
 ];
 
 /// One note per `aws-load-balancer-*` annotation portico does not implement,

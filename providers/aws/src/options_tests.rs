@@ -148,6 +148,10 @@ fn good_annotations_parse() {
         ("dualstack", &[("ip-address-type", "dualstack")], |o| {
             o.ip_address_type == IpAddressType::Dualstack
         }),
+        ("load balancer name", &[("name", " web-prod-1 ")], |o| {
+            o.name.as_deref() == Some("web-prod-1")
+        }),
+        ("no name: generated", &[], |o| o.name.is_none()),
     ];
     for (desc, pairs, check) in cases {
         let o = AwsOptions::parse(&spec(pairs)).unwrap_or_else(|e| panic!("{desc}: {e}"));
@@ -279,6 +283,20 @@ fn bad_annotations_name_the_annotation() {
             &[("target-group-attributes", "stickiness.enabled=")],
             "target-group-attributes",
         ),
+        (
+            "name too long",
+            &[("name", "a2345678901234567890123456789012b")],
+            "name",
+        ),
+        ("name empty", &[("name", "")], "name"),
+        ("name with a dot", &[("name", "web.prod")], "name"),
+        ("name ends in a hyphen", &[("name", "web-")], "name"),
+        ("name internal-", &[("name", "internal-web")], "name"),
+        (
+            "name of the generated form",
+            &[("name", "k8s-0123456789abcdef0123456789ab")],
+            "name",
+        ),
     ];
     for (desc, pairs, suffix) in cases {
         let err = AwsOptions::parse(&spec(pairs)).expect_err(desc);
@@ -324,6 +342,10 @@ fn every_unimplemented_aws_annotation_is_named() {
     ]);
     let notes = unimplemented_notes(&s.annotations);
     assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(
+        unimplemented_notes(&spec(&[("name", "web")]).annotations).is_empty(),
+        "load-balancer-name is implemented"
+    );
     assert!(notes[0].contains(&key("access-log-enabled")), "{notes:?}");
     assert!(notes[1].contains(&key("nlb-target-type")), "{notes:?}");
     assert!(unimplemented_notes(&spec(&[("internal", "true")]).annotations).is_empty());

@@ -433,11 +433,13 @@ pub fn plan(observed: &Observed, desired: &Desired) -> Vec<Step> {
         });
     }
 
+    // Only this Service's groups go: an adopted NLB's old groups are the
+    // old controller's, left alone once no listener uses them.
     let wanted: BTreeSet<&str> = desired.groups.iter().map(|g| g.name.as_str()).collect();
     let group_deletes = observed
         .groups
         .iter()
-        .filter(|g| !wanted.contains(g.name.as_str()))
+        .filter(|g| !wanted.contains(g.name.as_str()) && names::owned_by(&desired.key, &g.tags))
         .map(|g| Step::DeleteGroup { arn: g.arn.clone() });
 
     let mut steps = lb_steps;
@@ -479,9 +481,10 @@ fn security_steps(observed: &Observed, desired: &Desired) -> (Vec<Step>, Vec<Ste
     let backend = sec.backend.as_ref().filter(|_| want.shared_backend());
     lb_groups.extend(backend.cloned());
     let have: BTreeSet<String> = observed.lb.security_groups.iter().cloned().collect();
-    if !lb_groups.is_empty() && lb_groups != have {
-        first.push(Step::SetSecurityGroups(lb_groups.into_iter().collect()));
-    }
+    // Attached once their rules are in: an NLB switching groups (adopted,
+    // or moving to the backend group) never carries one that lets no one in.
+    let attach = (!lb_groups.is_empty() && lb_groups != have)
+        .then(|| Step::SetSecurityGroups(lb_groups.into_iter().collect()));
     let empty = BTreeSet::new();
     let mut rule_changes =
         |group: &str, observed: &BTreeSet<Rule>, desired: &BTreeSet<Rule>, scope| {
@@ -511,6 +514,7 @@ fn security_steps(observed: &Observed, desired: &Desired) -> (Vec<Step>, Vec<Ste
         }
     }
     let Some(own) = &sec.own else {
+        first.extend(attach);
         return (first, last);
     };
     if want.own_group {
@@ -539,6 +543,7 @@ fn security_steps(observed: &Observed, desired: &Desired) -> (Vec<Step>, Vec<Ste
     if !want.own_group {
         last.push(Step::DeleteSecurityGroup(own.id.clone()));
     }
+    first.extend(attach);
     (first, last)
 }
 

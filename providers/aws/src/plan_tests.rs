@@ -542,14 +542,14 @@ fn an_nlb_from_before_the_backend_group_moves_to_it_without_a_gap() {
     assert_eq!(
         ops(&steps),
         [
-            "SetSecurityGroups",
             "ec2:AuthorizeSecurityGroupIngress",
+            "SetSecurityGroups",
             "ec2:RevokeSecurityGroupIngress"
         ],
-        "attach the backend group and open the shared rules before the old per-port rules go"
+        "open the shared rules, attach the backend group, and only then the old per-port rules go"
     );
     assert_eq!(
-        steps[0],
+        steps[1],
         Step::SetSecurityGroups(vec!["sg-backend".into(), "sg-own".into()])
     );
     assert_eq!(
@@ -703,4 +703,52 @@ fn tls_settings_change_modifies_the_listener_only() {
         ops(&steps).contains(&"CreateTargetGroup"),
         "TLS to the targets is a new TLS target group: {steps:?}"
     );
+}
+
+#[test]
+fn an_adopted_nlb_is_tagged_and_repointed_and_its_old_groups_are_left() {
+    let s = spec(vec![listener(80, Protocol::Tcp, 30080)], 2);
+    let d = desired(&s);
+    // As cloud-provider-aws leaves it: its own tags, no security groups,
+    // port 80 forwarding to its target group on the same NodePort.
+    let mut adopted = converged(&d);
+    adopted.tags = BTreeMap::from([("kubernetes.io/service-name".into(), "ns/web".into())]);
+    adopted.lb.security_groups.clear();
+    adopted.security = ObservedSecurity::default();
+    let theirs = &mut adopted.groups[0];
+    theirs.name = "k8s-ns-web-0123456789".into();
+    theirs.arn = "arn:tg/theirs".into();
+    theirs.tags = adopted.tags.clone();
+    adopted.listeners[0].target_group_arn = Some("arn:tg/theirs".into());
+
+    let steps = plan(&adopted, &d);
+    assert_eq!(
+        ops(&steps),
+        [
+            "AddTags",
+            "CreateTargetGroup",
+            "RegisterTargets",
+            "ModifyListener"
+        ],
+        "tagged as ours, our group made and filled, the listener moved; theirs is not deleted"
+    );
+    let Step::AddTags { resource, tags } = &steps[0] else {
+        panic!("{steps:?}")
+    };
+    assert_eq!(resource, &GroupRef::Arn("arn:lb".into()));
+    assert!(names::owned_by(&d.key, tags), "{tags:?}");
+    assert!(
+        matches!(&steps[3], Step::ModifyListener { group: GroupRef::Created(name), .. } if *name == d.groups[0].name)
+    );
+
+    // Once converged (their group still listed by an emulator): at rest.
+    let mut after = converged(&d);
+    after.lb.security_groups.clear();
+    after.security = ObservedSecurity::default();
+    after.groups.push(adopted.groups[0].clone());
+    assert_eq!(plan(&after, &d), vec![], "their group is never deleted");
+    // A leftover group of ours still is.
+    let mut ours_left = after.clone();
+    ours_left.groups[1].tags = d.tags.clone();
+    assert_eq!(ops(&plan(&ours_left, &d)), ["DeleteTargetGroup"]);
 }

@@ -17,9 +17,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::adopt::{ADOPT_ANNOTATION, AdoptRef, Claim, claim};
 use crate::counter::CallCounter;
 use crate::desired::{Desired, TgProtocol};
-use crate::names::{self, key_from_tags, owned_by};
+use crate::names::{self, owned_by};
 use crate::network::{BackendGroup, Ec2Cache, rule_description, shared_rule_description};
 use crate::options::{AwsOptions, SubnetSelector};
 use crate::plan::{
@@ -82,23 +83,6 @@ pub(crate) enum Found {
     Created(ObservedLb),
     /// Already there: whose it is must be read from its tags.
     Existing(ObservedLb),
-}
-
-/// `Conflict` unless `tags` (`None`: the balancer vanished) name `key`.
-fn check_owned(
-    key: &LoadBalancerKey,
-    lb: &ObservedLb,
-    tags: Option<&BTreeMap<String, String>>,
-) -> Result<()> {
-    let message = match tags {
-        Some(t) if owned_by(key, t) => return Ok(()),
-        Some(_) => format!(
-            "load balancer {} exists but its tags do not name this Service",
-            lb.name
-        ),
-        None => format!("load balancer {} vanished while it was read", lb.name),
-    };
-    Err(ProviderError::Conflict { message })
 }
 
 impl AwsProvider {
@@ -175,13 +159,46 @@ impl AwsProvider {
         let _shared = self.backend_lock.read().await;
         // Only what this ensure notices is reported.
         self.take_notices(&spec.key);
-        let mut existing = self.find_lb(&desired.name).await?;
+        let (mut existing, named_by_opt_in) = self.find_wanted(desired).await?;
+        // The opt-in, when it names the NLB found.
+        let adopt = desired.adopt.as_ref().filter(|_| named_by_opt_in);
+        match (&existing, &desired.adopt) {
+            (None, Some(wanted)) => {
+                return Err(ProviderError::NotFound {
+                    what: format!(
+                        "no network load balancer {wanted} to adopt ({ADOPT_ANNOTATION}; classic and application load balancers cannot be adopted): remove the annotation to have portico create one"
+                    ),
+                });
+            }
+            (None, None) => {
+                // The Service's NLB under another name (`load-balancer-name`
+                // set, changed or removed, or an adoption undone): AWS cannot
+                // rename one, so it is replaced, deleted first as for a scheme
+                // change (the new NLB takes over its target groups' names).
+                for old in self.lbs_of(&spec.key, &desired.name).await? {
+                    info!(old = %old.name, new = %desired.name, "the load balancer's name changed: replacing it");
+                    self.delete_lb(&spec.key, &old).await?;
+                }
+            }
+            (Some(_), _) => {}
+        }
         if let Some(lb) = &existing
             && let Some(reason) = replacement(lb, desired)
         {
             // Only ours may be deleted: check the tags before replacing.
             let tags = self.tags(std::slice::from_ref(&lb.arn)).await?;
-            check_owned(&spec.key, lb, tags.get(&lb.arn))?;
+            match claim(&spec.key, adopt, &lb.name, tags.get(&lb.arn)) {
+                Claim::Ours => {}
+                Claim::Adopt => {
+                    return Err(ProviderError::Conflict {
+                        message: format!(
+                            "load balancer {} cannot be adopted: {reason} (annotate the scheme it has)",
+                            lb.name
+                        ),
+                    });
+                }
+                Claim::Refuse(message) => return Err(ProviderError::Conflict { message }),
+            }
             info!(%reason, "replacing the load balancer");
             self.delete_lb(&spec.key, lb).await?;
             existing = None;
@@ -202,7 +219,7 @@ impl AwsProvider {
             Vec::new()
         };
         let (lb, mut observed, start) = match existing {
-            Some(lb) => self.observe_owned(&spec.key, lb, desired).await?,
+            Some(lb) => self.observe_claimed(&spec.key, lb, adopt, desired).await?,
             None => {
                 let (found, start) = self.create(&spec.key, desired, opts, &instances).await?;
                 match found {
@@ -212,7 +229,8 @@ impl AwsProvider {
                         (lb, observed, Some(start))
                     }
                     Found::Existing(lb) => {
-                        let (lb, observed, _) = self.observe_owned(&spec.key, lb, desired).await?;
+                        let (lb, observed, _) =
+                            self.observe_claimed(&spec.key, lb, None, desired).await?;
                         (lb, observed, Some(start))
                     }
                 }
@@ -235,16 +253,36 @@ impl AwsProvider {
         Ok(desired.status(&lb.dns_name))
     }
 
-    /// What AWS has for `lb`, once its tags say it is `key`'s.
-    async fn observe_owned(
+    /// What AWS has for `lb`, once its tags say it is `key`'s, or, with the
+    /// Service's opt-in (`adopt`), that it is no one else's: then it is
+    /// adopted, tagged by the plan as any drift of tags is, and converged in
+    /// place. The Service's NLBs elsewhere (made before the opt-in) go
+    /// first: their target groups have the names the adopted NLB's get.
+    async fn observe_claimed(
         &self,
         key: &LoadBalancerKey,
         lb: ObservedLb,
+        adopt: Option<&AdoptRef>,
         desired: &Desired,
     ) -> Result<(ObservedLb, Observed, Option<SecurityStart>)> {
         let observed = self.observe(key, lb.clone(), desired).await?;
-        check_owned(key, &lb, Some(&observed.tags))?;
-        Ok((lb, observed, None))
+        match claim(key, adopt, &lb.name, Some(&observed.tags)) {
+            Claim::Ours => Ok((lb, observed, None)),
+            Claim::Refuse(message) => Err(ProviderError::Conflict { message }),
+            Claim::Adopt => {
+                info!(name = %lb.name, dns_name = %lb.dns_name, "adopting the load balancer: it keeps its name and address");
+                let others = self.lbs_of(key, &lb.name).await?;
+                if others.is_empty() {
+                    return Ok((lb, observed, None));
+                }
+                for old in &others {
+                    info!(old = %old.name, "deleting this Service's previous load balancer");
+                    self.delete_lb(key, old).await?;
+                }
+                let observed = self.observe(key, lb.clone(), desired).await?;
+                Ok((lb, observed, None))
+            }
+        }
     }
 
     /// A new NLB: its subnets (and so its VPC), its own security group
@@ -447,8 +485,14 @@ impl LoadBalancerProvider for AwsProvider {
     async fn get(&self, key: &LoadBalancerKey) -> Result<Option<LoadBalancerStatus>> {
         let span = info_span!("aws.get", service = %key, uid = %key.uid);
         async {
-            let Some(lb) = self.find_lb(&names::load_balancer_name(key)).await? else {
-                return Ok(None);
+            let generated = names::load_balancer_name(key);
+            let lb = match self.find_lb(&generated).await? {
+                Some(lb) => lb,
+                // Named by the Service (`load-balancer-name`), or gone.
+                None => match self.lbs_of(key, &generated).await?.into_iter().next() {
+                    Some(lb) => lb,
+                    None => return Ok(None),
+                },
             };
             let listeners = self.listeners(&lb.arn).await?;
             let mut ports: Vec<(u16, TgProtocol)> = listeners
@@ -474,25 +518,31 @@ impl LoadBalancerProvider for AwsProvider {
     async fn delete(&self, key: &LoadBalancerKey) -> Result<()> {
         let span = info_span!("aws.delete", service = %key, uid = %key.uid);
         async {
-            match self.find_lb(&names::load_balancer_name(key)).await? {
-                Some(lb) => {
-                    let tags = self.tags(std::slice::from_ref(&lb.arn)).await?;
-                    match tags.get(&lb.arn) {
-                        // Deleted since it was found: only its target groups may be left.
-                        None => self.sweep_groups(key).await,
-                        Some(t) if !owned_by(key, t) => {
-                            warn!(name = %lb.name, "not deleting a load balancer whose tags do not name this Service");
-                            Ok(())
-                        }
-                        Some(_) => {
-                            info!(name = %lb.name, "deleting network load balancer");
-                            self.delete_lb(key, &lb).await
-                        }
+            let generated = names::load_balancer_name(key);
+            let mut lbs = Vec::new();
+            if let Some(lb) = self.find_lb(&generated).await? {
+                let tags = self.tags(std::slice::from_ref(&lb.arn)).await?;
+                match tags.get(&lb.arn) {
+                    // Deleted since it was found.
+                    None => {}
+                    Some(t) if !owned_by(key, t) => {
+                        warn!(name = %lb.name, "not deleting a load balancer whose tags do not name this Service");
                     }
+                    Some(_) => lbs.push(lb),
                 }
+            }
+            if lbs.is_empty() {
+                // Named by the Service (`load-balancer-name`), or gone.
+                lbs = self.lbs_of(key, &generated).await?;
+            }
+            if lbs.is_empty() {
                 // The balancer is gone; its target groups may not be (interrupted delete).
-                None => self.sweep_groups(key).await,
-            }?;
+                self.sweep_groups(key).await?;
+            }
+            for lb in &lbs {
+                info!(name = %lb.name, "deleting network load balancer");
+                self.delete_lb(key, lb).await?;
+            }
             // Then: the NLB held its own group until it was deleted.
             self.delete_own_group(key).await?;
             // Last: the cluster's backend group, once no NLB carries it.
@@ -506,22 +556,11 @@ impl LoadBalancerProvider for AwsProvider {
     async fn list_owned(&self) -> Result<Vec<LoadBalancerKey>> {
         let span = info_span!("aws.list_owned", cluster = %self.config.cluster);
         async {
-            let arns: Vec<String> = self
-                .network_load_balancers()
-                .await?
-                .iter()
-                .filter(|lb| {
-                    lb.load_balancer_name()
-                        .is_some_and(|n| n.starts_with(names::NAME_PREFIX))
-                })
-                .filter_map(|lb| lb.load_balancer_arn().map(String::from))
-                .collect();
-            let (tags, group_keys) =
-                tokio::try_join!(self.tags(&arns), self.keys_of_owned_groups())?;
-            let mut keys: Vec<LoadBalancerKey> = arns
-                .iter()
-                .filter_map(|arn| key_from_tags(&self.config.cluster, tags.get(arn)?))
-                .collect();
+            // Every NLB's tags: one named by its Service (`load-balancer-name`,
+            // adopted) is owned as much as one under a generated name.
+            let (lbs, group_keys) =
+                tokio::try_join!(self.owned_lbs(|_| true), self.keys_of_owned_groups())?;
+            let mut keys: Vec<LoadBalancerKey> = lbs.into_iter().map(|(_, key)| key).collect();
             // A security group whose NLB is gone (an interrupted delete) is owned too.
             keys.extend(group_keys);
             keys.sort();

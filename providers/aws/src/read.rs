@@ -11,6 +11,7 @@ use futures::future::try_join_all;
 use portico_provider::{LoadBalancerKey, ProviderError};
 use tracing::debug;
 
+use crate::adopt::AdoptRef;
 use crate::desired::Desired;
 use crate::errors::{from_sdk, gone_is_ok};
 use crate::names;
@@ -115,6 +116,94 @@ impl AwsProvider {
             .collect();
         found.sort_by(|a, b| a.arn.cmp(&b.arn));
         Ok(found.into_iter().next())
+    }
+
+    /// The NLB with ARN `arn`, if there is one and it is a Network Load Balancer.
+    pub(crate) async fn find_lb_by_arn(&self, arn: &str) -> Result<Option<ObservedLb>> {
+        match self
+            .elb
+            .describe_load_balancers()
+            .load_balancer_arns(arn)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .load_balancers()
+                .iter()
+                .filter(|lb| is_network(lb))
+                .find_map(observed_lb)),
+            Err(e) => match from_sdk("DescribeLoadBalancers", e) {
+                ProviderError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// The NLB `desired` names, and whether it is the one the Service's
+    /// opt-in names (so that it may be adopted). An NLB adopted by ARN and
+    /// since replaced (a scheme change) is found by its name, as ours only.
+    pub(crate) async fn find_wanted(
+        &self,
+        desired: &Desired,
+    ) -> Result<(Option<ObservedLb>, bool)> {
+        let by_arn = match &desired.adopt {
+            Some(AdoptRef::Arn { arn, .. }) => Some(self.find_lb_by_arn(arn).await?),
+            _ => None,
+        };
+        match by_arn {
+            Some(Some(lb)) => Ok((Some(lb), true)),
+            Some(None) => Ok((self.find_lb(&desired.name).await?, false)),
+            None => Ok((self.find_lb(&desired.name).await?, desired.adopt.is_some())),
+        }
+    }
+
+    /// The NLBs whose names pass `candidate`, each with the key its tags
+    /// name (this cluster's, `owned`): one listing of every NLB, then
+    /// DescribeTags for the candidates only.
+    pub(crate) async fn owned_lbs(
+        &self,
+        candidate: impl Fn(&str) -> bool,
+    ) -> Result<Vec<(ObservedLb, LoadBalancerKey)>> {
+        let lbs: Vec<ObservedLb> = self
+            .network_load_balancers()
+            .await?
+            .iter()
+            .filter(|lb| lb.load_balancer_name().is_some_and(&candidate))
+            .filter_map(observed_lb)
+            .collect();
+        let arns: Vec<String> = lbs.iter().map(|lb| lb.arn.clone()).collect();
+        let tags = self.tags(&arns).await?;
+        Ok(lbs
+            .into_iter()
+            .filter_map(|lb| {
+                let key = names::key_from_tags(&self.config.cluster, tags.get(&lb.arn)?)?;
+                Some((lb, key))
+            })
+            .collect())
+    }
+
+    /// `key`'s NLBs under names other than `except`, found by their tags:
+    /// its generated name, or one no longer asked for (a `load-balancer-name`
+    /// changed or removed). Generated names of other Services are skipped
+    /// unread, so this reads tags only of NLBs portico did not name itself.
+    pub(crate) async fn lbs_of(
+        &self,
+        key: &LoadBalancerKey,
+        except: &str,
+    ) -> Result<Vec<ObservedLb>> {
+        let generated = names::load_balancer_name(key);
+        let candidate = |name: &str| {
+            name != except && (name == generated || !names::is_generated_lb_name(name))
+        };
+        let mut found: Vec<ObservedLb> = self
+            .owned_lbs(candidate)
+            .await?
+            .into_iter()
+            .filter(|(_, k)| k == key)
+            .map(|(lb, _)| lb)
+            .collect();
+        found.sort_by(|a, b| a.arn.cmp(&b.arn));
+        Ok(found)
     }
 
     /// Tags of `arns`, 20 per DescribeTags call. A resource deleted since it

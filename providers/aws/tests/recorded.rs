@@ -2,7 +2,8 @@
 //! network balancers' ARNs say `net/` (moto writes `app/`), a taken name is
 //! refused, DescribeTags fails for a balancer deleted since it was listed,
 //! unknown instances and bad names are rejected, new targets start
-//! `initial`, and every listing pages.
+//! `initial`, every listing pages, and an adoption by a `net/` ARN finds
+//! only a network balancer no one else owns.
 //!
 //! A fake ELBv2/EC2 endpoint on loopback answers the real SDK over HTTP in
 //! the Query protocol, with the XML shapes of ELBv2 API 2015-12-01 and EC2
@@ -15,12 +16,13 @@ use std::time::Duration;
 use fake::{Call, Reply, error, members, ok, paged};
 use portico_aws::testing::{REGION, sdk_config};
 use portico_aws::{
-    AwsProvider, AwsProviderConfig, load_balancer_name, ownership_tags, target_group_name,
+    ADOPT_ANNOTATION, AwsProvider, AwsProviderConfig, load_balancer_name, ownership_tags,
+    target_group_name,
 };
 use portico_provider::testing::EnsureSpec;
 use portico_provider::{
-    ClusterName, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, Protocol,
-    ProviderError, Target, short_hash,
+    Annotations, ClusterName, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec,
+    Protocol, ProviderError, Target, short_hash,
 };
 
 /// The fake endpoint: an axum server on 127.0.0.1:0 that hands each request
@@ -483,13 +485,15 @@ impl Account {
         match c.action.as_str() {
             "DescribeLoadBalancers" => {
                 let names = c.list("Names");
+                let arns = c.list("LoadBalancerArns");
                 let all: Vec<String> = self
                     .lbs
                     .iter()
                     .filter(|lb| names.is_empty() || names.contains(&lb.name))
+                    .filter(|lb| arns.is_empty() || arns.contains(&lb.arn()))
                     .map(Lb::member)
                     .collect();
-                if all.is_empty() && !names.is_empty() {
+                if all.is_empty() && !(names.is_empty() && arns.is_empty()) {
                     return lb_gone();
                 }
                 paged(c, "LoadBalancers", &all, self.page)
@@ -934,6 +938,20 @@ async fn list_owned_pages_batches_tags_and_keeps_owned_network_balancers() {
             tag_calls: 1,
         },
         Case {
+            desc: "a balancer named by its Service (load-balancer-name) is listed by its tags",
+            lbs: vec![
+                Lb {
+                    name: "web-prod".into(),
+                    ..Lb::ours(&key("named"), &[], &[], "healthy")
+                },
+                Lb::other("someone-elses", "network", &[("team", "payments")]),
+                Lb::ours(&key("generated"), &[], &[], "healthy"),
+            ],
+            page: 400,
+            owned: vec![key("named"), key("generated")],
+            tag_calls: 1,
+        },
+        Case {
             desc: "a balancer deleted between DescribeLoadBalancers and DescribeTags is left out",
             lbs: vec![
                 Lb::ours(&key("a"), &[], &[], "healthy"),
@@ -1229,7 +1247,9 @@ async fn a_new_nlb_never_gets_a_local_zone_subnet() {
     let created = aws.calls_of("CreateLoadBalancer");
     assert_eq!(created.len(), 1);
     assert_eq!(
-        created[0].list("Subnets.member"),
+        (1..)
+            .map_while(|i| created[0].param(&format!("SubnetMappings.member.{i}.SubnetId")))
+            .collect::<Vec<_>>(),
         ["subnet-0a", "subnet-0b"],
         "the Local Zone's subnet is left out"
     );
@@ -1366,4 +1386,53 @@ async fn at_the_target_quota_room_is_made_before_registering() {
         ["RegisterTargets", "DeregisterTargets", "RegisterTargets"],
         "register first; at the quota, deregister and register again"
     );
+}
+
+#[tokio::test]
+async fn adopting_by_a_net_arn_takes_only_a_network_balancer_no_one_else_owns() {
+    let api = key("api");
+    let theirs = Lb {
+        name: "legacy-api".into(),
+        ..Lb::ours(&api, &[(80, 30080)], &NODES, "healthy")
+    };
+    let alb = Lb::other("legacy-alb", "application", &[]);
+    let cases = [
+        (
+            "another portico Service's NLB by its net/ ARN",
+            theirs.arn(),
+            "conflict",
+            "Service shop/api",
+        ),
+        (
+            "an application load balancer's ARN",
+            alb.arn(),
+            "not found",
+            "no network load balancer",
+        ),
+        (
+            "an ARN no balancer has",
+            format!("{ARN}:loadbalancer/net/legacy-gone/0123456789abcdef"),
+            "not found",
+            "legacy-gone",
+        ),
+    ];
+    for (desc, arn, kind, says) in cases {
+        let (aws, provider) =
+            serve(Account::new(vec![theirs.clone(), alb.clone()]), no_script).await;
+        let mut s = spec(&key("adopter"), &[(80, 30080)], &NODES);
+        s.annotations = Annotations::new(BTreeMap::from([(
+            ADOPT_ANNOTATION.to_string(),
+            arn.clone(),
+        )]));
+        let err = timed(provider.ensure_spec(&s)).await.expect_err(desc);
+        assert_eq!(err.metric_label().replace('_', " "), kind, "{desc}: {err}");
+        assert!(err.to_string().contains(says), "{desc}: {err}");
+        assert!(
+            aws.calls_of("DescribeLoadBalancers")
+                .iter()
+                .any(|c| c.list("LoadBalancerArns") == vec![arn.clone()]),
+            "{desc}: looked up by ARN"
+        );
+        assert_eq!(aws.mutations(), Vec::<String>::new(), "{desc}");
+    }
 }
