@@ -45,6 +45,21 @@ pub(crate) struct Ec2Cache {
     zone_types: Mutex<HashMap<String, String>>,
 }
 
+/// A security group to make: its name (unique per VPC), description, tags,
+/// and whose it is (for the conflict message).
+struct NewGroup<'a> {
+    name: String,
+    description: String,
+    tags: &'a Tags,
+    whose: &'static str,
+}
+
+/// A group made, or found made by someone with the right tags.
+struct MadeGroup {
+    id: String,
+    rules: BTreeSet<Rule>,
+}
+
 /// The cluster's backend group in one VPC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BackendGroup {
@@ -363,15 +378,50 @@ impl AwsProvider {
         }))
     }
 
-    /// Create `key`'s own group in `vpc`; when a group of its name exists
-    /// already (an interrupted ensure), adopt it if its tags are `key`'s.
+    /// Create `key`'s own group in `vpc` (found again by name after an
+    /// interrupted ensure, if its tags are `key`'s).
     pub(crate) async fn create_own_group(
         &self,
         key: &LoadBalancerKey,
         vpc: &str,
         tags: &Tags,
     ) -> Result<OwnGroup> {
-        let name = names::load_balancer_name(key);
+        let made = self
+            .create_security_group(
+                NewGroup {
+                    name: names::load_balancer_name(key),
+                    description: format!(
+                        "portico: clients of the load balancer of {}/{}",
+                        key.namespace, key.name
+                    ),
+                    tags,
+                    whose: "this Service",
+                },
+                vpc,
+                |found| owned_by(key, found),
+            )
+            .await?;
+        Ok(OwnGroup {
+            id: made.id,
+            rules: made.rules,
+        })
+    }
+
+    /// Create a group in `vpc`. When a group of its name exists already
+    /// (another replica or an interrupted ensure made it), take it if
+    /// `ours` says its tags are right, else report a conflict.
+    async fn create_security_group(
+        &self,
+        group: NewGroup<'_>,
+        vpc: &str,
+        ours: impl Fn(&Tags) -> bool,
+    ) -> Result<MadeGroup> {
+        let NewGroup {
+            name,
+            description,
+            tags,
+            whose,
+        } = group;
         let tag_spec = TagSpecification::builder()
             .resource_type(ResourceType::SecurityGroup)
             .set_tags(Some(
@@ -380,46 +430,44 @@ impl AwsProvider {
                     .collect(),
             ))
             .build();
-        info!(%name, vpc, "creating the load balancer's security group");
+        info!(%name, vpc, "creating a security group: {description}");
         let out = self
             .ec2
             .create_security_group()
             .group_name(&name)
-            .description(format!(
-                "portico: clients of the load balancer of {}/{}",
-                key.namespace, key.name
-            ))
+            .description(description)
             .vpc_id(vpc)
             .tag_specifications(tag_spec)
             .send()
             .await;
-        match out {
-            Ok(out) => Ok(OwnGroup {
-                id: out.group_id().unwrap_or_default().to_string(),
-                rules: BTreeSet::new(),
-            }),
+        let message = match out {
+            Ok(out) => {
+                return Ok(MadeGroup {
+                    id: out.group_id().unwrap_or_default().to_string(),
+                    rules: BTreeSet::new(),
+                });
+            }
             Err(e) => match from_sdk("ec2:CreateSecurityGroup", e) {
-                ProviderError::Conflict { message } => {
-                    let found = self
-                        .security_groups(vec![
-                            filter("group-name", [name.clone()]),
-                            filter("vpc-id", [vpc.to_string()]),
-                        ])
-                        .await?;
-                    match found.first() {
-                        Some(g) if owned_by(key, &ec2_tags(g.tags())) => Ok(OwnGroup {
-                            id: g.group_id().unwrap_or_default().to_string(),
-                            rules: rules_of(g),
-                        }),
-                        _ => Err(ProviderError::Conflict {
-                            message: format!(
-                                "security group {name} exists in {vpc} but its tags do not name this Service: {message}"
-                            ),
-                        }),
-                    }
-                }
-                other => Err(other),
+                ProviderError::Conflict { message } => message,
+                other => return Err(other),
             },
+        };
+        let found = self
+            .security_groups(vec![
+                filter("group-name", [name.clone()]),
+                filter("vpc-id", [vpc.to_string()]),
+            ])
+            .await?;
+        match found.first() {
+            Some(g) if ours(&ec2_tags(g.tags())) => Ok(MadeGroup {
+                id: g.group_id().unwrap_or_default().to_string(),
+                rules: rules_of(g),
+            }),
+            _ => Err(ProviderError::Conflict {
+                message: format!(
+                    "security group {name} exists in {vpc} but its tags do not name {whose}: {message}"
+                ),
+            }),
         }
     }
 
@@ -536,52 +584,22 @@ impl AwsProvider {
 
     async fn create_backend_group(&self, vpc: &str) -> Result<String> {
         let cluster = &self.config.cluster;
-        let name = names::backend_group_name(cluster);
-        let tag_spec = TagSpecification::builder()
-            .resource_type(ResourceType::SecurityGroup)
-            .set_tags(Some(
-                names::backend_group_tags(cluster)
-                    .iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
-            .build();
-        info!(%name, vpc, "creating the cluster's backend security group");
-        let out = self
-            .ec2
-            .create_security_group()
-            .group_name(&name)
-            .description(format!(
-                "portico: the load balancers of cluster {cluster}, let in by the nodes"
-            ))
-            .vpc_id(vpc)
-            .tag_specifications(tag_spec)
-            .send()
-            .await;
-        match out {
-            Ok(out) => Ok(out.group_id().unwrap_or_default().to_string()),
-            Err(e) => match from_sdk("ec2:CreateSecurityGroup", e) {
-                ProviderError::Conflict { message } => {
-                    let found = self
-                        .security_groups(vec![
-                            filter("group-name", [name.clone()]),
-                            filter("vpc-id", [vpc.to_string()]),
-                        ])
-                        .await?;
-                    match found.first() {
-                        Some(g) if names::is_backend_group_of(cluster, &ec2_tags(g.tags())) => {
-                            Ok(g.group_id().unwrap_or_default().to_string())
-                        }
-                        _ => Err(ProviderError::Conflict {
-                            message: format!(
-                                "security group {name} exists in {vpc} but its tags do not name cluster {cluster}'s backend group: {message}"
-                            ),
-                        }),
-                    }
-                }
-                other => Err(other),
-            },
-        }
+        let tags = names::backend_group_tags(cluster);
+        let made = self
+            .create_security_group(
+                NewGroup {
+                    name: names::backend_group_name(cluster),
+                    description: format!(
+                        "portico: the load balancers of cluster {cluster}, let in by the nodes"
+                    ),
+                    tags: &tags,
+                    whose: "this cluster's backend group",
+                },
+                vpc,
+                |found| names::is_backend_group_of(cluster, found),
+            )
+            .await?;
+        Ok(made.id)
     }
 
     /// Delete the cluster's backend groups that no NLB carries any more:
