@@ -557,3 +557,30 @@ impl Harness for AwsHarness {
         true
     }
 }
+
+/// A test against the AWS endpoint in `AWS_ENDPOINT_URL` on a fresh
+/// [`AwsHarness`] (its own VPC, node group and cluster name): skipped when
+/// no endpoint is set (see [`skip`]), failed after 300 s (moto slows down
+/// as its state grows, and CI runs many tests beside it).
+///
+/// ```ignore
+/// aws_test!(my_test, |h: AwsHarness| async move { /* ... */ });
+/// ```
+#[macro_export]
+macro_rules! aws_test {
+    ($name:ident, $body:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            if $crate::testing::skip() {
+                return;
+            }
+            ::tokio::time::timeout(::std::time::Duration::from_secs(300), async {
+                let h = $crate::testing::AwsHarness::start().await;
+                #[allow(clippy::redundant_closure_call)]
+                ($body)(h).await
+            })
+            .await
+            .expect("timed out");
+        }
+    };
+}

@@ -8,13 +8,13 @@
 use portico_aws::testing as common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use aws_sdk_elasticloadbalancingv2::types::{
     Action, ActionTypeEnum, LoadBalancer, LoadBalancerSchemeEnum, LoadBalancerTypeEnum,
     ProtocolEnum, Tag, TargetDescription, TargetTypeEnum,
 };
 use common::AwsHarness;
+use portico_aws::aws_test;
 use portico_aws::{ADOPT_ANNOTATION, CallStats};
 use portico_provider::testing::EnsureSpec;
 use portico_provider::{
@@ -112,24 +112,6 @@ async fn tags(h: &AwsHarness, arn: &str) -> BTreeMap<String, String> {
 fn names_service(tags: &BTreeMap<String, String>, key: &LoadBalancerKey) -> bool {
     tags.get("portico.io/service-uid") == Some(&key.uid)
         && tags.get("portico.io/cluster").map(String::as_str) == Some(key.cluster.as_str())
-}
-
-macro_rules! aws_test {
-    ($name:ident, $body:expr) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            if common::skip() {
-                return;
-            }
-            tokio::time::timeout(Duration::from_secs(180), async {
-                let h = AwsHarness::start().await;
-                #[allow(clippy::redundant_closure_call)]
-                ($body)(h).await
-            })
-            .await
-            .expect("timed out");
-        }
-    };
 }
 
 aws_test!(

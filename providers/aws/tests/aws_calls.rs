@@ -4,10 +4,10 @@
 use portico_aws::testing as common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::AwsHarness;
 use portico_aws::CallStats;
+use portico_aws::aws_test;
 use portico_provider::testing::EnsureSpec;
 use portico_provider::{
     Annotations, ClusterName, HealthCheck, Listener, LoadBalancerKey, LoadBalancerProvider,
@@ -75,24 +75,6 @@ async fn ensure(h: &AwsHarness, s: &LoadBalancerSpec) -> CallStats {
     let (r, stats) = calls(h, h.provider.ensure_spec(s)).await;
     r.unwrap_or_else(|e| panic!("ensure {}: {e}", s.key));
     stats
-}
-
-macro_rules! aws_test {
-    ($name:ident, $body:expr) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            if common::skip() {
-                return;
-            }
-            tokio::time::timeout(Duration::from_secs(180), async {
-                let h = AwsHarness::start().await;
-                #[allow(clippy::redundant_closure_call)]
-                ($body)(h).await
-            })
-            .await
-            .expect("timed out");
-        }
-    };
 }
 
 aws_test!(

@@ -10,11 +10,11 @@
 use portico_aws::testing as common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, IpPermission, UserIdGroupPair};
 use common::AwsHarness;
 use portico_aws::CallStats;
+use portico_aws::aws_test;
 use portico_provider::testing::EnsureSpec;
 use portico_provider::{
     Annotations, Listener, LoadBalancerKey, LoadBalancerProvider, LoadBalancerSpec, Protocol,
@@ -156,24 +156,6 @@ async fn spec(h: &AwsHarness, name: &str, annotations: &[(&str, &str)]) -> LoadB
             .collect::<BTreeMap<_, _>>(),
     );
     s
-}
-
-macro_rules! aws_test {
-    ($name:ident, $body:expr) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-        async fn $name() {
-            if common::skip() {
-                return;
-            }
-            tokio::time::timeout(Duration::from_secs(180), async {
-                let h = AwsHarness::start().await;
-                #[allow(clippy::redundant_closure_call)]
-                ($body)(h).await
-            })
-            .await
-            .expect("timed out");
-        }
-    };
 }
 
 aws_test!(
