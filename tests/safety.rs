@@ -53,24 +53,30 @@ async fn another_controllers_finalizer_is_never_stripped(backend: Backend) {
         env.create(theirs).await;
         env.delete("theirs").await;
         calls_about(env.provider(), "theirs", Op::Get).await;
-        // Whatever portico would do about it, it has done by now.
-        env.barrier(env.provider(), "barrier").await;
-        let calls = calls_for(&env.provider().calls(), "theirs");
-        assert!(
-            calls.iter().all(|c| c.op == Op::Get),
-            "only a look-up, no delete: {calls:?}"
-        );
-        let svc = env.get("theirs").await.expect("still there");
-        assert!(
-            has_finalizer(&svc),
-            "the other controller's finalizer stays"
-        );
-        assert!(
-            env.events("theirs").await.is_empty(),
-            "no Events on a Service that is not portico's"
-        );
+        left_alone(&env, "theirs").await;
     })
     .await;
+}
+
+/// Whatever portico would do about `name` (a Service that is not its), it
+/// has done once a later Service is served: it only looked, kept the other
+/// controller's finalizer and posted no Event.
+async fn left_alone(env: &Env, name: &str) {
+    env.barrier(env.provider(), "barrier").await;
+    let calls = calls_for(&env.provider().calls(), name);
+    assert!(
+        calls.iter().all(|c| c.op == Op::Get),
+        "only look-ups, no delete: {calls:?}"
+    );
+    let svc = env.get(name).await.expect("still there");
+    assert!(
+        has_finalizer(&svc),
+        "the other controller's finalizer stays"
+    );
+    assert!(
+        env.events(name).await.is_empty(),
+        "no Events on a Service that is not portico's"
+    );
 }
 
 /// A class-less Service portico does not claim, leaving type LoadBalancer
@@ -180,21 +186,7 @@ async fn another_class_leaving_type_load_balancer_is_left_alone(backend: Backend
             None,
             "the API server cleared the class"
         );
-        env.barrier(env.provider(), "barrier").await;
-        let calls = calls_for(&env.provider().calls(), "theirs");
-        assert!(
-            calls.iter().all(|c| c.op == Op::Get),
-            "only look-ups, no delete: {calls:?}"
-        );
-        let svc = env.get("theirs").await.expect("still there");
-        assert!(
-            has_finalizer(&svc),
-            "the other controller's finalizer stays"
-        );
-        assert!(
-            env.events("theirs").await.is_empty(),
-            "no Events on a Service that was never portico's"
-        );
+        left_alone(&env, "theirs").await;
     })
     .await;
 }

@@ -48,8 +48,7 @@
 //! answers. `tests/api.rs` is the stand-in's own API suite: CRUD and
 //! defaults, the status subresource, merge/strategic/apply patches with
 //! apply conflicts, no-op writes keeping the resourceVersion (no watch
-//! event), pagination, watch replay and `410` for a forgotten
-//! resourceVersion, label and field selectors, Nodes and Lease conflicts,
+//! event), pagination, watch replay, label and field selectors, Nodes and Lease conflicts,
 //! streaming lists, discovery and Tables, CRDs and their custom resources.
 //! `tests/differential.rs` probes what portico depends on: Service defaults
 //! and NodePort sharing between TCP and UDP on one port, strategic merge of
@@ -63,8 +62,10 @@
 //! server has no counterpart to ask: cutting every watch at once
 //! ([`ApiServer::disconnect_watches`]; the real tier breaks watches by
 //! restarting kube-apiserver instead), compaction followed by a watcher
-//! re-list ([`ApiServer::compact`]; the real server compacts on its own
-//! schedule), the request record ([`ApiServer::requests`]; the real
+//! re-list and the `410` for a forgotten resourceVersion
+//! ([`ApiServer::compact`]; the real server forgets when its watch cache
+//! window moves on, so a fresh control plane still serves a watch from
+//! version 1), the request record ([`ApiServer::requests`]; the real
 //! server's is its audit log), and the fixed allocation ranges below.
 //!
 //! `tests/kubectl.rs` and `tests/controller.rs` (kubectl, a kube-runtime

@@ -2,7 +2,10 @@
 //! suite (`api.rs`, `differential.rs`): its hooks have no counterpart on a
 //! real kube-apiserver — cutting every watch at once (the real tier breaks
 //! them by restarting kube-apiserver, `tests/controller.rs`), the record
-//! of requests (the real server's is its audit log) — and its allocation
+//! of requests (the real server's is its audit log), forgetting old
+//! resourceVersions on demand (the real server forgets when its watch cache
+//! window moves on, and a fresh control plane still remembers version 1) —
+//! and its allocation
 //! ranges are fixed where the real server's are flags. See the crate docs,
 //! "Known differences".
 
@@ -13,7 +16,7 @@ use std::time::Duration;
 use common::{client, lb_service, timed};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::WatchStreamExt;
 use kube_standin::ApiServer;
 use serde_json::json;
@@ -157,6 +160,35 @@ async fn requests_are_recorded_with_verb_subresource_and_patch_type() {
             "{}",
             watch.query
         );
+    })
+    .await;
+}
+
+/// A watch from a resourceVersion the server no longer keeps is told to
+/// re-list (410 Expired). Stand-in only: it forgets on demand, while the
+/// real server forgets when its watch cache window moves on (minutes, and
+/// a fresh control plane still remembers version 1).
+#[tokio::test]
+async fn a_watch_from_a_forgotten_version_is_told_to_relist() {
+    timed(30, async {
+        let server = ApiServer::start().await.expect("stand-in starts");
+        let client = client(&server).await;
+        let svcs: Api<Service> = Api::namespaced(client, "default");
+        svcs.create(&PostParams::default(), &lb_service("a", &[80]))
+            .await
+            .expect("create");
+        server.store().compact();
+        let mut stream = svcs
+            .watch(&WatchParams::default(), "1")
+            .await
+            .expect("watch")
+            .boxed();
+        match stream.try_next().await.expect("event") {
+            Some(WatchEvent::Error(e)) => {
+                assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
+            }
+            other => panic!("from resourceVersion 1: {other:?}"),
+        }
     })
     .await;
 }

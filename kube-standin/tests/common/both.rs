@@ -23,21 +23,9 @@ use super::{client, timed};
 pub struct Target {
     pub client: Client,
     pub ns: String,
-    /// The stand-in's store (None on the real server).
-    standin: Option<kube_standin::Store>,
 }
 
 impl Target {
-    /// Make the server forget its event history, so a watch from an old
-    /// resourceVersion is told to re-list: the stand-in compacts on demand;
-    /// the real server has long forgotten the first resourceVersions (its
-    /// watch cache keeps a window of recent ones), so nothing is needed.
-    pub fn forget_history(&self) {
-        if let Some(store) = &self.standin {
-            store.compact();
-        }
-    }
-
     pub fn services(&self) -> Api<Service> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
@@ -108,13 +96,11 @@ pub async fn same_on_both(name: &str, probe: Probe) {
         let fake = probe(Target {
             client: standin,
             ns: ns.clone(),
-            standin: Some(server.store().clone()),
         })
         .await;
         let real = probe(Target {
             client: plane.admin.clone(),
             ns,
-            standin: None,
         })
         .await;
         for (i, (f, r)) in fake.iter().zip(&real).enumerate() {
