@@ -563,7 +563,7 @@ impl Harness for AwsHarness {
 /// no endpoint is set (see [`skip`]), failed after 300 s (moto slows down
 /// as its state grows, and CI runs many tests beside it).
 ///
-/// ```ignore
+/// ```text
 /// aws_test!(my_test, |h: AwsHarness| async move { /* ... */ });
 /// ```
 #[macro_export]
