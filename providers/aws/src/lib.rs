@@ -14,14 +14,15 @@
 //!
 //! The module split follows "decide, then act": [`options`], `names`,
 //! `adopt`, `desired`, `security`, `subnets` and `plan` are pure; `read` and
-//! `network` observe ELBv2 and EC2, `execute` carries the steps out, and
-//! `provider` runs the flow.
+//! `network` observe ELBv2 and EC2, `groups` reads and writes security
+//! groups, `execute` carries the steps out, and `provider` runs the flow.
 
 mod adopt;
 mod counter;
 mod desired;
 mod errors;
 mod execute;
+mod groups;
 mod names;
 mod network;
 pub mod options;

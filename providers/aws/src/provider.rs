@@ -1,6 +1,7 @@
 //! The provider: configuration, the ensure flow (observe, plan, execute)
 //! and the contract's entry points. Reads live in `read.rs` and
-//! `network.rs`, mutating calls in `execute.rs`.
+//! `network.rs`, security groups in `groups.rs`, the plan's calls in
+//! `execute.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -20,8 +21,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::adopt::{ADOPT_ANNOTATION, AdoptRef, Claim, claim};
 use crate::counter::CallCounter;
 use crate::desired::{Desired, TgProtocol};
+use crate::groups::{BackendGroup, rule_description, shared_rule_description};
 use crate::names::{self, owned_by};
-use crate::network::{BackendGroup, Ec2Cache, rule_description, shared_rule_description};
+use crate::network::Ec2Cache;
 use crate::options::{AwsOptions, SubnetSelector};
 use crate::plan::{
     Observed, ObservedLb, ObservedSecurity, OwnGroup, RuleScope, Step, plan, replacement,
