@@ -416,13 +416,11 @@ impl AwsProvider {
         Ok(made.id)
     }
 
-    /// Delete the cluster's backend groups that no NLB carries any more:
-    /// first the shared rules that name them, then the groups. The caller
-    /// holds the backend lock, so no ensure is attaching one meanwhile.
-    pub(crate) async fn release_unused_backend_groups(&self) -> Result<()> {
-        let groups = self.find_backend_groups(None).await?;
+    /// The cluster's backend groups (by VPC) that no NLB carries any more.
+    async fn unused_backend_groups(&self) -> Result<BTreeMap<String, String>> {
+        let mut groups = self.find_backend_groups(None).await?;
         if groups.is_empty() {
-            return Ok(());
+            return Ok(groups);
         }
         let in_use: BTreeSet<String> = self
             .network_load_balancers()
@@ -430,11 +428,23 @@ impl AwsProvider {
             .iter()
             .flat_map(|lb| lb.security_groups().iter().cloned())
             .collect();
+        groups.retain(|_, id| !in_use.contains(id));
+        Ok(groups)
+    }
+
+    /// Delete the cluster's backend groups that no NLB carries any more:
+    /// first the shared rules that name them, then the groups.
+    ///
+    /// Looked at first without the backend lock, which stops every ensure:
+    /// only the delete of a group's last NLB finds one unused and takes the
+    /// lock, then looks again (an ensure may have attached it meanwhile).
+    pub(crate) async fn release_unused_backend_groups(&self) -> Result<()> {
+        if self.unused_backend_groups().await?.is_empty() {
+            return Ok(());
+        }
+        let _alone = self.backend_lock.write().await;
         let description = shared_rule_description(&self.config.cluster);
-        for (vpc, id) in groups {
-            if in_use.contains(&id) {
-                continue;
-            }
+        for (vpc, id) in self.unused_backend_groups().await? {
             self.revoke_all_naming(&id, &description).await?;
             info!(group = %id, vpc, "deleting the cluster's backend security group: no load balancer carries it");
             self.cache

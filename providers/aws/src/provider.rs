@@ -72,7 +72,7 @@ pub struct AwsProvider {
     pub(crate) cache: Arc<Ec2Cache>,
     /// Ensures hold it shared; deleting the cluster's backend group holds it
     /// alone, so no ensure attaches the group while it goes.
-    backend_lock: Arc<RwLock<()>>,
+    pub(crate) backend_lock: Arc<RwLock<()>>,
     /// What each key's last ensure noticed, until the controller takes it.
     notices: Arc<Mutex<HashMap<LoadBalancerKey, Vec<Notice>>>>,
 }
@@ -548,7 +548,6 @@ impl LoadBalancerProvider for AwsProvider {
             // Then: the NLB held its own group until it was deleted.
             self.delete_own_group(key).await?;
             // Last: the cluster's backend group, once no NLB carries it.
-            let _alone = self.backend_lock.write().await;
             self.release_unused_backend_groups().await
         }
         .instrument(span)
